@@ -1,0 +1,233 @@
+"""The public pipeline: load -> normalize -> align -> calibrate/zip -> emit -> verify/report."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import io, runtime
+from .align import align
+from .emit import emit_model
+from .errors import EquivalenceError, InputError, UsageError
+from .ir import ModelIR, build_ir
+from .merge import MATCHERS
+from .normalize import onnx_opset
+from .report import count_parameters, fidelity
+from .stats import HESSIANS
+from .zipper import ZipPlan, zip_tasks
+
+log = logging.getLogger(__name__)
+MAX_EMIT_OPSET = 20
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ZipOptions:
+    """Every ``onnxzip zip`` flag, with the same defaults."""
+
+    share: float | tuple[float, ...] = 0.5
+    names: tuple[str, ...] | None = None
+    matching: str = "optimal"
+    hessian: str = "channel"
+    damping: float = 1e-2
+    separate_inputs: bool = False
+    device: str = "cpu"
+    batch_size: int = 64
+    quiet: bool = False
+
+    def check(self, n_models: int) -> None:
+        MATCHERS.get(self.matching)
+        HESSIANS.get(self.hessian)
+        if self.damping < 0:
+            raise UsageError(f"--damping {self.damping}: must be >= 0")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.names is not None:
+            if len(self.names) != n_models:
+                raise UsageError(f"--names gives {len(self.names)} names for {n_models} models")
+            for n in self.names:
+                if not re.fullmatch(r"[A-Za-z0-9_.\-]+", n):
+                    raise UsageError(f"--names: {n!r} is not a valid task name (letters, digits, _ . -)")
+            if len(set(self.names)) != len(self.names):
+                raise UsageError("--names: task names must differ")
+
+
+@dataclass
+class ZipResult:
+    """The zipped model, its report, and the task names (output ``<task>/<name>``)."""
+
+    model: onnx.ModelProto
+    report: dict[str, Any]
+    names: list[str]
+    plan: ZipPlan = field(repr=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model atomically."""
+        io.save_model(self.model, path)
+
+    def inputs_for(self, task: int, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map a task's input arrays (by original name) to the zipped model's input names."""
+        names = {i.name for i in self.model.graph.input}
+        return {(k if k in names else f"{self.names[task]}/{k}"): v for k, v in data.items()
+                if k in names or f"{self.names[task]}/{k}" in names}
+
+
+def progress(items: Iterable, desc: str, quiet: bool) -> Iterable:
+    """Progress bar on stderr unless ``quiet``."""
+    if quiet:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, leave=False, disable=None)
+
+
+def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
+    if given:
+        return list(given)
+    names = []
+    for i, m in enumerate(models):
+        stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(m).stem) if isinstance(m, (str, os.PathLike)) else f"task{i}"
+        names.append(stem if stem not in names else f"{stem}_{i}")
+    return names
+
+
+def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str]
+               ) -> tuple[list[onnx.ModelProto], list[ModelIR]]:
+    """Load, normalize and align the models."""
+    protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
+    sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
+    opset = min(max(onnx_opset(p) for p in protos), MAX_EMIT_OPSET)
+    irs = [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
+    return protos, align(irs)
+
+
+def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
+               data: Sequence[str | os.PathLike | dict[str, np.ndarray]],
+               options: ZipOptions | None = None, **overrides: Any) -> ZipResult:
+    """Zip same-architecture models into one multi-task model.
+
+    Args:
+        models: ONNX files or ModelProtos (not modified).
+        data: per model, calibration arrays (a ``.npz``/``.npy`` path or a dict input name -> (N, ...)).
+        options: a :class:`ZipOptions`; keyword overrides (e.g. ``share=0.5``) replace its fields.
+    """
+    opts = ZipOptions(**{**asdict(options or ZipOptions()), **overrides})
+    if len(models) < 2:
+        raise UsageError("give at least two models")
+    if len(data) != len(models):
+        raise UsageError(f"give one calibration file per model: {len(models)} models, {len(data)} data files")
+    opts.check(len(models))
+    start = time.perf_counter()
+    names = task_names(models, opts.names)
+    protos, irs = load_tasks(models, names)
+    arrays = [io.load_calibration(d, ir.inputs) if isinstance(d, (str, os.PathLike)) else _check_dict(d, ir)
+              for d, ir in zip(data, irs)]
+    plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
+                     device=opts.device, batch=opts.batch_size,
+                     progress=lambda it, desc: progress(it, desc, opts.quiet))
+    shared_inputs = not opts.separate_inputs and _same_inputs(irs)
+    model = emit_model(irs, plan, names, shared_inputs)
+    onnx.checker.check_model(model, full_check=True)
+    result = ZipResult(model, {}, names, plan)
+    result.report = verify(result, protos, irs, arrays, opts)
+    result.report["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _check_dict(d: dict[str, np.ndarray], ir: ModelIR) -> dict[str, np.ndarray]:
+    """Validate in-memory calibration arrays like a file."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{ir.name}.npz"
+        np.savez(path, **d)
+        return io.load_calibration(path, ir.inputs)
+
+
+def _same_inputs(irs: list[ModelIR]) -> bool:
+    first = [(s.name, s.dtype, s.shape[1:]) for s in irs[0].inputs]
+    return all([(s.name, s.dtype, s.shape[1:]) for s in ir.inputs] == first for ir in irs[1:])
+
+
+def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
+           data: list[dict[str, np.ndarray]], opts: ZipOptions) -> dict[str, Any]:
+    """Run the zipped model on every task's calibration data and build the report.
+
+    The zipped model must reproduce the per-task zipped networks (the original graphs with the
+    merged weights, as run stage by stage) to float tolerance; with nothing shared it must
+    reproduce the original models. Otherwise it is a bug: :class:`EquivalenceError`.
+    """
+    zipped = runtime.session(result.model, opts.device)
+    equivalence, tasks = 0.0, []
+    shares_none = all(z.shared == 0 for z in result.plan.layers.values())
+    for t, (proto, ir, arrays, name) in enumerate(zip(protos, irs, data, result.names)):
+        feeds = _zipped_feeds(zipped, result.inputs_for(t, arrays))
+        outs = [o for o in ir.outputs]
+        got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in outs], opts.batch_size)
+        original = runtime.run(runtime.session(proto, opts.device), arrays, outs, opts.batch_size)
+        row: dict[str, Any] = {"name": name}
+        for o in outs:
+            z, ref, orig = got[f"{name}/{o}"], result.plan.outputs[t][o], original[o]
+            if not isinstance(z, np.ndarray) or z.dtype.kind != "f":
+                continue
+            diff = float(np.max(np.abs(z - ref))) if z.size else 0.0
+            tol = TOLERANCE * max(1.0, float(np.max(np.abs(ref))))
+            if diff > tol:
+                raise EquivalenceError(f"task {name!r} output {o!r}: the zipped model differs from the zipped "
+                                       f"network by {diff:.3g} (> {tol:.3g}); this is an onnxzip bug")
+            equivalence = max(equivalence, diff)
+            fid = fidelity(z, orig)
+            if shares_none and fid["max_abs_diff"] > TOLERANCE * max(1.0, float(np.max(np.abs(orig)))):
+                raise EquivalenceError(f"task {name!r} output {o!r}: with nothing shared the zipped model differs "
+                                       f"from the original by {fid['max_abs_diff']:.3g}; this is an onnxzip bug")
+            if "rel_err" not in row:
+                row.update(fid, output=o)
+        tasks.append(row)
+    before = [count_parameters([np.asarray(t.values) for t in ir.graph.tensors().values()
+                                if isinstance(t, gs.Constant)]) for ir in irs]
+    after = count_parameters(list(result.model.graph.initializer))
+    layers = []
+    for i in result.plan.hidden:
+        z = result.plan.layers[i]
+        layers.append({"name": irs[0].layers[i].name, "kind": irs[0].layers[i].kind, "neurons": z.neurons,
+                       "shared": z.shared, "cost": float(z.costs.sum())})
+    return {
+        "tasks": tasks, "layers": layers,
+        "params_before": sum(p for p, _ in before), "params_after": after[0],
+        "bytes_before": sum(b for _, b in before), "bytes_after": after[1],
+        "equivalence_max_abs_diff": equivalence,
+        "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
+                    "damping": opts.damping, "shared_input": all(not i.name.count("/") for i in result.model.graph.input)},
+        "samples": [int(next(iter(a.values())).shape[0]) for a in data],
+    }
+
+
+def _zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Feed the zipped model: the task's inputs, zeros for the other tasks' inputs."""
+    n = next(iter(feeds.values())).shape[0]
+    out = {}
+    for i in sess.get_inputs():
+        if i.name in feeds:
+            out[i.name] = feeds[i.name]
+        else:
+            shape = [n] + [d if isinstance(d, int) else 1 for d in i.shape[1:]]
+            out[i.name] = np.zeros(shape, dtype=np.float32 if "float" in i.type else np.int64)
+    return out
+
+
+def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.ndarray], labels: np.ndarray,
+                output: str, device: str = "cpu") -> float:
+    """Top-1 accuracy of one output of a model on labelled data (other inputs get zeros)."""
+    sess = runtime.session(str(model) if isinstance(model, (str, os.PathLike)) else model, device)
+    feeds = _zipped_feeds(sess, data)
+    pred = runtime.run(sess, feeds, [output])[output]
+    return float(np.mean(np.asarray(pred).argmax(axis=1) == labels))
+
+
+__all__ = ["ZipOptions", "ZipResult", "zip_models", "accuracy_of", "InputError"]

@@ -1,0 +1,130 @@
+"""Reading and writing files: ONNX models (external data included) and calibration arrays."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import InputError
+
+_TWO_GB = 2**31 - 2**20  # protobuf's hard limit, with some headroom
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, numpy dtype and shape (``None`` for a dynamic dim)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX model with its external data; never modifies the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        model = onnx.load(str(p), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: not a readable ONNX model ({first})") from None
+    if not model.graph.node:
+        raise InputError(f"{p}: not an ONNX model (no graph nodes)")
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write ``model`` atomically: to a temporary file beside ``path``, then rename.
+
+    Models over 2 GB keep their weights in ``<name>.data`` beside the file.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > _TWO_GB
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        if large:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=p.name + ".data")
+        else:
+            onnx.save_model(model, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
+    """Refuse an output path that is one of the inputs."""
+    out = Path(output).resolve()
+    for src in inputs:
+        if Path(src).resolve() == out:
+            raise InputError(f"{output}: output path is an input file; choose another -o path")
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.npz`` (every key) or ``.npy`` (key ``""``) file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        if p.suffix == ".npy":
+            return {"": np.load(p, allow_pickle=False)}
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{p}: not a readable .npz/.npy file ({exc})") from None
+
+
+def load_calibration(path: str | os.PathLike, specs: list[InputSpec],
+                     extra_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read calibration data for a model and check it against the model's inputs.
+
+    Keys must be exactly the input names (a ``.npy`` file serves a single-input model); keys in
+    ``extra_keys`` (labels) may also be present. Arrays have a leading batch axis, the same length
+    for every input, finite values, the input's static dims, and the input's dtype kind
+    (float data is cast to the input's float type).
+
+    Returns:
+        input name -> array (and the present extra keys), batch first.
+    """
+    arrays = load_arrays(path)
+    if list(arrays) == [""]:
+        if len(specs) != 1:
+            raise InputError(f"{path}: a .npy file serves one input; the model has {len(specs)}, use a .npz")
+        arrays = {specs[0].name: arrays[""]}
+    names = {s.name for s in specs}
+    missing = sorted(names - set(arrays))
+    extra = sorted(set(arrays) - names - set(extra_keys))
+    if missing:
+        raise InputError(f"{path}: missing input {missing[0]!r} (the file has: {', '.join(sorted(arrays))})")
+    if extra:
+        raise InputError(f"{path}: key {extra[0]!r} is not a model input (inputs: {', '.join(sorted(names))})")
+    out: dict[str, np.ndarray] = {}
+    batch = None
+    for s in specs:
+        a = arrays[s.name]
+        if a.ndim != len(s.shape) or any(d is not None and d != n for d, n in zip(s.shape[1:], a.shape[1:])):
+            shape = tuple("?" if d is None else d for d in s.shape)
+            raise InputError(f"{path}: input {s.name!r} has shape {a.shape}, the model expects {shape}")
+        if a.dtype.kind != s.dtype.kind:
+            raise InputError(f"{path}: input {s.name!r} has dtype {a.dtype}, the model expects {s.dtype}")
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise InputError(f"{path}: input {s.name!r} contains NaN or Inf")
+        if batch is not None and a.shape[0] != batch:
+            raise InputError(f"{path}: input {s.name!r} has {a.shape[0]} samples, other inputs {batch}")
+        batch = a.shape[0]
+        out[s.name] = np.ascontiguousarray(a, dtype=s.dtype)
+    if batch == 0:
+        raise InputError(f"{path}: no samples")
+    for k in extra_keys:
+        if k in arrays:
+            out[k] = arrays[k]
+    return out

@@ -1,0 +1,314 @@
+"""Normalization passes: bring any exporter's graph to one canonical form.
+
+After :func:`normalize`, a graph holds:
+
+* dense layers as ``Gemm(x, W, b)`` with ``W`` a constant (out, in), ``transB=1``, ``alpha=beta=1``;
+* convolutions as ``Conv(x, W, b)`` with a constant bias (zeros where the file had none);
+* BatchNormalization folded into the Conv/Gemm before it where that layer feeds only the BN;
+* ``Reshape`` to (batch, features) as ``Flatten(axis=1)``;
+* no Identity or (inference) Dropout nodes, no Constant nodes, initializers not listed as inputs.
+
+Each pass is ``pass(graph) -> int`` (the number of rewrites) and edits the onnx-graphsurgeon graph
+in place. Only this module edits graphs.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import shape_inference, version_converter
+
+from .errors import InputError, UnsupportedOpError
+
+log = logging.getLogger(__name__)
+Pass = Callable[[gs.Graph], int]
+MIN_OPSET, MAX_OPSET = 9, 21
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def prepare(model: onnx.ModelProto, opset: int, source: str) -> gs.Graph:
+    """Check domains and opset, convert to ``opset``, infer shapes and import into graphsurgeon.
+
+    Args:
+        model: the loaded model (not modified).
+        opset: the default-domain opset every task is converted to.
+        source: the file name, for messages.
+    """
+    own = onnx_opset(model)
+    if not MIN_OPSET <= own <= MAX_OPSET:
+        raise InputError(f"{source}: opset {own} is not supported (onnxzip reads opset {MIN_OPSET} to {MAX_OPSET})")
+    for node in model.graph.node:
+        if node.domain not in KNOWN_DOMAINS:
+            raise UnsupportedOpError(f"{source}: node {node.name!r} ({node.domain}:{node.op_type}) is a custom-domain "
+                                     "op; onnxzip emits standard ONNX only")
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    if own != opset:
+        try:
+            work = version_converter.convert_version(work, opset)
+        except Exception as exc:  # the converter raises bare RuntimeError/ValueError/IndexError
+            raise InputError(f"{source}: cannot convert opset {own} to {opset} ({str(exc).splitlines()[0]})") from None
+    try:
+        work = shape_inference.infer_shapes(work, data_prop=True)
+    except Exception as exc:
+        raise InputError(f"{source}: shape inference failed ({str(exc).splitlines()[0]})") from None
+    return gs.import_onnx(work)
+
+
+# ---------------------------------------------------------------------------------------------- passes
+
+def drop_initializer_inputs(graph: gs.Graph) -> int:
+    """Old (IR < 4) models list initializers as graph inputs; they are weights, not inputs."""
+    keep = [t for t in graph.inputs if not isinstance(t, gs.Constant)]
+    n = len(graph.inputs) - len(keep)
+    graph.inputs = keep
+    return n
+
+
+def name_nodes(graph: gs.Graph) -> int:
+    """Give every node a unique, non-empty name (messages and alignment name nodes)."""
+    seen: set[str] = set()
+    n = 0
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op}_{i}" if not node.name else f"{node.name}_{i}"
+            n += 1
+        seen.add(node.name)
+    return n
+
+
+def fold_constants(graph: gs.Graph) -> int:
+    """Turn Constant nodes and constant subgraphs (e.g. ConstantOfShape weights) into initializers."""
+    n = 0
+    for node in graph.nodes:
+        if node.op == "Constant" and len(node.outputs) == 1 and "value" in node.attrs:
+            out = node.outputs[0]
+            const = gs.Constant(out.name, np.asarray(node.attrs["value"].values))
+            _replace_tensor(graph, out, const)
+            node.outputs.clear()
+            n += 1
+    needs_folding = any(node.op in ("ConstantOfShape", "Shape", "Cast", "Unsqueeze", "Concat", "Gather")
+                        and all(isinstance(t, gs.Constant) or _is_shape_of_static(t) for t in node.inputs)
+                        for node in graph.nodes)
+    if needs_folding:
+        try:
+            import onnxruntime  # noqa: F401  (graphsurgeon evaluates constant subgraphs with it)
+        except ImportError:
+            return n
+        before = len(graph.nodes)
+        gs.logger.G_LOGGER.module_severity = gs.logger.G_LOGGER.ERROR
+        graph.cleanup().fold_constants(error_ok=True).cleanup()
+        n += before - len(graph.nodes)
+    return n
+
+
+def _is_shape_of_static(t: gs.Tensor) -> bool:
+    return bool(t.inputs) and t.inputs[0].op == "Shape"
+
+
+def remove_identities(graph: gs.Graph) -> int:
+    """Remove Identity and inference-mode Dropout nodes, rewiring their consumers."""
+    n = 0
+    for node in list(graph.nodes):
+        if node.op not in ("Identity", "Dropout"):
+            continue
+        if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
+            raise UnsupportedOpError(f"node {node.name!r} (Dropout): its mask output is used")
+        if node.op == "Dropout" and len(node.inputs) > 2 and _truthy(node.inputs[2]):
+            raise UnsupportedOpError(f"node {node.name!r} (Dropout): training_mode is on")
+        if _bypass(graph, node):
+            n += 1
+    return n
+
+
+def _set(items: list, new: list) -> None:
+    """Replace a graphsurgeon node's inputs/outputs (its lists keep tensor links in sync)."""
+    new = list(new)
+    items.clear()
+    items.extend(new)
+
+
+def _truthy(t: gs.Tensor) -> bool:
+    return isinstance(t, gs.Constant) and bool(np.asarray(t.values).any())
+
+
+def _bypass(graph: gs.Graph, node: gs.Node) -> bool:
+    """Remove a node whose first output equals its first input. False where a graph output blocks it."""
+    src, dst = node.inputs[0], node.outputs[0]
+    if dst in graph.outputs:
+        if src in graph.inputs or src in graph.outputs or isinstance(src, gs.Constant) or not src.inputs:
+            return False
+        producer = src.inputs[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        _replace_tensor(graph, src, dst)
+        producer.outputs[producer.outputs.index(src)] = dst
+    else:
+        node.inputs.clear()
+        node.outputs.clear()
+        _replace_tensor(graph, dst, src)
+    return True
+
+
+def _replace_tensor(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer of ``old`` at ``new``."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+    graph.outputs = [new if t is old else t for t in graph.outputs]
+
+
+def matmul_add_to_gemm(graph: gs.Graph) -> int:
+    """``MatMul(x, W)`` (+ ``Add(., b)``) with constant 2-D ``W`` on a 2-D ``x`` -> ``Gemm``."""
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        x, w = node.inputs
+        if w.values.ndim != 2 or x.shape is None or len(x.shape) != 2:
+            continue
+        out = node.outputs[0]
+        bias = np.zeros(w.values.shape[1], dtype=w.values.dtype)
+        add = out.outputs[0] if len(out.outputs) == 1 and out not in graph.outputs else None
+        if add is not None and add.op == "Add":
+            other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+            if isinstance(other, gs.Constant) and other.values.size == bias.size and other.values.ndim <= 2:
+                bias = other.values.reshape(-1).astype(bias.dtype)
+                out = add.outputs[0]
+                add.outputs.clear()
+        gemm_w = gs.Constant(w.name + "_T" if len(w.outputs) > 1 else w.name, np.ascontiguousarray(w.values.T))
+        gemm_b = gs.Constant(f"{node.name}.bias", bias)
+        node.op, node.attrs = "Gemm", {"transB": 1}
+        _set(node.inputs, [x, gemm_w, gemm_b])
+        _set(node.outputs, [out])
+        n += 1
+    return n
+
+
+def canonicalize_gemm(graph: gs.Graph) -> int:
+    """Gemm with constant B -> ``W`` (out, in), ``transB=1``, alpha and beta folded, bias (out,)."""
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "Gemm" or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        a = node.attrs
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        trans_a, trans_b = int(a.get("transA", 0)), int(a.get("transB", 0))
+        w = node.inputs[1].values
+        w = w if trans_b else w.T
+        out_dim = w.shape[0]
+        bias = np.zeros(out_dim, dtype=w.dtype)
+        if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+            c = node.inputs[2]
+            if not isinstance(c, gs.Constant) or c.values.size not in (1, out_dim) or c.values.ndim > 2 or (
+                    c.values.ndim == 2 and c.values.shape[0] != 1):
+                raise UnsupportedOpError(f"node {node.name!r} (Gemm): its C input is not a bias vector of {out_dim}")
+            bias = bias + beta * c.values.reshape(-1).astype(w.dtype)
+        if (alpha, beta, trans_a, trans_b) == (1.0, 1.0, 0, 1) and len(node.inputs) == 3 \
+                and node.inputs[2].values.shape == (out_dim,):
+            continue
+        if trans_a:
+            x = node.inputs[0]
+            xt = gs.Variable(f"{x.name}_T", dtype=x.dtype, shape=None if x.shape is None else list(x.shape)[::-1])
+            graph.nodes.append(gs.Node("Transpose", f"{node.name}_transA", {"perm": [1, 0]}, [x], [xt]))
+            node.inputs[0] = xt
+        _set(node.inputs, [node.inputs[0], gs.Constant(f"{node.name}.weight", np.ascontiguousarray(alpha * w)),
+                           gs.Constant(f"{node.name}.bias", bias)])
+        node.attrs = {"transB": 1}
+        n += 1
+    return n
+
+
+def fold_batchnorm(graph: gs.Graph) -> int:
+    """Fold inference BatchNormalization into the Conv/Gemm that feeds only it.
+
+    Needs canonical Gemm/Conv (constant W and b). Keeps BN where the layer output is used elsewhere.
+    """
+    n = 0
+    for bn in list(graph.nodes):
+        if bn.op != "BatchNormalization" or not bn.inputs[0].inputs:
+            continue
+        x = bn.inputs[0]
+        layer = x.inputs[0]
+        if (layer.op not in ("Conv", "Gemm") or len(x.outputs) != 1 or x in graph.outputs
+                or not all(isinstance(t, gs.Constant) for t in bn.inputs[1:5])
+                or not all(isinstance(t, gs.Constant) for t in layer.inputs[1:3])):
+            continue
+        if int(bn.attrs.get("training_mode", 0)) or any(o.outputs for o in bn.outputs[1:]):
+            raise UnsupportedOpError(f"node {bn.name!r} (BatchNormalization): training mode is not supported")
+        scale, shift, mean, var = (np.asarray(t.values, dtype=np.float64) for t in bn.inputs[1:5])
+        s = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        w, b = layer.inputs[1].values, layer.inputs[2].values
+        if w.shape[0] != s.size:
+            continue
+        new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+        new_b = ((b.astype(np.float64) - mean) * s + shift).astype(b.dtype)
+        y = bn.outputs[0]
+        bn.inputs.clear()
+        bn.outputs.clear()
+        layer.inputs[1] = gs.Constant(f"{layer.name}.weight", new_w)
+        layer.inputs[2] = gs.Constant(f"{layer.name}.bias", new_b)
+        layer.outputs[0] = y
+        n += 1
+    return n
+
+
+def add_conv_bias(graph: gs.Graph) -> int:
+    """Give every Conv with a constant weight a constant bias (zeros where absent)."""
+    n = 0
+    for node in graph.nodes:
+        if node.op == "Conv" and isinstance(node.inputs[1], gs.Constant) and (
+                len(node.inputs) < 3 or node.inputs[2] is None or not node.inputs[2].name):
+            w = node.inputs[1].values
+            _set(node.inputs, [node.inputs[0], node.inputs[1],
+                               gs.Constant(f"{node.name}.bias", np.zeros(w.shape[0], dtype=w.dtype))])
+            n += 1
+    return n
+
+
+def reshape_to_flatten(graph: gs.Graph) -> int:
+    """``Reshape(x, [N|0|-1, F])`` with F = prod(x.shape[1:]) (static) -> ``Flatten(x, axis=1)``."""
+    n = 0
+    for node in graph.nodes:
+        if node.op != "Reshape" or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        x, target = node.inputs[0], [int(v) for v in np.asarray(node.inputs[1].values).reshape(-1)]
+        if x.shape is None or len(x.shape) < 2 or len(target) != 2 or (int(node.attrs.get("allowzero", 0)) and 0 in target):
+            continue
+        rest = x.shape[1:]
+        if not all(isinstance(d, int) for d in rest):
+            continue
+        features = int(np.prod(rest))
+        if target[1] in (-1, features) and (target[0] in (0, -1) or target[0] == x.shape[0]) and \
+                not (target[0] == -1 and target[1] == -1):
+            node.op, node.attrs = "Flatten", {"axis": 1}
+            _set(node.inputs, [x])
+            n += 1
+    return n
+
+
+DEFAULT_PASSES: tuple[Pass, ...] = (
+    drop_initializer_inputs, name_nodes, fold_constants, remove_identities, matmul_add_to_gemm,
+    canonicalize_gemm, add_conv_bias, fold_batchnorm, reshape_to_flatten,
+)
+
+
+def normalize(graph: gs.Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> dict[str, int]:
+    """Run ``passes`` in order, then clean up and sort once.
+
+    Returns:
+        pass name -> number of rewrites.
+    """
+    counts = {p.__name__: p(graph) for p in passes}
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    log.debug("normalize: %s", counts)
+    return counts

@@ -1,0 +1,76 @@
+"""ONNX Runtime sessions: the one place that imports onnxruntime (lazily)."""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from .errors import InputError, UsageError
+
+log = logging.getLogger(__name__)
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def onnxruntime():
+    """The onnxruntime module, or a :class:`UsageError` naming the extra to install."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UsageError("onnxruntime is not installed: pip install 'onnxzip[cpu]' "
+                         "(or 'onnxzip[gpu]' for CUDA; never both)") from None
+    return ort
+
+
+def session(model: onnx.ModelProto | str, device: str = "cpu"):
+    """An InferenceSession on ``device`` ('cpu' or 'cuda'); refuses a silent fall-back to CPU."""
+    ort = onnxruntime()
+    if device not in PROVIDERS:
+        raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[device]
+    if wanted[0] not in ort.get_available_providers():
+        raise UsageError(f"device {device!r} needs {wanted[0]}, which this onnxruntime build lacks "
+                         f"(available: {', '.join(ort.get_available_providers())}); install 'onnxzip[gpu]'")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    src = model if isinstance(model, str) else model.SerializeToString()
+    try:
+        sess = ort.InferenceSession(src, opts, providers=wanted)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise InputError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    if sess.get_providers()[0] != wanted[0]:
+        raise UsageError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of {wanted[0]}")
+    return sess
+
+
+def batch_size_for(sess, requested: int) -> int:
+    """``requested``, or the model's fixed batch size where an input pins one."""
+    for i in sess.get_inputs():
+        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return i.shape[0]
+    return requested
+
+
+def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: int) -> Iterator[list[np.ndarray]]:
+    """Run ``sess`` over the leading axis of ``feeds`` in batches; yields the outputs of each batch.
+
+    A model with a fixed batch size drops a final partial batch (logged).
+    """
+    n = next(iter(feeds.values())).shape[0]
+    size = batch_size_for(sess, batch)
+    fixed = size != batch
+    stop = n - n % size if fixed else n
+    if stop < n:
+        log.warning("the model fixes batch size %d: the last %d samples are not used", size, n - stop)
+    names = [i.name for i in sess.get_inputs()]
+    for i in range(0, stop, size):
+        yield sess.run(outputs, {k: feeds[k][i:i + size] for k in names})
+
+
+def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, batch: int = 256) -> dict[str, np.ndarray]:
+    """All outputs (default: every graph output) over all samples, concatenated along axis 0."""
+    outputs = outputs or [o.name for o in sess.get_outputs()]
+    parts = [list(r) for r in run_batches(sess, feeds, outputs, batch)]
+    return {name: np.concatenate([p[j] for p in parts]) if parts and isinstance(parts[0][j], np.ndarray)
+            else [x for p in parts for x in p[j]] for j, name in enumerate(outputs)}

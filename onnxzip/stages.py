@@ -1,0 +1,94 @@
+"""Run one task's network stage by stage through ONNX Runtime.
+
+The graph is cut before each hidden layer. Stage ``j`` holds the nodes from cut ``j`` up to cut
+``j + 1`` (the prefix before the first cut is stage 0; the last stage ends at the graph outputs).
+Each stage becomes a small ONNX model whose inputs are the tensors alive at its start, so the
+calibration set passes through every node exactly once while the layers below are being zipped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import runtime
+from .ir import ModelIR
+
+
+class StagedNetwork:
+    """One task's normalized network, cut before the layers ``cuts`` (indices into ``ir.layers``)."""
+
+    def __init__(self, ir: ModelIR, cuts: list[int], device: str = "cpu", batch: int = 64) -> None:
+        self.ir, self.device, self.batch = ir, device, batch
+        nodes = list(ir.graph.nodes)
+        where = {n.name: i for i, n in enumerate(nodes)}
+        self.bounds = [0] + [where[ir.layers[c].name] for c in cuts] + [len(nodes)]
+        self.nodes = nodes
+        self.live = [self._live_at(p) for p in self.bounds]
+        self.live[-1] = [t.name for t in ir.graph.outputs]
+
+    def _live_at(self, pos: int) -> list[str]:
+        """Tensors made before node ``pos`` (or graph inputs) and needed at or after it."""
+        made = {t.name for t in self.ir.graph.inputs}
+        for n in self.nodes[:pos]:
+            made.update(t.name for t in n.outputs)
+        need = {t.name for t in self.ir.graph.outputs}
+        for n in self.nodes[pos:]:
+            need.update(t.name for t in n.inputs if not isinstance(t, gs.Constant) and t.name)
+        return sorted(made & need)
+
+    @property
+    def stages(self) -> int:
+        return len(self.bounds) - 1
+
+    def stage_model(self, j: int, weights: dict[int, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto | None:
+        """Stage ``j`` as a model, with the layers in ``weights`` (index -> (W, b)) replaced.
+
+        Returns None for an empty stage (its outputs are its inputs).
+        """
+        lo, hi = self.bounds[j], self.bounds[j + 1]
+        if lo == hi:
+            return None
+        graph = self.ir.graph.copy()
+        tensors = graph.tensors()
+        keep = {n.name for n in self.nodes[lo:hi]}
+        graph.nodes = [n for n in graph.nodes if n.name in keep]
+        for i, (w, b) in weights.items():
+            layer = self.ir.layers[i]
+            if layer.name in keep:
+                tensors[layer.weight].values = np.asarray(w, tensors[layer.weight].values.dtype)
+                tensors[layer.bias].values = np.asarray(b, tensors[layer.bias].values.dtype)
+        graph.inputs = [_as_input(tensors[name]) for name in self.live[j]]
+        graph.outputs = [tensors[name] for name in self.produced(j)]
+        for t in graph.outputs:
+            t.dtype = t.dtype or np.float32
+        graph.cleanup(remove_unused_graph_inputs=False)
+        model = gs.export_onnx(graph, do_type_check=False)
+        model.ir_version = self.ir.ir_version
+        del model.opset_import[:]
+        model.opset_import.extend([onnx.helper.make_opsetid("", self.ir.opset)] +
+                                  [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.ir.extra_opsets.items())])
+        return model
+
+    def produced(self, j: int) -> list[str]:
+        """The tensors alive after stage ``j`` that it computes (the rest are carried through)."""
+        return [name for name in self.live[j + 1] if name not in self.live[j]]
+
+    def run_stage(self, j: int, live: dict[str, np.ndarray],
+                  weights: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Run stage ``j`` over all samples of ``live`` (the tensors alive at its start)."""
+        model = self.stage_model(j, weights)
+        if model is None:
+            return {k: live[k] for k in self.live[j + 1]}
+        sess = runtime.session(model, self.device)
+        feeds = {i.name: live[i.name] for i in sess.get_inputs()}
+        out = runtime.run(sess, feeds, self.produced(j), self.batch)
+        return {k: out[k] if k in out else live[k] for k in self.live[j + 1]}
+
+
+def _as_input(t: gs.Tensor) -> gs.Tensor:
+    """Cut ``t`` from its producer so that it can be a stage input."""
+    t.inputs.clear()
+    if t.dtype is None:
+        t.dtype = np.float32
+    return t

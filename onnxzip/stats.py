@@ -1,0 +1,166 @@
+"""Layer-input Hessians ``H = mean(x x')`` with a constant 1 appended (the bias), in float64.
+
+Estimators (:data:`HESSIANS`) turn a batch of a layer's input into rows to accumulate and finish
+the mean into the full (fan_in + 1)^2 Hessian over the layer's weight columns (ONNX order:
+channel-major, then kernel offsets; the bias last):
+
+* ``channel`` -- the MTZ paper's conv statistic: one (C_in + 1)^2 Hessian over all positions,
+  reused at every kernel offset (dense layers: exact);
+* ``exact``   -- the exact patch covariance (C_in*kh*kw + 1)^2 (dense layers: exact);
+* ``identity``-- no data, H = I: Euclidean weight matching and plain averaging (a baseline).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import NumericalError, UsageError
+from .ir import Layer
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class HessianEstimator:
+    """``rows(layer, x) -> (m, r)``: rows to accumulate from a batch ``x`` of the layer input;
+    ``finish(layer, h) -> (fan_in + 1, fan_in + 1)``: the full Hessian from the (r + 1)^2 mean."""
+
+    rows: Callable[[Layer, np.ndarray], np.ndarray] | None
+    finish: Callable[[Layer, np.ndarray], np.ndarray]
+
+
+HESSIANS: Registry = Registry("Hessian estimator")
+
+
+@dataclass
+class Accumulator:
+    """Streams ``sum [x 1]' [x 1]`` over batches in float64."""
+
+    dim: int
+    total: np.ndarray = field(init=False)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = np.zeros((self.dim + 1, self.dim + 1))
+
+    def add(self, rows: np.ndarray) -> None:
+        """rows: (m, dim), any float dtype; accumulated in chunks to bound memory."""
+        step = max(1, (1 << 22) // max(self.dim, 1))
+        for i in range(0, rows.shape[0], step):
+            x = np.asarray(rows[i:i + step], np.float64)
+            s = x.sum(axis=0)
+            self.total[:-1, :-1] += x.T @ x
+            self.total[:-1, -1] += s
+            self.total[-1, :-1] += s
+            self.total[-1, -1] += x.shape[0]
+            self.count += x.shape[0]
+
+    def mean(self) -> np.ndarray:
+        if self.count == 0:
+            raise NumericalError("no calibration samples reached a layer")
+        h = self.total / self.count
+        if not np.isfinite(h).all():
+            raise NumericalError("layer-input statistics hold NaN or Inf: the model overflows on the calibration data")
+        return h
+
+
+def channel_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """Dense: x (N, d). Conv: x (N, C, *spatial) -> (N*positions, C)."""
+    if layer.kind == "dense":
+        return x.reshape(x.shape[0], -1)
+    return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+
+
+def expand_conv_hessian(hc: np.ndarray, kernel: int) -> np.ndarray:
+    """Reuse a per-channel (C+1)^2 Hessian at every one of ``kernel`` offsets.
+
+    The bias is spread evenly over the offsets, so the quadratic form is the sum over offsets of
+    ``[d_k; d_b/K]' Hc [d_k; d_b/K]``: positive semi-definite, and exact for 1x1 kernels.
+    Returns (C*K + 1, C*K + 1) in ONNX weight order (channel-major, offsets inner, bias last).
+    """
+    c = hc.shape[0] - 1
+    if kernel == 1:
+        return hc.copy()
+    h = np.zeros((c * kernel + 1, c * kernel + 1))
+    h[:-1, :-1] = np.kron(hc[:c, :c], np.eye(kernel))
+    h[:-1, -1] = h[-1, :-1] = np.repeat(hc[:c, c], kernel) / kernel
+    h[-1, -1] = hc[c, c] / kernel
+    return h
+
+
+def _finish_channel(layer: Layer, h: np.ndarray) -> np.ndarray:
+    return h if layer.kind == "dense" else expand_conv_hessian(h, layer.kernel)
+
+
+def patches(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """im2col for a 1-D or 2-D conv: x (N, C, *spatial) -> (N*out_positions, C*prod(kernel))."""
+    spatial = x.ndim - 2
+    if spatial not in (1, 2):
+        raise UsageError(f"layer {layer.name!r}: the exact patch Hessian supports 1-D and 2-D convolutions")
+    kernel = tuple(layer.shape[2:])
+    strides = tuple(layer.attr("strides") or (1,) * spatial)
+    dil = tuple(layer.attr("dilations") or (1,) * spatial)
+    pads = _pads(layer, x.shape[2:], kernel, strides, dil)
+    if spatial == 1:
+        x, kernel, strides, dil = x[..., None], kernel + (1,), strides + (1,), dil + (1,)
+        pads = (pads[0], 0, pads[1], 0)
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    span = tuple(d * (k - 1) + 1 for d, k in zip(dil, kernel))
+    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))
+    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # (N, C, OH, OW, kh, kw)
+    n, c, oh, ow = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kernel[0] * kernel[1])
+
+
+def _pads(layer: Layer, size: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+          dil: tuple[int, ...]) -> tuple[int, ...]:
+    """Begin pads then end pads, as ONNX ``pads``, with ``auto_pad`` resolved."""
+    auto = layer.attr("auto_pad", "NOTSET")
+    n = len(size)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for s, k, st, d in zip(size, kernel, strides, dil):
+            out = -(-s // st)
+            total = max(0, (out - 1) * st + d * (k - 1) + 1 - s)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else large)
+            end.append(large if auto == "SAME_UPPER" else small)
+        return tuple(begin + end)
+    if auto == "VALID":
+        return (0,) * (2 * n)
+    return tuple(layer.attr("pads") or (0,) * (2 * n))
+
+
+def _finish_exact(layer: Layer, h: np.ndarray) -> np.ndarray:
+    return h
+
+
+def _finish_identity(layer: Layer, h: np.ndarray) -> np.ndarray:
+    return np.eye(layer.fan_in + 1)
+
+
+def _exact_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
+    return channel_rows(layer, x) if layer.kind == "dense" else patches(layer, x)
+
+
+HESSIANS.register("channel")(HessianEstimator(channel_rows, _finish_channel))
+HESSIANS.register("exact")(HessianEstimator(_exact_rows, _finish_exact))
+HESSIANS.register("identity")(HessianEstimator(None, _finish_identity))
+
+
+def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256) -> np.ndarray:
+    """The full Hessian of ``layer`` from its input ``x`` (N, ...), streamed over batches of ``batch``.
+
+    Returns:
+        (fan_in + 1, fan_in + 1) float64, bias last.
+    """
+    est: HessianEstimator = HESSIANS.get(method)
+    if est.rows is None:
+        return est.finish(layer, np.zeros(0))
+    acc: Accumulator | None = None
+    for i in range(0, x.shape[0], batch):
+        rows = est.rows(layer, x[i:i + batch])
+        acc = acc or Accumulator(rows.shape[1])
+        acc.add(rows)
+    return est.finish(layer, acc.mean())
