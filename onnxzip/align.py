@@ -29,7 +29,8 @@ def signature(ir: ModelIR, node: gs.Node, loose: bool) -> tuple:
             shape = v.shape[1:] if loose and i > 0 else v.shape
             value = tuple(v.reshape(-1).tolist()) if v.dtype.kind in "iub" and v.size <= 16 and not loose else None
             consts.append((i, shape, value))
-    return node.op, repr(sorted((k, repr(v)) for k, v in node.attrs.items())), tuple(consts)
+    outputs = tuple(ir.outputs.index(t.name) if t.name in ir.outputs else -1 for t in node.outputs)
+    return node.op, repr(sorted((k, repr(v)) for k, v in node.attrs.items())), tuple(consts), outputs
 
 
 def describe(ir: ModelIR, node: gs.Node) -> str:

@@ -100,12 +100,11 @@ def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
 
 def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str]
                ) -> tuple[list[onnx.ModelProto], list[ModelIR]]:
-    """Load, normalize and align the models."""
+    """Load and normalize the models (not yet aligned), all converted to one opset."""
     protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
     sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
     opset = min(max(onnx_opset(p) for p in protos), MAX_EMIT_OPSET)
-    irs = [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
-    return protos, align(irs)
+    return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
 
 
 def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
@@ -127,6 +126,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     start = time.perf_counter()
     names = task_names(models, opts.names)
     protos, irs = load_tasks(models, names)
+    irs = align(irs)
     arrays = [io.load_calibration(d, ir.inputs) if isinstance(d, (str, os.PathLike)) else _check_dict(d, ir)
               for d, ir in zip(data, irs)]
     plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,

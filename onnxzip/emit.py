@@ -125,6 +125,7 @@ class TaskEmitter:
         self.b, self.ir, self.plan, self.t, self.prefix = b, ir, plan, task, prefix
         self.layer_names = layer_names  # the first task's layer names: shared initializers are named after them
         self.values: dict[str, Value] = {}
+        self.restored: dict[str, str] = {}  # graph outputs carrying zipped channels, in task order
         self.layer_of = {layer.name: i for i, layer in enumerate(ir.layers)}
         self.output_names = {t.name for t in ir.graph.outputs}
         for t in ir.graph.inputs:
@@ -197,7 +198,8 @@ class TaskEmitter:
         return self.b.const(np.take(c, _expand(part.channels, block), axis=axis), f"{self.prefix}/const")
 
     def restore(self, name: str) -> None:
-        """Make graph output ``name`` one tensor in the task's own channel order."""
+        """Give graph output ``name`` as one tensor in the task's own channel order (its parts stay
+        in use for the nodes downstream)."""
         value = self.values[name]
         block = value.space.block
         tensors = [p.tensor for p in value.parts]
@@ -206,7 +208,7 @@ class TaskEmitter:
         order = np.argsort(np.concatenate([_expand(p.channels, block) for p in value.parts]))
         idx = self.b.const(order.astype(np.int64), f"{self.prefix}/{name}.order")
         (out,) = self.b.node("Gather", [joined, idx], {"axis": 1}, [name], self.prefix, exact=[True])
-        self.values[name] = Value([Part(out, None, False)], None)
+        self.restored[name] = out
 
     def layer(self, node: gs.Node, z: LayerZip) -> None:
         ir_layer = self.ir.layers[z.layer]
@@ -281,7 +283,7 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
             for inp in ir.graph.inputs:
                 inputs.append(_value_info(em.values[inp.name].parts[0].tensor, inp))
         for out in ir.graph.outputs:
-            final = em.values[out.name].parts[0].tensor
+            final = em.restored.get(out.name) or em.values[out.name].parts[0].tensor
             want = f"{name}/{out.name}"
             if final != want:
                 b.nodes.append(helper.make_node("Identity", [final], [want], name=b.unique(want + ".id")))

@@ -1,0 +1,149 @@
+"""``onnxzip zip / inspect / eval / demo``: argparse -> ZipOptions -> the API."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__, io
+from .api import ZipOptions, accuracy_of, load_tasks, task_names, zip_models
+from .align import align
+from .errors import InputError, MismatchError, OnnxzipError
+from .merge import MATCHERS
+from .plan import parse_share
+from .report import format_table, write_json
+from .stats import HESSIANS
+
+DEFAULTS = ZipOptions()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(","))
+
+
+def _add_zip_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--share", type=parse_share, default=DEFAULTS.share,
+                   help="fraction of each hidden layer's neurons to share, or one per hidden layer: 0.5,0.5,0.25 "
+                        f"(default {DEFAULTS.share})")
+    p.add_argument("--matching", choices=MATCHERS.names(), default=DEFAULTS.matching,
+                   help="neuron matching: optimal assignment, the paper's greedy, or index (no matching)")
+    p.add_argument("--hessian", choices=HESSIANS.names(), default=DEFAULTS.hessian,
+                   help="conv statistic: per-channel (paper), exact patch covariance, or identity (Euclidean)")
+    p.add_argument("--damping", type=float, default=DEFAULTS.damping,
+                   help=f"Hessian damping, relative to its mean diagonal (default {DEFAULTS.damping})")
+    p.add_argument("--separate-inputs", action="store_true", help="one input per task even when they agree")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="calibration batch size")
+
+
+def cmd_zip(args: argparse.Namespace) -> int:
+    io.check_output_path(args.output, args.models + args.data)
+    if args.report:
+        io.check_output_path(args.report, args.models + args.data + [args.output])
+    opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
+                      damping=args.damping, separate_inputs=args.separate_inputs, device=args.device,
+                      batch_size=args.batch_size, quiet=args.quiet)
+    result = zip_models(args.models, args.data, opts)
+    result.save(args.output)
+    if args.report:
+        write_json(result.report, args.report)
+    if not args.quiet:
+        print(format_table(result.report))
+        print(f"wrote {args.output} (outputs: {', '.join(o.name for o in result.model.graph.output)})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    _, irs = load_tasks(args.models, task_names(args.models, None))
+    for ir in irs:
+        print(f"{ir.source}: opset {ir.opset}, inputs "
+              + ", ".join(f"{s.name} {tuple('?' if d is None else d for d in s.shape)}" for s in ir.inputs))
+        print(f"  {'layer':<28} {'kind':<6} {'shape':<20} {'neurons':>8}  role")
+        for i, layer in enumerate(ir.layers):
+            role = "hidden (zippable)" if i in ir.hidden else "head (private)"
+            print(f"  {layer.name[:28]:<28} {layer.kind:<6} {str(layer.shape):<20} {layer.neurons:>8}  {role}")
+    if len(irs) < 2:
+        return 0
+    try:
+        align(irs)
+    except MismatchError as exc:
+        print(f"NOT aligned: {exc}")
+        return 1
+    print(f"aligned: same architecture, {len(irs[0].hidden)} zippable hidden layers")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    arrays = io.load_arrays(args.data)
+    if args.labels not in arrays:
+        raise InputError(f"{args.data}: no labels key {args.labels!r} (keys: {', '.join(sorted(arrays))})")
+    labels = arrays.pop(args.labels)
+    acc = accuracy_of(io.load_model(args.model), arrays, labels, args.output, args.device)
+    print(f"{args.model} {args.output}: top-1 accuracy {acc:.4f} on {len(labels)} samples")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo, samples_dir
+    samples = samples_dir(args.samples)
+    print(f"onnxzip demo: zipping the sample pairs in {samples} (tasks: digit 10-way, parity 2-way)")
+    print(f"{'model':<5} {'share':>6} {'params kept':>12} {'digit acc':>16} {'parity acc':>16} {'seconds':>8}")
+    for row in run_demo(samples, options=ZipOptions(quiet=True, device=args.device)):
+        acc, orig = row["accuracy"], row["original"]
+        print(f"{row['arch']:<5} {row['share']:>6.2f} {row['params_kept']:>12.1%} "
+              f"{acc['digit']:>7.4f} ({orig['digit']:.4f}) {acc['parity']:>7.4f} ({orig['parity']:.4f}) "
+              f"{row['seconds']:>8.2f}")
+    print("accuracy on the held-out test images; originals in parentheses")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxzip", description="Zip same-architecture ONNX models into one "
+                                     "multi-task model with Multi-Task Zipping.")
+    parser.add_argument("--version", action="version", version=f"onnxzip {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("zip", help="zip models into one multi-task ONNX model")
+    p.add_argument("models", nargs="+", help="ONNX models of the same architecture (one per task)")
+    p.add_argument("--data", nargs="+", required=True, help="calibration .npz per model (keys = input names)")
+    p.add_argument("-o", "--output", required=True, help="the zipped model to write")
+    p.add_argument("--names", type=_names, default=DEFAULTS.names, help="task names, comma-separated")
+    p.add_argument("--report", help="write the report as JSON here")
+    _add_zip_options(p)
+    p.set_defaults(func=cmd_zip)
+
+    p = sub.add_parser("inspect", help="show layers and whether the models align")
+    p.add_argument("models", nargs="+")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("eval", help="top-1 accuracy of one output on labelled data")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help=".npz with the inputs and a labels array")
+    p.add_argument("--labels", default="label", help="labels key in the .npz (default: label)")
+    p.add_argument("--output", required=True, help="output name, e.g. digit/logits")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="zip the shipped sample models at several sharing levels")
+    p.add_argument("--samples", help="samples folder (default: the checkout's samples/)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=cmd_demo)
+
+    for p in sub.choices.values():
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+        p.add_argument("-v", "--verbose", action="store_true", help="log each layer")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="onnxzip: %(message)s")
+    try:
+        return args.func(args)
+    except OnnxzipError as exc:
+        print(f"onnxzip: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The shipped demo: zip the sample pairs at several sharing levels and measure test accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import io
+from .api import ZipOptions, accuracy_of, zip_models
+from .errors import InputError
+
+TASKS = ("digit", "parity")
+ARCHS = ("mlp", "cnn")
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def samples_dir(given: str | None = None) -> Path:
+    """``given``, else the ``samples/`` folder of the source checkout this package runs from."""
+    path = Path(given) if given else Path(__file__).resolve().parent.parent / "samples"
+    if not (path / "calib_digit.npz").is_file():
+        raise InputError(f"{path}: no onnxzip samples here; run from a source checkout or pass --samples DIR")
+    return path
+
+
+def run_demo(samples: Path, shares: tuple[float, ...] = SHARES, archs: tuple[str, ...] = ARCHS,
+             options: ZipOptions | None = None) -> Iterator[dict[str, Any]]:
+    """Yield one row per (architecture, share): parameters kept and each task's test accuracy,
+    with the originals' accuracy alongside."""
+    calib = [samples / f"calib_{t}.npz" for t in TASKS]
+    tests = [io.load_arrays(samples / f"test_{t}.npz") for t in TASKS]
+    for arch in archs:
+        models = [samples / f"{arch}_{t}.onnx" for t in TASKS]
+        base = [accuracy_of(m, {"image": d["image"]}, d["label"], "logits") for m, d in zip(models, tests)]
+        for share in shares:
+            result = zip_models(models, calib, options, share=share, names=TASKS)
+            acc = [accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits")
+                   for t, d in zip(TASKS, tests)]
+            yield {"arch": arch, "share": share,
+                   "params_kept": result.report["params_after"] / result.report["params_before"],
+                   "accuracy": dict(zip(TASKS, acc)), "original": dict(zip(TASKS, base)),
+                   "seconds": result.report["seconds"]}

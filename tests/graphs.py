@@ -1,0 +1,113 @@
+"""Tiny seeded ONNX models built in code, for tests."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, a: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+
+def model(nodes, inits, inputs, outputs, opset: int = 17, ir_version: int = 8) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir_version
+    return m
+
+
+def inp(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def mlp(seed: int, sizes=(12, 16, 10, 3), style: str = "gemm", opset: int = 17) -> onnx.ModelProto:
+    """Dense net on (N, sizes[0]). style: 'gemm' (transB=1), 'gemm_t' (transB=0, alpha/beta),
+    'matmul' (MatMul + Add), with Relu between layers and a Dropout + Identity thrown in."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = rng.normal(0, 1 / np.sqrt(a), (b, a))
+        bias = rng.normal(0, 0.1, b)
+        y = f"h{i}"
+        if style == "gemm":
+            inits += [_init(f"w{i}", w), _init(f"b{i}", bias)]
+            nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [y], name=f"fc{i}", transB=1))
+        elif style == "gemm_t":
+            inits += [_init(f"w{i}", w.T / 2.0), _init(f"b{i}", bias[None, :] / 4.0)]
+            nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [y], name=f"fc{i}", alpha=2.0, beta=4.0))
+        else:
+            inits += [_init(f"w{i}", w.T), _init(f"b{i}", bias)]
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [y + "_mm"], name=f"mm{i}"))
+            nodes.append(helper.make_node("Add", [y + "_mm", f"b{i}"], [y], name=f"add{i}"))
+        x = y
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [x], [x + "_r"], name=f"relu{i}"))
+            x += "_r"
+            if i == 0:
+                nodes.append(helper.make_node("Dropout", [x], [x + "_d"], name="drop"))
+                nodes.append(helper.make_node("Identity", [x + "_d"], [x + "_d_i"], name="ident"))
+                x += "_d_i"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    return model(nodes, inits, [inp("x", ["N", sizes[0]])], [inp("y", ["N", sizes[-1]])], opset=opset)
+
+
+def cnn(seed: int, channels=(3, 6, 8), hidden: int = 10, classes: int = 4, bn: bool = True,
+        bias: bool = True, opset: int = 17, reshape: bool = False, scale: bool = False,
+        features: bool = False) -> onnx.ModelProto:
+    """Conv(+BN)-Relu-MaxPool x2 -> Flatten (or Reshape) -> Gemm-Relu -> Gemm, input (N, C, 8, 8).
+
+    ``scale``: a per-channel Mul and a scalar Add after the first block; ``features``: the first
+    block's activations are a second graph output."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "x"
+    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+        inits.append(_init(f"cw{i}", rng.normal(0, 1 / np.sqrt(9 * a), (b, a, 3, 3))))
+        ins = [x, f"cw{i}"]
+        if bias:
+            inits.append(_init(f"cb{i}", rng.normal(0, 0.1, b)))
+            ins.append(f"cb{i}")
+        nodes.append(helper.make_node("Conv", ins, [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
+                                      kernel_shape=[3, 3], strides=[1, 1]))
+        y = f"c{i}"
+        if bn:
+            inits += [_init(f"s{i}", rng.uniform(0.5, 1.5, b)), _init(f"t{i}", rng.normal(0, 0.1, b)),
+                      _init(f"m{i}", rng.normal(0, 0.1, b)), _init(f"v{i}", rng.uniform(0.5, 1.5, b))]
+            nodes.append(helper.make_node("BatchNormalization", [y, f"s{i}", f"t{i}", f"m{i}", f"v{i}"], [f"bn{i}"],
+                                          name=f"bn{i}", epsilon=1e-5))
+            y = f"bn{i}"
+        nodes.append(helper.make_node("Relu", [y], [f"r{i}"], name=f"relu{i}"))
+        nodes.append(helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], name=f"pool{i}", kernel_shape=[2, 2],
+                                      strides=[2, 2]))
+        x = f"p{i}"
+        if scale and i == 0:
+            inits += [_init("chs", rng.uniform(0.5, 2.0, (1, b, 1, 1))), _init("one", np.array(1.0))]
+            nodes += [helper.make_node("Mul", ["chs", x], ["scaled"], name="chscale"),
+                      helper.make_node("Add", ["scaled", "one"], ["shifted"], name="shift")]
+            x = "shifted"
+    feat = channels[-1] * 2 * 2
+    if reshape:
+        inits.append(numpy_helper.from_array(np.array([-1, feat], np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", [x, "shape"], ["flat"], name="reshape"))
+    else:
+        nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
+    inits += [_init("fw0", rng.normal(0, 1 / np.sqrt(feat), (hidden, feat))), _init("fb0", rng.normal(0, .1, hidden)),
+              _init("fw1", rng.normal(0, 1 / np.sqrt(hidden), (classes, hidden))),
+              _init("fb1", rng.normal(0, .1, classes))]
+    nodes += [helper.make_node("Gemm", ["flat", "fw0", "fb0"], ["f0"], name="fc0", transB=1),
+              helper.make_node("Relu", ["f0"], ["f0r"], name="relu_fc"),
+              helper.make_node("Gemm", ["f0r", "fw1", "fb1"], ["y"], name="fc1", transB=1)]
+    outputs = [inp("y", ["N", classes])] + ([inp("r0", ["N", channels[1], 8, 8])] if features else [])
+    return model(nodes, inits, [inp("x", ["N", channels[0], 8, 8])], outputs, opset=opset)
+
+
+def data(seed: int, shape, n: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n,) + tuple(shape)).astype(np.float32)
+
+
+def run(m: onnx.ModelProto, feeds: dict, output: str | None = None) -> np.ndarray:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([output] if output else None, feeds)[0]

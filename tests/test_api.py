@@ -1,0 +1,142 @@
+import numpy as np
+import onnx
+import pytest
+
+import graphs
+from conftest import SAMPLES
+from onnxzip import ZipOptions, accuracy_of, zip_models
+from onnxzip.io import load_arrays
+
+NAMES = ("digit", "parity")
+CALIB = [SAMPLES / "calib_digit.npz", SAMPLES / "calib_parity.npz"]
+
+
+def sample_models(arch):
+    return [SAMPLES / f"{arch}_{t}.onnx" for t in NAMES]
+
+
+def outputs(model, feeds):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model),
+                                providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_share_zero_reproduces_both_originals(arch):
+    result = zip_models(sample_models(arch), CALIB, share=0.0, names=NAMES, quiet=True)
+    test = load_arrays(SAMPLES / "test_digit.npz")["image"]
+    got = outputs(result.model, {"image": test})
+    for t, path in zip(NAMES, sample_models(arch)):
+        ref = outputs(path, {"image": test})["logits"]
+        np.testing.assert_allclose(got[f"{t}/logits"], ref, atol=1e-5, rtol=0)
+    assert result.report["params_after"] == result.report["params_before"]
+    assert all(row["max_abs_diff"] <= 1e-5 for row in result.report["tasks"])
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_share_one_of_a_model_with_itself_reproduces_it(arch):
+    path = sample_models(arch)[0]
+    result = zip_models([path, path], [CALIB[0], CALIB[1]], share=1.0, names=("a", "b"), quiet=True)
+    test = load_arrays(SAMPLES / "test_digit.npz")["image"]
+    ref = outputs(path, {"image": test})["logits"]
+    got = outputs(result.model, {"image": test})
+    for t in ("a", "b"):
+        np.testing.assert_allclose(got[f"{t}/logits"], ref, atol=1e-4)
+    assert all(layer["cost"] == pytest.approx(0, abs=1e-9) for layer in result.report["layers"])
+
+
+def test_partial_share_is_valid_and_stores_shared_blocks_once():
+    result = zip_models(sample_models("mlp"), CALIB, share=0.5, names=NAMES, quiet=True)
+    m = result.model
+    onnx.checker.check_model(m, full_check=True)
+    onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    assert m.opset_import[0].version <= 20
+    inits = {i.name: i for i in m.graph.initializer}
+    shared = sorted(n for n in inits if n.startswith("shared/"))
+    assert shared == ["shared//1/Gemm.b_s", "shared//1/Gemm.w_ss", "shared//3/Gemm.b_s", "shared//3/Gemm.w_ss"]
+    # the shared block of layer 1 (150 x 64) on the shared input is computed by one node for both tasks
+    users = [n for n in m.graph.node if "shared//1/Gemm.w_ss" in n.input]
+    assert len(users) == 1 and tuple(inits["shared//1/Gemm.w_ss"].dims) == (150, 64)
+    # parameters: each shared neuron stores its shared-input weights and bias once
+    before = result.report["params_before"]
+    saved = 150 * (64 + 1) + 50 * (150 + 1)
+    assert result.report["params_after"] == before - saved
+    for row in result.report["tasks"]:
+        assert 0 < row["rel_err"] < 0.5 and row["top1_agreement"] > 0.9
+
+
+def test_full_share_on_a_shared_input_computes_the_prefix_once():
+    result = zip_models(sample_models("mlp"), CALIB, share=1.0, names=NAMES, quiet=True)
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("Flatten") == 1 and ops.count("Relu") == 2
+    assert ops.count("Gemm") == 4  # two shared hidden layers once, two private heads
+    assert [i.name for i in result.model.graph.input] == ["image"]
+
+
+def test_separate_inputs_give_the_same_outputs():
+    joint = zip_models(sample_models("cnn"), CALIB, share=0.5, names=NAMES, quiet=True)
+    apart = zip_models(sample_models("cnn"), CALIB, share=0.5, names=NAMES, quiet=True, separate_inputs=True)
+    assert [i.name for i in apart.model.graph.input] == ["digit/image", "parity/image"]
+    x = load_arrays(SAMPLES / "test_digit.npz")["image"][:50]
+    a = outputs(joint.model, {"image": x})
+    b = outputs(apart.model, {"digit/image": x, "parity/image": x})
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(scale=True), dict(features=True), dict(bn=False, bias=False, reshape=True)])
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_generated_cnns_zip_and_verify(kwargs, share):
+    """The built-in equivalence check raises on any emission bug; here it runs on per-channel
+    constants, a zipped graph output restored to task order, and Reshape flattening."""
+    models = [graphs.cnn(1, **kwargs), graphs.cnn(2, **kwargs)]
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    result = zip_models(models, data, share=share, quiet=True)
+    onnx.checker.check_model(result.model, full_check=True)
+    if share == 0.0:
+        got = outputs(result.model, {"x": data[0]["x"]})
+        for t, m in zip(result.names, models):
+            for name, ref in outputs(m, {"x": data[0]["x"]}).items():
+                np.testing.assert_allclose(got[f"{t}/{name}"], ref, atol=1e-5)
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("style", ["gemm_t", "matmul"])
+def test_mlp_styles_and_per_layer_shares(style):
+    models = [graphs.mlp(1, style=style), graphs.mlp(2, style="gemm")]
+    data = [{"x": graphs.data(5, (12,))}, {"x": graphs.data(6, (12,))}]
+    result = zip_models(models, data, share=(0.25, 1.0), quiet=True, matching="greedy")
+    assert [row["shared"] for row in result.report["layers"]] == [4, 10]
+
+
+def test_exact_hessian_and_dead_neurons():
+    m1, m2 = graphs.cnn(5), graphs.cnn(6)
+    for m in (m1, m2):  # kill half the first conv's channels: bias -100 -> relu output always 0
+        b = next(i for i in m.graph.initializer if i.name == "t0")
+        v = onnx.numpy_helper.to_array(b).copy()
+        v[:3] = -100.0
+        b.CopyFrom(onnx.numpy_helper.from_array(v, "t0"))
+    data = [{"x": graphs.data(7, (3, 8, 8))}, {"x": graphs.data(8, (3, 8, 8))}]
+    for hessian in ("exact", "channel"):
+        result = zip_models([m1, m2], data, share=0.75, hessian=hessian, quiet=True)
+        assert all(np.isfinite(layer["cost"]) for layer in result.report["layers"])
+        assert all(np.isfinite(t["rel_err"]) for t in result.report["tasks"])
+
+
+def test_accuracy_on_samples_at_half_sharing():
+    """A regression bound on what the method achieves (measured: about -0 to -1 points)."""
+    result = zip_models(sample_models("cnn"), CALIB, ZipOptions(share=0.5, names=NAMES, quiet=True))
+    for t in NAMES:
+        d = load_arrays(SAMPLES / f"test_{t}.npz")
+        zipped = accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits")
+        original = accuracy_of(SAMPLES / f"cnn_{t}.onnx", {"image": d["image"]}, d["label"], "logits")
+        assert zipped >= original - 0.02
+
+
+def test_save_is_atomic_and_loadable(tmp_path):
+    result = zip_models(sample_models("mlp"), CALIB, share=0.25, quiet=True)
+    out = tmp_path / "z.onnx"
+    result.save(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["z.onnx"]
+    assert onnx.load(str(out)).graph.output[0].name == "mlp_digit/logits"

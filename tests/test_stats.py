@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from onnx import helper
+
+from graphs import inp, model, run
+from onnxzip.ir import Layer
+from onnxzip.stats import Accumulator, expand_conv_hessian, layer_hessian, patches
+
+
+def conv_layer(c_in, c_out, kernel, **attrs):
+    shape = (c_out, c_in) + tuple(kernel)
+    return Layer("conv", "conv", "x", "y", "w", "b", shape, tuple(sorted(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items())))
+
+
+def test_accumulator_streams_the_exact_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 7)).astype(np.float32)
+    acc = Accumulator(7)
+    for i in range(0, 1000, 97):
+        acc.add(x[i:i + 97])
+    x1 = np.hstack([x.astype(np.float64), np.ones((1000, 1))])
+    np.testing.assert_allclose(acc.mean(), x1.T @ x1 / 1000, rtol=1e-12)
+
+
+@pytest.mark.parametrize("attrs,size", [
+    (dict(pads=[1, 1, 1, 1]), (7, 9)),
+    (dict(strides=[2, 1], pads=[0, 2, 1, 0]), (8, 8)),
+    (dict(dilations=[2, 2], pads=[2, 2, 2, 2]), (9, 7)),
+    (dict(auto_pad="SAME_UPPER", strides=[2, 2]), (7, 8)),
+    (dict(auto_pad="SAME_LOWER"), (6, 6)),
+    (dict(auto_pad="VALID", strides=[3, 2]), (10, 9)),
+])
+def test_patches_reproduce_onnx_conv(attrs, size):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(4, 3, 3, 2)).astype(np.float32)
+    x = rng.normal(size=(2, 3) + size).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 2], **attrs)
+    from onnx import numpy_helper
+    y = run(model([node], [numpy_helper.from_array(w, "w")], [inp("x", list(x.shape))], [inp("y", None)]),
+            {"x": x})
+    layer = conv_layer(3, 4, (3, 2), kernel_shape=[3, 2], **attrs)
+    p = patches(layer, x)
+    got = (p @ w.reshape(4, -1).T).reshape(2, y.shape[2], y.shape[3], 4).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, y, atol=1e-4)
+
+
+def test_conv1d_patches():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 11)).astype(np.float32)
+    layer = conv_layer(3, 2, (3,), pads=[1, 1], strides=[2])
+    p = patches(layer, x)
+    assert p.shape == (2 * 6, 9)
+    np.testing.assert_allclose(p[0], np.pad(x[0], ((0, 0), (1, 0)))[:, 0:3].reshape(-1))
+
+
+def test_channel_hessian_reused_at_every_offset():
+    rng = np.random.default_rng(3)
+    hc = np.cov(rng.normal(size=(4, 50))) + 0.5
+    h = expand_conv_hessian(hc, 9)
+    assert h.shape == (3 * 9 + 1,) * 2
+    assert np.linalg.eigvalsh(h).min() > -1e-12  # PSD
+    np.testing.assert_allclose(expand_conv_hessian(hc, 1), hc)
+    # the quadratic form is the sum over offsets with the bias spread evenly
+    d = rng.normal(size=3 * 9 + 1)
+    per = d[:-1].reshape(3, 9)
+    expect = sum(np.r_[per[:, k], d[-1] / 9] @ hc @ np.r_[per[:, k], d[-1] / 9] for k in range(9))
+    assert d @ h @ d == pytest.approx(expect)
+
+
+def test_exact_and_channel_agree_for_1x1_conv_and_dense():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3, 4, 4)).astype(np.float32)
+    layer = conv_layer(3, 2, (1, 1))
+    np.testing.assert_allclose(layer_hessian(layer, x, "channel"), layer_hessian(layer, x, "exact"), atol=1e-12)
+    dense = Layer("fc", "dense", "x", "y", "w", "b", (2, 6))
+    xd = rng.normal(size=(9, 6)).astype(np.float32)
+    np.testing.assert_allclose(layer_hessian(dense, xd, "channel", batch=4), layer_hessian(dense, xd, "exact"))
+    np.testing.assert_array_equal(layer_hessian(dense, xd, "identity"), np.eye(7))
+
+
+def test_exact_conv_hessian_is_the_patch_covariance():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
+    layer = conv_layer(2, 4, (3, 3), pads=[1, 1, 1, 1])
+    h = layer_hessian(layer, x, "exact", batch=2)
+    p = np.hstack([patches(layer, x).astype(np.float64), np.ones((75, 1))])
+    np.testing.assert_allclose(h, p.T @ p / 75, rtol=1e-12)
+
+
+def test_nan_statistics_are_a_clear_error():
+    from onnxzip.errors import NumericalError
+    dense = Layer("fc", "dense", "x", "y", "w", "b", (2, 3))
+    with pytest.raises(NumericalError, match="NaN"):
+        layer_hessian(dense, np.array([[1.0, np.inf, 0.0]], np.float32), "channel")
