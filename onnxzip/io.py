@@ -112,8 +112,8 @@ def load_calibration(path: str | os.PathLike, specs: list[InputSpec],
     for s in specs:
         a = arrays[s.name]
         if a.ndim != len(s.shape) or any(d is not None and d != n for d, n in zip(s.shape[1:], a.shape[1:])):
-            shape = tuple("?" if d is None else d for d in s.shape)
-            raise InputError(f"{path}: input {s.name!r} has shape {a.shape}, the model expects {shape}")
+            shape = ", ".join("?" if d is None else str(d) for d in s.shape)
+            raise InputError(f"{path}: input {s.name!r} has shape {a.shape}, the model expects ({shape})")
         if a.dtype.kind != s.dtype.kind:
             raise InputError(f"{path}: input {s.name!r} has dtype {a.dtype}, the model expects {s.dtype}")
         if a.dtype.kind in "fc" and not np.isfinite(a).all():

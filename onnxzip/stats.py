@@ -49,8 +49,9 @@ class Accumulator:
         step = max(1, (1 << 22) // max(self.dim, 1))
         for i in range(0, rows.shape[0], step):
             x = np.asarray(rows[i:i + step], np.float64)
-            s = x.sum(axis=0)
-            self.total[:-1, :-1] += x.T @ x
+            with np.errstate(invalid="ignore", over="ignore"):  # mean() reports non-finite statistics
+                s = x.sum(axis=0)
+                self.total[:-1, :-1] += x.T @ x
             self.total[:-1, -1] += s
             self.total[-1, :-1] += s
             self.total[-1, -1] += x.shape[0]

@@ -1,0 +1,154 @@
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+import graphs
+from conftest import SAMPLES
+from onnxzip.cli import main
+
+MLP = [str(SAMPLES / "mlp_digit.onnx"), str(SAMPLES / "mlp_parity.onnx")]
+CALIB = [str(SAMPLES / "calib_digit.npz"), str(SAMPLES / "calib_parity.npz")]
+
+
+def digest(paths):
+    return [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
+
+
+def fails(capsys, argv, pattern):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxzip: error: "), err
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+def test_zip_writes_model_and_report(tmp_path, capsys):
+    before = digest(MLP + CALIB)
+    out, rep = tmp_path / "z.onnx", tmp_path / "r.json"
+    assert main(["zip", *MLP, "--data", *CALIB, "-o", str(out), "--share", "0.5", "--names", "digit,parity",
+                 "--report", str(rep), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    report = json.loads(rep.read_text())
+    for key in ("params_before", "params_after", "bytes_before", "bytes_after", "layers", "tasks"):
+        assert key in report
+    assert [layer["shared"] for layer in report["layers"]] == [150, 50]
+    assert {t["name"] for t in report["tasks"]} == {"digit", "parity"}
+    assert all(set(t) >= {"name", "rel_err", "top1_agreement"} for t in report["tasks"])
+    assert report["params_after"] < report["params_before"]
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["digit/logits", "parity/logits"]
+    assert digest(MLP + CALIB) == before  # inputs untouched
+
+
+def test_zip_prints_a_table(tmp_path, capsys):
+    assert main(["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--share", "0.25,0.5",
+                 "--matching", "greedy"]) == 0
+    out = capsys.readouterr().out
+    assert "/1/Gemm" in out and "parameters" in out and "equivalence check" in out
+
+
+def test_inspect(capsys):
+    assert main(["inspect", *MLP]) == 0
+    out = capsys.readouterr().out
+    assert "hidden (zippable)" in out and "head (private)" in out and "aligned: same architecture, 2" in out
+    assert main(["inspect", MLP[0], str(SAMPLES / "cnn_digit.onnx")]) == 1
+    assert "NOT aligned" in capsys.readouterr().out
+
+
+def test_eval(capsys):
+    assert main(["eval", MLP[0], "--data", str(SAMPLES / "test_digit.npz"), "--output", "logits"]) == 0
+    assert "top-1 accuracy 0.9" in capsys.readouterr().out
+
+
+def test_demo_runs(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nmlp ") == 5 and out.count("\ncnn ") == 5
+
+
+# ---------------------------------------------------------------------------- bad input: exit 2, one line
+
+def zip_args(tmp_path, models=MLP, data=CALIB, out=None):
+    return ["zip", *models, "--data", *data, "-o", str(out or tmp_path / "z.onnx"), "-q"]
+
+
+def test_missing_file(tmp_path, capsys):
+    fails(capsys, zip_args(tmp_path, models=[MLP[0], str(tmp_path / "nope.onnx")]), "nope.onnx: no such file")
+
+
+def test_not_onnx(tmp_path, capsys):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model\n")
+    fails(capsys, zip_args(tmp_path, models=[MLP[0], str(bad)]), "notes.onnx: not")
+
+
+def test_corrupt_protobuf(tmp_path, capsys):
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(open(MLP[1], "rb").read()[:5000])
+    fails(capsys, zip_args(tmp_path, models=[MLP[0], str(bad)]), "cut.onnx")
+
+
+def test_architectures_differ(tmp_path, capsys):
+    line = fails(capsys, zip_args(tmp_path, models=[MLP[0], str(SAMPLES / "cnn_digit.onnx")]),
+                 "architectures differ at node 0")
+    assert "mlp_digit.onnx node '/0/Flatten'" in line and "cnn_digit.onnx node 'node_Conv_19'" in line
+
+
+def test_unsupported_op_is_named(tmp_path, capsys):
+    m = onnx.load(MLP[1])
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    relu.op_type = "Hardmax"
+    bad = tmp_path / "hardmax.onnx"
+    onnx.save(m, str(bad))
+    fails(capsys, zip_args(tmp_path, models=[MLP[0], str(bad)]), f"node '{relu.name}' (Hardmax)")
+
+
+def write_npz(tmp_path, **arrays):
+    path = tmp_path / "calib.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("arrays,message", [
+    (dict(img=np.zeros((4, 1, 8, 8), np.float32)), "missing input 'image'"),
+    (dict(image=np.zeros((4, 1, 8, 8), np.float32), extra=np.zeros(4)), "key 'extra' is not a model input"),
+    (dict(image=np.zeros((4, 1, 9, 8), np.float32)), "input 'image' has shape (4, 1, 9, 8), the model expects (?, 1, 8, 8)"),
+    (dict(image=np.zeros((4, 1, 8, 8), np.int32)), "input 'image' has dtype int32"),
+    (dict(image=np.full((4, 1, 8, 8), np.nan, np.float32)), "input 'image' contains NaN or Inf"),
+    (dict(image=np.zeros((0, 1, 8, 8), np.float32)), "no samples"),
+])
+def test_bad_calibration_data(tmp_path, capsys, arrays, message):
+    fails(capsys, zip_args(tmp_path, data=[CALIB[0], write_npz(tmp_path, **arrays)]), message)
+
+
+def test_output_equal_to_input(tmp_path, capsys):
+    copy = tmp_path / "a.onnx"
+    shutil.copy(MLP[0], copy)
+    before = digest([copy])
+    fails(capsys, zip_args(tmp_path, models=[str(copy), MLP[1]], out=copy), "output path is an input file")
+    assert digest([copy]) == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--share", "1.5"], "outside [0, 1]"),
+    (["--share", "0.5,0.5,0.5"], "3 fractions but the model has 2 hidden layers"),
+    (["--names", "a"], "1 names for 2 models"),
+    (["--names", "a,a"], "must differ"),
+    (["--names", "a/b,c"], "not a valid task name"),
+])
+def test_bad_options(tmp_path, capsys, flags, message):
+    fails(capsys, zip_args(tmp_path) + flags, message)
+
+
+def test_data_count_mismatch(tmp_path, capsys):
+    fails(capsys, ["zip", *MLP, "--data", CALIB[0], "-o", str(tmp_path / "z.onnx")], "one calibration file per model")
+
+
+def test_nothing_written_on_error(tmp_path, capsys):
+    main(zip_args(tmp_path, data=[CALIB[0], write_npz(tmp_path, img=np.zeros((2, 1, 8, 8), np.float32))]))
+    assert not (tmp_path / "z.onnx").exists()

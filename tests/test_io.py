@@ -1,0 +1,55 @@
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import graphs
+from onnxzip import UsageError, zip_models
+from onnxzip.io import InputSpec, load_calibration, load_model, save_model
+from onnxzip.runtime import onnxruntime, session
+
+
+def test_external_data_models_load_and_zip(tmp_path):
+    paths = []
+    for seed in (1, 2):
+        path = tmp_path / f"m{seed}.onnx"
+        onnx.save_model(graphs.mlp(seed, sizes=(12, 300, 40, 3)), str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=f"m{seed}.data", size_threshold=0)
+        paths.append(path)
+    assert (tmp_path / "m1.data").stat().st_size > 12 * 300 * 4
+    m = load_model(paths[0])
+    assert onnx.numpy_helper.to_array(m.graph.initializer[0]).size > 0
+    data = [{"x": graphs.data(3, (12,))}, {"x": graphs.data(4, (12,))}]
+    result = zip_models(paths, data, share=0.0, quiet=True)
+    assert result.report["equivalence_max_abs_diff"] <= 1e-5
+    assert all(t["max_abs_diff"] <= 1e-5 for t in result.report["tasks"])
+
+
+def test_save_is_atomic(tmp_path):
+    path = tmp_path / "out.onnx"
+    save_model(graphs.mlp(0), path)
+    save_model(graphs.mlp(1), path)  # overwrite in place
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+    assert load_model(path).graph.node[0].op_type == "Gemm"
+
+
+def test_npy_serves_a_single_input(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((3, 4), np.float64))
+    spec = InputSpec("x", np.dtype(np.float32), (None, 4))
+    arrays = load_calibration(tmp_path / "x.npy", [spec])
+    assert arrays["x"].dtype == np.float32 and arrays["x"].shape == (3, 4)
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UsageError, match=r"onnxzip\[cpu\]"):
+        onnxruntime()
+
+
+def test_cuda_request_without_cuda_build_is_an_error():
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(UsageError, match="CUDAExecutionProvider"):
+        session(graphs.mlp(0), "cuda")
