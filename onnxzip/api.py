@@ -38,6 +38,7 @@ class ZipOptions:
     matching: str = "optimal"
     hessian: str = "channel"
     damping: float = 1e-2
+    compensate: bool = True
     separate_inputs: bool = False
     device: str = "cpu"
     batch_size: int = 64
@@ -127,10 +128,11 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     names = task_names(models, opts.names)
     protos, irs = load_tasks(models, names)
     irs = align(irs)
-    arrays = [io.load_calibration(d, ir.inputs) if isinstance(d, (str, os.PathLike)) else _check_dict(d, ir)
+    arrays = [io.load_calibration(d, ir.inputs) if isinstance(d, (str, os.PathLike))
+              else io.check_calibration(dict(d), ir.inputs, f"calibration data of task {ir.name!r}")
               for d, ir in zip(data, irs)]
     plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                     device=opts.device, batch=opts.batch_size,
+                     compensate=opts.compensate, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
     model = emit_model(irs, plan, names, shared_inputs)
@@ -139,15 +141,6 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     result.report = verify(result, protos, irs, arrays, opts)
     result.report["seconds"] = round(time.perf_counter() - start, 3)
     return result
-
-
-def _check_dict(d: dict[str, np.ndarray], ir: ModelIR) -> dict[str, np.ndarray]:
-    """Validate in-memory calibration arrays like a file."""
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{ir.name}.npz"
-        np.savez(path, **d)
-        return io.load_calibration(path, ir.inputs)
 
 
 def _same_inputs(irs: list[ModelIR]) -> bool:
@@ -203,7 +196,7 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "bytes_before": sum(b for _, b in before), "bytes_after": after[1],
         "equivalence_max_abs_diff": equivalence,
         "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
-                    "damping": opts.damping, "shared_input": all(not i.name.count("/") for i in result.model.graph.input)},
+                    "damping": opts.damping, "compensate": opts.compensate, "shared_input": all(not i.name.count("/") for i in result.model.graph.input)},
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
 

@@ -28,7 +28,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX model with its external data; never modifies the file."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: no such file")
+        raise InputError(f"{p}: {'is a directory' if p.is_dir() else 'no such file'}")
     try:
         model = onnx.load(str(p), load_external_data=True)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
@@ -95,7 +95,14 @@ def load_calibration(path: str | os.PathLike, specs: list[InputSpec],
     Returns:
         input name -> array (and the present extra keys), batch first.
     """
-    arrays = load_arrays(path)
+    return check_calibration(load_arrays(path), specs, str(path), extra_keys)
+
+
+def check_calibration(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str,
+                      extra_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Check calibration arrays (from a file or memory) against a model's inputs; see
+    :func:`load_calibration`. ``source`` names them in messages."""
+    path = source
     if list(arrays) == [""]:
         if len(specs) != 1:
             raise InputError(f"{path}: a .npy file serves one input; the model has {len(specs)}, use a .npz")

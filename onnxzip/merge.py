@@ -137,7 +137,7 @@ class LayerMerge:
 
 
 def zip_layer(a: np.ndarray, b: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, ns: int, k: int,
-              matching: str = "optimal") -> LayerMerge:
+              matching: str = "optimal", compensate: bool = True) -> LayerMerge:
     """Match ``k`` neuron pairs of A and B and merge them.
 
     Args:
@@ -145,10 +145,16 @@ def zip_layer(a: np.ndarray, b: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, ns
         b: (nB, d) B's neurons, same columns.
         h_a, h_b: (d, d) float64 positive definite Hessians (already damped), same column order.
         ns: number of leading shared columns; k: pairs to share; matching: a :data:`MATCHERS` name.
+        compensate: re-solve the private columns (Schur complement). False is the paper's rule:
+            merge with the shared block of H alone and keep the private columns unchanged.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    s_a, g_a = schur(h_a, ns)
-    s_b, g_b = schur(h_b, ns)
+    if compensate:
+        s_a, g_a = schur(h_a, ns)
+        s_b, g_b = schur(h_b, ns)
+    else:
+        s_a, s_b = h_a[:ns, :ns], h_b[:ns, :ns]
+        g_a = g_b = np.zeros((a.shape[1] - ns, ns))
     c = pair_costs(a[:, :ns], b[:, :ns], s_a, s_b)
     if not np.isfinite(c).all():
         raise NumericalError("non-finite sharing costs: the calibration statistics hold NaN or Inf")

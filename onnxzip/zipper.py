@@ -90,7 +90,8 @@ def column_order(ir: ModelIR, index: int, zips: dict[int, LayerZip], task: int) 
 
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
-              hessian: str = "channel", damping: float = 1e-2, device: str = "cpu", batch: int = 64,
+              hessian: str = "channel", damping: float = 1e-2, compensate: bool = True, device: str = "cpu",
+              batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip two aligned tasks layer by layer.
 
@@ -98,6 +99,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         irs: the tasks (aligned: same layers in the same order).
         data: per task, the calibration arrays by input name.
         share: fraction of each hidden layer's neurons to share (float or one per hidden layer).
+        matching, hessian, damping, compensate: see :func:`onnxzip.merge.zip_layer` and ``ZipOptions``.
     """
     if len(irs) != 2:
         raise UsageError(f"onnxzip zips two models at a time; got {len(irs)}")
@@ -109,7 +111,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     zips: dict[int, LayerZip] = {}
     effective: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
     for j, (li, k) in enumerate(progress(list(zip(hidden, counts)), "zipping layers")):
-        zips[li] = _zip_one(irs, live, zips, li, k, matching, hessian, damping)
+        zips[li] = _zip_one(irs, live, zips, li, k, matching, hessian, damping, compensate)
         for t, ir in enumerate(irs):
             z = zips[li]
             full = np.empty_like(z.weights[t])
@@ -123,7 +125,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
 
 
 def _zip_one(irs: list[ModelIR], live: list[dict[str, np.ndarray]], zips: dict[int, LayerZip], li: int, k: int,
-             matching: str, hessian: str, damping: float) -> LayerZip:
+             matching: str, hessian: str, damping: float, compensate: bool) -> LayerZip:
     mats, hs, cols = [], [], []
     ns = 0
     for t, ir in enumerate(irs):
@@ -133,7 +135,7 @@ def _zip_one(irs: list[ModelIR], live: list[dict[str, np.ndarray]], zips: dict[i
         hs.append(damp(h[np.ix_(order, order)], damping))
         mats.append(as_matrix(*ir.weights(layer))[:, order])
         cols.append(order)
-    m = zip_layer(mats[0], mats[1], hs[0], hs[1], ns, k, matching)
+    m = zip_layer(mats[0], mats[1], hs[0], hs[1], ns, k, matching, compensate)
     rows, weights = [], []
     for mat, idx, priv in ((mats[0], m.ia, m.private_a), (mats[1], m.ib, m.private_b)):
         rest = np.setdiff1d(np.arange(mat.shape[0]), idx)

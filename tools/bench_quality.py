@@ -4,8 +4,10 @@ Methods (all share the same neurons per layer; they differ in how neurons are pa
 
 * ``naive``    -- neuron i of A with neuron i of B, weights averaged (``--matching index --hessian identity``);
 * ``euclid``   -- Euclidean weight matching (optimal assignment) + averaging (``--hessian identity``);
-* ``mtz-paper``-- the paper's greedy matching with the per-channel Hessian;
-* ``onnxzip``  -- the default: optimal matching, per-channel Hessian;
+* ``mtz-paper``-- the paper's procedure: greedy matching, per-channel Hessian, a shared neuron's
+  weights on private inputs kept unchanged (``--matching greedy --no-compensate``);
+* ``no-comp``  -- the default without re-solving the private-input weights (ablation);
+* ``onnxzip``  -- the default: optimal matching, per-channel Hessian, private-input weights re-solved;
 * ``exact``    -- the default with the exact conv patch Hessian.
 
 Every method runs through the full pipeline (merge, emit, ORT), so each figure is the accuracy of a
@@ -31,7 +33,8 @@ TASKS = ("digit", "parity")
 METHODS = {
     "naive": dict(matching="index", hessian="identity"),
     "euclid": dict(matching="optimal", hessian="identity"),
-    "mtz-paper": dict(matching="greedy", hessian="channel"),
+    "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False),
+    "no-comp": dict(matching="optimal", hessian="channel", compensate=False),
     "onnxzip": dict(matching="optimal", hessian="channel"),
     "exact": dict(matching="optimal", hessian="exact"),
 }
