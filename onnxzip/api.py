@@ -139,6 +139,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     onnx.checker.check_model(model, full_check=True)
     result = ZipResult(model, {}, names, plan)
     result.report = verify(result, protos, irs, arrays, opts)
+    result.report["options"]["shared_input"] = shared_inputs
     result.report["seconds"] = round(time.perf_counter() - start, 3)
     return result
 
@@ -196,7 +197,7 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "bytes_before": sum(b for _, b in before), "bytes_after": after[1],
         "equivalence_max_abs_diff": equivalence,
         "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
-                    "damping": opts.damping, "compensate": opts.compensate, "shared_input": all(not i.name.count("/") for i in result.model.graph.input)},
+                    "damping": opts.damping, "compensate": opts.compensate},
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
 

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from .ir import ChannelSpace, ModelIR, channel_rule, _channel_dim
+from .ir import ChannelSpace, ModelIR, channel_rule, channel_dim
 from .zipper import LayerZip, ZipPlan
 
 SHARED = "shared"
@@ -190,7 +190,7 @@ class TaskEmitter:
 
     def _channel_const(self, c: np.ndarray, x: gs.Tensor, part: Part, space: ChannelSpace) -> str:
         rank = len(x.shape)
-        dim = _channel_dim(c, rank)
+        dim = channel_dim(c, rank)
         if dim in (None, 1):
             return self.b.const(c, f"{self.prefix}/const")
         axis = c.ndim - (rank - 1)

@@ -204,7 +204,7 @@ def channel_rule(node: gs.Node, spaced: int) -> str:
         x, c = node.inputs[spaced], np.asarray(node.inputs[1 - spaced].values)
         if x.shape is not None and len(x.shape) >= 2 and c.ndim <= len(x.shape) and \
                 (c.ndim < len(x.shape) or c.shape[0] == 1) and \
-                _channel_dim(c, len(x.shape)) in (None, 1, x.shape[1]):
+                channel_dim(c, len(x.shape)) in (None, 1, x.shape[1]):
             return "binary"
     if op == "Flatten" and int(node.attrs.get("axis", 1)) == 1 and spaced == 0:
         return "flatten"
@@ -213,7 +213,7 @@ def channel_rule(node: gs.Node, spaced: int) -> str:
                              "activations, pooling, Flatten, elementwise ops with constants)")
 
 
-def _channel_dim(c: np.ndarray, rank: int) -> int | None:
+def channel_dim(c: np.ndarray, rank: int) -> int | None:
     """The size of a constant's axis aligned with axis 1 of a rank-``rank`` tensor (None if absent)."""
     axis = c.ndim - (rank - 1)
     return c.shape[axis] if 0 <= axis < c.ndim else None
@@ -222,37 +222,64 @@ def _channel_dim(c: np.ndarray, rank: int) -> int | None:
 def trace_spaces(graph: gs.Graph, layers: list[Layer]) -> tuple[dict[str, ChannelSpace], list[int]]:
     """Follow every layer's output channels through the graph.
 
+    A layer is hidden (zippable) when its channels reach another layer. Heads (the rest) keep
+    their outputs in order, so any op may follow them.
+
     Returns:
-        tensor name -> the channel space it carries; indices of hidden layers (their channels reach
-        another layer). Raises :class:`UnsupportedOpError` for an op that mixes channels unknowably.
+        tensor name -> the hidden-layer channel space it carries; indices of the hidden layers.
+        Raises :class:`UnsupportedOpError` for an op that mixes a hidden layer's channels unknowably.
     """
     by_node = {layer.name: i for i, layer in enumerate(layers)}
+    hidden = {i for i, layer in enumerate(layers) if _reaches_layer(graph, layer, by_node)}
     spaces: dict[str, ChannelSpace] = {}
-    hidden: set[int] = set()
+    blocked: list[tuple[int, UnsupportedOpError]] = []
     for node in graph.nodes:  # topologically sorted by normalize
         inputs = [(i, spaces[t.name]) for i, t in enumerate(node.inputs) if t.name in spaces]
-        if len(inputs) > 1:
-            raise UnsupportedOpError(f"node {node.name!r} ({node.op}) joins zipped channel spaces; "
-                                     "joins (residuals, concat) are not supported yet")
+        if node.name in by_node and (not inputs or inputs[0][0] == 0):
+            spaces[node.outputs[0].name] = ChannelSpace(by_node[node.name])
         if not inputs:
-            if node.name in by_node:
-                spaces[node.outputs[0].name] = ChannelSpace(by_node[node.name])
+            continue
+        if len(inputs) > 1:
+            err = UnsupportedOpError(f"node {node.name!r} ({node.op}) joins zipped channel spaces; "
+                                     "joins (residuals, concat) are not supported yet")
+            blocked += [(space.layer, err) for _, space in inputs]
             continue
         slot, space = inputs[0]
-        rule = channel_rule(node, slot)
+        try:
+            rule = channel_rule(node, slot)
+        except UnsupportedOpError as err:
+            blocked.append((space.layer, err))
+            continue
         if rule == "layer":
-            hidden.add(space.layer)
-            if node.name in by_node:
-                spaces[node.outputs[0].name] = ChannelSpace(by_node[node.name])
-        elif rule == "flatten":
+            continue  # its output carries its own channels (set above)
+        if rule == "flatten":
             shape = node.inputs[0].shape
             if shape is None or not all(isinstance(d, int) for d in shape[2:]):
-                raise UnsupportedOpError(f"node {node.name!r} (Flatten): the spatial size of its input is unknown")
+                blocked.append((space.layer, UnsupportedOpError(
+                    f"node {node.name!r} (Flatten): the spatial size of its input is unknown")))
+                continue
             spaces[node.outputs[0].name] = ChannelSpace(space.layer, space.block * int(np.prod(shape[2:])))
         else:
             spaces[node.outputs[0].name] = space
-    return spaces, sorted(hidden)
+    for layer, err in blocked:
+        if layer in hidden:
+            raise err
+    return {k: v for k, v in spaces.items() if v.layer in hidden}, sorted(hidden)
 
+
+def _reaches_layer(graph: gs.Graph, layer: Layer, by_node: dict[str, int]) -> bool:
+    """Whether any path of ops from ``layer``'s output reaches another layer."""
+    start = next(n for n in graph.nodes if n.name == layer.name).outputs[0]
+    todo, seen = [start], set()
+    while todo:
+        t = todo.pop()
+        for consumer in t.outputs:
+            if consumer.name in by_node:
+                return True
+            if consumer.name not in seen:
+                seen.add(consumer.name)
+                todo.extend(consumer.outputs)
+    return False
 
 def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
     """A ModelIR whose nodes follow ``names`` (a topological order), layers re-listed in that order."""

@@ -111,3 +111,21 @@ def run(m: onnx.ModelProto, feeds: dict, output: str | None = None) -> np.ndarra
     import onnxruntime as ort
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run([output] if output else None, feeds)[0]
+
+
+def convnet(seed: int, classes: int = 3, **conv_attrs) -> onnx.ModelProto:
+    """Conv(conv_attrs)-LeakyRelu-Conv-Sigmoid-GlobalAveragePool-Flatten-Gemm on (N, 2, 9, 9)."""
+    rng = np.random.default_rng(seed)
+    kernel = conv_attrs.pop("kernel_shape", [3, 3])
+    inits = [_init("w0", rng.normal(0, 0.3, (5, 2) + tuple(kernel))), _init("w1", rng.normal(0, 0.3, (4, 5, 1, 1))),
+             _init("b1", rng.normal(0, 0.1, 4)), _init("wh", rng.normal(0, 0.5, (classes, 4))),
+             _init("bh", rng.normal(0, 0.1, classes))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", kernel_shape=kernel, **conv_attrs),
+             helper.make_node("LeakyRelu", ["c0"], ["a0"], name="act0", alpha=0.1),
+             helper.make_node("Conv", ["a0", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["a1"], name="act1"),
+             helper.make_node("GlobalAveragePool", ["a1"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat", axis=1),
+             helper.make_node("Gemm", ["f", "wh", "bh"], ["logits"], name="head", transB=1),
+             helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1)]
+    return model(nodes, inits, [inp("x", ["N", 2, 9, 9])], [inp("y", ["N", classes])])

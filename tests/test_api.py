@@ -140,3 +140,18 @@ def test_save_is_atomic_and_loadable(tmp_path):
     result.save(out)
     assert [p.name for p in tmp_path.iterdir()] == ["z.onnx"]
     assert onnx.load(str(out)).graph.output[0].name == "mlp_digit/logits"
+
+
+@pytest.mark.parametrize("attrs", [dict(strides=[2, 2], pads=[1, 0, 1, 0]), dict(dilations=[2, 2]),
+                                   dict(auto_pad="SAME_UPPER", strides=[2, 1]), dict(kernel_shape=[5, 3], pads=[2, 1, 2, 1])])
+@pytest.mark.parametrize("hessian", ["channel", "exact"])
+def test_conv_attributes_and_no_bias_zip_exactly(attrs, hessian):
+    models = [graphs.convnet(1, **dict(attrs)), graphs.convnet(2, classes=2, **dict(attrs))]
+    data = [{"x": graphs.data(9, (2, 9, 9))}, {"x": graphs.data(10, (2, 9, 9))}]
+    zero = zip_models(models, data, share=0.0, hessian=hessian, quiet=True)
+    got = outputs(zero.model, {"x": data[1]["x"]})
+    for t, m in zip(zero.names, models):
+        np.testing.assert_allclose(got[f"{t}/y"], outputs(m, {"x": data[1]["x"]})["y"], atol=1e-6)
+    half = zip_models(models, data, share=0.6, hessian=hessian, quiet=True)
+    assert [row["shared"] for row in half.report["layers"]] == [3, 2]
+    assert half.report["equivalence_max_abs_diff"] <= 1e-5
