@@ -55,6 +55,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
                             location=p.name + ".data")
         else:
             onnx.save_model(model, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):

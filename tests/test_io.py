@@ -53,3 +53,12 @@ def test_cuda_request_without_cuda_build_is_an_error():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(UsageError, match="CUDAExecutionProvider"):
         session(graphs.mlp(0), "cuda")
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    import os
+    path = tmp_path / "out.onnx"
+    save_model(graphs.mlp(0), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
