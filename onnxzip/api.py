@@ -39,6 +39,7 @@ class ZipOptions:
     hessian: str = "channel"
     damping: float = 1e-2
     compensate: bool = True
+    task_order: str = "auto"
     separate_inputs: bool = False
     device: str = "cpu"
     batch_size: int = 64
@@ -49,6 +50,8 @@ class ZipOptions:
         HESSIANS.get(self.hessian)
         if self.damping < 0:
             raise UsageError(f"--damping {self.damping}: must be >= 0")
+        if self.task_order not in ("auto", "given"):
+            raise UsageError(f"--task-order {self.task_order!r}: choose auto or given")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.names is not None:
@@ -132,7 +135,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
               else io.check_calibration(dict(d), ir.inputs, f"calibration data of task {ir.name!r}")
               for d, ir in zip(data, irs)]
     plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                     compensate=opts.compensate, device=opts.device, batch=opts.batch_size,
+                     compensate=opts.compensate, task_order=opts.task_order, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
     model = emit_model(irs, plan, names, shared_inputs)

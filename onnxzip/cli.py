@@ -34,6 +34,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compensate", dest="compensate", action="store_false",
                    help="the paper's rule: keep a shared neuron's weights on private inputs unchanged instead of "
                         "re-solving them (Schur complement)")
+    p.add_argument("--task-order", choices=["auto", "given"], default=DEFAULTS.task_order,
+                   help="with 3+ models: try every starting pair and keep the cheapest (auto), or merge in the "
+                        "order given")
     p.add_argument("--separate-inputs", action="store_true", help="one input per task even when they agree")
     p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="calibration batch size")
@@ -44,7 +47,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
     if args.report:
         io.check_output_path(args.report, args.models + args.data + [args.output])
     opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
-                      damping=args.damping, compensate=args.compensate, separate_inputs=args.separate_inputs, device=args.device,
+                      damping=args.damping, compensate=args.compensate, task_order=args.task_order,
+                      separate_inputs=args.separate_inputs, device=args.device,
                       batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)

@@ -1,17 +1,18 @@
 """Write the zipped multi-task ONNX model.
 
-Each task's normalized graph is replayed node by node into one graph. A tensor that carries a
-zipped layer's channels is held as *parts*: the shared channels and the task's private channels,
-each its own tensor, so that
+Each task's normalized graph is replayed node by node into one graph. A tensor that carries zipped
+channels is held as *parts*: per channel segment, the shared channels and the task's private
+channels, each its own tensor, so that
 
 * a layer is split into blocks: shared rows x shared input columns use ONE initializer for every
   task; the other blocks are per task; the block results are summed (Gemm's C input, or Add);
-* elementwise ops, pooling and Flatten run per part;
+* elementwise ops, pooling, BatchNormalization, Flatten and shape ops that keep the channel axis
+  run per part (per-channel constants sliced); joins run part by part; Concat just lists parts;
 * identical nodes (same op, inputs and attributes) are built once: on a shared input, the fully
   shared prefix of the network is computed once for all tasks.
 
-Task outputs are named ``<task>/<output>``; a graph output carrying zipped channels is restored
-to the task's channel order (Concat + Gather).
+Ops whose channel semantics onnxzip does not model get their inputs restored to the task's channel
+order (Concat + Gather). Task outputs are named ``<task>/<output>``, in the task's channel order.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from .ir import ChannelSpace, ModelIR, channel_rule, channel_dim
+from .ir import ModelIR
+from .spaces import ChannelSpace, channel_dim, channel_rule
 from .zipper import LayerZip, ZipPlan
 
 SHARED = "shared"
@@ -30,7 +32,8 @@ SHARED = "shared"
 
 @dataclass
 class Part:
-    """One tensor of a value: ``channels`` are the task's original channel ids in it (None: unzipped)."""
+    """One tensor of a value. ``channels``: the task's original channel ids in it (None: an unzipped
+    tensor); ``shared``: its channels are the same across tasks (shared slots, or aligned inputs)."""
 
     tensor: str
     channels: np.ndarray | None
@@ -83,22 +86,23 @@ class GraphBuilder:
         return self._consts[key]
 
     def node(self, op: str, inputs: list[str], attrs: dict, hints: list[str], prefix: str,
-             domain: str = "", name: str | None = None, exact: list[bool] | None = None) -> list[str]:
+             domain: str = "", exact: bool = False) -> list[str]:
         """Add (or reuse) a node; outputs are named ``<prefix or shared>/<hint>``.
 
-        ``exact[i]`` names output i ``<prefix>/<hint>`` verbatim (graph outputs).
+        ``exact``: name the outputs ``<prefix>/<hint>`` (graph outputs) and never reuse the node.
         """
         key = (domain, op, tuple(inputs), repr(sorted(attrs.items())), len(hints))
-        if key in self._cse and not any(exact or []):
+        if key in self._cse and not exact:
             return self._cse[key]
-        is_shared = all(i in self.shared or i == "" for i in inputs)
-        scope = SHARED if is_shared and not any(exact or []) else prefix
+        is_shared = all(i in self.shared or i == "" for i in inputs) and not exact
+        scope = SHARED if is_shared else prefix
         outs = [self.unique(f"{scope}/{h}") for h in hints]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=self.unique(f"{scope}/{name or hints[0]}"),
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.unique(f"{scope}/{hints[0]}.node"),
                                            domain=domain or None, **attrs))
-        if is_shared and not any(exact or []):
+        if is_shared:
             self.shared.update(outs)
-        self._cse[key] = outs
+        if not exact:
+            self._cse[key] = outs
         return outs
 
 
@@ -107,14 +111,12 @@ def _attrs(node: gs.Node) -> dict:
     for k, v in node.attrs.items():
         if isinstance(v, gs.Constant):
             v = numpy_helper.from_array(np.asarray(v.values), k)
-        elif isinstance(v, gs.Graph):
-            raise NotImplementedError(f"node {node.name!r}: subgraph attributes are not emitted")
         out[k] = v
     return out
 
 
 def _expand(channels: np.ndarray, block: int) -> np.ndarray:
-    return (np.asarray(channels)[:, None] * block + np.arange(block)).reshape(-1)
+    return (np.asarray(channels, np.int64)[:, None] * block + np.arange(block)).reshape(-1)
 
 
 class TaskEmitter:
@@ -125,7 +127,7 @@ class TaskEmitter:
         self.b, self.ir, self.plan, self.t, self.prefix = b, ir, plan, task, prefix
         self.layer_names = layer_names  # the first task's layer names: shared initializers are named after them
         self.values: dict[str, Value] = {}
-        self.restored: dict[str, str] = {}  # graph outputs carrying zipped channels, in task order
+        self.restored: dict[str, str] = {}
         self.layer_of = {layer.name: i for i, layer in enumerate(ir.layers)}
         self.output_names = {t.name for t in ir.graph.outputs}
         for t in ir.graph.inputs:
@@ -133,147 +135,222 @@ class TaskEmitter:
             if shared_inputs:
                 b.shared.add(name)
             b.names.add(name)
-            self.values[t.name] = Value([Part(name, None, shared_inputs)], None)
+            self.values[t.name] = Value([Part(name, None, True)], None)
 
+    # ------------------------------------------------------------------ helpers
     def tensor(self, t: gs.Tensor) -> str:
-        """The emitted name of an unzipped input tensor (constants deduplicated)."""
+        """The emitted name of an input tensor in task order (constants deduplicated)."""
         if isinstance(t, gs.Constant):
             return self.b.const(np.asarray(t.values), f"{self.prefix}/{t.name}")
         if not t.name:
             return ""
-        parts = self.values[t.name].parts
-        assert len(parts) == 1 and parts[0].channels is None, f"{t.name} carries zipped channels"
-        return parts[0].tensor
+        value = self.values[t.name]
+        return self.restore(t.name) if value.space is not None else value.parts[0].tensor
 
-    def run(self) -> None:
-        for node in self.ir.graph.nodes:
-            if node.name in self.layer_of:
-                self.layer(node, self.plan.layers[self.layer_of[node.name]])
-                continue
-            spaced = [i for i, t in enumerate(node.inputs) if t.name in self.values and
-                      self.values[t.name].space is not None]
-            if spaced:
-                self.per_part(node, spaced[0], channel_rule(node, spaced[0]))
-            else:
-                self.copy(node)
+    def restore(self, name: str) -> str:
+        """Tensor ``name`` as one tensor in the task's own channel order (Concat + Gather)."""
+        if name in self.restored:
+            return self.restored[name]
+        value = self.values[name]
+        tensors = [p.tensor for p in value.parts]
+        exact = name in self.output_names
+        order = np.argsort(np.concatenate([_expand(p.channels, value.space.block) for p in value.parts]))
+        identity = bool(np.all(order == np.arange(order.size)))
+        hint = name if identity else f"{name}.joined"
+        if len(tensors) > 1:
+            joined = self.b.node("Concat", tensors, {"axis": 1}, [hint], self.prefix, exact=exact and identity)[0]
+        elif identity and exact:
+            joined = self.b.node("Identity", tensors, {}, [hint], self.prefix, exact=True)[0]
+        else:
+            joined = tensors[0]
+        if not identity:
+            idx = self.b.const(order.astype(np.int64), f"{self.prefix}/{name}.order")
+            joined = self.b.node("Gather", [joined, idx], {"axis": 1}, [name], self.prefix, exact=exact)[0]
+        self.restored[name] = joined
+        return joined
 
-    def _exact(self, t: gs.Tensor) -> bool:
-        return t.name in self.output_names
-
-    def copy(self, node: gs.Node) -> None:
-        inputs = [self.tensor(t) for t in node.inputs]
-        outs = self.b.node(node.op, inputs, _attrs(node), [t.name for t in node.outputs], self.prefix,
-                           node.domain, node.name, [self._exact(t) for t in node.outputs])
-        for t, name in zip(node.outputs, outs):
-            self.values[t.name] = Value([Part(name, None, name in self.b.shared)], None)
-
-    def per_part(self, node: gs.Node, slot: int, rule: str) -> None:
-        value = self.values[node.inputs[slot].name]
-        out_t = node.outputs[0]
-        parts = []
-        for i, part in enumerate(value.parts):
-            inputs = []
-            for j, t in enumerate(node.inputs):
-                if j == slot:
-                    inputs.append(part.tensor)
-                elif rule == "binary":
-                    inputs.append(self._channel_const(np.asarray(t.values), node.inputs[slot], part, value.space))
-                else:
-                    inputs.append(self.tensor(t))
-            hint = f"{out_t.name}.{'s' if part.shared else 'p'}"
-            (name,) = self.b.node(node.op, inputs, _attrs(node), [hint], self.prefix, node.domain)
-            parts.append(Part(name, part.channels, part.shared))
-        space = self.ir.spaces.get(out_t.name)
-        self.values[out_t.name] = Value(parts, space)
-        if out_t.name in self.output_names:
-            self.restore(out_t.name)
-
-    def _channel_const(self, c: np.ndarray, x: gs.Tensor, part: Part, space: ChannelSpace) -> str:
-        rank = len(x.shape)
+    def _part_const(self, c: np.ndarray, rank: int, part: Part, space: ChannelSpace) -> str:
+        """A per-channel constant sliced to ``part``'s channels (unchanged if it broadcasts)."""
         dim = channel_dim(c, rank)
         if dim in (None, 1):
             return self.b.const(c, f"{self.prefix}/const")
         axis = c.ndim - (rank - 1)
-        block = space.block if dim != self.ir.layers[space.layer].neurons else 1
-        return self.b.const(np.take(c, _expand(part.channels, block), axis=axis), f"{self.prefix}/const")
+        idx = _expand(part.channels, space.block) if dim == space.channels * space.block else part.channels
+        return self.b.const(np.take(c, idx, axis=axis), f"{self.prefix}/const")
 
-    def restore(self, name: str) -> None:
-        """Give graph output ``name`` as one tensor in the task's own channel order (its parts stay
-        in use for the nodes downstream)."""
+    def _as_parts(self, name: str, like: Value) -> list[Part]:
+        """A join input as parts shaped like ``like`` (an unzipped one is a single task-order part)."""
         value = self.values[name]
-        block = value.space.block
-        tensors = [p.tensor for p in value.parts]
-        joined = tensors[0] if len(tensors) == 1 else \
-            self.b.node("Concat", tensors, {"axis": 1}, [f"{name}.joined"], self.prefix)[0]
-        order = np.argsort(np.concatenate([_expand(p.channels, block) for p in value.parts]))
-        idx = self.b.const(order.astype(np.int64), f"{self.prefix}/{name}.order")
-        (out,) = self.b.node("Gather", [joined, idx], {"axis": 1}, [name], self.prefix, exact=[True])
-        self.restored[name] = out
+        if value.space is not None:
+            return value.parts
+        return [Part(value.parts[0].tensor, np.arange(like.space.channels), False)]
 
-    def layer(self, node: gs.Node, z: LayerZip) -> None:
-        ir_layer = self.ir.layers[z.layer]
-        zw = z.weights[self.t]
-        value = self.values[ir_layer.input]
-        if value.space is None:
-            in_parts = [(value.parts[0], slice(0, z.ns - 1), True)]
-        else:
-            in_parts = [(p, slice(0, z.ns - 1) if p.shared else slice(z.ns, zw.shape[1]), p.shared)
-                        for p in value.parts]
-        in_parts = [(p, cols, sh) for p, cols, sh in in_parts if cols.stop > cols.start]
-        hidden = z.layer in self.plan.hidden
-        blocks = [(0, z.shared, True), (z.shared, zw.shape[0], False)]
-        out_parts = []
-        out_name = ir_layer.output
-        for r0, r1, rows_shared in blocks:
-            if r1 == r0:
+    # ------------------------------------------------------------------ replay
+    def run(self) -> None:
+        plan_layers = self.plan.layers
+        for node in self.ir.graph.nodes:
+            li = self.layer_of.get(node.name)
+            if li is not None and li in plan_layers:
+                (self.follower if plan_layers[li].follower else self.layer)(node, plan_layers[li])
                 continue
-            tag = "s" if rows_shared else "p"
-            exact = not hidden and out_name in self.output_names and r0 == 0 and r1 == zw.shape[0]
-            common_bias = rows_shared
-            bias = self.b.weight(self._wname(z.layer, f"b_{tag}", common_bias), zw[r0:r1, z.ns - 1]
-                                 .astype(np.float32), common_bias)
-            acc = None
-            for n_term, (part, cols, cols_shared) in enumerate(in_parts):
-                common = rows_shared and cols_shared
-                w = zw[r0:r1, cols]
-                w = w.reshape((r1 - r0, -1) + ir_layer.shape[2:]).astype(np.float32)
-                wname = self.b.weight(self._wname(z.layer, f"w_{tag}{'s' if cols_shared else 'p'}", common),
-                                      w, common)
-                last = n_term == len(in_parts) - 1
-                hint = out_name if last and not hidden else f"{out_name}.{tag}" if last else f"{out_name}.{tag}{n_term}"
-                acc = self._term(node, part.tensor, wname, bias if acc is None else acc, hint,
-                                 exact and last, first=acc is None)
-            if acc is None:  # no input columns at all: the bias alone (not reachable for real layers)
-                raise AssertionError(f"layer {ir_layer.name} has no input columns")
-            channels = self.plan.layers[z.layer].rows[self.t][r0:r1]
-            out_parts.append(Part(acc, channels if hidden else None, rows_shared))
-        if hidden:
-            self.values[out_name] = Value(out_parts, ChannelSpace(z.layer))
-            if out_name in self.output_names:
-                self.restore(out_name)
-        else:
-            self.values[out_name] = Value(out_parts, None)
+            zipped = [i for i, t in enumerate(node.inputs) if t.name in self.values and
+                      self.values[t.name].space is not None]
+            if not zipped or node.name in self.ir.spaces.restore:
+                self.copy(node)
+                continue
+            rule = channel_rule(node, zipped[0], self.values[node.inputs[zipped[0]].name].space.channels)
+            if rule == "concat":
+                self.concat(node)
+            else:
+                self.per_part(node, zipped, rule)
 
+    def copy(self, node: gs.Node) -> None:
+        """Replay a node as it is, on task-order inputs."""
+        inputs = [self.tensor(t) for t in node.inputs]
+        aligned = all(isinstance(t, gs.Constant) or not t.name or t.name not in self.ir.spaces.private and
+                      t.name not in self.ir.spaces.layout and self.values[t.name].parts[0].shared
+                      for t in node.inputs)
+        exact = any(t.name in self.output_names for t in node.outputs)
+        outs = self.b.node(node.op, inputs, _attrs(node), [t.name for t in node.outputs], self.prefix,
+                           node.domain, exact=exact)
+        for t, name in zip(node.outputs, outs):
+            self.values[t.name] = Value([Part(name, None, aligned)], None)
+
+    def concat(self, node: gs.Node) -> None:
+        space = self.ir.spaces.layout[node.outputs[0].name]
+        parts, offset = [], 0
+        for t in node.inputs:
+            value = self.values[t.name]
+            if value.space is None:
+                count = t.shape[1]
+                parts.append(Part(value.parts[0].tensor, np.arange(count) + offset, value.parts[0].shared))
+            else:
+                count = value.space.channels
+                parts.extend(Part(p.tensor, p.channels + offset, p.shared) for p in value.parts)
+            offset += count
+        self.values[node.outputs[0].name] = Value(parts, space)
+
+    def per_part(self, node: gs.Node, zipped: list[int], rule: str) -> None:
+        lead = self.values[node.inputs[zipped[0]].name]
+        joins = {i: self._as_parts(t.name, lead) for i, t in enumerate(node.inputs)
+                 if not isinstance(t, gs.Constant) and t.name and i != zipped[0]
+                 and (t.name in self.ir.spaces.layout or t.name in self.values and rule == "binary")}
+        for parts in joins.values():
+            if [list(p.channels) for p in parts] != [list(p.channels) for p in lead.parts]:
+                raise AssertionError(f"node {node.name}: joined tensors are zipped differently")
+        out_t = node.outputs[0]
+        rank = len(node.inputs[zipped[0]].shape or ())
+        parts = []
+        for n, part in enumerate(lead.parts):
+            inputs = []
+            for j, t in enumerate(node.inputs):
+                if j == zipped[0]:
+                    inputs.append(part.tensor)
+                elif j in joins:
+                    inputs.append(joins[j][n].tensor)
+                elif isinstance(t, gs.Constant) and rule in ("binary", "affine"):
+                    c = np.asarray(t.values)
+                    inputs.append(self._part_const(c, rank if rule == "binary" else 2, part, lead.space))
+                elif isinstance(t, gs.Constant) and rule == "keep":
+                    inputs.append(self.b.const(_keep_const(node, j, np.asarray(t.values), part),
+                                               f"{self.prefix}/{t.name}"))
+                else:
+                    inputs.append(self.tensor(t))
+            shared = part.shared and all(joins[j][n].shared for j in joins)
+            hint = f"{out_t.name}.{'s' if shared else 'p'}{n}"
+            (name,) = self.b.node(node.op, inputs, _attrs(node), [hint], self.prefix, node.domain)
+            parts.append(Part(name, part.channels, shared))
+        self.values[out_t.name] = Value(parts, self.ir.spaces.layout.get(out_t.name, lead.space))
+
+    # ------------------------------------------------------------------ layers
     def _wname(self, index: int, what: str, common: bool) -> str:
         layer = self.layer_names[index] if common else self.ir.layers[index].name
         return f"{SHARED if common else self.prefix}/{layer}.{what}"
 
+    def layer(self, node: gs.Node, z: LayerZip) -> None:
+        layer = self.ir.layers[z.layer]
+        zw = z.weights[self.t]
+        where = np.empty(zw.shape[1], np.int64)
+        where[z.cols[self.t]] = np.arange(zw.shape[1])  # original column -> zipped column
+        value = self.values[layer.input]
+        per_channel = (value.space.block if value.space else 1) * layer.kernel
+        terms = []
+        for n, part in enumerate(value.parts):
+            cols = np.arange(layer.fan_in) if part.channels is None else _expand(part.channels, per_channel)
+            pos = where[cols]
+            terms.append((part, pos, bool(pos.size) and bool(np.all(pos < z.ns - 1)), n))
+        hidden = z.layer in self.plan.hidden
+        out_name = layer.output
+        out_parts = []
+        for r0, r1, rows_shared in ((0, z.shared, True), (z.shared, zw.shape[0], False)):
+            if r1 == r0:
+                continue
+            tag = "s" if rows_shared else "p"
+            exact = not hidden and out_name in self.output_names
+            bias = self.b.weight(self._wname(z.layer, f"b_{tag}", rows_shared),
+                                 zw[r0:r1, where[layer.fan_in]].astype(np.float32), rows_shared)
+            acc = None
+            live_terms = [x for x in terms if x[1].size]
+            for i, (part, pos, cols_shared, n) in enumerate(live_terms):
+                common = rows_shared and cols_shared
+                w = zw[r0:r1][:, pos].reshape((r1 - r0, -1) + layer.shape[2:]).astype(np.float32)
+                wname = self.b.weight(self._wname(z.layer, f"w_{tag}{n}", common), w, common)
+                last = i == len(live_terms) - 1
+                hint = out_name if last and not hidden else f"{out_name}.{tag}" if last else f"{out_name}.{tag}{i}"
+                acc = self._term(node, part.tensor, wname, bias if acc is None else acc, hint, exact and last,
+                                 first=acc is None)
+            channels = z.rows[self.t][r0:r1]
+            out_parts.append(Part(acc, channels if hidden else None, rows_shared))
+        if hidden:
+            self.values[out_name] = Value(out_parts, self.ir.spaces.layout[out_name])
+        else:
+            self.values[out_name] = Value(out_parts, None)
+
     def _term(self, node: gs.Node, x: str, w: str, acc: str, hint: str, exact: bool, first: bool) -> str:
         """``first``: op(x, w, bias=acc); else op(x, w) + acc."""
         if node.op == "Gemm":
-            (out,) = self.b.node("Gemm", [x, w, acc], {"transB": 1}, [hint], self.prefix, exact=[exact])
-            return out
+            return self.b.node("Gemm", [x, w, acc], {"transB": 1}, [hint], self.prefix, exact=exact)[0]
         attrs = _attrs(node)
         if first:
-            (out,) = self.b.node("Conv", [x, w, acc], attrs, [hint], self.prefix, exact=[exact])
-            return out
+            return self.b.node("Conv", [x, w, acc], attrs, [hint], self.prefix, exact=exact)[0]
         (y,) = self.b.node("Conv", [x, w], attrs, [hint + ".c"], self.prefix)
-        (out,) = self.b.node("Add", [acc, y], {}, [hint], self.prefix, exact=[exact])
-        return out
+        return self.b.node("Add", [acc, y], {}, [hint], self.prefix, exact=exact)[0]
+
+    def follower(self, node: gs.Node, z: LayerZip) -> None:
+        """A depthwise conv, part by part (shared channels hold the same merged filters for all tasks)."""
+        layer = self.ir.layers[z.layer]
+        value = self.values[layer.input]
+        zw = z.weights[self.t]
+        parts = []
+        for n, part in enumerate(value.parts):
+            rows = zw[part.channels]
+            w = rows[:, :-1].reshape((len(part.channels),) + layer.shape[1:]).astype(np.float32)
+            b = rows[:, -1].astype(np.float32)
+            wname = self.b.weight(self._wname(z.layer, f"w{n}", part.shared), w, part.shared)
+            bname = self.b.weight(self._wname(z.layer, f"b{n}", part.shared), b, part.shared)
+            attrs = {**_attrs(node), "group": len(part.channels)}
+            (out,) = self.b.node("Conv", [part.tensor, wname, bname], attrs, [f"{layer.output}.{n}"], self.prefix)
+            parts.append(Part(out, part.channels, part.shared))
+        self.values[layer.output] = Value(parts, value.space)
 
 
-def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool) -> onnx.ModelProto:
-    """Build the zipped model: one graph, every task's outputs as ``<task>/<output>``."""
+def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part) -> np.ndarray:
+    """Shape inputs of ops that keep the channel axis, for one part (Reshape/Resize sizes name it)."""
+    if node.op == "Reshape" and slot == 1:
+        c = c.copy()
+        c[1] = 0 if not int(node.attrs.get("allowzero", 0)) else len(part.channels)
+    elif node.op == "Resize" and slot == 3 and c.size:
+        c = c.copy()
+        c[1] = len(part.channels)
+    return c
+
+
+def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool,
+               output_types: list[dict[str, onnx.TypeProto]] | None = None) -> onnx.ModelProto:
+    """Build the zipped model: one graph, every task's outputs as ``<task>/<output>``.
+
+    ``output_types``: per task, the original outputs' types (kept for non-tensor outputs).
+    """
     b = GraphBuilder()
     inputs, outputs = [], []
     for t, (ir, name) in enumerate(zip(irs, names)):
@@ -283,11 +360,15 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
             for inp in ir.graph.inputs:
                 inputs.append(_value_info(em.values[inp.name].parts[0].tensor, inp))
         for out in ir.graph.outputs:
-            final = em.restored.get(out.name) or em.values[out.name].parts[0].tensor
+            final = em.tensor(out)
             want = f"{name}/{out.name}"
             if final != want:
                 b.nodes.append(helper.make_node("Identity", [final], [want], name=b.unique(want + ".id")))
-            outputs.append(_value_info(want, out, shape=False))
+            kind = (output_types or [{}] * len(irs))[t].get(out.name)
+            if kind is not None and not kind.HasField("tensor_type"):
+                outputs.append(helper.make_value_info(want, kind))
+            else:
+                outputs.append(_value_info(want, out, shape=False))
     graph = helper.make_graph(b.nodes, "onnxzip", inputs, outputs, list(b.initializers.values()))
     opsets = [helper.make_opsetid("", irs[0].opset)] + [helper.make_opsetid(d, v) for d, v in
                                                           sorted(irs[0].extra_opsets.items())]

@@ -1,11 +1,8 @@
 """The intermediate representation: one :class:`ModelIR` per task.
 
 A ``ModelIR`` owns a normalized onnx-graphsurgeon graph (edited only by :mod:`onnxzip.normalize`),
-a networkx index of it (read only), its zippable :class:`Layer` records and the channel space of
-every tensor that carries a layer's neurons.
-
-How each op treats channels (:func:`channel_rule`) is defined here once, and used by alignment,
-statistics and emission alike. Channels live on axis 1 (NCHW tensors, (N, F) features).
+a networkx index of it (read only), its :class:`Layer` records and its channel spaces
+(:mod:`onnxzip.spaces`).
 """
 from __future__ import annotations
 
@@ -20,18 +17,7 @@ import onnx_graphsurgeon as gs
 from .errors import InputError, UnsupportedOpError
 from .io import InputSpec
 from .normalize import normalize, prepare
-
-#: Elementwise ops of one tensor input: they pass every channel through on its own.
-UNARY = frozenset({
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid",
-    "HardSwish", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Ceil", "Floor",
-    "Round", "Sign", "Sin", "Cos", "ThresholdedRelu", "Clip", "Identity",
-})
-#: Pooling ops: per-channel windows.
-POOL = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
-#: Elementwise ops of two inputs; with one constant input they act per channel.
-BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"})
-
+from .spaces import Spaces, check_supported, is_depthwise, trace
 
 @dataclass(frozen=True)
 class Layer:
@@ -67,18 +53,6 @@ class Layer:
         return dict(self.attrs).get(key, default)
 
 
-@dataclass(frozen=True)
-class ChannelSpace:
-    """The channels of layer ``layer`` (its index in ``ModelIR.layers``) as seen by a tensor.
-
-    ``block`` is the number of features per channel along axis 1: 1 for a (N, C, ...) tensor,
-    H*W after a Flatten of a (N, C, H, W) tensor.
-    """
-
-    layer: int
-    block: int = 1
-
-
 @dataclass
 class ModelIR:
     """One task: the normalized graph, its index, layers and channel spaces."""
@@ -87,8 +61,7 @@ class ModelIR:
     source: str
     graph: gs.Graph
     layers: list[Layer]
-    spaces: dict[str, ChannelSpace]
-    hidden: list[int]  # indices of layers whose channels reach another layer (zippable)
+    spaces: Spaces
     index: nx.DiGraph = field(repr=False)
     ir_version: int = 8
     opset: int = 17
@@ -97,6 +70,11 @@ class ModelIR:
     @property
     def inputs(self) -> list[InputSpec]:
         return [InputSpec(t.name, np.dtype(t.dtype), _dims(t.shape)) for t in self.graph.inputs]
+
+    @property
+    def hidden(self) -> list[int]:
+        """Indices of the layers whose channels reach another layer (zippable)."""
+        return self.spaces.hidden
 
     @property
     def outputs(self) -> list[str]:
@@ -133,14 +111,14 @@ def build_ir(model: onnx.ModelProto, name: str, source: str, opset: int) -> Mode
         raise UnsupportedOpError(f"{source}: {exc}") from None
     if not graph.inputs:
         raise InputError(f"{source}: the model has no inputs")
-    layers = _find_layers(graph)
-    index = _index(graph)
     try:
-        spaces, hidden = trace_spaces(graph, layers)
+        check_supported(graph)
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(f"{source}: {exc}") from None
+    layers = _find_layers(graph)
     extra = {o.domain: o.version for o in model.opset_import if o.domain not in ("", "ai.onnx")}
-    return ModelIR(name, source, graph, layers, spaces, hidden, index, max(model.ir_version, 7), opset, extra)
+    return ModelIR(name, source, graph, layers, trace(graph, layers), _index(graph), max(model.ir_version, 7),
+                   opset, extra)
 
 
 def _find_layers(graph: gs.Graph) -> list[Layer]:
@@ -153,11 +131,12 @@ def _find_layers(graph: gs.Graph) -> list[Layer]:
             layers.append(Layer(node.name, "dense", node.inputs[0].name, node.outputs[0].name, w.name, b.name,
                                 tuple(w.values.shape)))
             continue
-        if int(node.attrs.get("group", 1)) != 1:
-            continue  # grouped conv: not a zippable layer (trace_spaces rejects it on a zipped space)
+        if int(node.attrs.get("group", 1)) != 1 and not is_depthwise(node):
+            continue  # grouped conv: an ordinary op (its inputs are restored to task order)
         keys = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
         attrs = tuple(sorted((k, _plain(node.attrs[k])) for k in keys if k in node.attrs))
-        layers.append(Layer(node.name, "conv", node.inputs[0].name, node.outputs[0].name, w.name, b.name,
+        kind = "depthwise" if is_depthwise(node) else "conv"
+        layers.append(Layer(node.name, kind, node.inputs[0].name, node.outputs[0].name, w.name, b.name,
                             tuple(w.values.shape), attrs))
     return layers
 
@@ -180,112 +159,10 @@ def _index(graph: gs.Graph) -> nx.DiGraph:
     return g
 
 
-def channel_rule(node: gs.Node, spaced: int) -> str:
-    """How ``node`` treats the channels of its input number ``spaced`` (a tensor in a channel space).
-
-    Returns one of ``"layer"``, ``"unary"``, ``"pool"``, ``"binary"``, ``"flatten"``; raises
-    :class:`UnsupportedOpError` naming the node for anything else.
-    """
-    op = node.op
-    if op in ("Conv", "Gemm") and spaced == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
-        if op == "Conv" and int(node.attrs.get("group", 1)) != 1:
-            raise UnsupportedOpError(f"node {node.name!r} (Conv, group={node.attrs['group']}): grouped "
-                                     "convolution on zipped channels is not supported yet")
-        return "layer"
-    if op in UNARY and spaced == 0:
-        if op == "Clip" and not all(isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name):
-            raise UnsupportedOpError(f"node {node.name!r} (Clip): bounds must be constants")
-        return "unary"
-    if op in POOL and spaced == 0:
-        if len(node.outputs) > 1 and node.outputs[1].outputs:
-            raise UnsupportedOpError(f"node {node.name!r} ({op}): the Indices output is not supported")
-        return "pool"
-    if op in BINARY and len(node.inputs) == 2 and isinstance(node.inputs[1 - spaced], gs.Constant):
-        x, c = node.inputs[spaced], np.asarray(node.inputs[1 - spaced].values)
-        if x.shape is not None and len(x.shape) >= 2 and c.ndim <= len(x.shape) and \
-                (c.ndim < len(x.shape) or c.shape[0] == 1) and \
-                channel_dim(c, len(x.shape)) in (None, 1, x.shape[1]):
-            return "binary"
-    if op == "Flatten" and int(node.attrs.get("axis", 1)) == 1 and spaced == 0:
-        return "flatten"
-    raise UnsupportedOpError(f"node {node.name!r} ({op}) consumes zipped channels in a way onnxzip does not "
-                             "model; it would be unsafe to guess (supported between layers: elementwise "
-                             "activations, pooling, Flatten, elementwise ops with constants)")
-
-
-def channel_dim(c: np.ndarray, rank: int) -> int | None:
-    """The size of a constant's axis aligned with axis 1 of a rank-``rank`` tensor (None if absent)."""
-    axis = c.ndim - (rank - 1)
-    return c.shape[axis] if 0 <= axis < c.ndim else None
-
-
-def trace_spaces(graph: gs.Graph, layers: list[Layer]) -> tuple[dict[str, ChannelSpace], list[int]]:
-    """Follow every layer's output channels through the graph.
-
-    A layer is hidden (zippable) when its channels reach another layer. Heads (the rest) keep
-    their outputs in order, so any op may follow them.
-
-    Returns:
-        tensor name -> the hidden-layer channel space it carries; indices of the hidden layers.
-        Raises :class:`UnsupportedOpError` for an op that mixes a hidden layer's channels unknowably.
-    """
-    by_node = {layer.name: i for i, layer in enumerate(layers)}
-    hidden = {i for i, layer in enumerate(layers) if _reaches_layer(graph, layer, by_node)}
-    spaces: dict[str, ChannelSpace] = {}
-    blocked: list[tuple[int, UnsupportedOpError]] = []
-    for node in graph.nodes:  # topologically sorted by normalize
-        inputs = [(i, spaces[t.name]) for i, t in enumerate(node.inputs) if t.name in spaces]
-        if node.name in by_node and (not inputs or inputs[0][0] == 0):
-            spaces[node.outputs[0].name] = ChannelSpace(by_node[node.name])
-        if not inputs:
-            continue
-        if len(inputs) > 1:
-            err = UnsupportedOpError(f"node {node.name!r} ({node.op}) joins zipped channel spaces; "
-                                     "joins (residuals, concat) are not supported yet")
-            blocked += [(space.layer, err) for _, space in inputs]
-            continue
-        slot, space = inputs[0]
-        try:
-            rule = channel_rule(node, slot)
-        except UnsupportedOpError as err:
-            blocked.append((space.layer, err))
-            continue
-        if rule == "layer":
-            continue  # its output carries its own channels (set above)
-        if rule == "flatten":
-            shape = node.inputs[0].shape
-            if shape is None or not all(isinstance(d, int) for d in shape[2:]):
-                blocked.append((space.layer, UnsupportedOpError(
-                    f"node {node.name!r} (Flatten): the spatial size of its input is unknown")))
-                continue
-            spaces[node.outputs[0].name] = ChannelSpace(space.layer, space.block * int(np.prod(shape[2:])))
-        else:
-            spaces[node.outputs[0].name] = space
-    for layer, err in blocked:
-        if layer in hidden:
-            raise err
-    return {k: v for k, v in spaces.items() if v.layer in hidden}, sorted(hidden)
-
-
-def _reaches_layer(graph: gs.Graph, layer: Layer, by_node: dict[str, int]) -> bool:
-    """Whether any path of ops from ``layer``'s output reaches another layer."""
-    start = next(n for n in graph.nodes if n.name == layer.name).outputs[0]
-    todo, seen = [start], set()
-    while todo:
-        t = todo.pop()
-        for consumer in t.outputs:
-            if consumer.name in by_node:
-                return True
-            if consumer.name not in seen:
-                seen.add(consumer.name)
-                todo.extend(consumer.outputs)
-    return False
-
 def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
     """A ModelIR whose nodes follow ``names`` (a topological order), layers re-listed in that order."""
     by_name = {n.name: n for n in ir.graph.nodes}
     ir.graph.nodes = [by_name[n] for n in names]
     layers = _find_layers(ir.graph)
-    spaces, hidden = trace_spaces(ir.graph, layers)
-    return ModelIR(ir.name, ir.source, ir.graph, layers, spaces, hidden, _index(ir.graph), ir.ir_version,
+    return ModelIR(ir.name, ir.source, ir.graph, layers, trace(ir.graph, layers), _index(ir.graph), ir.ir_version,
                    ir.opset, dict(ir.extra_opsets))

@@ -120,6 +120,88 @@ def match_index(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(k), np.arange(k)
 
 
+def task_blocks(h: np.ndarray, ns: int, compensate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(S, G) for one task: the Schur complement and compensation map (:func:`schur`), or with
+    ``compensate=False`` the paper's rule: the shared block of H alone and no compensation."""
+    if compensate:
+        return schur(h, ns)
+    return h[:ns, :ns].copy(), np.zeros((h.shape[0] - ns, ns))
+
+
+def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate: bool = True
+               ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Merge matched rows of every task into one shared block.
+
+    Args:
+        mats: per task (k, d): the rows to merge, in slot order, columns ``[shared (ns) | private]``.
+        hs: per task (d, d) positive definite Hessians, same column order.
+    Returns:
+        w (k, ns) = (sum S_t)^-1 sum S_t a_t, the private columns per task (k, d - ns) re-solved,
+        and the cost per slot: sum_t 1/2 (w - a_t)' S_t (w - a_t) (the objective at its minimum).
+    """
+    blocks = [task_blocks(h, ns, compensate) for h in hs]
+    total = sum(s for s, _ in blocks)
+    rhs = sum(s @ np.asarray(m[:, :ns], np.float64).T for (s, _), m in zip(blocks, mats))
+    w = cho_solve(_chol(total), rhs).T
+    privs, costs = [], np.zeros(w.shape[0])
+    for (s, g), m in zip(blocks, mats):
+        diff = w - m[:, :ns]
+        privs.append(m[:, ns:] - diff @ g.T)
+        costs += 0.5 * np.einsum("ij,jk,ik->i", diff, s, diff)
+    return w, privs, costs
+
+
+def match_tasks(members: list[tuple[list[np.ndarray], list[np.ndarray]]], k: int, matching: str,
+                order: list[int]) -> tuple[list[np.ndarray], float]:
+    """Choose ``k`` shared slots across tasks, merging tasks in ``order`` into a running shared set.
+
+    Args:
+        members: per layer of the group, (per task (n, ns) rows over the shared columns,
+            per task (ns, ns) S). The group's cost matrix is the sum over its layers.
+        order: task indices; the first two are matched, each further task is matched against the
+            shared side, which carries S_S = the sum of its tasks' S (M = S_S (S_S + S_t)^-1 S_t).
+    Returns:
+        per task (k,) the neuron of each slot (slot order: cheapest first), and the joint cost.
+    """
+    t0, t1 = order[0], order[1]
+    c = sum(pair_costs(m[t0], m[t1], s[t0], s[t1]) for m, s in members)
+    i0, i1 = MATCHERS.get(matching)(c, k)
+    costs = c[i0, i1]
+    first = np.lexsort((i0, costs))
+    rows = {t0: i0[first], t1: i1[first]}
+    shared = []
+    for m, s in members:
+        total = s[t0] + s[t1]
+        w = cho_solve(_chol(total), s[t0] @ m[t0][rows[t0]].T + s[t1] @ m[t1][rows[t1]].T).T
+        shared.append((w, total))
+    for t in order[2:]:
+        c = sum(pair_costs(w, m[t], total, s[t]) for (w, total), (m, s) in zip(shared, members))
+        slots, picked = MATCHERS.get(matching)(c, k)
+        rows[t] = picked[np.argsort(slots)]
+        shared = [(cho_solve(_chol(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t])
+                  for (w, total), (m, s) in zip(shared, members)]
+    cost = 0.0
+    for (w, _), (m, s) in zip(shared, members):
+        for t in order:
+            diff = w - m[t][rows[t]]
+            cost += 0.5 * float(np.einsum("ij,jk,ik->", diff, s[t], diff))
+    return [rows[t] for t in range(len(order))], cost
+
+
+def merge_followers(mats: list[np.ndarray], hs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge depthwise neurons slot by slot, each with its own input channel's Hessian.
+
+    Args:
+        mats: per task (k, d) the neurons of the shared slots; hs: per task (k, d, d).
+    Returns:
+        w (k, d) = (sum H_t)^-1 sum H_t a_t per slot, and the cost per slot.
+    """
+    total = sum(hs)
+    w = np.linalg.solve(total, sum(np.einsum("kij,kj->ki", h, m)[..., None] for h, m in zip(hs, mats)))[..., 0]
+    costs = sum(0.5 * np.einsum("ki,kij,kj->k", w - m, h, w - m) for h, m in zip(hs, mats))
+    return w, costs
+
+
 @dataclass
 class LayerMerge:
     """The result of zipping one layer of two tasks.
@@ -149,21 +231,13 @@ def zip_layer(a: np.ndarray, b: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, ns
             merge with the shared block of H alone and keep the private columns unchanged.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if compensate:
-        s_a, g_a = schur(h_a, ns)
-        s_b, g_b = schur(h_b, ns)
-    else:
-        s_a, s_b = h_a[:ns, :ns], h_b[:ns, :ns]
-        g_a = g_b = np.zeros((a.shape[1] - ns, ns))
+    s_a, _ = task_blocks(h_a, ns, compensate)
+    s_b, _ = task_blocks(h_b, ns, compensate)
     c = pair_costs(a[:, :ns], b[:, :ns], s_a, s_b)
     if not np.isfinite(c).all():
         raise NumericalError("non-finite sharing costs: the calibration statistics hold NaN or Inf")
     ia, ib = MATCHERS.get(matching)(c, k)
-    costs = c[ia, ib]
-    order = np.lexsort((ia, costs))
-    ia, ib, costs = ia[order], ib[order], costs[order]
-    rhs = s_a @ a[ia, :ns].T + s_b @ b[ib, :ns].T
-    w = cho_solve(_chol(s_a + s_b), rhs).T
-    p_a = a[ia, ns:] - (w - a[ia, :ns]) @ g_a.T
-    p_b = b[ib, ns:] - (w - b[ib, :ns]) @ g_b.T
+    order = np.lexsort((ia, c[ia, ib]))
+    ia, ib = ia[order], ib[order]
+    w, (p_a, p_b), costs = merge_rows([a[ia], b[ib]], [h_a, h_b], ns, compensate)
     return LayerMerge(ia, ib, costs, w, p_a, p_b)

@@ -165,3 +165,36 @@ def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256) ->
         acc = acc or Accumulator(rows.shape[1])
         acc.add(rows)
     return est.finish(layer, acc.mean())
+
+
+def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64) -> np.ndarray:
+    """Per-channel Hessians of a depthwise conv: (C, K + 1, K + 1) float64, bias last.
+
+    Each channel's neuron sees only its own input channel: ``channel`` reuses that channel's
+    (1 + 1)^2 statistic at every offset, ``exact`` takes its patch covariance.
+    """
+    c, k = x.shape[1], layer.kernel
+    if method == "identity":
+        return np.broadcast_to(np.eye(k + 1), (c, k + 1, k + 1)).copy()
+    HESSIANS.get(method)
+    total = np.zeros((c, k + 1, k + 1))
+    count = 0
+    wide = Layer(layer.name, "conv", layer.input, layer.output, layer.weight, layer.bias, (c, c) + layer.shape[2:],
+                 layer.attrs)
+    for i in range(0, x.shape[0], batch):
+        xb = np.asarray(x[i:i + batch], np.float64)
+        if method == "channel":
+            rows = np.moveaxis(xb, 1, -1).reshape(-1, c, 1)
+        else:
+            rows = patches(wide, xb).reshape(-1, c, k)
+        ones = np.ones(rows.shape[:2] + (1,))
+        rows = np.concatenate([rows, ones], axis=2)
+        total_b = np.einsum("mci,mcj->cij", rows, rows)
+        total += total_b
+        count += rows.shape[0]
+    h = total / max(count, 1)
+    if not np.isfinite(h).all():
+        raise NumericalError("depthwise statistics hold NaN or Inf")
+    if method == "channel" and k > 1:
+        return np.stack([expand_conv_hessian(hc, k) for hc in h])
+    return h

@@ -1,4 +1,4 @@
-"""The bottom-up layer loop: statistics -> match and merge -> next stage, for two tasks.
+"""The bottom-up layer loop: statistics -> match and merge -> next stage, for N tasks.
 
 Every task's network is run stage by stage (:mod:`onnxzip.stages`) with the layers already zipped
 in place, so the Hessians of layer ``l`` come from the network as zipped below ``l`` and each node
@@ -7,21 +7,28 @@ sees the calibration set once.
 Weights are handled as 2-D matrices: a layer of ``n`` neurons and fan-in ``d`` is (n, d + 1) with
 the bias as the last column (ONNX order: channel-major, kernel offsets inner). Zipped order puts
 the shared rows first and the columns as ``[shared inputs, bias | private inputs]``.
+
+Layers tied into one group (:mod:`onnxzip.spaces`: residual joins) share one matching, chosen when
+the group's first layer comes up from the summed costs of the group's layers whose inputs are
+already available (computed and fixed); the group's later layers follow that matching and merge
+their own rows with their own Hessians. Depthwise convs follow their input's matching.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
 from .errors import UsageError
-from .ir import ChannelSpace, Layer, ModelIR
-from .merge import damp, zip_layer
+from .ir import Layer, ModelIR
+from .merge import damp, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import shared_counts
+from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
-from .stats import layer_hessian
+from .stats import depthwise_hessians, layer_hessian
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +39,8 @@ class LayerZip:
 
     ``rows[t]`` gives, per zipped row, the task's original neuron index; ``cols[t]`` per zipped
     column the original column index (``fan_in`` is the bias). ``weights[t]`` (n, d + 1) is in
-    zipped order and ``weights[t][:shared, :ns]`` is the same for every task.
+    zipped order and ``weights[t][:shared, :ns]`` is the same for every task. A depthwise
+    ``follower`` keeps rows in original order; its shared channels are those of its input.
     """
 
     layer: int
@@ -42,6 +50,7 @@ class LayerZip:
     cols: list[np.ndarray]
     weights: list[np.ndarray]
     costs: np.ndarray
+    follower: bool = False
 
     @property
     def neurons(self) -> int:
@@ -55,6 +64,8 @@ class ZipPlan:
     layers: dict[int, LayerZip]
     hidden: list[int]
     outputs: list[dict[str, np.ndarray]]  # per task, on the calibration data
+    groups: list[list[int]] = field(default_factory=list)
+    orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
 
 
 def as_matrix(w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -67,97 +78,215 @@ def from_matrix(m: np.ndarray, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     return m[:, :-1].reshape((m.shape[0],) + layer.shape[1:]), m[:, -1]
 
 
-def column_order(ir: ModelIR, index: int, zips: dict[int, LayerZip], task: int) -> tuple[np.ndarray, int]:
-    """Zipped column order of layer ``index`` in task ``task``, and how many lead columns are shared.
+class Zipper:
+    """Zips aligned tasks layer by layer; see the module docstring."""
 
-    A layer fed by a graph input (no channel space) shares every input column; one fed by a
-    zipped layer shares the columns of that layer's shared channels.
-    """
-    layer = ir.layers[index]
-    d = layer.fan_in
-    space: ChannelSpace | None = ir.spaces.get(layer.input)
-    if space is None:
-        return np.arange(d + 1), d + 1
-    src = zips[space.layer]
-    per_channel = space.block * layer.kernel
-    perm = src.rows[task]
+    def __init__(self, irs: list[ModelIR], share, matching: str, hessian: str, damping: float, compensate: bool,
+                 task_order: str) -> None:
+        if len(irs) < 2:
+            raise UsageError("give at least two models")
+        self.irs, self.matching, self.estimator = irs, matching, hessian
+        self.damping, self.compensate, self.task_order = damping, compensate, task_order
+        spaces = irs[0].spaces
+        self.groups = spaces.groups
+        names = [", ".join(irs[0].layers[i].name for i in g[:2]) + (", ..." if len(g) > 2 else "")
+                 for g in self.groups]
+        counts = shared_counts(share, [min(ir.layers[g[0]].neurons for ir in irs) for g in self.groups], names)
+        self.k = [0 if g in spaces.pinned else c for g, c in enumerate(counts)]
+        self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}
+        self.rows: dict[int, list[np.ndarray]] = {}  # group -> per task: neuron order (shared slots first)
+        self.zips: dict[int, LayerZip] = {}
+        self.orders: dict[int, dict] = {}
+        self._hessians: dict[tuple[int, int], np.ndarray] = {}
 
-    def expand(channels: np.ndarray) -> np.ndarray:
-        return (channels[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
+    # ------------------------------------------------------------------ column layout
+    def group_perm(self, layer: int, task: int) -> tuple[np.ndarray, int]:
+        g = self.group_of[layer]
+        if g not in self.rows:
+            raise KeyError(g)
+        return self.rows[g][task], self.k[g]
 
-    shared = expand(perm[:src.shared])
-    return np.concatenate([shared, [d], expand(perm[src.shared:])]), shared.size + 1
+    def column_order(self, li: int, task: int) -> tuple[np.ndarray, int]:
+        """Zipped column order of layer ``li`` in ``task`` and the count of leading shared columns."""
+        ir = self.irs[task]
+        layer = ir.layers[li]
+        d = layer.fan_in
+        if layer.input in ir.spaces.private:
+            return np.concatenate([[d], np.arange(d)]), 1
+        space = ir.spaces.layout.get(layer.input)
+        if space is None:
+            return np.arange(d + 1), d + 1
+        per_channel = space.block * layer.kernel
+        shared, private, offset = [], [], 0
+        for seg in space.segments:
+            chans = np.arange(seg.count)
+            if seg.layer == ALIGNED:
+                shared.append(chans + offset)
+            elif seg.layer == PRIVATE:
+                private.append(chans + offset)
+            else:
+                perm, k = self.group_perm(seg.layer, task)
+                shared.append(perm[:k] + offset)
+                private.append(perm[k:] + offset)
+            offset += seg.count
+        cols = [_expand(np.concatenate(x) if x else np.zeros(0, int), per_channel) for x in (shared, private)]
+        return np.concatenate([cols[0], [d], cols[1]]).astype(np.int64), cols[0].size + 1
+
+    def decided(self, li: int) -> bool:
+        """Whether every group feeding layer ``li`` has its matching."""
+        space = self.irs[0].spaces.layout.get(self.irs[0].layers[li].input)
+        return space is None or all(s.layer < 0 or self.group_of[s.layer] in self.rows for s in space.segments)
+
+    # ------------------------------------------------------------------ statistics
+    def hessian(self, li: int, task: int, live: dict[str, np.ndarray]) -> np.ndarray:
+        key = (li, task)
+        if key not in self._hessians:
+            layer = self.irs[task].layers[li]
+            self._hessians[key] = layer_hessian(layer, live[layer.input], self.estimator)
+        return self._hessians[key]
+
+    def problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
+        """Per task: weights and damped Hessian in zipped column order; the columns; ns."""
+        mats, hs, cols, ns = [], [], [], 0
+        for t, ir in enumerate(self.irs):
+            order, ns = self.column_order(li, t)
+            h = self.hessian(li, t, live[t])[np.ix_(order, order)]
+            hs.append(damp(h, self.damping))
+            mats.append(as_matrix(*ir.weights(ir.layers[li]))[:, order])
+            cols.append(order)
+        return mats, hs, cols, ns
+
+    # ------------------------------------------------------------------ one layer
+    def zip_layer(self, li: int, live: list[dict[str, np.ndarray]]) -> LayerZip:
+        if li in self.irs[0].spaces.followers:
+            return self._follow(li, live)
+        g = self.group_of[li]
+        if g not in self.rows:
+            self._decide(g, live)
+        k, rows = self.k[g], self.rows[g]
+        if k:
+            mats, hs, cols, ns = self.problem(li, live)
+            w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate)
+        else:  # nothing shared: no statistics needed
+            orders = [self.column_order(li, t) for t in range(len(self.irs))]
+            cols, ns = [o for o, _ in orders], orders[0][1]
+            mats = [as_matrix(*ir.weights(ir.layers[li]))[:, o] for ir, o in zip(self.irs, cols)]
+            w, privs, costs = None, None, np.zeros(0)
+        weights = []
+        for t, (m, r) in enumerate(zip(mats, rows)):
+            z = m[r].copy()
+            if k:
+                z[:k, :ns] = w
+                z[:k, ns:] = privs[t]
+            weights.append(z)
+        self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
+        return LayerZip(li, k, ns, list(rows), cols, weights, costs)
+
+    def _decide(self, g: int, live: list[dict[str, np.ndarray]]) -> None:
+        """Choose group ``g``'s shared slots from the summed costs of its available layers."""
+        k, n_tasks = self.k[g], len(self.irs)
+        sizes = [ir.layers[self.groups[g][0]].neurons for ir in self.irs]
+        if k == 0:
+            self.rows[g] = [np.arange(n) for n in sizes]
+            return
+        members = []
+        for li in self.groups[g]:
+            if not self.decided(li) or any(ir.layers[li].input not in lv for ir, lv in zip(self.irs, live)):
+                continue
+            mats, hs, _, ns = self.problem(li, live)
+            blocks = [task_blocks(h, ns, self.compensate) for h in hs]
+            members.append(([m[:, :ns] for m in mats], [s for s, _ in blocks]))
+        orders = [list(range(n_tasks))]
+        if n_tasks > 2 and self.task_order == "auto":
+            orders = [[a, b] + [t for t in range(n_tasks) if t not in (a, b)]
+                      for a, b in itertools.combinations(range(n_tasks), 2)]
+        results = [(match_tasks(members, k, self.matching, o), o) for o in orders]
+        (rows, cost), order = min(results, key=lambda r: r[0][1])
+        self.orders[g] = {"order": [self.irs[t].name for t in order], "layers": len(members),
+                          "costs": {"-".join(self.irs[t].name for t in o[:2]): c for (_, c), o in results}}
+        full = []
+        for r, n in zip(rows, sizes):
+            rest = np.setdiff1d(np.arange(n), r)
+            full.append(np.concatenate([r, rest]).astype(np.int64))
+        self.rows[g] = full
+
+    def _follow(self, li: int, live: list[dict[str, np.ndarray]]) -> LayerZip:
+        """A depthwise conv: merge the neurons on each shared input channel slot."""
+        ir0 = self.irs[0]
+        layer0 = ir0.layers[li]
+        space = ir0.spaces.layout[layer0.input]
+        slots: list[list[int]] = [[] for _ in self.irs]
+        offset = 0
+        for seg in space.segments:
+            if seg.layer >= 0:
+                g = self.group_of[seg.layer]
+                for t in range(len(self.irs)):
+                    slots[t].extend(self.rows[g][t][:self.k[g]] + offset)
+            offset += seg.count
+        mats = [as_matrix(*ir.weights(ir.layers[li])) for ir in self.irs]
+        weights = [m.copy() for m in mats]
+        costs = np.zeros(0)
+        if slots[0]:
+            hs = []
+            for t, ir in enumerate(self.irs):
+                layer = ir.layers[li]
+                h = depthwise_hessians(layer, live[t][layer.input], self.estimator)[np.asarray(slots[t])]
+                hs.append(np.stack([damp(x, self.damping) for x in h]))
+            w, costs = merge_followers([m[np.asarray(s)] for m, s in zip(mats, slots)], hs)
+            for t, s in enumerate(slots):
+                weights[t][np.asarray(s)] = w
+        d = layer0.fan_in
+        ident = [np.arange(m.shape[0]) for m in mats]
+        return LayerZip(li, len(slots[0]), d + 1, ident, [np.arange(d + 1)] * len(mats), weights, costs,
+                        follower=True)
+
+    def private_layer(self, li: int) -> LayerZip:
+        """A layer nothing is shared in (a head): each task's own weights, columns in zipped order."""
+        rows, cols, weights, ns = [], [], [], 0
+        for t, ir in enumerate(self.irs):
+            order, ns = self.column_order(li, t)
+            mat = as_matrix(*ir.weights(ir.layers[li]))
+            rows.append(np.arange(mat.shape[0]))
+            cols.append(order)
+            weights.append(mat[:, order])
+        return LayerZip(li, 0, ns, rows, cols, weights, np.zeros(0))
+
+
+def _expand(channels: np.ndarray, per_channel: int) -> np.ndarray:
+    return (np.asarray(channels, np.int64)[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
+
+
+def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """A task's zipped layer in original order: (W, b) as the ONNX initializers hold them."""
+    full = np.empty_like(z.weights[task])
+    full[np.ix_(z.rows[task], z.cols[task])] = z.weights[task]
+    return from_matrix(full, layer)
 
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
-              hessian: str = "channel", damping: float = 1e-2, compensate: bool = True, device: str = "cpu",
-              batch: int = 64,
+              hessian: str = "channel", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
+              device: str = "cpu", batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
-    """Zip two aligned tasks layer by layer.
+    """Zip aligned tasks layer by layer.
 
     Args:
         irs: the tasks (aligned: same layers in the same order).
         data: per task, the calibration arrays by input name.
-        share: fraction of each hidden layer's neurons to share (float or one per hidden layer).
-        matching, hessian, damping, compensate: see :func:`onnxzip.merge.zip_layer` and ``ZipOptions``.
+        share: fraction of each group's neurons to share (float or one per group).
+        matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
     """
-    if len(irs) != 2:
-        raise UsageError(f"onnxzip zips two models at a time; got {len(irs)}")
+    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order)
     hidden = irs[0].hidden
-    names = [irs[0].layers[i].name for i in hidden]
-    counts = shared_counts(share, [min(ir.layers[i].neurons for ir in irs) for i in hidden], names)
     nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
     live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
-    zips: dict[int, LayerZip] = {}
-    effective: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
-    for j, (li, k) in enumerate(progress(list(zip(hidden, counts)), "zipping layers")):
-        zips[li] = _zip_one(irs, live, zips, li, k, matching, hessian, damping, compensate)
+    eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
+    for j, li in enumerate(progress(hidden, "zipping layers")):
+        z = zipper.zip_layer(li, live)
+        zipper.zips[li] = z
         for t, ir in enumerate(irs):
-            z = zips[li]
-            full = np.empty_like(z.weights[t])
-            full[np.ix_(z.rows[t], z.cols[t])] = z.weights[t]
-            effective[t][li] = from_matrix(full, ir.layers[li])
-        live = [net.run_stage(j + 1, lv, eff) for net, lv, eff in zip(nets, live, effective)]
+            eff[t][li] = effective(z, t, ir.layers[li])
+        live = [net.run_stage(j + 1, lv, e) for net, lv, e in zip(nets, live, eff)]
     for li in range(len(irs[0].layers)):
-        if li not in zips:
-            zips[li] = _private_layer(irs, zips, li)
-    return ZipPlan(zips, hidden, live)
-
-
-def _zip_one(irs: list[ModelIR], live: list[dict[str, np.ndarray]], zips: dict[int, LayerZip], li: int, k: int,
-             matching: str, hessian: str, damping: float, compensate: bool) -> LayerZip:
-    mats, hs, cols = [], [], []
-    ns = 0
-    for t, ir in enumerate(irs):
-        layer = ir.layers[li]
-        order, ns = column_order(ir, li, zips, t)
-        h = layer_hessian(layer, live[t][layer.input], hessian)
-        hs.append(damp(h[np.ix_(order, order)], damping))
-        mats.append(as_matrix(*ir.weights(layer))[:, order])
-        cols.append(order)
-    m = zip_layer(mats[0], mats[1], hs[0], hs[1], ns, k, matching, compensate)
-    rows, weights = [], []
-    for mat, idx, priv in ((mats[0], m.ia, m.private_a), (mats[1], m.ib, m.private_b)):
-        rest = np.setdiff1d(np.arange(mat.shape[0]), idx)
-        order = np.concatenate([idx, rest]).astype(np.int64)
-        z = mat[order].copy()
-        z[:k, :ns] = m.shared
-        z[:k, ns:] = priv
-        rows.append(order)
-        weights.append(z)
-    log.info("layer %s: %d of %d neurons shared, cost %.4g", irs[0].layers[li].name, k, mats[0].shape[0],
-             float(m.costs.sum()))
-    return LayerZip(li, k, ns, rows, cols, weights, m.costs)
-
-
-def _private_layer(irs: list[ModelIR], zips: dict[int, LayerZip], li: int) -> LayerZip:
-    """A layer nothing is shared in (a head): each task's own weights, columns in zipped order."""
-    rows, cols, weights = [], [], []
-    ns = 0
-    for t, ir in enumerate(irs):
-        order, ns = column_order(ir, li, zips, t)
-        mat = as_matrix(*ir.weights(ir.layers[li]))
-        rows.append(np.arange(mat.shape[0]))
-        cols.append(order)
-        weights.append(mat[:, order])
-    return LayerZip(li, 0, ns, rows, cols, weights, np.zeros(0))
+        if li not in zipper.zips and li not in irs[0].spaces.plain:
+            zipper.zips[li] = zipper.private_layer(li)
+    return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders)

@@ -54,10 +54,10 @@ def test_partial_share_is_valid_and_stores_shared_blocks_once():
     assert m.opset_import[0].version <= 20
     inits = {i.name: i for i in m.graph.initializer}
     shared = sorted(n for n in inits if n.startswith("shared/"))
-    assert shared == ["shared//1/Gemm.b_s", "shared//1/Gemm.w_ss", "shared//3/Gemm.b_s", "shared//3/Gemm.w_ss"]
+    assert shared == ["shared//1/Gemm.b_s", "shared//1/Gemm.w_s0", "shared//3/Gemm.b_s", "shared//3/Gemm.w_s0"]
     # the shared block of layer 1 (150 x 64) on the shared input is computed by one node for both tasks
-    users = [n for n in m.graph.node if "shared//1/Gemm.w_ss" in n.input]
-    assert len(users) == 1 and tuple(inits["shared//1/Gemm.w_ss"].dims) == (150, 64)
+    users = [n for n in m.graph.node if "shared//1/Gemm.w_s0" in n.input]
+    assert len(users) == 1 and tuple(inits["shared//1/Gemm.w_s0"].dims) == (150, 64)
     # parameters: each shared neuron stores its shared-input weights and bias once
     before = result.report["params_before"]
     saved = 150 * (64 + 1) + 50 * (150 + 1)

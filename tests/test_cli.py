@@ -102,10 +102,27 @@ def test_architectures_differ(tmp_path, capsys):
 def test_unsupported_op_is_named(tmp_path, capsys):
     m = onnx.load(MLP[1])
     relu = next(n for n in m.graph.node if n.op_type == "Relu")
-    relu.op_type = "Hardmax"
-    bad = tmp_path / "hardmax.onnx"
+    relu.domain = "com.example"
+    bad = tmp_path / "custom.onnx"
     onnx.save(m, str(bad))
-    fails(capsys, zip_args(tmp_path, models=[MLP[0], str(bad)]), f"node '{relu.name}' (Hardmax)")
+    fails(capsys, zip_args(tmp_path, models=[str(bad), str(bad)]), f"node '{relu.name}' (com.example:Relu)")
+
+
+def test_control_flow_is_refused_naming_the_node(tmp_path, capsys):
+    from onnx import TensorProto, helper
+    m = onnx.load(MLP[1])
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    branch = helper.make_graph([helper.make_node("Relu", [relu.input[0]], ["r"])], "b", [],
+                               [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    cond = helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    iff = helper.make_node("If", ["cond"], [relu.output[0]], name="branchy", then_branch=branch, else_branch=branch)
+    idx = list(m.graph.node).index(relu)
+    m.graph.node.remove(relu)
+    m.graph.node.insert(idx, iff)
+    m.graph.node.insert(idx, cond)
+    bad = tmp_path / "if.onnx"
+    onnx.save(m, str(bad))
+    fails(capsys, zip_args(tmp_path, models=[str(bad), str(bad)]), "node 'branchy' (If) holds a subgraph")
 
 
 def write_npz(tmp_path, **arrays):

@@ -37,7 +37,7 @@ def test_cnn_batchnorm_folded_and_reshape_flattened(bn, bias, reshape):
     assert ops.count("Flatten") == 1
     assert [layer.kind for layer in ir.layers] == ["conv", "conv", "dense", "dense"]
     assert ir.hidden == [0, 1, 2]
-    assert ir.spaces["flat"].block == 4  # 8 channels x 2 x 2 -> 4 features per channel
+    assert ir.spaces.layout["flat"].block == 4  # 8 channels x 2 x 2 -> 4 features per channel
 
 
 def test_opset9_with_initializers_as_inputs():
@@ -64,13 +64,15 @@ def test_input_model_is_not_modified():
     assert m.SerializeToString() == before
 
 
-def test_unknown_op_between_layers_is_named():
+def test_unknown_op_between_layers_is_restored_to_task_order():
     m = graphs.cnn(8, bn=False)
     relu = next(n for n in m.graph.node if n.name == "relu0")
     relu.op_type, relu.name = "LRN", "my_lrn"
     relu.attribute.append(helper.make_attribute("size", 3))
-    with pytest.raises(UnsupportedOpError, match="my_lrn.*LRN"):
-        build_ir(m, "t", "t.onnx", 17)
+    ir = build_ir(m, "t", "t.onnx", 17)
+    assert ir.spaces.restore == {"my_lrn": [0]}
+    assert "r0" in ir.spaces.private and "p0" in ir.spaces.private  # LRN output and what follows it
+    assert ir.hidden == [0, 1, 2]
 
 
 def test_custom_domain_is_refused():
@@ -86,11 +88,12 @@ def test_opset_out_of_range():
         build_ir(m, "t", "t.onnx", 17)
 
 
-def test_grouped_conv_on_zipped_channels_is_refused():
+def test_grouped_conv_is_replayed_on_task_order():
     m = graphs.cnn(11, channels=(3, 6, 6), bn=False)
     conv = next(n for n in m.graph.node if n.name == "conv1")
     conv.attribute.append(helper.make_attribute("group", 3))
     w = next(i for i in m.graph.initializer if i.name == "cw1")
     w.CopyFrom(onnx.numpy_helper.from_array(np.zeros((6, 2, 3, 3), np.float32), "cw1"))
-    with pytest.raises(UnsupportedOpError, match="conv1.*group=3"):
-        build_ir(m, "t", "t.onnx", 17)
+    ir = build_ir(m, "t", "t.onnx", 17)
+    assert ir.spaces.restore == {"conv1": [0]}
+    assert [layer.name for layer in ir.layers] == ["conv0", "fc0", "fc1"]

@@ -1,0 +1,307 @@
+"""Channel spaces: which tensor axes carry which layer's neurons, and the ties between layers.
+
+Channels live on axis 1 (NCHW tensors, (N, F) features). A tensor that carries zipped channels has
+a :class:`ChannelSpace`: a sequence of :class:`Segment` (one per Concat input; a segment is a hidden
+layer's channels, or channels that are ALIGNED across tasks such as an input image, or PRIVATE, in
+each task's own order) and a ``block`` (features per channel after a Flatten).
+
+Ops tie spaces together (union-find over layers): elementwise joins of two zipped tensors
+(Add/Sum/Sub/Mul/Max/...; residuals) tie their segments, so every layer writing into one residual
+stream shares one matching (a *group*). Depthwise convs follow their input's channels. A group tied
+to ALIGNED or PRIVATE channels is *pinned*: kept in task order, nothing shared.
+
+An op whose channel semantics onnxzip does not model (LRN, grouped conv, channel shuffles, ...)
+gets its zipped inputs restored to each task's channel order (Concat + Gather) and its outputs are
+PRIVATE. This is always exact; it only costs sharing downstream, and it is reported.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .errors import UnsupportedOpError
+
+log = logging.getLogger(__name__)
+ALIGNED, PRIVATE = -2, -1
+
+#: Elementwise ops of one tensor input: they pass every channel through on its own.
+UNARY = frozenset({
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid",
+    "HardSwish", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Ceil", "Floor",
+    "Round", "Sign", "Sin", "Cos", "ThresholdedRelu", "Clip", "Identity", "Dropout", "Cast",
+})
+#: Pooling ops: per-channel windows.
+POOL = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+#: Elementwise ops of two or more inputs: per channel with constants, joins between zipped tensors.
+BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean"})
+#: Reductions that keep the batch and channel axes when they reduce only axes >= 2.
+REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``count`` channels of hidden layer ``layer`` (an index into ``ModelIR.layers``), or ALIGNED/PRIVATE."""
+
+    layer: int
+    count: int
+
+
+@dataclass(frozen=True)
+class ChannelSpace:
+    segments: tuple[Segment, ...]
+    block: int = 1
+
+    @property
+    def channels(self) -> int:
+        return sum(s.count for s in self.segments)
+
+
+@dataclass
+class Spaces:
+    """The result of tracing one task's graph.
+
+    ``layout``: tensor -> space, for tensors carrying zipped channels. ``private``: tensors in task
+    order derived from restored ones. ``groups``: hidden layers (not followers) per matching group,
+    each in topological order. ``followers``: depthwise layers, which follow their input's channels.
+    ``restore``: node -> input slots restored to task order before it. ``pinned``: group indices
+    kept in task order.
+    """
+
+    layout: dict[str, ChannelSpace]
+    hidden: list[int]
+    groups: list[list[int]]
+    followers: list[int]
+    pinned: set[int] = field(default_factory=set)
+    restore: dict[str, list[int]] = field(default_factory=dict)
+    private: set[str] = field(default_factory=set)
+    plain: set[int] = field(default_factory=set)  # layers replayed as ordinary ops (grouped/depthwise convs)
+
+    def group_of(self, layer: int) -> int:
+        return next(g for g, members in enumerate(self.groups) if layer in members)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def channel_dim(c: np.ndarray, rank: int) -> int | None:
+    """The size of a constant's axis aligned with axis 1 of a rank-``rank`` tensor (None if absent)."""
+    axis = c.ndim - (rank - 1)
+    return c.shape[axis] if 0 <= axis < c.ndim else None
+
+
+def is_depthwise(node: gs.Node) -> bool:
+    """A Conv with one filter per input channel (group == channels, multiplier 1)."""
+    w = node.inputs[1]
+    g = int(node.attrs.get("group", 1))
+    return node.op == "Conv" and isinstance(w, gs.Constant) and g > 1 and w.values.shape[1] == 1 \
+        and w.values.shape[0] == g
+
+
+def channel_rule(node: gs.Node, slot: int, channels: int) -> str:
+    """How ``node`` treats the channels of its input ``slot`` (``channels`` wide).
+
+    Returns ``"layer"``, ``"follower"``, ``"unary"``, ``"pool"``, ``"binary"``, ``"affine"``,
+    ``"flatten"``, ``"keep"`` (shape ops that keep axes 0 and 1), ``"concat"``, or ``"restore"``.
+    """
+    op, x = node.op, node.inputs[slot]
+    rank = len(x.shape) if x.shape is not None else None
+    if op in ("Conv", "Gemm") and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+        if op == "Gemm" or int(node.attrs.get("group", 1)) == 1:
+            return "layer"
+        return "follower" if is_depthwise(node) else "restore"
+    if op in UNARY and slot == 0:
+        if op == "Clip" and not all(isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name):
+            return "restore"
+        return "unary"
+    if op in POOL and slot == 0 and not (len(node.outputs) > 1 and node.outputs[1].outputs):
+        return "pool"
+    if op == "BatchNormalization" and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:5]):
+        return "affine"
+    if op in BINARY and rank is not None and rank >= 2:
+        consts = [t for i, t in enumerate(node.inputs) if i != slot and isinstance(t, gs.Constant)]
+        if all(_per_channel(np.asarray(c.values), rank, channels) for c in consts):
+            return "binary"
+        return "restore"
+    if op == "Flatten" and int(node.attrs.get("axis", 1)) == 1 and slot == 0:
+        return "flatten"
+    if op == "Concat" and rank is not None and int(node.attrs["axis"]) in (1, 1 - rank):
+        return "concat"
+    if slot == 0 and rank is not None and _keeps_channels(node, rank):
+        return "keep"
+    return "restore"
+
+
+def _per_channel(c: np.ndarray, rank: int, channels: int) -> bool:
+    """A constant that broadcasts per channel (or not at all along axis 1), never along the batch."""
+    return c.ndim <= rank and (c.ndim < rank or c.shape[0] == 1) and channel_dim(c, rank) in (None, 1, channels)
+
+
+def _keeps_channels(node: gs.Node, rank: int) -> bool:
+    """Shape ops that leave axes 0 and 1 alone (the output keeps the input's channel axis)."""
+    op, out = node.op, node.outputs[0]
+    if op == "Transpose":
+        perm = node.attrs.get("perm")
+        return perm is not None and list(perm[:2]) == [0, 1]
+    if op in REDUCE or op in ("Squeeze", "Unsqueeze"):
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+            axes = node.inputs[1].values.reshape(-1).tolist()
+        if axes is None:
+            return False
+        r = rank if op != "Unsqueeze" else rank + len(axes)
+        return all(a % r >= 2 for a in axes)
+    if op in ("Pad", "Resize", "Upsample", "Reshape"):
+        x = node.inputs[0]
+        return out.shape is not None and x.shape is not None and len(out.shape) >= 2 and \
+            list(out.shape[:2]) == list(x.shape[:2]) and isinstance(x.shape[1], int) and \
+            (op != "Reshape" or len(out.shape) > 2)
+    return False
+
+
+def trace(graph: gs.Graph, layers: list) -> Spaces:
+    """Follow every hidden layer's channels through ``graph`` (topologically sorted).
+
+    A layer is hidden (zippable) when a path of ops leads from its output to another layer; the
+    others are heads, whose outputs stay in task order.
+    """
+    by_node = {layer.name: i for i, layer in enumerate(layers)}
+    hidden = sorted(i for i, layer in enumerate(layers) if _reaches_layer(graph, layer, by_node))
+    ties = _UnionFind()
+    layout: dict[str, ChannelSpace] = {}
+    private: set[str] = set()
+    restore: dict[str, list[int]] = {}
+    followers: list[int] = []
+    anchored: set[int] = set()  # layers tied to ALIGNED/PRIVATE channels
+    plain: set[int] = set()  # depthwise convs that are not zipped
+    for node in graph.nodes:
+        zipped = [i for i, t in enumerate(node.inputs) if t.name in layout]
+        tainted = any(t.name in private for t in node.inputs)
+        index = by_node.get(node.name)
+        if not zipped:
+            if index is not None and layers[index].kind == "depthwise":
+                plain.add(index)  # a depthwise conv on unzipped channels is an ordinary op
+                index = None
+            if index is not None and index in hidden:
+                layout[node.outputs[0].name] = ChannelSpace((Segment(index, layers[index].neurons),))
+            elif tainted and index is None:
+                private.update(t.name for t in node.outputs)
+            continue
+        slot = zipped[0]
+        space = layout[node.inputs[slot].name]
+        rule = channel_rule(node, slot, space.channels)
+        if rule == "binary" and sum(1 for t in node.inputs if not isinstance(t, gs.Constant)) > 1:
+            rule = _join(node, layout, private, ties, anchored)
+        elif rule in ("concat",):
+            rule = _concat(node, layout, private)
+        if rule == "layer":
+            if index in hidden:
+                layout[node.outputs[0].name] = ChannelSpace((Segment(index, layers[index].neurons),))
+        elif rule == "follower" and index is not None:
+            followers.append(index)
+            if index in hidden:
+                layout[node.outputs[0].name] = space
+        elif rule == "flatten":
+            shape = node.inputs[0].shape
+            if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+                rule = "restore"
+            else:
+                layout[node.outputs[0].name] = ChannelSpace(space.segments, space.block * int(np.prod(shape[2:])))
+        elif rule in ("unary", "pool", "affine", "binary", "keep"):
+            layout[node.outputs[0].name] = space
+        if rule == "restore":
+            if index is not None:
+                plain.add(index)
+            restore[node.name] = zipped
+            private.update(t.name for t in node.outputs)
+            log.info("node %r (%s) needs each task's own channel order: its inputs are restored", node.name, node.op)
+    hidden = [i for i in hidden if i not in plain]
+    members: dict[int, list[int]] = {}
+    for i in hidden:
+        if i not in followers:
+            members.setdefault(ties.find(i), []).append(i)
+    groups = [m for _, m in sorted(members.items(), key=lambda kv: kv[1][0])]
+    pinned = {g for g, m in enumerate(groups) if any(ties.find(i) in {ties.find(a) for a in anchored} for i in m)}
+    layout = {k: ChannelSpace(tuple(Segment(s.layer if s.layer < 0 else _root_member(ties, s.layer, members), s.count)
+                                    for s in v.segments), v.block) for k, v in layout.items()}
+    return Spaces(layout, hidden, groups, followers, pinned, restore, private, plain)
+
+
+def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) -> int:
+    """Segments name a group by its first member (stable across the union-find's roots)."""
+    return members.get(ties.find(layer), [layer])[0]
+
+
+def _join(node: gs.Node, layout: dict[str, ChannelSpace], private: set[str], ties: _UnionFind,
+          anchored: set[int]) -> str:
+    """An elementwise op of several non-constant inputs: tie their channels segment by segment."""
+    spaces = [layout.get(t.name) for t in node.inputs if not isinstance(t, gs.Constant)]
+    ref = next(s for s in spaces if s is not None)
+    for s in spaces:
+        if s is None:  # an ALIGNED/PRIVATE tensor joins zipped channels: pin them
+            anchored.update(seg.layer for seg in ref.segments if seg.layer >= 0)
+            continue
+        if [seg.count for seg in s.segments] != [seg.count for seg in ref.segments] or s.block != ref.block:
+            return "restore"
+        for a, b in zip(s.segments, ref.segments):
+            if a.layer >= 0 and b.layer >= 0:
+                ties.union(a.layer, b.layer)
+            elif a.layer != b.layer:
+                anchored.update(x.layer for x in (a, b) if x.layer >= 0)
+    return "binary"
+
+
+def _concat(node: gs.Node, layout: dict[str, ChannelSpace], private: set[str]) -> str:
+    """Concat along channels: the output space is the inputs' segments in order."""
+    segments, block = [], None
+    for t in node.inputs:
+        s = layout.get(t.name)
+        if s is None:
+            if t.shape is None or not isinstance(t.shape[1], int):
+                return "restore"
+            s = ChannelSpace((Segment(PRIVATE if t.name in private else ALIGNED, t.shape[1]),))
+        if block not in (None, s.block):
+            return "restore"
+        block = s.block
+        segments.extend(s.segments)
+    layout[node.outputs[0].name] = ChannelSpace(tuple(segments), block or 1)
+    return "concat"
+
+
+def _reaches_layer(graph: gs.Graph, layer, by_node: dict[str, int]) -> bool:
+    """Whether any path of ops from ``layer``'s output reaches another layer."""
+    start = next(n for n in graph.nodes if n.name == layer.name).outputs[0]
+    todo, seen = [start], set()
+    while todo:
+        t = todo.pop()
+        for consumer in t.outputs:
+            if consumer.name in by_node:
+                return True
+            if consumer.name not in seen:
+                seen.add(consumer.name)
+                todo.extend(consumer.outputs)
+    return False
+
+
+def check_supported(graph: gs.Graph) -> None:
+    """Ops onnxzip cannot replay at all: subgraphs (If/Loop/Scan)."""
+    for node in graph.nodes:
+        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op}) holds a subgraph; onnxzip cannot zip "
+                                     "control flow")
