@@ -66,8 +66,9 @@ def prepare(model: onnx.ModelProto, opset: int, source: str) -> gs.Graph:
 # ---------------------------------------------------------------------------------------------- passes
 
 def drop_initializer_inputs(graph: gs.Graph) -> int:
-    """Old (IR < 4) models list initializers as graph inputs; they are weights, not inputs."""
-    keep = [t for t in graph.inputs if not isinstance(t, gs.Constant)]
+    """Old (IR < 4) models list initializers (or tensors made by nodes) as graph inputs; they are
+    weights, not inputs."""
+    keep = [t for t in graph.inputs if not isinstance(t, gs.Constant) and not t.inputs]
     n = len(graph.inputs) - len(keep)
     graph.inputs = keep
     return n
@@ -112,6 +113,32 @@ def fold_constants(graph: gs.Graph) -> int:
 
 def _is_shape_of_static(t: gs.Tensor) -> bool:
     return bool(t.inputs) and t.inputs[0].op == "Shape"
+
+
+def infer_shapes(graph: gs.Graph) -> int:
+    """Fill in tensor shapes left unknown (e.g. behind weights made by ConstantOfShape, now folded)."""
+    unknown = [t for t in graph.tensors().values() if not isinstance(t, gs.Constant) and t.name and t.shape is None]
+    if not unknown:
+        return 0
+    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    model.ir_version = max(model.ir_version, 7)  # IR < 4 ignores initializers that are not inputs
+    opset = graph.opset
+    del model.opset_import[:]
+    model.opset_import.extend([onnx.helper.make_opsetid("", opset)])
+    try:
+        model = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # unknown shapes only make onnxzip more conservative
+        return 0
+    inferred = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    n = 0
+    for t in unknown:
+        vi = inferred.get(t.name)
+        if vi is not None and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+            t.dtype = t.dtype or onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            n += 1
+    return n
 
 
 def remove_identities(graph: gs.Graph) -> int:
@@ -297,7 +324,7 @@ def reshape_to_flatten(graph: gs.Graph) -> int:
 
 
 DEFAULT_PASSES: tuple[Pass, ...] = (
-    drop_initializer_inputs, name_nodes, fold_constants, remove_identities, matmul_add_to_gemm,
+    drop_initializer_inputs, name_nodes, fold_constants, infer_shapes, remove_identities, matmul_add_to_gemm,
     canonicalize_gemm, add_conv_bias, fold_batchnorm, reshape_to_flatten,
 )
 

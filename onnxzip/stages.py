@@ -19,7 +19,9 @@ class StagedNetwork:
     """One task's normalized network, cut before the layers ``cuts`` (indices into ``ir.layers``)."""
 
     def __init__(self, ir: ModelIR, cuts: list[int], device: str = "cpu", batch: int = 64) -> None:
-        self.ir, self.device, self.batch = ir, device, batch
+        self.ir, self.device = ir, device
+        fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
+        self.batch = fixed[0] if fixed else batch  # a model that fixes its batch size runs at that size
         nodes = list(ir.graph.nodes)
         where = {n.name: i for i, n in enumerate(nodes)}
         self.bounds = [0] + [where[ir.layers[c].name] for c in cuts] + [len(nodes)]
