@@ -323,9 +323,33 @@ def reshape_to_flatten(graph: gs.Graph) -> int:
     return n
 
 
+def unalias_weights(graph: gs.Graph) -> int:
+    """Give every Conv/Gemm its own weight and bias tensors.
+
+    Exporters alias byte-identical initializers (torch's legacy exporter through Identity nodes,
+    removed above): two layers that happen to hold equal values are not one shared layer, and
+    onnxzip rewrites each layer's weights on its own.
+    """
+    seen: set[int] = set()
+    n = 0
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm"):
+            continue
+        for i, t in enumerate(node.inputs[1:3], start=1):
+            if not isinstance(t, gs.Constant):
+                continue
+            if id(t) in seen or len(t.outputs) > 1:
+                if id(t) in seen:
+                    node.inputs[i] = gs.Constant(f"{node.name}.{'weight' if i == 1 else 'bias'}",
+                                                 np.array(t.values, copy=True))
+                    n += 1
+            seen.add(id(node.inputs[i]))
+    return n
+
+
 DEFAULT_PASSES: tuple[Pass, ...] = (
     drop_initializer_inputs, name_nodes, fold_constants, infer_shapes, remove_identities, matmul_add_to_gemm,
-    canonicalize_gemm, add_conv_bias, fold_batchnorm, reshape_to_flatten,
+    canonicalize_gemm, add_conv_bias, fold_batchnorm, reshape_to_flatten, unalias_weights,
 )
 
 

@@ -177,7 +177,8 @@ def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64
     if method == "identity":
         return np.broadcast_to(np.eye(k + 1), (c, k + 1, k + 1)).copy()
     HESSIANS.get(method)
-    total = np.zeros((c, k + 1, k + 1))
+    width = 1 if method == "channel" else k
+    total = np.zeros((c, width + 1, width + 1))
     count = 0
     wide = Layer(layer.name, "conv", layer.input, layer.output, layer.weight, layer.bias, (c, c) + layer.shape[2:],
                  layer.attrs)
@@ -189,8 +190,7 @@ def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64
             rows = patches(wide, xb).reshape(-1, c, k)
         ones = np.ones(rows.shape[:2] + (1,))
         rows = np.concatenate([rows, ones], axis=2)
-        total_b = np.einsum("mci,mcj->cij", rows, rows)
-        total += total_b
+        total += np.einsum("mci,mcj->cij", rows, rows)
         count += rows.shape[0]
     h = total / max(count, 1)
     if not np.isfinite(h).all():

@@ -129,3 +129,91 @@ def convnet(seed: int, classes: int = 3, **conv_attrs) -> onnx.ModelProto:
              helper.make_node("Gemm", ["f", "wh", "bh"], ["logits"], name="head", transB=1),
              helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1)]
     return model(nodes, inits, [inp("x", ["N", 2, 9, 9])], [inp("y", ["N", classes])])
+
+
+class _Net:
+    """A small builder for conv nets in tests (NCHW, seeded weights)."""
+
+    def __init__(self, seed: int, channels: int, size: int = 8):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.n = [], [], 0
+        self.x, self.c, self.size = "x", channels, size
+
+    def _name(self, op):
+        self.n += 1
+        return f"{op}{self.n}"
+
+    def conv(self, x, c_in, c_out, k=3, stride=1, group=1, bn=False, relu=True, name=None):
+        name = name or self._name("conv")
+        w = self.rng.normal(0, np.sqrt(2 / (k * k * c_in / group)), (c_out, c_in // group, k, k))
+        self.inits += [_init(f"{name}.w", w), _init(f"{name}.b", self.rng.normal(0, 0.1, c_out))]
+        self.nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], name=name,
+                                           kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride],
+                                           group=group))
+        y = name
+        if bn:
+            y = self.bn(y, c_out)
+        if relu:
+            self.nodes.append(helper.make_node("Relu", [y], [y + ".r"], name=y + ".relu"))
+            y += ".r"
+        return y
+
+    def bn(self, x, c):
+        name = self._name("bn")
+        r = self.rng
+        self.inits += [_init(f"{name}.s", r.uniform(0.5, 1.5, c)), _init(f"{name}.t", r.normal(0, .1, c)),
+                       _init(f"{name}.m", r.normal(0, .1, c)), _init(f"{name}.v", r.uniform(0.5, 1.5, c))]
+        self.nodes.append(helper.make_node("BatchNormalization", [x] + [f"{name}.{k}" for k in "stmv"], [name],
+                                           name=name))
+        return name
+
+    def op(self, op, inputs, **attrs):
+        name = self._name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def head(self, x, c, classes):
+        g = self.op("GlobalAveragePool", [x])
+        f = self.op("Flatten", [g], axis=1)
+        self.inits += [_init("head.w", self.rng.normal(0, 1 / np.sqrt(c), (classes, c))),
+                       _init("head.b", self.rng.normal(0, .1, classes))]
+        self.nodes.append(helper.make_node("Gemm", [f, "head.w", "head.b"], ["y"], name="head", transB=1))
+        return model(self.nodes, self.inits, [inp("x", ["N", self.c, self.size, self.size])],
+                     [inp("y", ["N", classes])])
+
+
+def resnet(seed: int, classes: int = 4) -> onnx.ModelProto:
+    """Stem, an identity block, a projection block (stride 2); BN everywhere (folded)."""
+    n = _Net(seed, 3)
+    stem = n.conv("x", 3, 8, bn=True, name="stem")
+    a = n.conv(stem, 8, 8, bn=True, name="b1c1")
+    b = n.conv(a, 8, 8, bn=True, relu=False, name="b1c2")
+    y = n.op("Relu", [n.op("Add", [b, stem])])
+    a = n.conv(y, 8, 16, stride=2, bn=True, name="b2c1")
+    b = n.conv(a, 16, 16, bn=True, relu=False, name="b2c2")
+    p = n.conv(y, 8, 16, k=1, stride=2, bn=True, relu=False, name="b2proj")
+    y = n.op("Relu", [n.op("Add", [p, b])])
+    return n.head(y, 16, classes)
+
+
+def inception(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """Stem, two branches and the stem itself concatenated (Inception/DenseNet style), then a conv."""
+    n = _Net(seed, 3)
+    stem = n.conv("x", 3, 6, name="stem")
+    a = n.conv(stem, 6, 4, k=1, name="br1")
+    b = n.conv(stem, 6, 5, name="br3")
+    cat = n.op("Concat", [a, b, stem], axis=1)
+    y = n.conv(cat, 15, 8, name="mix")
+    return n.head(y, 8, classes)
+
+
+def mobilenet(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """Depthwise-separable blocks: depthwise 3x3 (BN kept after ReLU) + pointwise 1x1."""
+    n = _Net(seed, 3)
+    y = n.conv("x", 3, 8, name="stem")
+    y = n.conv(y, 8, 8, group=8, name="dw1")
+    y = n.bn(y, 8)  # after the ReLU: kept, not folded
+    y = n.conv(y, 8, 12, k=1, name="pw1")
+    y = n.conv(y, 12, 12, group=12, stride=2, name="dw2")
+    y = n.conv(y, 12, 16, k=1, name="pw2")
+    return n.head(y, 16, classes)

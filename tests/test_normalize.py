@@ -97,3 +97,19 @@ def test_grouped_conv_is_replayed_on_task_order():
     ir = build_ir(m, "t", "t.onnx", 17)
     assert ir.spaces.restore == {"conv1": [0]}
     assert [layer.name for layer in ir.layers] == ["conv0", "fc0", "fc1"]
+
+
+def test_identity_aliased_weights_are_unaliased():
+    """torch's legacy exporter aliases byte-identical initializers through Identity: not a shared layer."""
+    m = graphs.mlp(12, sizes=(5, 5, 5, 2))
+    fc1 = next(n for n in m.graph.node if n.name == "fc1")
+    m.graph.initializer.remove(next(i for i in m.graph.initializer if i.name == "w1"))
+    m.graph.node.insert(0, helper.make_node("Identity", ["w0"], ["w0_alias"], name="alias"))
+    fc1.input[1] = "w0_alias"
+    ir = normalized_matches(m, graphs.data(13, (5,)))
+    weights = [layer.weight for layer in ir.layers]
+    assert len(set(weights)) == 3
+    w0, _ = ir.weights(ir.layers[0])
+    w1, _ = ir.weights(ir.layers[1])
+    np.testing.assert_array_equal(w0, w1)  # equal values, separate tensors
+    assert "Identity" not in [n.op for n in ir.graph.nodes]

@@ -1,0 +1,92 @@
+"""Each architecture zips: share 0 reproduces every task, other shares give valid models that pass
+the built-in equivalence check (the zipped model against each task's zipped network)."""
+import numpy as np
+import onnx
+import pytest
+
+import graphs
+from onnxzip import zip_models
+from onnxzip.ir import build_ir
+
+ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet}
+
+
+def run_all(model, feeds):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_architecture_zips(arch, share):
+    models = [ARCHS[arch](1, classes=4), ARCHS[arch](2, classes=2)]
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    result = zip_models(models, data, share=share, quiet=True, names=("a", "b"))
+    onnx.checker.check_model(result.model, full_check=True)
+    onnx.shape_inference.infer_shapes(result.model, strict_mode=True)
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4
+    x = graphs.data(5, (3, 8, 8), n=16)
+    got = run_all(result.model, {"x": x})
+    for t, m in zip(("a", "b"), models):
+        ref = run_all(m, {"x": x})["y"]
+        assert got[f"{t}/y"].shape == ref.shape and np.isfinite(got[f"{t}/y"]).all()
+        if share == 0.0:
+            np.testing.assert_allclose(got[f"{t}/y"], ref, atol=1e-5)
+    if share > 0:
+        assert result.report["params_after"] < result.report["params_before"]
+
+
+def layer_names(ir, members):
+    return [ir.layers[i].name for i in members]
+
+
+def test_resnet_residual_stream_is_one_group():
+    ir = build_ir(graphs.resnet(0), "r", "r.onnx", 17)
+    groups = [layer_names(ir, g) for g in ir.spaces.groups]
+    assert ["stem", "b1c2"] in groups  # both write into the first residual stream
+    assert ["b2c2", "b2proj"] in groups or ["b2proj", "b2c2"] in groups
+    assert ["b1c1"] in groups and ["b2c1"] in groups
+
+
+def test_concat_builds_a_space_from_blocks():
+    ir = build_ir(graphs.inception(0), "i", "i.onnx", 17)
+    mix = next(layer for layer in ir.layers if layer.name == "mix")
+    space = ir.spaces.layout[mix.input]
+    names = [ir.layers[s.layer].name for s in space.segments]
+    assert names == ["br1", "br3", "stem"] and [s.count for s in space.segments] == [4, 5, 6]
+
+
+def test_depthwise_convs_follow_their_input():
+    ir = build_ir(graphs.mobilenet(0), "m", "m.onnx", 17)
+    assert layer_names(ir, ir.spaces.followers) == ["dw1", "dw2"]
+    assert "BatchNormalization" in [n.op for n in ir.graph.nodes]  # BN after ReLU stays
+
+
+def test_residual_shares_one_matching_across_the_group():
+    models = [graphs.resnet(1), graphs.resnet(2)]
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    result = zip_models(models, data, share=0.5, quiet=True)
+    layers = {row["name"]: row["shared"] for row in result.report["layers"]}
+    assert layers["stem"] == layers["b1c2"] == 4 and layers["b2c2"] == layers["b2proj"] == 8
+    z = result.plan.layers
+    idx = {layer.name: i for i, layer in enumerate(build_ir(models[0], "a", "a", 17).layers)}
+    for t in range(2):
+        np.testing.assert_array_equal(z[idx["stem"]].rows[t], z[idx["b1c2"]].rows[t])
+
+
+def test_three_tasks_with_different_heads():
+    models = [graphs.cnn(1, classes=4), graphs.cnn(2, classes=2), graphs.cnn(3, classes=3)]
+    data = [{"x": graphs.data(s, (3, 8, 8))} for s in (4, 5, 6)]
+    result = zip_models(models, data, share=0.5, quiet=True, names=("a", "b", "c"))
+    assert [o.name for o in result.model.graph.output] == ["a/y", "b/y", "c/y"]
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4
+    orders = result.plan.orders
+    assert orders and all(len(o["costs"]) == 3 for o in orders.values())  # every starting pair tried
+    for o in orders.values():
+        assert min(o["costs"].values()) == pytest.approx(o["costs"]["-".join(o["order"][:2])])
+    zero = zip_models(models, data, share=0.0, quiet=True, names=("a", "b", "c"))
+    x = graphs.data(7, (3, 8, 8))
+    got = run_all(zero.model, {"x": x})
+    for t, m in zip("abc", models):
+        np.testing.assert_allclose(got[f"{t}/y"], run_all(m, {"x": x})["y"], atol=1e-5)
