@@ -190,15 +190,20 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
                                 if isinstance(t, gs.Constant)]) for ir in irs]
     after = count_parameters(list(result.model.graph.initializer))
     layers = []
+    group_of = {i: g for g, members in enumerate(result.plan.groups) for i in members}
     for i in result.plan.hidden:
         z = result.plan.layers[i]
         layers.append({"name": irs[0].layers[i].name, "kind": irs[0].layers[i].kind, "neurons": z.neurons,
-                       "shared": z.shared, "cost": float(z.costs.sum())})
+                       "shared": z.shared, "cost": float(z.costs.sum()), "group": group_of.get(i)})
+    groups = [{"layers": [irs[0].layers[i].name for i in members], **result.plan.orders.get(g, {})}
+              for g, members in enumerate(result.plan.groups) if len(members) > 1 or g in result.plan.orders]
     return {
         "tasks": tasks, "layers": layers,
         "params_before": sum(p for p, _ in before), "params_after": after[0],
         "bytes_before": sum(b for _, b in before), "bytes_after": after[1],
         "equivalence_max_abs_diff": equivalence,
+        "groups": groups,
+        "restored_at": sorted(irs[0].spaces.restore),
         "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
                     "damping": opts.damping, "compensate": opts.compensate},
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],

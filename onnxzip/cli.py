@@ -69,6 +69,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for i, layer in enumerate(ir.layers):
             role = "hidden (zippable)" if i in ir.hidden else "head (private)"
             print(f"  {layer.name[:28]:<28} {layer.kind:<6} {str(layer.shape):<20} {layer.neurons:>8}  {role}")
+    spaces, layers = irs[0].spaces, irs[0].layers
+    for g, members in enumerate(spaces.groups):
+        if len(members) > 1 or g in spaces.pinned:
+            note = " (pinned: kept in task order)" if g in spaces.pinned else ""
+            print(f"group {g}: one matching for {', '.join(layers[i].name for i in members)}{note}")
+    if spaces.followers:
+        print("depthwise layers following their input's matching: "
+              + ", ".join(layers[i].name for i in spaces.followers))
+    if spaces.restore:
+        print("restored to each task's channel order before: " + ", ".join(sorted(spaces.restore)))
     if len(irs) < 2:
         return 0
     try:

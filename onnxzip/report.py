@@ -43,6 +43,17 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     pb, pa, bb, ba = (report[k] for k in ("params_before", "params_after", "bytes_before", "bytes_after"))
     lines.append(f"parameters {pb:,} -> {pa:,} ({pa / pb:.1%});  weight bytes {_mb(bb)} -> {_mb(ba)}")
+    orders: dict[str, int] = {}
+    for g in report.get("groups", []):
+        if len(g["layers"]) > 1:
+            lines.append(f"tied group (one matching): {', '.join(g['layers'])}")
+        if len(g.get("order", [])) > 2:
+            key = " -> ".join(g["order"])
+            orders[key] = orders.get(key, 0) + 1
+    if orders:
+        lines.append("task order chosen (groups): " + "; ".join(f"{k} ({v})" for k, v in orders.items()))
+    if report.get("restored_at"):
+        lines.append(f"channel order restored before: {', '.join(report['restored_at'])}")
     lines.append(f"equivalence check (zipped model vs. per-task zipped networks): max abs diff "
                  f"{report['equivalence_max_abs_diff']:.3g}  [ok]")
     return "\n".join(lines)

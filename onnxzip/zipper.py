@@ -202,7 +202,7 @@ class Zipper:
                       for a, b in itertools.combinations(range(n_tasks), 2)]
         results = [(match_tasks(members, k, self.matching, o), o) for o in orders]
         (rows, cost), order = min(results, key=lambda r: r[0][1])
-        self.orders[g] = {"order": [self.irs[t].name for t in order], "layers": len(members),
+        self.orders[g] = {"order": [self.irs[t].name for t in order], "costed_layers": len(members),
                           "costs": {"-".join(self.irs[t].name for t in o[:2]): c for (_, c), o in results}}
         full = []
         for r, n in zip(rows, sizes):
