@@ -10,27 +10,61 @@ from .errors import MismatchError
 from .ir import ModelIR, reorder
 
 
-def _heads(ir: ModelIR) -> set[str]:
-    """Private output layers and everything downstream of them (they may differ per task)."""
-    names = {ir.layers[i].name for i in range(len(ir.layers)) if i not in ir.hidden}
-    down = set(names)
-    for name in names:
-        down |= nx.descendants(ir.index, name)
-    return down
+_DEFAULTS = {"auto_pad": "NOTSET", "group": 1, "ceil_mode": 0, "storage_order": 0, "count_include_pad": 0}
 
 
-def signature(ir: ModelIR, node: gs.Node, loose: bool) -> tuple:
+def _attrs(node: gs.Node) -> str:
+    """Attributes with their defaults dropped (exporters differ in which defaults they write)."""
+    out = []
+    for k, v in sorted(node.attrs.items()):
+        if isinstance(v, bytes):
+            v = v.decode()
+        if k == "kernel_shape" and node.op == "Conv":
+            continue  # implied by the weight shape
+        if _DEFAULTS.get(k, object()) == v or (k in ("strides", "dilations") and all(x == 1 for x in v)) or \
+                (k == "pads" and all(x == 0 for x in v)):
+            continue
+        out.append((k, repr(v)))
+    return repr(out)
+
+
+def trunk(ir: ModelIR) -> list[gs.Node]:
+    """The nodes that lead to a layer (layers included), in graph order: what must correspond.
+    Everything else (after the heads, side outputs) belongs to each task alone."""
+    layers = [layer.name for layer in ir.layers]
+    keep = set(layers)
+    for name in layers:
+        keep |= nx.ancestors(ir.index, name)
+    return [n for n in ir.graph.nodes if n.name in keep]
+
+
+def _head_outputs(ir: ModelIR) -> dict[str, tuple]:
+    """Per head layer, the graph outputs it reaches (tells heads apart)."""
+    producers = {}
+    for n in ir.graph.nodes:
+        for t in n.outputs:
+            if t.name in ir.outputs:
+                producers[n.name] = ir.outputs.index(t.name)
+    out = {}
+    for i, layer in enumerate(ir.layers):
+        if i not in ir.hidden:
+            reach = nx.descendants(ir.index, layer.name) | {layer.name}
+            out[layer.name] = tuple(sorted(producers[n] for n in reach if n in producers))
+    return out
+
+
+def signature(ir: ModelIR, node: gs.Node, heads: dict[str, tuple]) -> tuple:
     """What must agree between corresponding nodes: op, attributes, constant shapes (and integer
-    constant values, e.g. Reshape targets). ``loose`` (heads and after) ignores output sizes."""
+    constant values, e.g. Reshape targets). Heads may differ in their number of outputs."""
+    loose = node.name in heads
     consts = []
     for i, t in enumerate(node.inputs):
         if isinstance(t, gs.Constant):
             v = np.asarray(t.values)
             shape = v.shape[1:] if loose and i > 0 else v.shape
-            value = tuple(v.reshape(-1).tolist()) if v.dtype.kind in "iub" and v.size <= 16 and not loose else None
+            value = tuple(v.reshape(-1).tolist()) if v.dtype.kind in "iub" and v.size <= 16 else None
             consts.append((i, shape, value))
-    outputs = tuple(ir.outputs.index(t.name) if t.name in ir.outputs else -1 for t in node.outputs)
-    return node.op, repr(sorted((k, repr(v)) for k, v in node.attrs.items())), tuple(consts), outputs
+    return node.op, _attrs(node), tuple(consts), heads.get(node.name, ())
 
 
 def describe(ir: ModelIR, node: gs.Node) -> str:
@@ -40,14 +74,14 @@ def describe(ir: ModelIR, node: gs.Node) -> str:
 
 
 def _sequence(ir: ModelIR) -> list[tuple]:
-    loose = _heads(ir)
-    pos = {n.name: i for i, n in enumerate(ir.graph.nodes)}
+    nodes, heads = trunk(ir), _head_outputs(ir)
+    pos = {n.name: i for i, n in enumerate(nodes)}
     inputs = {t.name: k for k, t in enumerate(ir.graph.inputs)}
     seq = []
-    for n in ir.graph.nodes:
+    for n in nodes:
         wires = tuple(("in", inputs[t.name]) if t.name in inputs else (pos[t.inputs[0].name], t.inputs[0].outputs.index(t))
                       for t in n.inputs if not isinstance(t, gs.Constant) and t.name and (t.name in inputs or t.inputs))
-        seq.append((signature(ir, n, n.name in loose), wires))
+        seq.append((signature(ir, n, heads), wires))
     return seq
 
 
@@ -68,19 +102,20 @@ def align(irs: list[ModelIR]) -> list[ModelIR]:
         mapping = _isomorphism(irs[0], ir)
         if mapping is None:
             raise MismatchError(_first_difference(irs[0], ir, ref, seq))
-        order = [mapping[n.name] for n in irs[0].graph.nodes]
-        out.append(reorder(ir, order))
+        order = [mapping[n.name] for n in trunk(irs[0])]
+        rest = [n.name for n in ir.graph.nodes if n.name not in set(order)]
+        out.append(reorder(ir, order + rest))
     return out
 
 
 def _isomorphism(a: ModelIR, b: ModelIR) -> dict[str, str] | None:
     """Node names of ``a`` -> ``b`` where the graphs match up to node order (VF2)."""
     def labelled(ir: ModelIR) -> nx.DiGraph:
+        nodes, heads = trunk(ir), _head_outputs(ir)
         g = nx.DiGraph()
-        loose = _heads(ir)
-        for n in ir.graph.nodes:
-            g.add_node(n.name, sig=signature(ir, n, n.name in loose))
-        g.add_edges_from(ir.index.edges(data=True))
+        for n in nodes:
+            g.add_node(n.name, sig=signature(ir, n, heads))
+        g.add_edges_from((u, v, d) for u, v, d in ir.index.edges(data=True) if u in g and v in g)
         return g
     ga, gb = labelled(a), labelled(b)
     if ga.number_of_nodes() != gb.number_of_nodes() or ga.number_of_edges() != gb.number_of_edges():
@@ -91,12 +126,13 @@ def _isomorphism(a: ModelIR, b: ModelIR) -> dict[str, str] | None:
 
 
 def _first_difference(a: ModelIR, b: ModelIR, sa: list[tuple], sb: list[tuple]) -> str:
+    ta, tb = trunk(a), trunk(b)
     for i, (x, y) in enumerate(zip(sa, sb)):
         if x != y:
-            na, nb = a.graph.nodes[i], b.graph.nodes[i]
+            na, nb = ta[i], tb[i]
             what = "connects differently" if x[0] == y[0] else "differs"
             return f"architectures differ at node {i}: {describe(a, na)} {what} from {describe(b, nb)}"
-    longer, extra = (a, sa) if len(sa) > len(sb) else (b, sb)
-    node = longer.graph.nodes[min(len(sa), len(sb))]
+    longer, nodes = (a, ta) if len(sa) > len(sb) else (b, tb)
+    node = nodes[min(len(sa), len(sb))]
     return (f"architectures differ: {a.source} has {len(sa)} nodes, {b.source} {len(sb)}; "
             f"the first extra is {describe(longer, node)}")

@@ -345,12 +345,9 @@ def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part) -> np.ndarr
     return c
 
 
-def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool,
-               output_types: list[dict[str, onnx.TypeProto]] | None = None) -> onnx.ModelProto:
-    """Build the zipped model: one graph, every task's outputs as ``<task>/<output>``.
-
-    ``output_types``: per task, the original outputs' types (kept for non-tensor outputs).
-    """
+def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool) -> onnx.ModelProto:
+    """Build the zipped model: one graph, every task's outputs as ``<task>/<output>`` (non-tensor
+    outputs, such as skl2onnx's ZipMap, keep their declared types)."""
     b = GraphBuilder()
     inputs, outputs = [], []
     for t, (ir, name) in enumerate(zip(irs, names)):
@@ -364,7 +361,7 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
             want = f"{name}/{out.name}"
             if final != want:
                 b.nodes.append(helper.make_node("Identity", [final], [want], name=b.unique(want + ".id")))
-            kind = (output_types or [{}] * len(irs))[t].get(out.name)
+            kind = ir.output_types.get(out.name)
             if kind is not None and not kind.HasField("tensor_type"):
                 outputs.append(helper.make_value_info(want, kind))
             else:

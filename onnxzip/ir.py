@@ -66,6 +66,12 @@ class ModelIR:
     ir_version: int = 8
     opset: int = 17
     extra_opsets: dict[str, int] = field(default_factory=dict)
+    output_types: dict[str, onnx.TypeProto] = field(default_factory=dict)  # as the source file declares them
+
+    @property
+    def tensor_outputs(self) -> list[str]:
+        """Graph outputs that are tensors (not e.g. skl2onnx's ZipMap sequences of maps)."""
+        return [n for n in self.outputs if n not in self.output_types or self.output_types[n].HasField("tensor_type")]
 
     @property
     def inputs(self) -> list[InputSpec]:
@@ -117,8 +123,9 @@ def build_ir(model: onnx.ModelProto, name: str, source: str, opset: int) -> Mode
         raise UnsupportedOpError(f"{source}: {exc}") from None
     layers = _find_layers(graph)
     extra = {o.domain: o.version for o in model.opset_import if o.domain not in ("", "ai.onnx")}
+    types = {o.name: o.type for o in model.graph.output}
     return ModelIR(name, source, graph, layers, trace(graph, layers), _index(graph), max(model.ir_version, 7),
-                   opset, extra)
+                   opset, extra, types)
 
 
 def _find_layers(graph: gs.Graph) -> list[Layer]:
@@ -165,4 +172,4 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
     ir.graph.nodes = [by_name[n] for n in names]
     layers = _find_layers(ir.graph)
     return ModelIR(ir.name, ir.source, ir.graph, layers, trace(ir.graph, layers), _index(ir.graph), ir.ir_version,
-                   ir.opset, dict(ir.extra_opsets))
+                   ir.opset, dict(ir.extra_opsets), dict(ir.output_types))

@@ -242,6 +242,7 @@ def canonicalize_gemm(graph: gs.Graph) -> int:
             bias = bias + beta * c.values.reshape(-1).astype(w.dtype)
         if (alpha, beta, trans_a, trans_b) == (1.0, 1.0, 0, 1) and len(node.inputs) == 3 \
                 and node.inputs[2].values.shape == (out_dim,):
+            node.attrs = {"transB": 1}
             continue
         if trans_a:
             x = node.inputs[0]
@@ -323,6 +324,32 @@ def reshape_to_flatten(graph: gs.Graph) -> int:
     return n
 
 
+def reduce_mean_to_pool(graph: gs.Graph) -> int:
+    """``ReduceMean`` over every spatial axis (the dynamo exporter's global pooling) ->
+    ``GlobalAveragePool`` (+ ``Flatten`` where it drops the reduced axes)."""
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "ReduceMean" or node.inputs[0].shape is None:
+            continue
+        rank = len(node.inputs[0].shape)
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+            axes = node.inputs[1].values.reshape(-1).tolist()
+        if rank < 3 or axes is None or sorted(a % rank for a in axes) != list(range(2, rank)):
+            continue
+        keep = int(node.attrs.get("keepdims", 1))
+        out = node.outputs[0]
+        node.op, node.attrs = "GlobalAveragePool", {}
+        _set(node.inputs, [node.inputs[0]])
+        if not keep:
+            x = node.inputs[0]
+            pooled = gs.Variable(f"{out.name}_pooled", dtype=out.dtype, shape=list(x.shape[:2]) + [1] * (rank - 2))
+            _set(node.outputs, [pooled])
+            graph.nodes.append(gs.Node("Flatten", f"{node.name}_flatten", {"axis": 1}, [pooled], [out]))
+        n += 1
+    return n
+
+
 def unalias_weights(graph: gs.Graph) -> int:
     """Give every Conv/Gemm its own weight and bias tensors.
 
@@ -349,7 +376,7 @@ def unalias_weights(graph: gs.Graph) -> int:
 
 DEFAULT_PASSES: tuple[Pass, ...] = (
     drop_initializer_inputs, name_nodes, fold_constants, infer_shapes, remove_identities, matmul_add_to_gemm,
-    canonicalize_gemm, add_conv_bias, fold_batchnorm, reshape_to_flatten, unalias_weights,
+    canonicalize_gemm, add_conv_bias, fold_batchnorm, reduce_mean_to_pool, reshape_to_flatten, unalias_weights,
 )
 
 

@@ -38,8 +38,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'task':<20} {'rel_err':>10} {'top1_agree':>11} {'max_abs_diff':>13}")
     for t in report["tasks"]:
-        agree = "-" if t["top1_agreement"] is None else f"{t['top1_agreement']:.4f}"
-        lines.append(f"{t['name'][:20]:<20} {t['rel_err']:>10.4g} {agree:>11} {t['max_abs_diff']:>13.4g}")
+        cells = [("-" if t[k] is None else f"{t[k]:.4g}") for k in ("rel_err", "top1_agreement", "max_abs_diff")]
+        lines.append(f"{t['name'][:20]:<20} {cells[0]:>10} {cells[1]:>11} {cells[2]:>13}")
     lines.append("")
     pb, pa, bb, ba = (report[k] for k in ("params_before", "params_after", "bytes_before", "bytes_after"))
     lines.append(f"parameters {pb:,} -> {pa:,} ({pa / pb:.1%});  weight bytes {_mb(bb)} -> {_mb(ba)}")

@@ -27,7 +27,7 @@ class StagedNetwork:
         self.bounds = [0] + [where[ir.layers[c].name] for c in cuts] + [len(nodes)]
         self.nodes = nodes
         self.live = [self._live_at(p) for p in self.bounds]
-        self.live[-1] = [t.name for t in ir.graph.outputs]
+        self.live[-1] = ir.outputs
 
     def _live_at(self, pos: int) -> list[str]:
         """Tensors made before node ``pos`` (or graph inputs) and needed at or after it."""
@@ -66,6 +66,10 @@ class StagedNetwork:
             t.dtype = t.dtype or np.float32
         graph.cleanup(remove_unused_graph_inputs=False)
         model = gs.export_onnx(graph, do_type_check=False)
+        for out in model.graph.output:  # non-tensor outputs (skl2onnx's ZipMap) keep their declared type
+            declared = self.ir.output_types.get(out.name)
+            if declared is not None and not declared.HasField("tensor_type"):
+                out.type.CopyFrom(declared)
         model.ir_version = self.ir.ir_version
         del model.opset_import[:]
         model.opset_import.extend([onnx.helper.make_opsetid("", self.ir.opset)] +

@@ -1,17 +1,22 @@
 """Train and export the sample model pairs shipped under ``samples/``.
 
 Data: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, no download).
-Two tasks on the same images:
+Three tasks on the same images:
 
 * ``digit``  -- the digit class (10-way);
-* ``parity`` -- whether the digit is odd (2-way), a task correlated with the first.
+* ``parity`` -- whether the digit is odd (2-way), a task correlated with the first;
+* ``mod3``   -- the digit modulo 3 (3-way), a third correlated task.
 
-For each task an MLP (LeNet-300-100 shape, 64-300-100-out) and a small LeNet-5 style CNN
-(conv-BN-relu-pool x2, then 64-120-84-out) are trained from scratch with their own seeds,
-as two teams would. The MLPs are exported with torch's legacy exporter (Gemm), the CNNs
-with the dynamo exporter, so both export styles are covered.
+For each task, trained from scratch with its own seed as separate teams would:
 
-Needs the ``[samples]`` extra (``pip install torch==2.13.0 scikit-learn``, CPU wheel).
+* an MLP (LeNet-300-100 shape, 64-300-100-out), torch's legacy exporter (Gemm);
+* a LeNet-5 style CNN (conv-BN-relu-pool x2, then 128-120-84-out), the dynamo exporter;
+* a small ResNet (stem, an identity block, a stride-2 projection block, global pooling), the
+  dynamo exporter, and for ``digit`` also the legacy exporter (``resnet_digit_legacy.onnx``);
+* for ``digit`` and ``parity``, a scikit-learn MLPClassifier (64-64-32) converted by skl2onnx
+  (MatMul/Add/Relu, ZipMap output).
+
+Needs the ``[samples]`` extra (``pip install torch==2.13.0 scikit-learn skl2onnx``, CPU wheel).
 Run from the repository root: ``python tools/make_samples.py``. Deterministic: fixed split,
 fixed seeds, single thread.
 """
@@ -26,14 +31,14 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-TASKS = {"digit": 10, "parity": 2}
+TASKS = {"digit": 10, "parity": 2, "mod3": 3}
 N_TEST = 597
 N_CALIB = 256
 INPUT = "image"
 
 
 def labels_for(task: str, digits: np.ndarray) -> np.ndarray:
-    return digits if task == "digit" else digits % 2
+    return {"digit": digits, "parity": digits % 2, "mod3": digits % 3}[task]
 
 
 def mlp(n_out: int) -> nn.Module:
@@ -48,6 +53,37 @@ def cnn(n_out: int) -> nn.Module:
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(32 * 2 * 2, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, n_out),
     )
+
+
+class Block(nn.Module):
+    """A basic residual block; a 1x1 projection where the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.proj = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + (x if self.proj is None else self.proj(x)))
+
+
+def resnet(n_out: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        Block(16, 16, 1), Block(16, 32, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, n_out))
+
+
+def sklearn_mlp(task: str, x: np.ndarray, y: np.ndarray, seed: int, path: Path) -> float:
+    """Train scikit-learn's MLPClassifier and convert it with skl2onnx (ZipMap output kept)."""
+    from skl2onnx import to_onnx
+    from sklearn.neural_network import MLPClassifier
+    clf = MLPClassifier((64, 32), max_iter=400, random_state=seed).fit(x[0], y[0])
+    onx = to_onnx(clf, x[0][:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+    path.write_bytes(onx.SerializeToString())
+    return float(clf.score(x[1], y[1]))
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> nn.Module:
@@ -103,20 +139,33 @@ def main() -> None:
         calib = np.random.default_rng(100 + t).choice(train_idx, N_CALIB, replace=False)
         np.savez_compressed(out / f"calib_{task}.npz", **{INPUT: images[np.sort(calib)]})
         np.savez_compressed(out / f"test_{task}.npz", **{INPUT: images[test_idx], "label": y[test_idx]})
-        for arch, make, dynamo in (("mlp", mlp, False), ("cnn", cnn, True)):
-            seed = 10 * t + (1 if arch == "mlp" else 2)
+        for arch, make, dynamo in (("mlp", mlp, False), ("cnn", cnn, True), ("resnet", resnet, True)):
+            seed = 10 * t + {"mlp": 1, "cnn": 2, "resnet": 3}[arch]
             torch.manual_seed(seed)
             model = train(make(n_out), images[train_idx], y[train_idx], seed, args.epochs)
             acc = accuracy(model, images[test_idx], y[test_idx])
             export(model, out / f"{arch}_{task}.onnx", dynamo)
+            if arch == "resnet" and task == "digit":
+                export(model, out / f"{arch}_{task}_legacy.onnx", False)
             summary[f"{arch}_{task}"] = round(acc, 4)
             print(f"{arch}_{task}: test accuracy {acc:.4f}")
+        if task != "mod3":
+            flat = images.reshape(len(images), -1)
+            acc = sklearn_mlp(task, (flat[train_idx], flat[test_idx]), (y[train_idx], y[test_idx]), 7 + t,
+                              out / f"sklearn_{task}.onnx")
+            np.savez_compressed(out / f"calib_flat_{task}.npz", X=flat[np.sort(calib)])
+            summary[f"sklearn_{task}"] = round(acc, 4)
+            print(f"sklearn_{task}: test accuracy {acc:.4f}")
     (out / "README.md").write_text(
         "# Sample models\n\nMade by `python tools/make_samples.py` (scikit-learn digits, PyTorch CPU, fixed seeds).\n\n"
         f"- `calib_<task>.npz`: {N_CALIB} unlabeled calibration images per task, key `{INPUT}` (N, 1, 8, 8) float32.\n"
         f"- `test_<task>.npz`: the {N_TEST} held-out images (`{INPUT}`) and their labels (`label`).\n"
         "- `mlp_<task>.onnx` (legacy exporter, Gemm) and `cnn_<task>.onnx` (dynamo exporter, Reshape; it folds BN itself).\n"
-        "- Tasks: `digit` (10 classes) and `parity` (odd digit, 2 classes), on the same images.\n\n"
+        "- `resnet_<task>.onnx` (dynamo exporter) and `resnet_digit_legacy.onnx` (the same digit model, legacy exporter).\n"
+        "- `sklearn_<task>.onnx`: scikit-learn MLPClassifier via skl2onnx (input `X` (N, 64), ZipMap output); "
+        "calibration in `calib_flat_<task>.npz`.\n"
+        "- Tasks: `digit` (10 classes), `parity` (odd digit, 2 classes), `mod3` (digit mod 3, 3 classes), "
+        "on the same images.\n\n"
         "Test accuracy of the originals:\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in summary.items()) + "\n"
     )
 
