@@ -102,13 +102,22 @@ def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
     return names
 
 
-def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str]
-               ) -> tuple[list[onnx.ModelProto], list[ModelIR]]:
-    """Load and normalize the models (not yet aligned), all converted to one opset."""
+def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str],
+               data: Sequence[str | os.PathLike | dict[str, np.ndarray]] | None = None
+               ) -> tuple[list[onnx.ModelProto], list[ModelIR], list[dict[str, np.ndarray]]]:
+    """Load the models and their calibration data, and normalize the models (not yet aligned),
+    all converted to one opset. Dynamic input dims other than the batch are fixed to the
+    calibration data's sizes."""
     protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
     sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
+    arrays = []
+    for i, d in enumerate(data or []):
+        specs = io.input_specs(protos[i])
+        arrays.append(io.load_calibration(d, specs) if isinstance(d, (str, os.PathLike))
+                      else io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}"))
+        protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
     opset = min(max(onnx_opset(p) for p in protos), MAX_EMIT_OPSET)
-    return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
+    return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
 
 
 def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
@@ -129,11 +138,8 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     opts.check(len(models))
     start = time.perf_counter()
     names = task_names(models, opts.names)
-    protos, irs = load_tasks(models, names)
+    protos, irs, arrays = load_tasks(models, names, data)
     irs = align(irs)
-    arrays = [io.load_calibration(d, ir.inputs) if isinstance(d, (str, os.PathLike))
-              else io.check_calibration(dict(d), ir.inputs, f"calibration data of task {ir.name!r}")
-              for d, ir in zip(data, irs)]
     plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
                      compensate=opts.compensate, task_order=opts.task_order, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))

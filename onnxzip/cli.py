@@ -61,7 +61,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    _, irs = load_tasks(args.models, task_names(args.models, None))
+    _, irs, _ = load_tasks(args.models, task_names(args.models, None))
     for ir in irs:
         print(f"{ir.source}: opset {ir.opset}, inputs "
               + ", ".join(f"{s.name} {tuple('?' if d is None else d for d in s.shape)}" for s in ir.inputs))
@@ -71,9 +71,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  {layer.name[:28]:<28} {layer.kind:<6} {str(layer.shape):<20} {layer.neurons:>8}  {role}")
     spaces, layers = irs[0].spaces, irs[0].layers
     for g, members in enumerate(spaces.groups):
-        if len(members) > 1 or g in spaces.pinned:
-            note = " (pinned: kept in task order)" if g in spaces.pinned else ""
-            print(f"group {g}: one matching for {', '.join(layers[i].name for i in members)}{note}")
+        if len(members) > 1:
+            print(f"group {g}: one matching for {', '.join(layers[i].name for i in members)}")
     if spaces.followers:
         print("depthwise layers following their input's matching: "
               + ", ".join(layers[i].name for i in spaces.followers))

@@ -178,13 +178,6 @@ class TaskEmitter:
         idx = _expand(part.channels, space.block) if dim == space.channels * space.block else part.channels
         return self.b.const(np.take(c, idx, axis=axis), f"{self.prefix}/const")
 
-    def _as_parts(self, name: str, like: Value) -> list[Part]:
-        """A join input as parts shaped like ``like`` (an unzipped one is a single task-order part)."""
-        value = self.values[name]
-        if value.space is not None:
-            return value.parts
-        return [Part(value.parts[0].tensor, np.arange(like.space.channels), False)]
-
     # ------------------------------------------------------------------ replay
     def run(self) -> None:
         plan_layers = self.plan.layers
@@ -232,9 +225,8 @@ class TaskEmitter:
 
     def per_part(self, node: gs.Node, zipped: list[int], rule: str) -> None:
         lead = self.values[node.inputs[zipped[0]].name]
-        joins = {i: self._as_parts(t.name, lead) for i, t in enumerate(node.inputs)
-                 if not isinstance(t, gs.Constant) and t.name and i != zipped[0]
-                 and (t.name in self.ir.spaces.layout or t.name in self.values and rule == "binary")}
+        joins = {i: self.values[t.name].parts for i, t in enumerate(node.inputs)
+                 if i != zipped[0] and t.name in self.ir.spaces.layout}
         for parts in joins.values():
             if [list(p.channels) for p in parts] != [list(p.channels) for p in lead.parts]:
                 raise AssertionError(f"node {node.name}: joined tensors are zipped differently")

@@ -64,6 +64,37 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             os.unlink(tmp)
 
 
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (initializers listed as inputs excluded)."""
+    inits = {i.name for i in model.graph.initializer}
+    made = {o for n in model.graph.node for o in n.output}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits or vi.name in made:
+            continue
+        t = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims))
+    return specs
+
+
+def fix_dynamic_dims(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose dynamic input dims after the batch take the calibration data's
+    sizes (the batch stays dynamic); ``model`` itself when nothing is dynamic."""
+    dynamic = [vi for vi in model.graph.input if vi.name in arrays and
+               any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim[1:])]
+    if not dynamic:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in out.graph.input:
+        if vi.name in arrays:
+            for d, n in zip(list(vi.type.tensor_type.shape.dim)[1:], arrays[vi.name].shape[1:]):
+                if not d.HasField("dim_value"):
+                    d.dim_value = int(n)
+    return out
+
+
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
     """Refuse an output path that is one of the inputs."""
     out = Path(output).resolve()

@@ -7,8 +7,7 @@ each task's own order) and a ``block`` (features per channel after a Flatten).
 
 Ops tie spaces together (union-find over layers): elementwise joins of two zipped tensors
 (Add/Sum/Sub/Mul/Max/...; residuals) tie their segments, so every layer writing into one residual
-stream shares one matching (a *group*). Depthwise convs follow their input's channels. A group tied
-to ALIGNED or PRIVATE channels is *pinned*: kept in task order, nothing shared.
+stream shares one matching (a *group*). Depthwise convs follow their input's channels.
 
 An op whose channel semantics onnxzip does not model (LRN, grouped conv, channel shuffles, ...)
 gets its zipped inputs restored to each task's channel order (Concat + Gather) and its outputs are
@@ -66,15 +65,13 @@ class Spaces:
     ``layout``: tensor -> space, for tensors carrying zipped channels. ``private``: tensors in task
     order derived from restored ones. ``groups``: hidden layers (not followers) per matching group,
     each in topological order. ``followers``: depthwise layers, which follow their input's channels.
-    ``restore``: node -> input slots restored to task order before it. ``pinned``: group indices
-    kept in task order.
+    ``restore``: node -> input slots restored to task order before it.
     """
 
     layout: dict[str, ChannelSpace]
     hidden: list[int]
     groups: list[list[int]]
     followers: list[int]
-    pinned: set[int] = field(default_factory=set)
     restore: dict[str, list[int]] = field(default_factory=dict)
     private: set[str] = field(default_factory=set)
     plain: set[int] = field(default_factory=set)  # layers replayed as ordinary ops (grouped/depthwise convs)
@@ -188,7 +185,6 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
     private: set[str] = set()
     restore: dict[str, list[int]] = {}
     followers: list[int] = []
-    anchored: set[int] = set()  # layers tied to ALIGNED/PRIVATE channels
     plain: set[int] = set()  # depthwise convs that are not zipped
     for node in graph.nodes:
         zipped = [i for i, t in enumerate(node.inputs) if t.name in layout]
@@ -207,7 +203,7 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
         space = layout[node.inputs[slot].name]
         rule = channel_rule(node, slot, space.channels)
         if rule == "binary" and sum(1 for t in node.inputs if not isinstance(t, gs.Constant)) > 1:
-            rule = _join(node, layout, private, ties, anchored)
+            rule = _join(node, layout, ties)
         elif rule in ("concat",):
             rule = _concat(node, layout, private)
         if rule == "layer":
@@ -237,10 +233,9 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
         if i not in followers:
             members.setdefault(ties.find(i), []).append(i)
     groups = [m for _, m in sorted(members.items(), key=lambda kv: kv[1][0])]
-    pinned = {g for g, m in enumerate(groups) if any(ties.find(i) in {ties.find(a) for a in anchored} for i in m)}
     layout = {k: ChannelSpace(tuple(Segment(s.layer if s.layer < 0 else _root_member(ties, s.layer, members), s.count)
                                     for s in v.segments), v.block) for k, v in layout.items()}
-    return Spaces(layout, hidden, groups, followers, pinned, restore, private, plain)
+    return Spaces(layout, hidden, groups, followers, restore, private, plain)
 
 
 def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) -> int:
@@ -248,22 +243,24 @@ def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) ->
     return members.get(ties.find(layer), [layer])[0]
 
 
-def _join(node: gs.Node, layout: dict[str, ChannelSpace], private: set[str], ties: _UnionFind,
-          anchored: set[int]) -> str:
-    """An elementwise op of several non-constant inputs: tie their channels segment by segment."""
+def _join(node: gs.Node, layout: dict[str, ChannelSpace], ties: _UnionFind) -> str:
+    """An elementwise op of several non-constant inputs: tie their channels segment by segment.
+
+    Joins that cannot be tied (an unzipped input, segments of different kinds or sizes) restore
+    their inputs to task order instead.
+    """
     spaces = [layout.get(t.name) for t in node.inputs if not isinstance(t, gs.Constant)]
-    ref = next(s for s in spaces if s is not None)
-    for s in spaces:
-        if s is None:  # an ALIGNED/PRIVATE tensor joins zipped channels: pin them
-            anchored.update(seg.layer for seg in ref.segments if seg.layer >= 0)
-            continue
-        if [seg.count for seg in s.segments] != [seg.count for seg in ref.segments] or s.block != ref.block:
-            return "restore"
+    ref = spaces[0]
+    if any(s is None or s.block != ref.block or len(s.segments) != len(ref.segments) for s in spaces):
+        return "restore"
+    for s in spaces[1:]:
         for a, b in zip(s.segments, ref.segments):
-            if a.layer >= 0 and b.layer >= 0:
+            if a.count != b.count or (a.layer < 0 or b.layer < 0) and a.layer != b.layer:
+                return "restore"
+    for s in spaces[1:]:
+        for a, b in zip(s.segments, ref.segments):
+            if a.layer >= 0:
                 ties.union(a.layer, b.layer)
-            elif a.layer != b.layer:
-                anchored.update(x.layer for x in (a, b) if x.layer >= 0)
     return "binary"
 
 

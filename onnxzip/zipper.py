@@ -92,7 +92,7 @@ class Zipper:
         names = [", ".join(irs[0].layers[i].name for i in g[:2]) + (", ..." if len(g) > 2 else "")
                  for g in self.groups]
         counts = shared_counts(share, [min(ir.layers[g[0]].neurons for ir in irs) for g in self.groups], names)
-        self.k = [0 if g in spaces.pinned else c for g, c in enumerate(counts)]
+        self.k = counts
         self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}
         self.rows: dict[int, list[np.ndarray]] = {}  # group -> per task: neuron order (shared slots first)
         self.zips: dict[int, LayerZip] = {}

@@ -90,3 +90,18 @@ def test_three_tasks_with_different_heads():
     got = run_all(zero.model, {"x": x})
     for t, m in zip("abc", models):
         np.testing.assert_allclose(got[f"{t}/y"], run_all(m, {"x": x})["y"], atol=1e-5)
+
+
+def test_dynamic_spatial_dims_are_fixed_from_the_calibration_data():
+    models = []
+    for seed in (1, 2):
+        m = graphs.cnn(seed)  # Flatten -> Gemm needs the spatial size
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "H", "W"
+        models.append(m)
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    result = zip_models(models, data, share=0.5, quiet=True)
+    shape = result.model.graph.input[0].type.tensor_type.shape.dim
+    assert shape[0].dim_param and [d.dim_value for d in shape[1:]] == [3, 8, 8]  # batch stays dynamic
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4
+    assert models[0].graph.input[0].type.tensor_type.shape.dim[2].dim_param == "H"  # input untouched
