@@ -36,7 +36,7 @@ class ZipOptions:
     share: float | tuple[float, ...] = 0.5
     names: tuple[str, ...] | None = None
     matching: str = "optimal"
-    hessian: str = "channel"
+    hessian: str = "auto"
     damping: float = 1e-2
     compensate: bool = True
     task_order: str = "auto"

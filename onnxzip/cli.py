@@ -28,7 +28,8 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matching", choices=MATCHERS.names(), default=DEFAULTS.matching,
                    help="neuron matching: optimal assignment, the paper's greedy, or index (no matching)")
     p.add_argument("--hessian", choices=HESSIANS.names(), default=DEFAULTS.hessian,
-                   help="conv statistic: per-channel (paper), exact patch covariance, or identity (Euclidean)")
+                   help="conv statistic: exact patch covariance where small, else per-channel (auto), always per-channel "
+                        "(the paper's), always exact, or identity (Euclidean matching)")
     p.add_argument("--damping", type=float, default=DEFAULTS.damping,
                    help=f"Hessian damping, relative to its mean diagonal (default {DEFAULTS.damping})")
     p.add_argument("--no-compensate", dest="compensate", action="store_false",
@@ -100,15 +101,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo, samples_dir
+    from .demo import run_demo, run_three, samples_dir
     samples = samples_dir(args.samples)
     print(f"onnxzip demo: zipping the sample pairs in {samples} (tasks: digit 10-way, parity 2-way)")
-    print(f"{'model':<5} {'share':>6} {'params kept':>12} {'digit acc':>16} {'parity acc':>16} {'seconds':>8}")
-    for row in run_demo(samples, options=ZipOptions(quiet=True, device=args.device)):
+    opts = ZipOptions(quiet=True, device=args.device)
+    print(f"{'model':<6} {'share':>6} {'params kept':>12} {'digit acc':>16} {'parity acc':>16} {'seconds':>8}")
+    for row in run_demo(samples, options=opts):
         acc, orig = row["accuracy"], row["original"]
-        print(f"{row['arch']:<5} {row['share']:>6.2f} {row['params_kept']:>12.1%} "
+        print(f"{row['arch']:<6} {row['share']:>6.2f} {row['params_kept']:>12.1%} "
               f"{acc['digit']:>7.4f} ({orig['digit']:.4f}) {acc['parity']:>7.4f} ({orig['parity']:.4f}) "
               f"{row['seconds']:>8.2f}")
+    row = run_three(samples, options=opts)
+    print(f"three CNNs in one model (share {row['share']:.2f}, {row['params_kept']:.1%} of the parameters kept): "
+          + ", ".join(f"{t} {a:.4f} ({row['original'][t]:.4f})" for t, a in row["accuracy"].items()))
     print("accuracy on the held-out test images; originals in parentheses")
     return 0
 

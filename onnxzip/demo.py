@@ -9,7 +9,8 @@ from .api import ZipOptions, accuracy_of, zip_models
 from .errors import InputError
 
 TASKS = ("digit", "parity")
-ARCHS = ("mlp", "cnn")
+ARCHS = ("mlp", "cnn", "resnet")
+THREE = ("digit", "parity", "mod3")
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -38,3 +39,14 @@ def run_demo(samples: Path, shares: tuple[float, ...] = SHARES, archs: tuple[str
                    "params_kept": result.report["params_after"] / result.report["params_before"],
                    "accuracy": dict(zip(TASKS, acc)), "original": dict(zip(TASKS, base)),
                    "seconds": result.report["seconds"]}
+
+
+def run_three(samples: Path, share: float = 0.5, options: ZipOptions | None = None) -> dict[str, Any]:
+    """Zip the three sample CNNs (digit, parity, mod3) into one model; accuracy per task."""
+    models = [samples / f"cnn_{t}.onnx" for t in THREE]
+    tests = [io.load_arrays(samples / f"test_{t}.npz") for t in THREE]
+    result = zip_models(models, [samples / f"calib_{t}.npz" for t in THREE], options, share=share, names=THREE)
+    acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits") for t, d in zip(THREE, tests)}
+    base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "logits") for t, m, d in zip(THREE, models, tests)}
+    return {"share": share, "params_kept": result.report["params_after"] / result.report["params_before"],
+            "accuracy": acc, "original": base, "seconds": result.report["seconds"]}

@@ -264,7 +264,7 @@ def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndar
 
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
-              hessian: str = "channel", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
+              hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
               device: str = "cpu", batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.

@@ -68,7 +68,8 @@ def test_eval(capsys):
 def test_demo_runs(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert out.count("\nmlp ") == 5 and out.count("\ncnn ") == 5
+    assert out.count("\nmlp ") == 5 and out.count("\ncnn ") == 5 and out.count("\nresnet ") == 5
+    assert "three CNNs in one model" in out
 
 
 # ---------------------------------------------------------------------------- bad input: exit 2, one line

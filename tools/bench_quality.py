@@ -6,9 +6,10 @@ Methods (all share the same neurons per layer; they differ in how neurons are pa
 * ``euclid``   -- Euclidean weight matching (optimal assignment) + averaging (``--hessian identity``);
 * ``mtz-paper``-- the paper's procedure: greedy matching, per-channel Hessian, a shared neuron's
   weights on private inputs kept unchanged (``--matching greedy --no-compensate``);
-* ``no-comp``  -- the default without re-solving the private-input weights (ablation);
-* ``onnxzip``  -- the default: optimal matching, per-channel Hessian, private-input weights re-solved;
-* ``exact``    -- the default with the exact conv patch Hessian.
+* ``no-comp``  -- optimal matching, per-channel Hessian, private-input weights kept (ablation);
+* ``channel``  -- optimal matching, per-channel Hessian, private-input weights re-solved;
+* ``onnxzip``  -- the default: as ``channel`` but with the exact patch Hessian where it is small
+  (``--hessian auto``; all sample layers qualify).
 
 Every method runs through the full pipeline (merge, emit, ORT), so each figure is the accuracy of a
 real zipped ONNX model on the held-out test images. Writes a Markdown table to stdout and, with
@@ -35,8 +36,8 @@ METHODS = {
     "euclid": dict(matching="optimal", hessian="identity"),
     "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False),
     "no-comp": dict(matching="optimal", hessian="channel", compensate=False),
-    "onnxzip": dict(matching="optimal", hessian="channel"),
-    "exact": dict(matching="optimal", hessian="exact"),
+    "channel": dict(matching="optimal", hessian="channel"),
+    "onnxzip": dict(matching="optimal", hessian="auto"),
 }
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -87,7 +88,7 @@ def table(rows: list[dict], methods) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", default="mlp,cnn")
+    parser.add_argument("--archs", default="mlp,cnn,resnet")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--update", action="store_true", help="write the table into docs/results.md")
     args = parser.parse_args()
