@@ -147,7 +147,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
     for (s, g), m in zip(blocks, mats):
         diff = w - m[:, :ns]
         privs.append(m[:, ns:] - diff @ g.T)
-        costs += 0.5 * np.einsum("ij,jk,ik->i", diff, s, diff)
+        costs += 0.5 * ((diff @ s) * diff).sum(axis=1)
     return w, privs, costs
 
 
@@ -184,7 +184,7 @@ def match_tasks(members: list[tuple[list[np.ndarray], list[np.ndarray]]], k: int
     for (w, _), (m, s) in zip(shared, members):
         for t in order:
             diff = w - m[t][rows[t]]
-            cost += 0.5 * float(np.einsum("ij,jk,ik->", diff, s[t], diff))
+            cost += 0.5 * float(((diff @ s[t]) * diff).sum())
     return [rows[t] for t in range(len(order))], cost
 
 
@@ -198,7 +198,7 @@ def merge_followers(mats: list[np.ndarray], hs: list[np.ndarray]) -> tuple[np.nd
     """
     total = sum(hs)
     w = np.linalg.solve(total, sum(np.einsum("kij,kj->ki", h, m)[..., None] for h, m in zip(hs, mats)))[..., 0]
-    costs = sum(0.5 * np.einsum("ki,kij,kj->k", w - m, h, w - m) for h, m in zip(hs, mats))
+    costs = sum(0.5 * ((w - m)[:, None, :] @ h @ (w - m)[:, :, None])[:, 0, 0] for h, m in zip(hs, mats))
     return w, costs
 
 

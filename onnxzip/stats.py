@@ -181,6 +181,8 @@ def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256) ->
     if est.rows is None:
         return est.finish(layer, np.zeros(0))
     acc: Accumulator | None = None
+    per_sample = est.rows(layer, x[:1]).size  # bound each batch's rows to about 64 MB of float64
+    batch = max(1, min(batch, (1 << 23) // max(per_sample, 1)))
     for i in range(0, x.shape[0], batch):
         rows = est.rows(layer, x[i:i + batch])
         acc = acc or Accumulator(rows.shape[1])

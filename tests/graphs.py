@@ -217,3 +217,12 @@ def mobilenet(seed: int, classes: int = 3) -> onnx.ModelProto:
     y = n.conv(y, 12, 12, group=12, stride=2, name="dw2")
     y = n.conv(y, 12, 16, k=1, name="pw2")
     return n.head(y, 16, classes)
+
+
+def plain_bn(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """A plain CNN whose BatchNormalizations follow the ReLU (kept, not folded)."""
+    n = _Net(seed, 3)
+    y = n.bn(n.conv("x", 3, 8, name="c1"), 8)
+    y = n.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = n.bn(n.conv(y, 8, 12, name="c2"), 12)
+    return n.head(y, 12, classes)

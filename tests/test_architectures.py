@@ -8,7 +8,8 @@ import graphs
 from onnxzip import zip_models
 from onnxzip.ir import build_ir
 
-ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet}
+ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet,
+         "plain_bn": graphs.plain_bn}
 
 
 def run_all(model, feeds):
@@ -105,3 +106,13 @@ def test_dynamic_spatial_dims_are_fixed_from_the_calibration_data():
     assert shape[0].dim_param and [d.dim_value for d in shape[1:]] == [3, 8, 8]  # batch stays dynamic
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
     assert models[0].graph.input[0].type.tensor_type.shape.dim[2].dim_param == "H"  # input untouched
+
+
+def test_batchnorm_after_relu_is_kept_and_runs_per_part():
+    ir = build_ir(graphs.plain_bn(0), "p", "p.onnx", 17)
+    assert [n.op for n in ir.graph.nodes].count("BatchNormalization") == 2
+    models = [graphs.plain_bn(1), graphs.plain_bn(2)]
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    result = zip_models(models, data, share=0.5, quiet=True)
+    bns = [n for n in result.model.graph.node if n.op_type == "BatchNormalization"]
+    assert len(bns) == 8  # two BNs x (shared part, private part) x two tasks
