@@ -13,6 +13,7 @@ from .merge import MATCHERS
 from .plan import parse_share
 from .report import format_table, write_json
 from .stats import HESSIANS
+from .zipper import group_name
 
 DEFAULTS = ZipOptions()
 
@@ -23,8 +24,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", type=parse_share, default=DEFAULTS.share,
-                   help="fraction of each hidden layer's neurons to share, or one per hidden layer: 0.5,0.5,0.25 "
-                        f"(default {DEFAULTS.share})")
+                   help="fraction of each hidden layer's neurons to share, or one per layer group (see "
+                        f"'onnxzip inspect'): 0.5,0.5,0.25 (default {DEFAULTS.share})")
     p.add_argument("--matching", choices=MATCHERS.names(), default=DEFAULTS.matching,
                    help="neuron matching: optimal assignment, the paper's greedy, or index (no matching)")
     p.add_argument("--hessian", choices=HESSIANS.names(), default=DEFAULTS.hessian,
@@ -70,10 +71,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for i, layer in enumerate(ir.layers):
             role = "hidden (zippable)" if i in ir.hidden else "head (private)"
             print(f"  {layer.name[:28]:<28} {layer.kind:<6} {str(layer.shape):<20} {layer.neurons:>8}  {role}")
-    spaces, layers = irs[0].spaces, irs[0].layers
-    for g, members in enumerate(spaces.groups):
-        if len(members) > 1:
-            print(f"group {g}: one matching for {', '.join(layers[i].name for i in members)}")
+    spaces = irs[0].spaces
+    print("layer groups, in --share list order (tied layers share one matching): "
+          + "; ".join(f"{g}: {group_name(irs[0], m)}" for g, m in enumerate(spaces.groups)))
+    layers = irs[0].layers
     if spaces.followers:
         print("depthwise layers following their input's matching: "
               + ", ".join(layers[i].name for i in spaces.followers))

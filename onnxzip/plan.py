@@ -16,20 +16,20 @@ def parse_share(text: str) -> float | tuple[float, ...]:
 
 
 def shared_counts(share: float | Sequence[float], neurons: Sequence[int], names: Sequence[str]) -> list[int]:
-    """Neurons to share per hidden layer.
+    """Neurons to share per group of tied hidden layers (one layer, in a plain chain).
 
     Args:
-        share: one fraction for every hidden layer, or one per hidden layer (in order).
-        neurons: each hidden layer's neuron count (the smallest over the tasks).
-        names: the hidden layers' names, for messages.
+        share: one fraction for every group, or one per group (in order).
+        neurons: each group's neuron count (the smallest over the tasks).
+        names: the groups' names, for messages.
     Returns:
-        ``round(share * neurons)`` per layer.
+        ``round(share * neurons)`` per group.
     """
     fractions = [float(share)] * len(neurons) if isinstance(share, (int, float)) else [float(s) for s in share]
     if len(fractions) != len(neurons):
-        raise UsageError(f"--share lists {len(fractions)} fractions but the model has {len(neurons)} hidden layers "
-                         f"({', '.join(names)})")
+        raise UsageError(f"--share lists {len(fractions)} fractions but the model has {len(neurons)} layer groups "
+                         f"({'; '.join(names)}); 'onnxzip inspect' lists them")
     for f, name in zip(fractions, names):
         if not 0.0 <= f <= 1.0:
-            raise UsageError(f"--share {f} for layer {name!r} is outside [0, 1]")
+            raise UsageError(f"--share {f} for {name!r} is outside [0, 1]")
     return [int(round(f * n)) for f, n in zip(fractions, neurons)]

@@ -31,6 +31,12 @@ from .stages import StagedNetwork
 from .stats import depthwise_hessians, layer_hessian
 
 log = logging.getLogger(__name__)
+MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
+
+
+def group_name(ir: ModelIR, members: list[int]) -> str:
+    """A group's layer names, for messages and listings."""
+    return "+".join(ir.layers[i].name for i in members)
 
 
 @dataclass
@@ -89,8 +95,7 @@ class Zipper:
         self.damping, self.compensate, self.task_order = damping, compensate, task_order
         spaces = irs[0].spaces
         self.groups = spaces.groups
-        names = [", ".join(irs[0].layers[i].name for i in g[:2]) + (", ..." if len(g) > 2 else "")
-                 for g in self.groups]
+        names = [group_name(irs[0], g) for g in self.groups]
         counts = shared_counts(share, [min(ir.layers[g[0]].neurons for ir in irs) for g in self.groups], names)
         self.k = counts
         self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}
@@ -142,6 +147,10 @@ class Zipper:
         key = (li, task)
         if key not in self._hessians:
             layer = self.irs[task].layers[li]
+            if layer.fan_in + 1 > MAX_HESSIAN_DIM:
+                gb = (layer.fan_in + 1) ** 2 * 8 / 1e9
+                raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its Hessian would take "
+                                 f"{gb:.1f} GB per task; share nothing in its group (a --share list with 0 there)")
             self._hessians[key] = layer_hessian(layer, live[layer.input], self.estimator)
         return self._hessians[key]
 

@@ -155,3 +155,13 @@ def test_conv_attributes_and_no_bias_zip_exactly(attrs, hessian):
     half = zip_models(models, data, share=0.6, hessian=hessian, quiet=True)
     assert [row["shared"] for row in half.report["layers"]] == [3, 2]
     assert half.report["equivalence_max_abs_diff"] <= 1e-5
+
+
+def test_too_large_hessian_is_a_clear_error(monkeypatch):
+    import onnxzip.zipper
+    from onnxzip import UsageError
+    monkeypatch.setattr(onnxzip.zipper, "MAX_HESSIAN_DIM", 100)
+    with pytest.raises(UsageError, match=r"layer '/3/Gemm' has 300 weights per neuron.*--share list with 0"):
+        zip_models(sample_models("mlp"), CALIB, share=0.5, quiet=True)
+    result = zip_models(sample_models("mlp"), CALIB, share=(0.5, 0.0), quiet=True)  # the way out it names
+    assert [row["shared"] for row in result.report["layers"]] == [150, 0]

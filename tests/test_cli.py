@@ -154,7 +154,7 @@ def test_output_equal_to_input(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags,message", [
     (["--share", "1.5"], "outside [0, 1]"),
-    (["--share", "0.5,0.5,0.5"], "3 fractions but the model has 2 hidden layers"),
+    (["--share", "0.5,0.5,0.5"], "3 fractions but the model has 2 layer groups"),
     (["--names", "a"], "1 names for 2 models"),
     (["--names", "a,a"], "must differ"),
     (["--names", "a/b,c"], "not a valid task name"),
