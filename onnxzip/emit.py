@@ -318,8 +318,9 @@ class TaskEmitter:
             rows = zw[part.channels]
             w = rows[:, :-1].reshape((len(part.channels),) + layer.shape[1:]).astype(np.float32)
             b = rows[:, -1].astype(np.float32)
-            wname = self.b.weight(self._wname(z.layer, f"w{n}", part.shared), w, part.shared)
-            bname = self.b.weight(self._wname(z.layer, f"b{n}", part.shared), b, part.shared)
+            # merged slots hold the same filters in every task: stored once (deduplicated by content)
+            wname = self.b.const(w, self._wname(z.layer, f"w{n}", False))
+            bname = self.b.const(b, self._wname(z.layer, f"b{n}", False))
             attrs = {**_attrs(node), "group": len(part.channels)}
             (out,) = self.b.node("Conv", [part.tensor, wname, bname], attrs, [f"{layer.output}.{n}"], self.prefix)
             parts.append(Part(out, part.channels, part.shared))

@@ -164,11 +164,24 @@ def _keeps_channels(node: gs.Node, rank: int) -> bool:
             return False
         r = rank if op != "Unsqueeze" else rank + len(axes)
         return all(a % r >= 2 for a in axes)
-    if op in ("Pad", "Resize", "Upsample", "Reshape"):
-        x = node.inputs[0]
-        return out.shape is not None and x.shape is not None and len(out.shape) >= 2 and \
-            list(out.shape[:2]) == list(x.shape[:2]) and isinstance(x.shape[1], int) and \
-            (op != "Reshape" or len(out.shape) > 2)
+    x = node.inputs[0]
+    if x.shape is None or not isinstance(x.shape[1], int):
+        return False
+    if op == "Reshape":
+        target = node.inputs[1]
+        if not isinstance(target, gs.Constant) or target.values.size < 3:
+            return False
+        t = target.values.reshape(-1).tolist()
+        zero_copies = not int(node.attrs.get("allowzero", 0))
+        return (t[0] == x.shape[0] or (t[0] == 0 and zero_copies)) and (t[1] == x.shape[1] or (t[1] == 0 and zero_copies))
+    if op == "Pad":
+        pads = node.attrs.get("pads")
+        if pads is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+            pads = node.inputs[1].values.reshape(-1).tolist()
+        axes_given = len(node.inputs) > 3 and node.inputs[3].name
+        return pads is not None and not axes_given and not any(pads[i] for i in (0, 1, rank, rank + 1))
+    if op in ("Resize", "Upsample"):
+        return out.shape is not None and len(out.shape) >= 2 and out.shape[1] == x.shape[1]
     return False
 
 

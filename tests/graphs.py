@@ -226,3 +226,28 @@ def plain_bn(seed: int, classes: int = 3) -> onnx.ModelProto:
     y = n.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
     y = n.bn(n.conv(y, 8, 12, name="c2"), 12)
     return n.head(y, 12, classes)
+
+
+def shape_ops(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """Pad, Resize and a Transpose of the spatial axes between two convs."""
+    n = _Net(seed, 3)
+    y = n.conv("x", 3, 6, name="c1")
+    n.inits += [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+                numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")]
+    y = n.op("Pad", [y, "pads"])
+    y = n.op("Resize", [y, "", "scales"], mode="nearest")
+    y = n.op("Transpose", [y], perm=[0, 1, 3, 2])
+    y = n.conv(y, 6, 8, name="c2")
+    return n.head(y, 8, classes)
+
+
+def reshape_reduce(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """conv -> Reshape (N, C, H*W) -> ReduceMean over axis 2 -> Gemm."""
+    n = _Net(seed, 3)
+    y = n.conv("x", 3, 6, name="c1")
+    n.inits.append(numpy_helper.from_array(np.array([0, 6, -1], np.int64), "flat_hw"))
+    y = n.op("Reshape", [y, "flat_hw"])
+    y = n.op("ReduceMean", [y], axes=[2], keepdims=0)
+    n.inits += [_init("head.w", n.rng.normal(0, 0.4, (classes, 6))), _init("head.b", n.rng.normal(0, .1, classes))]
+    n.nodes.append(helper.make_node("Gemm", [y, "head.w", "head.b"], ["y"], name="head", transB=1))
+    return model(n.nodes, n.inits, [inp("x", ["N", 3, 8, 8])], [inp("y", ["N", classes])])

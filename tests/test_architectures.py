@@ -9,7 +9,7 @@ from onnxzip import zip_models
 from onnxzip.ir import build_ir
 
 ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet,
-         "plain_bn": graphs.plain_bn}
+         "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce}
 
 
 def run_all(model, feeds):
@@ -116,3 +116,10 @@ def test_batchnorm_after_relu_is_kept_and_runs_per_part():
     result = zip_models(models, data, share=0.5, quiet=True)
     bns = [n for n in result.model.graph.node if n.op_type == "BatchNormalization"]
     assert len(bns) == 8  # two BNs x (shared part, private part) x two tasks
+
+
+@pytest.mark.parametrize("make", [graphs.shape_ops, graphs.reshape_reduce])
+def test_shape_ops_keep_the_channel_space(make):
+    ir = build_ir(make(0), "s", "s.onnx", 17)
+    assert ir.spaces.restore == {}
+    assert ir.hidden == [0] or ir.hidden == [0, 1]
