@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import time
 from pathlib import Path
 
 from onnxzip import ZipOptions, accuracy_of, zip_models
 from onnxzip.io import load_arrays
+from results import update_section  # tools/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -102,11 +102,7 @@ def main() -> None:
               f"{total:.0f} s for all {len(rows)} rows. Bold: best at that share.\n\n")
     print(body)
     if args.update:
-        path = ROOT / "docs" / "results.md"
-        text = path.read_text() if path.exists() else "# Results\n\n<!-- bench_quality:start -->\n<!-- bench_quality:end -->\n"
-        block = f"<!-- bench_quality:start -->\n{header}{body}<!-- bench_quality:end -->"
-        text = re.sub(r"<!-- bench_quality:start -->.*<!-- bench_quality:end -->", lambda _: block, text, flags=re.S)
-        path.write_text(text)
+        update_section('bench_quality', 'Zipping quality on the sample pairs (issues 2 and 3)', header + body)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxzip import zip_models
 from onnxzip.runtime import session
+from results import update_section  # tools/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVS = (64, 64, "pool", 128, 128, "pool", 256, 256, "pool")
@@ -111,14 +111,7 @@ def main() -> None:
     body = "\n".join(lines) + "\n"
     print(body)
     if args.update:
-        path = ROOT / "docs" / "results.md"
-        text = path.read_text()
-        block = f"<!-- bench_speed:start -->\n{body}<!-- bench_speed:end -->"
-        if "<!-- bench_speed:start -->" not in text:
-            text += "\n## Speed on a VGG-style CNN\n\n" + block + "\n"
-        else:
-            text = re.sub(r"<!-- bench_speed:start -->.*<!-- bench_speed:end -->", lambda _: block, text, flags=re.S)
-        path.write_text(text)
+        update_section('bench_speed', 'Speed on a VGG-style CNN', body)
 
 
 if __name__ == "__main__":

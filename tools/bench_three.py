@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import re
 import time
 from pathlib import Path
 
 from onnxzip import ZipOptions, accuracy_of, zip_models
 from onnxzip.io import load_arrays
+from results import update_section  # tools/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -56,14 +56,7 @@ def main() -> None:
             f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s. Sample CNNs, test accuracy "
             "(597 images), no retraining.\n\n" + "\n".join(lines) + "\n")
     if args.update:
-        path = ROOT / "docs" / "results.md"
-        text = path.read_text()
-        block = f"<!-- bench_three:start -->\n{body}<!-- bench_three:end -->"
-        if "<!-- bench_three:start -->" not in text:
-            text += "\n## Three tasks in one model (issue 3)\n\n" + block + "\n"
-        else:
-            text = re.sub(r"<!-- bench_three:start -->.*<!-- bench_three:end -->", lambda _: block, text, flags=re.S)
-        path.write_text(text)
+        update_section('bench_three', 'Three tasks in one model (issue 3)', body)
 
 
 if __name__ == "__main__":

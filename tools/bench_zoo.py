@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_exporters import FAST_ZOO, SLOW_ZOO, randomized  # noqa: E402  (the tests' model maker)
 
 from onnxzip import zip_models  # noqa: E402
+from results import update_section  # noqa: E402  (tools/results.py)
 
 
 def main() -> None:
@@ -53,14 +53,7 @@ def main() -> None:
             f"{time.strftime('%Y-%m-%d')}; 2 calibration images (224x224) per task, random weights, so the "
             "figures check exactness and time, not accuracy.\n\n" + "\n".join(lines) + "\n")
     if args.update:
-        path = ROOT / "docs" / "results.md"
-        text = path.read_text()
-        block = f"<!-- bench_zoo:start -->\n{body}<!-- bench_zoo:end -->"
-        if "<!-- bench_zoo:start -->" not in text:
-            text += "\n## The onnx wheel's zoo architectures (issue 3)\n\n" + block + "\n"
-        else:
-            text = re.sub(r"<!-- bench_zoo:start -->.*<!-- bench_zoo:end -->", lambda _: block, text, flags=re.S)
-        path.write_text(text)
+        update_section('bench_zoo', "The onnx wheel's zoo architectures (issue 3)", body)
 
 
 if __name__ == "__main__":
