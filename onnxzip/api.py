@@ -40,6 +40,7 @@ class ZipOptions:
     damping: float = 1e-2
     compensate: bool = True
     task_order: str = "auto"
+    recover: bool = True
     separate_inputs: bool = False
     device: str = "cpu"
     batch_size: int = 64
@@ -141,7 +142,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     protos, irs, arrays = load_tasks(models, names, data)
     irs = align(irs)
     plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                     compensate=opts.compensate, task_order=opts.task_order, device=opts.device, batch=opts.batch_size,
+                     compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
     model = emit_model(irs, plan, names, shared_inputs)
@@ -211,7 +212,8 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "groups": groups,
         "restored_at": sorted(irs[0].spaces.restore),
         "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
-                    "damping": opts.damping, "compensate": opts.compensate},
+                    "damping": opts.damping, "compensate": opts.compensate,
+                    "recover": opts.recover},
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
 

@@ -36,6 +36,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compensate", dest="compensate", action="store_false",
                    help="the paper's rule: keep a shared neuron's weights on private inputs unchanged instead of "
                         "re-solving them (Schur complement)")
+    p.add_argument("--no-recover", dest="recover", action="store_false",
+                   help="do not refit layers and heads to reproduce the original pre-activations (the paper's "
+                        "targets: the original weights)")
     p.add_argument("--task-order", choices=["auto", "given"], default=DEFAULTS.task_order,
                    help="with 3+ models: try every starting pair and keep the cheapest (auto), or merge in the "
                         "order given")
@@ -50,7 +53,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
         io.check_output_path(args.report, args.models + args.data + [args.output])
     opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
                       damping=args.damping, compensate=args.compensate, task_order=args.task_order,
-                      separate_inputs=args.separate_inputs, device=args.device,
+                      recover=args.recover, separate_inputs=args.separate_inputs, device=args.device,
                       batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)

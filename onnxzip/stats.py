@@ -88,7 +88,8 @@ def expand_conv_hessian(hc: np.ndarray, kernel: int) -> np.ndarray:
         return hc.copy()
     h = np.zeros((c * kernel + 1, c * kernel + 1))
     h[:-1, :-1] = np.kron(hc[:c, :c], np.eye(kernel))
-    h[:-1, -1] = h[-1, :-1] = np.repeat(hc[:c, c], kernel) / kernel
+    h[:-1, -1] = np.repeat(hc[:c, c], kernel) / kernel
+    h[-1, :-1] = np.repeat(hc[c, :c], kernel) / kernel
     h[-1, -1] = hc[c, c] / kernel
     return h
 
@@ -222,3 +223,36 @@ def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64
     if method == "channel" and k > 1:
         return np.stack([expand_conv_hessian(hc, k) for hc in h])
     return h
+
+
+def cross_moments(layer: Layer, x: np.ndarray, x_ref: np.ndarray, method: str, batch: int = 256
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The Hessian of ``x`` and the cross moment ``G = mean([x 1][x_ref 1]')`` with the same estimator.
+
+    ``x`` is the layer input in the zipped network, ``x_ref`` in the original one, sample by sample.
+    For a neuron ``a`` of the original network, ``H^-1 G a`` is the least-squares refit that makes the
+    zipped input reproduce the original pre-activation (``a' x`` ~ ``a' x_ref``).
+
+    Returns:
+        H, G: (fan_in + 1, fan_in + 1) float64 each.
+    """
+    est: HessianEstimator = HESSIANS.get(method)
+    if est.rows is None:
+        eye = np.eye(layer.fan_in + 1)
+        return eye, eye
+    per_sample = est.rows(layer, x[:1]).size
+    batch = max(1, min(batch, (1 << 23) // max(per_sample, 1)))
+    h = g = None
+    count = 0
+    for i in range(0, x.shape[0], batch):
+        r = est.rows(layer, x[i:i + batch]).astype(np.float64)
+        q = est.rows(layer, x_ref[i:i + batch]).astype(np.float64)
+        r = np.hstack([r, np.ones((r.shape[0], 1))])
+        q = np.hstack([q, np.ones((q.shape[0], 1))])
+        h = r.T @ r if h is None else h + r.T @ r
+        g = r.T @ q if g is None else g + r.T @ q
+        count += r.shape[0]
+    h, g = h / count, g / count
+    if not (np.isfinite(h).all() and np.isfinite(g).all()):
+        raise NumericalError("layer-input statistics hold NaN or Inf: the model overflows on the calibration data")
+    return est.finish(layer, h), est.finish(layer, g)

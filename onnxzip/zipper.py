@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 from .errors import UsageError
 from .ir import Layer, ModelIR
@@ -28,7 +29,7 @@ from .merge import damp, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
-from .stats import depthwise_hessians, layer_hessian
+from .stats import cross_moments, depthwise_hessians, layer_hessian
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -88,11 +89,12 @@ class Zipper:
     """Zips aligned tasks layer by layer; see the module docstring."""
 
     def __init__(self, irs: list[ModelIR], share, matching: str, hessian: str, damping: float, compensate: bool,
-                 task_order: str) -> None:
+                 task_order: str, recover: bool = True) -> None:
         if len(irs) < 2:
             raise UsageError("give at least two models")
         self.irs, self.matching, self.estimator = irs, matching, hessian
-        self.damping, self.compensate, self.task_order = damping, compensate, task_order
+        self.damping, self.compensate, self.task_order, self.recover = damping, compensate, task_order, recover
+        self.reference: list[dict[str, np.ndarray]] | None = None  # per task: the original network's live tensors
         spaces = irs[0].spaces
         self.groups = spaces.groups
         names = [group_name(irs[0], g) for g in self.groups]
@@ -144,6 +146,11 @@ class Zipper:
 
     # ------------------------------------------------------------------ statistics
     def hessian(self, li: int, task: int, live: dict[str, np.ndarray]) -> np.ndarray:
+        return self.statistics(li, task, live)[0]
+
+    def statistics(self, li: int, task: int, live: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, G) of layer ``li``'s input in ``task``; G (the cross moment with the original network's
+        input) only when recovering and the input differs from the original one."""
         key = (li, task)
         if key not in self._hessians:
             layer = self.irs[task].layers[li]
@@ -151,17 +158,34 @@ class Zipper:
                 gb = (layer.fan_in + 1) ** 2 * 8 / 1e9
                 raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its Hessian would take "
                                  f"{gb:.1f} GB per task; share nothing in its group (a --share list with 0 there)")
-            self._hessians[key] = layer_hessian(layer, live[layer.input], self.estimator)
+            x = live[layer.input]
+            ref = self.reference[task][layer.input] if self.recover and self.reference else None
+            if ref is None or np.array_equal(ref, x):
+                self._hessians[key] = (layer_hessian(layer, x, self.estimator), None)
+            else:
+                self._hessians[key] = cross_moments(layer, x, ref, self.estimator)
         return self._hessians[key]
+
+    def needs_refit(self, li: int, live: list[dict[str, np.ndarray]]) -> bool:
+        """Recovery is on and some task's input to layer ``li`` differs from the original network's."""
+        if not self.recover or self.reference is None or self.irs[0].layers[li].fan_in + 1 > MAX_HESSIAN_DIM:
+            return False  # (a layer too wide for a Hessian keeps its weights when nothing in it is shared)
+        name = [ir.layers[li].input for ir in self.irs]
+        return any(n in lv and n in ref and not np.array_equal(lv[n], ref[n])
+                   for n, lv, ref in zip(name, live, self.reference))
 
     def problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
         """Per task: weights and damped Hessian in zipped column order; the columns; ns."""
         mats, hs, cols, ns = [], [], [], 0
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
-            h = self.hessian(li, t, live[t])[np.ix_(order, order)]
-            hs.append(damp(h, self.damping))
-            mats.append(as_matrix(*ir.weights(ir.layers[li]))[:, order])
+            h, g = self.statistics(li, t, live[t])
+            h = damp(h, self.damping)
+            mat = as_matrix(*ir.weights(ir.layers[li]))
+            if g is not None:  # recovery: target the original pre-activations, not the original weights
+                mat = cho_solve(cho_factor(h), g @ mat.T).T
+            hs.append(h[np.ix_(order, order)])
+            mats.append(mat[:, order])
             cols.append(order)
         return mats, hs, cols, ns
 
@@ -173,9 +197,10 @@ class Zipper:
         if g not in self.rows:
             self._decide(g, live)
         k, rows = self.k[g], self.rows[g]
-        if k:
+        if k or self.needs_refit(li, live):
             mats, hs, cols, ns = self.problem(li, live)
-            w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate)
+            w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate) \
+                if k else (None, None, np.zeros(0))
         else:  # nothing shared: no statistics needed
             orders = [self.column_order(li, t) for t in range(len(self.irs))]
             cols, ns = [o for o, _ in orders], orders[0][1]
@@ -249,8 +274,13 @@ class Zipper:
         return LayerZip(li, len(slots[0]), d + 1, ident, [np.arange(d + 1)] * len(mats), weights, costs,
                         follower=True)
 
-    def private_layer(self, li: int) -> LayerZip:
-        """A layer nothing is shared in (a head): each task's own weights, columns in zipped order."""
+    def private_layer(self, li: int, live: list[dict[str, np.ndarray]] | None = None) -> LayerZip:
+        """A layer nothing is shared in (a head): each task's own weights, columns in zipped order;
+        with ``live`` (recovery), refit to reproduce the original pre-activations."""
+        if live is not None and self.needs_refit(li, live):
+            mats, _, cols, ns = self.problem(li, live)
+            rows = [np.arange(m.shape[0]) for m in mats]
+            return LayerZip(li, 0, ns, rows, cols, mats, np.zeros(0))
         rows, cols, weights, ns = [], [], [], 0
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
@@ -274,7 +304,7 @@ def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndar
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
               hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
-              device: str = "cpu", batch: int = 64,
+              recover: bool = True, device: str = "cpu", batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
@@ -283,17 +313,25 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         data: per task, the calibration arrays by input name.
         share: fraction of each group's neurons to share (float or one per group).
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
+        recover: run the original networks alongside, stage by stage, and refit every layer's
+            targets (and the heads) by least squares to reproduce the original pre-activations.
     """
-    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order)
+    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover)
     hidden = irs[0].hidden
-    nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
+    heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
+    cuts = sorted(hidden + heads) if recover else hidden
+    nets = [StagedNetwork(ir, cuts, device, batch) for ir in irs]
     live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
+    reference = list(live) if recover else None
     eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
-    for j, li in enumerate(progress(hidden, "zipping layers")):
-        z = zipper.zip_layer(li, live)
+    for j, li in enumerate(progress(cuts, "zipping layers")):
+        zipper.reference = reference
+        z = zipper.zip_layer(li, live) if li in hidden else zipper.private_layer(li, live)
         zipper.zips[li] = z
         for t, ir in enumerate(irs):
             eff[t][li] = effective(z, t, ir.layers[li])
+        if reference is not None:
+            reference = [net.run_stage(j + 1, ref, {}) for net, ref in zip(nets, reference)]
         live = [net.run_stage(j + 1, lv, e) for net, lv, e in zip(nets, live, eff)]
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:

@@ -93,3 +93,29 @@ def test_nan_statistics_are_a_clear_error():
     dense = Layer("fc", "dense", "x", "y", "w", "b", (2, 3))
     with pytest.raises(NumericalError, match="NaN"):
         layer_hessian(dense, np.array([[1.0, np.inf, 0.0]], np.float32), "channel")
+
+
+def test_cross_moment_refit_reproduces_the_reference_pre_activations():
+    from onnxzip.stats import cross_moments
+    rng = np.random.default_rng(6)
+    dense = Layer("fc", "dense", "x", "y", "w", "b", (3, 5))
+    x_ref = rng.normal(size=(400, 5))
+    t = rng.normal(size=(5, 5))
+    x = x_ref @ t.T + 0.3  # the zipped network sees an invertible affine image of the original input
+    h, g = cross_moments(dense, x.astype(np.float32), x_ref.astype(np.float32), "exact")
+    a = rng.normal(size=(3, 6))  # original neurons (weights + bias)
+    refit = np.linalg.solve(h, g @ a.T).T
+    ones = np.ones((400, 1))
+    np.testing.assert_allclose(np.hstack([x, ones]) @ refit.T, np.hstack([x_ref, ones]) @ a.T, atol=1e-3)
+    h2, g2 = cross_moments(dense, x_ref.astype(np.float32), x_ref.astype(np.float32), "exact")
+    np.testing.assert_allclose(g2, h2)
+
+
+def test_channel_cross_moment_expands_like_the_hessian():
+    from onnxzip.stats import cross_moments
+    rng = np.random.default_rng(7)
+    layer = conv_layer(2, 3, (3, 3), pads=[1, 1, 1, 1])
+    x = rng.normal(size=(4, 2, 5, 5)).astype(np.float32)
+    h, g = cross_moments(layer, x, x, "channel")
+    np.testing.assert_allclose(h, g)
+    np.testing.assert_allclose(h, layer_hessian(layer, x, "channel"), atol=1e-12)

@@ -2,14 +2,14 @@
 
 Methods (all share the same neurons per layer; they differ in how neurons are paired and merged):
 
-* ``naive``    -- neuron i of A with neuron i of B, weights averaged (``--matching index --hessian identity``);
-* ``euclid``   -- Euclidean weight matching (optimal assignment) + averaging (``--hessian identity``);
-* ``mtz-paper``-- the paper's procedure: greedy matching, per-channel Hessian, a shared neuron's
-  weights on private inputs kept unchanged (``--matching greedy --no-compensate``);
-* ``no-comp``  -- optimal matching, per-channel Hessian, private-input weights kept (ablation);
-* ``channel``  -- optimal matching, per-channel Hessian, private-input weights re-solved;
-* ``onnxzip``  -- the default: as ``channel`` but with the exact patch Hessian where it is small
-  (``--hessian auto``; all sample layers qualify).
+* ``naive``     -- neuron i of A with neuron i of B, weights averaged (``--matching index --hessian identity``);
+* ``euclid``    -- Euclidean weight matching (optimal assignment) + averaging (``--hessian identity``);
+* ``mtz-paper`` -- the paper's procedure without its retraining: greedy matching, per-channel Hessian,
+  a shared neuron's weights on private inputs kept, targets = the original weights;
+* ``no-recover``-- the default without recovery: optimal matching, exact patch Hessian where small,
+  private-input weights re-solved, targets = the original weights;
+* ``onnxzip``   -- the default: as ``no-recover``, with every layer's targets (and the heads) refit to
+  reproduce the original network's pre-activations on the calibration data (no labels).
 
 Every method runs through the full pipeline (merge, emit, ORT), so each figure is the accuracy of a
 real zipped ONNX model on the held-out test images. Writes a Markdown table to stdout and, with
@@ -32,12 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 TASKS = ("digit", "parity")
 METHODS = {
-    "naive": dict(matching="index", hessian="identity"),
-    "euclid": dict(matching="optimal", hessian="identity"),
-    "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False),
-    "no-comp": dict(matching="optimal", hessian="channel", compensate=False),
-    "channel": dict(matching="optimal", hessian="channel"),
-    "onnxzip": dict(matching="optimal", hessian="auto"),
+    "naive": dict(matching="index", hessian="identity", recover=False),
+    "euclid": dict(matching="optimal", hessian="identity", recover=False),
+    "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False, recover=False),
+    "no-recover": dict(recover=False),
+    "onnxzip": dict(),
 }
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
