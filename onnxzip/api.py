@@ -41,6 +41,7 @@ class ZipOptions:
     compensate: bool = True
     task_order: str = "auto"
     recover: bool = True
+    loss_aware: bool = True
     separate_inputs: bool = False
     device: str = "cpu"
     batch_size: int = 64
@@ -142,7 +143,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     protos, irs, arrays = load_tasks(models, names, data)
     irs = align(irs)
     plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                     compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, device=opts.device, batch=opts.batch_size,
+                     compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
     model = emit_model(irs, plan, names, shared_inputs)
@@ -150,6 +151,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     result = ZipResult(model, {}, names, plan)
     result.report = verify(result, protos, irs, arrays, opts)
     result.report["options"]["shared_input"] = shared_inputs
+    result.report["cost_units"] = "loss" if plan.loss_aware else "pre-activation"
     result.report["seconds"] = round(time.perf_counter() - start, 3)
     return result
 
@@ -213,7 +215,7 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "restored_at": sorted(irs[0].spaces.restore),
         "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
                     "damping": opts.damping, "compensate": opts.compensate,
-                    "recover": opts.recover},
+                    "recover": opts.recover, "loss_aware": opts.loss_aware},
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
 

@@ -36,6 +36,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compensate", dest="compensate", action="store_false",
                    help="the paper's rule: keep a shared neuron's weights on private inputs unchanged instead of "
                         "re-solving them (Schur complement)")
+    p.add_argument("--no-loss-aware", dest="loss_aware", action="store_false",
+                   help="costs in pre-activation units (the paper's) instead of weighting each neuron by its "
+                        "loss-gradient statistic (label-free Fisher, through ONNX Runtime)")
     p.add_argument("--no-recover", dest="recover", action="store_false",
                    help="do not refit layers and heads to reproduce the original pre-activations (the paper's "
                         "targets: the original weights)")
@@ -53,7 +56,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
         io.check_output_path(args.report, args.models + args.data + [args.output])
     opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
                       damping=args.damping, compensate=args.compensate, task_order=args.task_order,
-                      recover=args.recover, separate_inputs=args.separate_inputs, device=args.device,
+                      recover=args.recover, loss_aware=args.loss_aware, separate_inputs=args.separate_inputs, device=args.device,
                       batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)

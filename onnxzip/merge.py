@@ -71,10 +71,27 @@ def pair_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarra
         (nA, nB) float64, M = S_A (S_A + S_B)^-1 S_B.
     """
     m = s_a @ cho_solve(_chol(s_a + s_b), s_b)
-    m = (m + m.T) / 2
-    am, bm = a_s @ m, b_s @ m
-    c = 0.5 * (np.einsum("ij,ij->i", am, a_s)[:, None] + np.einsum("ij,ij->i", bm, b_s)[None, :]) - am @ b_s.T
+    return _all_pairs(a_s, b_s, m)
+
+
+def _all_pairs(a: np.ndarray, b: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``C[i, j] = 1/2 (a_i - b_j)' Q (a_i - b_j)`` for all pairs, as matrix products (Q symmetrized)."""
+    q = (q + q.T) / 2
+    aq, bq = a @ q, b @ q
+    c = 0.5 * ((aq * a).sum(axis=1)[:, None] + (bq * b).sum(axis=1)[None, :]) - aq @ b.T
     return np.maximum(c, 0.0)
+
+
+def split_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each task's own share of every pair's cost at the merged optimum: (E_A, E_B), (nA, nB) each.
+
+    With T = (S_A + S_B)^-1, w - a = T S_B (b - a), so E_A uses Q_A = S_B T S_A T S_B and E_B uses
+    Q_B = S_A T S_B T S_A; E_A + E_B equals :func:`pair_costs`. Weighting them by each neuron's loss
+    gradient statistic puts the cost in loss units.
+    """
+    factor = _chol(s_a + s_b)
+    ta, tb = cho_solve(factor, s_a), cho_solve(factor, s_b)  # T S_A, T S_B
+    return _all_pairs(a_s, b_s, tb.T @ s_a @ tb), _all_pairs(a_s, b_s, ta.T @ s_b @ ta)
 
 
 @MATCHERS.register("optimal")
@@ -128,8 +145,8 @@ def task_blocks(h: np.ndarray, ns: int, compensate: bool = True) -> tuple[np.nda
     return h[:ns, :ns].copy(), np.zeros((h.shape[0] - ns, ns))
 
 
-def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate: bool = True
-               ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate: bool = True,
+               weights: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Merge matched rows of every task into one shared block.
 
     Args:
@@ -137,55 +154,73 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
         hs: per task (d, d) positive definite Hessians, same column order.
     Returns:
         w (k, ns) = (sum S_t)^-1 sum S_t a_t, the private columns per task (k, d - ns) re-solved,
-        and the cost per slot: sum_t 1/2 (w - a_t)' S_t (w - a_t) (the objective at its minimum).
+        and the cost per slot: sum_t 1/2 (w - a_t)' S_t (w - a_t) (the objective at its minimum),
+        each task's term times its row's loss weight where ``weights`` (per task (k,)) are given.
     """
     blocks = [task_blocks(h, ns, compensate) for h in hs]
     total = sum(s for s, _ in blocks)
     rhs = sum(s @ np.asarray(m[:, :ns], np.float64).T for (s, _), m in zip(blocks, mats))
     w = cho_solve(_chol(total), rhs).T
     privs, costs = [], np.zeros(w.shape[0])
-    for (s, g), m in zip(blocks, mats):
+    for t, ((s, g), m) in enumerate(zip(blocks, mats)):
         diff = w - m[:, :ns]
         privs.append(m[:, ns:] - diff @ g.T)
-        costs += 0.5 * ((diff @ s) * diff).sum(axis=1)
+        costs += 0.5 * ((diff @ s) * diff).sum(axis=1) * (1.0 if weights is None else weights[t])
     return w, privs, costs
 
 
-def match_tasks(members: list[tuple[list[np.ndarray], list[np.ndarray]]], k: int, matching: str,
+def match_tasks(members: list[tuple], k: int, matching: str,
                 order: list[int]) -> tuple[list[np.ndarray], float]:
     """Choose ``k`` shared slots across tasks, merging tasks in ``order`` into a running shared set.
 
     Args:
         members: per layer of the group, (per task (n, ns) rows over the shared columns,
-            per task (ns, ns) S). The group's cost matrix is the sum over its layers.
+            per task (ns, ns) S[, per task (n,) loss weights or None]). The group's cost matrix is
+            the sum over its layers; with loss weights, each task's share of a pair's cost is
+            weighted by its neuron's weight (the shared side carries the sum of its neurons').
         order: task indices; the first two are matched, each further task is matched against the
             shared side, which carries S_S = the sum of its tasks' S (M = S_S (S_S + S_t)^-1 S_t).
     Returns:
         per task (k,) the neuron of each slot (slot order: cheapest first), and the joint cost.
     """
+    members = [tuple(x) + (None,) * (3 - len(x)) for x in members]
     t0, t1 = order[0], order[1]
-    c = sum(pair_costs(m[t0], m[t1], s[t0], s[t1]) for m, s in members)
+    c = sum(_weighted(m[t0], m[t1], s[t0], s[t1], None if f is None else f[t0], None if f is None else f[t1])
+            for m, s, f in members)
     i0, i1 = MATCHERS.get(matching)(c, k)
     costs = c[i0, i1]
     first = np.lexsort((i0, costs))
     rows = {t0: i0[first], t1: i1[first]}
     shared = []
-    for m, s in members:
+    for m, s, f in members:
         total = s[t0] + s[t1]
         w = cho_solve(_chol(total), s[t0] @ m[t0][rows[t0]].T + s[t1] @ m[t1][rows[t1]].T).T
-        shared.append((w, total))
+        weight = None if f is None else f[t0][rows[t0]] + f[t1][rows[t1]]
+        shared.append((w, total, weight))
     for t in order[2:]:
-        c = sum(pair_costs(w, m[t], total, s[t]) for (w, total), (m, s) in zip(shared, members))
+        c = sum(_weighted(w, m[t], total, s[t], weight, None if f is None else f[t])
+                for (w, total, weight), (m, s, f) in zip(shared, members))
         slots, picked = MATCHERS.get(matching)(c, k)
         rows[t] = picked[np.argsort(slots)]
-        shared = [(cho_solve(_chol(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t])
-                  for (w, total), (m, s) in zip(shared, members)]
+        shared = [(cho_solve(_chol(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
+                   None if f is None else weight + f[t][rows[t]])
+                  for (w, total, weight), (m, s, f) in zip(shared, members)]
     cost = 0.0
-    for (w, _), (m, s) in zip(shared, members):
+    for (w, _, _), (m, s, f) in zip(shared, members):
         for t in order:
             diff = w - m[t][rows[t]]
-            cost += 0.5 * float(((diff @ s[t]) * diff).sum())
+            per_slot = 0.5 * ((diff @ s[t]) * diff).sum(axis=1)
+            cost += float((per_slot if f is None else per_slot * f[t][rows[t]]).sum())
     return [rows[t] for t in range(len(order))], cost
+
+
+def _weighted(a: np.ndarray, b: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, f_a: np.ndarray | None,
+              f_b: np.ndarray | None) -> np.ndarray:
+    """Pair costs, in loss units when both sides carry per-neuron loss weights."""
+    if f_a is None or f_b is None:
+        return pair_costs(a, b, s_a, s_b)
+    e_a, e_b = split_costs(a, b, s_a, s_b)
+    return f_a[:, None] * e_a + f_b[None, :] * e_b
 
 
 def merge_followers(mats: list[np.ndarray], hs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

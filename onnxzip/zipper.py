@@ -73,6 +73,7 @@ class ZipPlan:
     outputs: list[dict[str, np.ndarray]]  # per task, on the calibration data
     groups: list[list[int]] = field(default_factory=list)
     orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
+    loss_aware: bool = False  # costs are in loss units
 
 
 def as_matrix(w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -89,12 +90,13 @@ class Zipper:
     """Zips aligned tasks layer by layer; see the module docstring."""
 
     def __init__(self, irs: list[ModelIR], share, matching: str, hessian: str, damping: float, compensate: bool,
-                 task_order: str, recover: bool = True) -> None:
+                 task_order: str, recover: bool = True, fisher: list[dict[int, np.ndarray]] | None = None) -> None:
         if len(irs) < 2:
             raise UsageError("give at least two models")
         self.irs, self.matching, self.estimator = irs, matching, hessian
         self.damping, self.compensate, self.task_order, self.recover = damping, compensate, task_order, recover
         self.reference: list[dict[str, np.ndarray]] | None = None  # per task: the original network's live tensors
+        self.fisher = fisher  # per task: layer -> (neurons,) loss weights (None: costs in pre-activation units)
         spaces = irs[0].spaces
         self.groups = spaces.groups
         names = [group_name(irs[0], g) for g in self.groups]
@@ -166,6 +168,12 @@ class Zipper:
                 self._hessians[key] = cross_moments(layer, x, ref, self.estimator)
         return self._hessians[key]
 
+    def loss_weights(self, li: int) -> list[np.ndarray] | None:
+        """Per task, layer ``li``'s per-neuron loss weights, if loss-aware."""
+        if self.fisher is None or any(li not in f for f in self.fisher):
+            return None
+        return [f[li] for f in self.fisher]
+
     def needs_refit(self, li: int, live: list[dict[str, np.ndarray]]) -> bool:
         """Recovery is on and some task's input to layer ``li`` differs from the original network's."""
         if not self.recover or self.reference is None or self.irs[0].layers[li].fan_in + 1 > MAX_HESSIAN_DIM:
@@ -199,7 +207,9 @@ class Zipper:
         k, rows = self.k[g], self.rows[g]
         if k or self.needs_refit(li, live):
             mats, hs, cols, ns = self.problem(li, live)
-            w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate) \
+            f = self.loss_weights(li)
+            w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate,
+                                         None if f is None else [x[r[:k]] for x, r in zip(f, rows)]) \
                 if k else (None, None, np.zeros(0))
         else:  # nothing shared: no statistics needed
             orders = [self.column_order(li, t) for t in range(len(self.irs))]
@@ -229,7 +239,7 @@ class Zipper:
                 continue
             mats, hs, _, ns = self.problem(li, live)
             blocks = [task_blocks(h, ns, self.compensate) for h in hs]
-            members.append(([m[:, :ns] for m in mats], [s for s, _ in blocks]))
+            members.append(([m[:, :ns] for m in mats], [s for s, _ in blocks], self.loss_weights(li)))
         orders = [list(range(n_tasks))]
         if n_tasks > 2 and self.task_order == "auto":
             orders = [[a, b] + [t for t in range(n_tasks) if t not in (a, b)]
@@ -304,7 +314,7 @@ def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndar
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
               hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
-              recover: bool = True, device: str = "cpu", batch: int = 64,
+              recover: bool = True, loss_aware: bool = True, device: str = "cpu", batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
@@ -315,9 +325,19 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
         recover: run the original networks alongside, stage by stage, and refit every layer's
             targets (and the heads) by least squares to reproduce the original pre-activations.
+        loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`).
     """
-    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover)
     hidden = irs[0].hidden
+    fisher = None
+    if loss_aware:
+        from .fisher import neuron_fisher
+        layers = [i for i in hidden if i not in irs[0].spaces.followers]
+        try:
+            fisher = [neuron_fisher(ir, d, layers, device=device) for ir, d in zip(irs, data)]
+        except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
+            log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher)
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
     nets = [StagedNetwork(ir, cuts, device, batch) for ir in irs]
@@ -336,4 +356,4 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
-    return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders)
+    return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None)

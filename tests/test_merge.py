@@ -109,3 +109,28 @@ def test_matchers_registry():
     from onnxzip.errors import UsageError
     with pytest.raises(UsageError, match="greedy, index, optimal"):
         MATCHERS.get("hungarian")
+
+
+def test_split_costs_add_up_to_the_pair_cost():
+    from onnxzip.merge import split_costs
+    rng = np.random.default_rng(8)
+    d = 6
+    h_a, h_b = spd(rng, d), spd(rng, d)
+    a, b = rng.normal(size=(4, d)), rng.normal(size=(5, d))
+    e_a, e_b = split_costs(a, b, h_a, h_b)
+    np.testing.assert_allclose(e_a + e_b, pair_costs(a, b, h_a, h_b), rtol=1e-9, atol=1e-12)
+    m = zip_layer(a[:1], b[:1], h_a, h_b, d, 1)  # and E_A is task A's own error at the merged optimum
+    diff = m.shared[0] - a[0]
+    assert e_a[0, 0] == pytest.approx(0.5 * diff @ h_a @ diff, rel=1e-9)
+
+
+def test_loss_weights_steer_the_matching():
+    from onnxzip.merge import match_tasks
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    s = [np.eye(4), np.eye(4)]
+    plain, _ = match_tasks([([a, b], s)], 1, "optimal", [0, 1])
+    f = [np.ones(3), np.ones(3)]
+    f[0][plain[0][0]] = 1e6  # the neuron the plain matching shares is now very costly to move
+    weighted, _ = match_tasks([([a, b], s, f)], 1, "optimal", [0, 1])
+    assert weighted[0][0] != plain[0][0]

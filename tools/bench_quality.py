@@ -8,8 +8,10 @@ Methods (all share the same neurons per layer; they differ in how neurons are pa
   a shared neuron's weights on private inputs kept, targets = the original weights;
 * ``no-recover``-- the default without recovery: optimal matching, exact patch Hessian where small,
   private-input weights re-solved, targets = the original weights;
-* ``onnxzip``   -- the default: as ``no-recover``, with every layer's targets (and the heads) refit to
-  reproduce the original network's pre-activations on the calibration data (no labels).
+* ``recover``   -- as ``no-recover``, with every layer's targets (and the heads) refit to reproduce
+  the original network's pre-activations on the calibration data (no labels);
+* ``onnxzip``   -- the default: ``recover`` with loss-aware costs (each neuron's cost weighted by its
+  label-free Fisher statistic, gradients through ONNX Runtime).
 
 Every method runs through the full pipeline (merge, emit, ORT), so each figure is the accuracy of a
 real zipped ONNX model on the held-out test images. Writes a Markdown table to stdout and, with
@@ -32,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 TASKS = ("digit", "parity")
 METHODS = {
-    "naive": dict(matching="index", hessian="identity", recover=False),
-    "euclid": dict(matching="optimal", hessian="identity", recover=False),
-    "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False, recover=False),
-    "no-recover": dict(recover=False),
+    "naive": dict(matching="index", hessian="identity", recover=False, loss_aware=False),
+    "euclid": dict(matching="optimal", hessian="identity", recover=False, loss_aware=False),
+    "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False, recover=False, loss_aware=False),
+    "no-recover": dict(recover=False, loss_aware=False),
+    "recover": dict(loss_aware=False),
     "onnxzip": dict(),
 }
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)

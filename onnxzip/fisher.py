@@ -1,0 +1,121 @@
+"""Loss-gradient statistics through ONNX Runtime: how much each neuron matters to its task's loss.
+
+For every zipped layer, a zero "delta" input is added to its output z (z + delta) on a fixed-batch
+copy of the task's network, and ``onnx-ad`` builds the reverse-mode graph (plain ONNX, run by plain
+ONNX Runtime) that gives dL/delta = dL/dz. Without labels the loss is
+
+* for a classifier output (N, C): cross-entropy against labels sampled from the model's own
+  softmax (the true Fisher; probabilities, rows summing to 1, are used as they are);
+* for any other float output: a random projection v.y, v ~ N(0, I) (Gauss-Newton).
+
+The statistic per output neuron is E_samples[sum over positions (dL/dz)^2] (float64): the
+Gauss-Newton weight that turns a neuron's mean squared pre-activation error into loss units.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from . import runtime
+from .errors import UsageError
+from .ir import ModelIR
+
+
+def _ad():
+    try:
+        import onnx_ad
+    except ImportError:
+        raise UsageError("loss-aware statistics need onnx-ad: pip install onnx-ad") from None
+    return onnx_ad
+
+
+def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.ModelProto, dict[int, str], list[str]]:
+    """The task's network at a fixed batch, with a delta input on each layer's output, reversed.
+
+    Returns:
+        the reverse model, layer -> the name of its gradient output, and the seeded outputs.
+    """
+    model = ir.to_onnx()
+    for inp in model.graph.input:
+        if inp.type.tensor_type.shape.dim:
+            inp.type.tensor_type.shape.dim[0].dim_value = batch
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {vi.name: vi.type.tensor_type for vi in list(model.graph.value_info) + list(model.graph.output)}
+    graph = model.graph
+    deltas = {}
+    for i in layers:
+        out = ir.layers[i].output
+        delta = f"onnxzip.delta/{ir.layers[i].name}"
+        vi = helper.make_value_info(delta, onnx.TypeProto(tensor_type=shapes[out]))
+        graph.input.append(vi)
+        for node in graph.node:
+            node.output[:] = [f"{out}.onnxzip_pre" if o == out else o for o in node.output]
+        graph.node.append(helper.make_node("Add", [f"{out}.onnxzip_pre", delta], [out]))
+        deltas[i] = delta
+    g = gs.import_onnx(model)
+    g.toposort()
+    model = gs.export_onnx(g, do_type_check=False)
+    model.ir_version = ir.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend([helper.make_opsetid("", ir.opset)] +
+                              [helper.make_opsetid(d, v) for d, v in sorted(ir.extra_opsets.items())])
+    seeded = [o.name for o in model.graph.output
+              if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    if not seeded:
+        raise UsageError(f"{ir.source}: no float output to take loss gradients from")
+    reverse = _ad().reverse(model, inputs=list(deltas.values()), outputs=seeded, layout="onnx")
+    grads = {}
+    names = [o.name for o in reverse.graph.output]
+    for i, delta in deltas.items():
+        grads[i] = next(n for n in names if n.endswith(delta) and n != delta)
+    return reverse, grads, seeded
+
+
+def _seed(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """dL/dy for one output batch: sampled-label cross-entropy for classifiers, else a random projection."""
+    y = np.asarray(y, np.float64)
+    if y.ndim == 2 and y.shape[1] > 1:
+        is_prob = np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
+        p = y if is_prob else np.exp(y - y.max(axis=1, keepdims=True))
+        p = p / p.sum(axis=1, keepdims=True)
+        labels = np.array([rng.choice(p.shape[1], p=row) for row in p])
+        onehot = np.eye(p.shape[1])[labels]
+        return -onehot / np.maximum(y, 1e-12) if is_prob else p - onehot
+    return rng.normal(size=y.shape)
+
+
+def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
+                  batch: int = 32, seed: int = 0) -> dict[int, np.ndarray]:
+    """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2]."""
+    fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
+    batch = fixed[0] if fixed else batch
+    reverse, grads, seeded = gradient_model(ir, layers, batch)
+    sess = runtime.session(reverse, device)
+    inputs = {i.name: i for i in sess.get_inputs()}
+    rng = np.random.default_rng(seed)
+    n = next(iter(data.values())).shape[0]
+    totals = {i: np.zeros(ir.layers[i].neurons) for i in layers}
+    for start in range(0, n, batch):
+        real = min(batch, n - start)
+        feeds = {}
+        for name, x in data.items():
+            chunk = x[start:start + batch]
+            if real < batch:  # pad the last batch; padded rows are ignored below
+                chunk = np.concatenate([chunk, np.zeros((batch - real,) + chunk.shape[1:], chunk.dtype)])
+            feeds[name] = chunk
+        for name, spec in inputs.items():
+            if name not in feeds:
+                shape = [batch if d is None or isinstance(d, str) else d for d in spec.shape]
+                feeds[name] = np.zeros(shape, np.float32)
+        outputs = sess.run(seeded, feeds)
+        for name, y in zip(seeded, outputs):
+            s = _seed(y, rng)
+            s[real:] = 0.0
+            feeds[f"adj_{name}"] = s[..., None].astype(np.float32)
+        got = sess.run([grads[i] for i in layers], feeds)
+        for i, g in zip(layers, got):
+            g = np.asarray(g[..., 0], np.float64)[:real]
+            totals[i] += (g ** 2).reshape(real, g.shape[1], -1).sum(axis=(0, 2))
+    return {i: t / n for i, t in totals.items()}
