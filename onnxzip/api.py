@@ -20,6 +20,7 @@ from .errors import EquivalenceError, InputError, UsageError
 from .ir import ModelIR, build_ir
 from .merge import MATCHERS
 from .normalize import onnx_opset
+from .plan import Budget
 from .report import count_parameters, fidelity
 from .stats import HESSIANS
 from .zipper import ZipPlan, zip_tasks
@@ -42,6 +43,8 @@ class ZipOptions:
     task_order: str = "auto"
     recover: bool = True
     loss_aware: bool = True
+    target_params: float | None = None
+    max_loss_increase: float | None = None
     separate_inputs: bool = False
     device: str = "cpu"
     batch_size: int = 64
@@ -52,6 +55,10 @@ class ZipOptions:
         HESSIANS.get(self.hessian)
         if self.damping < 0:
             raise UsageError(f"--damping {self.damping}: must be >= 0")
+        if self.target_params is not None and not 0.0 < self.target_params <= 1.0:
+            raise UsageError(f"--target-params {self.target_params}: give a fraction in (0, 1]")
+        if self.max_loss_increase is not None and self.max_loss_increase < 0:
+            raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
         if self.task_order not in ("auto", "given"):
             raise UsageError(f"--task-order {self.task_order!r}: choose auto or given")
         if self.batch_size < 1:
@@ -142,7 +149,10 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     names = task_names(models, opts.names)
     protos, irs, arrays = load_tasks(models, names, data)
     irs = align(irs)
-    plan = zip_tasks(irs, arrays, opts.share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
+    share = opts.share
+    if opts.target_params is not None or opts.max_loss_increase is not None:
+        share = Budget(opts.target_params, opts.max_loss_increase)
+    plan = zip_tasks(irs, arrays, share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
                      compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
@@ -152,6 +162,8 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     result.report = verify(result, protos, irs, arrays, opts)
     result.report["options"]["shared_input"] = shared_inputs
     result.report["cost_units"] = "loss" if plan.loss_aware else "pre-activation"
+    if plan.budget is not None:
+        result.report["budget"] = plan.budget
     result.report["seconds"] = round(time.perf_counter() - start, 3)
     return result
 

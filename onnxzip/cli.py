@@ -26,6 +26,12 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", type=parse_share, default=DEFAULTS.share,
                    help="fraction of each hidden layer's neurons to share, or one per layer group (see "
                         f"'onnxzip inspect'): 0.5,0.5,0.25 (default {DEFAULTS.share})")
+    p.add_argument("--target-params", type=float, default=DEFAULTS.target_params,
+                   help="automatic budgets: keep at most this fraction of the originals' layer parameters, "
+                        "sharing where the predicted loss per parameter saved is lowest (instead of --share)")
+    p.add_argument("--max-loss-increase", type=float, default=DEFAULTS.max_loss_increase,
+                   help="automatic budgets: share the cheapest neurons until the predicted loss increase "
+                        "(per sample, in the costs' units) would pass this")
     p.add_argument("--matching", choices=MATCHERS.names(), default=DEFAULTS.matching,
                    help="neuron matching: optimal assignment, the paper's greedy, or index (no matching)")
     p.add_argument("--hessian", choices=HESSIANS.names(), default=DEFAULTS.hessian,
@@ -56,7 +62,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
         io.check_output_path(args.report, args.models + args.data + [args.output])
     opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
                       damping=args.damping, compensate=args.compensate, task_order=args.task_order,
-                      recover=args.recover, loss_aware=args.loss_aware, separate_inputs=args.separate_inputs, device=args.device,
+                      recover=args.recover, loss_aware=args.loss_aware, target_params=args.target_params,
+                      max_loss_increase=args.max_loss_increase, separate_inputs=args.separate_inputs, device=args.device,
                       batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)

@@ -170,7 +170,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
 
 
 def match_tasks(members: list[tuple], k: int, matching: str,
-                order: list[int]) -> tuple[list[np.ndarray], float]:
+                order: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
     """Choose ``k`` shared slots across tasks, merging tasks in ``order`` into a running shared set.
 
     Args:
@@ -181,7 +181,8 @@ def match_tasks(members: list[tuple], k: int, matching: str,
         order: task indices; the first two are matched, each further task is matched against the
             shared side, which carries S_S = the sum of its tasks' S (M = S_S (S_S + S_t)^-1 S_t).
     Returns:
-        per task (k,) the neuron of each slot (slot order: cheapest first), and the joint cost.
+        per task (k,) the neuron of each slot (slot order: cheapest first), and the joint cost of
+        each slot (k,) (its sum is the total to compare task orders by).
     """
     members = [tuple(x) + (None,) * (3 - len(x)) for x in members]
     t0, t1 = order[0], order[1]
@@ -205,12 +206,12 @@ def match_tasks(members: list[tuple], k: int, matching: str,
         shared = [(cho_solve(_chol(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
                    None if f is None else weight + f[t][rows[t]])
                   for (w, total, weight), (m, s, f) in zip(shared, members)]
-    cost = 0.0
+    cost = np.zeros(k)
     for (w, _, _), (m, s, f) in zip(shared, members):
         for t in order:
             diff = w - m[t][rows[t]]
             per_slot = 0.5 * ((diff @ s[t]) * diff).sum(axis=1)
-            cost += float((per_slot if f is None else per_slot * f[t][rows[t]]).sum())
+            cost += per_slot if f is None else per_slot * f[t][rows[t]]
     return [rows[t] for t in range(len(order))], cost
 
 

@@ -1,9 +1,57 @@
 """How many neurons each hidden layer shares (pure Python/numpy)."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
 
 from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An automatic sharing budget: keep at most ``target_params`` of the originals' summed layer
+    parameters, or stop before the predicted cost exceeds ``max_cost`` (in the costs' units)."""
+
+    target_params: float | None = None
+    max_cost: float | None = None
+
+
+def counts_given(share: object) -> bool:
+    """``share`` is already a list of neuron counts (from a budget), not fractions."""
+    return isinstance(share, (list, tuple)) and all(isinstance(x, (int, np.integer)) for x in share) \
+        and not isinstance(share, Budget)
+
+
+def allocate(costs: Sequence[np.ndarray], saving: Callable[[np.ndarray], np.ndarray], total: int,
+             budget: Budget) -> tuple[list[int], float]:
+    """Choose each group's shared count greedily by predicted cost per parameter saved.
+
+    Args:
+        costs: per group, the cost of each further shared slot (ascending).
+        saving: k (per group) -> parameters saved by one more shared neuron in each group.
+        total: the originals' summed layer parameters.
+    Returns:
+        counts per group, and the predicted total cost.
+    """
+    k = np.zeros(len(costs), dtype=np.int64)
+    kept, spent = float(total), 0.0
+    target = None if budget.target_params is None else budget.target_params * total
+    while target is None or kept > target:
+        gain = saving(k)
+        best, ratio = -1, np.inf
+        for g, c in enumerate(costs):
+            if k[g] < len(c) and gain[g] > 0 and c[k[g]] / gain[g] < ratio:
+                best, ratio = g, c[k[g]] / gain[g]
+        if best < 0:
+            break
+        if budget.max_cost is not None and spent + costs[best][k[best]] > budget.max_cost:
+            break
+        spent += float(costs[best][k[best]])
+        kept -= gain[best]
+        k[best] += 1
+    return [int(x) for x in k], spent
 
 
 def parse_share(text: str) -> float | tuple[float, ...]:

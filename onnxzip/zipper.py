@@ -26,7 +26,7 @@ from scipy.linalg import cho_factor, cho_solve
 from .errors import UsageError
 from .ir import Layer, ModelIR
 from .merge import damp, match_tasks, merge_followers, merge_rows, task_blocks
-from .plan import shared_counts
+from .plan import Budget, allocate, counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
 from .stats import cross_moments, depthwise_hessians, layer_hessian
@@ -74,6 +74,7 @@ class ZipPlan:
     groups: list[list[int]] = field(default_factory=list)
     orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
     loss_aware: bool = False  # costs are in loss units
+    budget: dict | None = None  # the automatic allocation, when a budget was given
 
 
 def as_matrix(w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,13 +101,14 @@ class Zipper:
         spaces = irs[0].spaces
         self.groups = spaces.groups
         names = [group_name(irs[0], g) for g in self.groups]
-        counts = shared_counts(share, [min(ir.layers[g[0]].neurons for ir in irs) for g in self.groups], names)
-        self.k = counts
+        sizes = [min(ir.layers[g[0]].neurons for ir in irs) for g in self.groups]
+        self.k = list(share) if counts_given(share) else shared_counts(share, sizes, names)
         self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}
         self.rows: dict[int, list[np.ndarray]] = {}  # group -> per task: neuron order (shared slots first)
         self.zips: dict[int, LayerZip] = {}
         self.orders: dict[int, dict] = {}
         self._hessians: dict[tuple[int, int], np.ndarray] = {}
+        self.slot_costs: dict[int, np.ndarray] = {}  # group -> cost of each shared slot, ascending
 
     # ------------------------------------------------------------------ column layout
     def group_perm(self, layer: int, task: int) -> tuple[np.ndarray, int]:
@@ -245,9 +247,11 @@ class Zipper:
             orders = [[a, b] + [t for t in range(n_tasks) if t not in (a, b)]
                       for a, b in itertools.combinations(range(n_tasks), 2)]
         results = [(match_tasks(members, k, self.matching, o), o) for o in orders]
-        (rows, cost), order = min(results, key=lambda r: r[0][1])
+        (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
+        self.slot_costs[g] = np.sort(cost)
         self.orders[g] = {"order": [self.irs[t].name for t in order], "costed_layers": len(members),
-                          "costs": {"-".join(self.irs[t].name for t in o[:2]): c for (_, c), o in results}}
+                          "costs": {"-".join(self.irs[t].name for t in o[:2]): float(c.sum())
+                                    for (_, c), o in results}}
         full = []
         for r, n in zip(rows, sizes):
             rest = np.setdiff1d(np.arange(n), r)
@@ -301,6 +305,62 @@ class Zipper:
         return LayerZip(li, 0, ns, rows, cols, weights, np.zeros(0))
 
 
+def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.ndarray], np.ndarray]:
+    """A function k (per group) -> parameters saved by sharing one more neuron in each group.
+
+    Sharing neuron slot s of group g stores, once instead of once per task, each member layer's
+    shared-input weights and bias, the consumers' weights on that channel from their shared rows,
+    and the depthwise filters that follow it.
+    """
+    ir, n_extra = irs[0], len(irs) - 1
+    group_of = {i: g for g, m in enumerate(groups) for i in m}
+    spaces = ir.spaces
+
+    def segments(layer) -> list[tuple[int, int, int]]:
+        """(group or ALIGNED/PRIVATE, channels, columns per channel) of the layer's input."""
+        if layer.input in spaces.private:
+            return [(PRIVATE, layer.fan_in, 1)]
+        space = spaces.layout.get(layer.input)
+        if space is None:
+            return [(ALIGNED, layer.fan_in, 1)]
+        pc = space.block * layer.kernel
+        return [(seg.layer if seg.layer < 0 else group_of[seg.layer], seg.count, pc) for seg in space.segments]
+
+    inputs = {i: segments(ir.layers[i]) for g in groups for i in g}
+    consumers = [(group_of[i], g, pc) for i, segs in inputs.items() for g, _, pc in segs if g >= 0]
+    followers = [(g, ir.layers[i].kernel + 1) for i in spaces.followers
+                 for g, _, _ in segments(ir.layers[i]) if g >= 0]
+
+    def saving(k: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(groups))
+        for i, segs in inputs.items():
+            cols = sum(n * pc if g == ALIGNED else (k[g] * pc if g >= 0 else 0) for g, n, pc in segs)
+            out[group_of[i]] += cols + 1
+        for reader, source, pc in consumers:
+            out[source] += k[reader] * pc
+        for source, size in followers:
+            out[source] += size
+        return n_extra * out
+
+    return saving
+
+
+def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper: "Zipper", device: str, batch: int
+                  ) -> list[np.ndarray]:
+    """Every group's slot costs if everything were shared, on the original networks (one pass)."""
+    zipper.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in zipper.groups]
+    hidden = irs[0].hidden
+    nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
+    live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
+    for j, li in enumerate(hidden):
+        g = zipper.group_of.get(li)
+        if g is not None and g not in zipper.rows:
+            zipper._decide(g, live)
+        zipper._hessians = {}
+        live = [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
+    return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
+
+
 def _expand(channels: np.ndarray, per_channel: int) -> np.ndarray:
     return (np.asarray(channels, np.int64)[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
 
@@ -321,7 +381,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     Args:
         irs: the tasks (aligned: same layers in the same order).
         data: per task, the calibration arrays by input name.
-        share: fraction of each group's neurons to share (float or one per group).
+        share: fraction of each group's neurons to share (float or one per group), neuron counts per
+            group, or a :class:`~onnxzip.plan.Budget` to allocate them automatically.
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
         recover: run the original networks alongside, stage by stage, and refit every layer's
             targets (and the heads) by least squares to reproduce the original pre-activations.
@@ -337,6 +398,16 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
             log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    budget = None
+    if isinstance(share, Budget):
+        planner = Zipper(irs, 1.0, matching, hessian, damping, compensate, task_order, False, fisher)
+        costs = predict_costs(irs, data, planner, device, batch)
+        total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
+                    for i in range(len(ir.layers)))
+        counts, predicted = allocate(costs, saving_model(irs, planner.groups), total, share)
+        budget = {"counts": counts, "predicted_cost": predicted, "target_params": share.target_params,
+                  "max_cost": share.max_cost}
+        share = counts
     zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher)
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
@@ -356,4 +427,5 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
-    return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None)
+    return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None,
+                   budget=budget)
