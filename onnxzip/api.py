@@ -43,6 +43,8 @@ class ZipOptions:
     task_order: str = "auto"
     recover: bool = True
     loss_aware: bool = True
+    labels: str | None = None
+    finetune: int = 0
     target_params: float | None = None
     max_loss_increase: float | None = None
     separate_inputs: bool = False
@@ -112,7 +114,8 @@ def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
 
 
 def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str],
-               data: Sequence[str | os.PathLike | dict[str, np.ndarray]] | None = None
+               data: Sequence[str | os.PathLike | dict[str, np.ndarray]] | None = None,
+               extra_keys: tuple[str, ...] = ()
                ) -> tuple[list[onnx.ModelProto], list[ModelIR], list[dict[str, np.ndarray]]]:
     """Load the models and their calibration data, and normalize the models (not yet aligned),
     all converted to one opset. Dynamic input dims other than the batch are fixed to the
@@ -122,8 +125,8 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
     arrays = []
     for i, d in enumerate(data or []):
         specs = io.input_specs(protos[i])
-        arrays.append(io.load_calibration(d, specs) if isinstance(d, (str, os.PathLike))
-                      else io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}"))
+        arrays.append(io.load_calibration(d, specs, extra_keys) if isinstance(d, (str, os.PathLike))
+                      else io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
         protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
     opset = min(max(onnx_opset(p) for p in protos), MAX_EMIT_OPSET)
     return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
@@ -147,12 +150,15 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     opts.check(len(models))
     start = time.perf_counter()
     names = task_names(models, opts.names)
-    protos, irs, arrays = load_tasks(models, names, data)
+    protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else ())
+    labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
+    if opts.finetune and any(y is None for y in labels):
+        raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
     irs = align(irs)
     share = opts.share
     if opts.target_params is not None or opts.max_loss_increase is not None:
         share = Budget(opts.target_params, opts.max_loss_increase)
-    plan = zip_tasks(irs, arrays, share, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
+    plan = zip_tasks(irs, arrays, share, labels=labels, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
                      compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
@@ -160,6 +166,15 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     onnx.checker.check_model(model, full_check=True)
     result = ZipResult(model, {}, names, plan)
     result.report = verify(result, protos, irs, arrays, opts)
+    if opts.finetune:
+        tuned = time.perf_counter()
+        train = [{**a, "label": y} for a, y in zip(arrays, labels)]
+        result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device, quiet=opts.quiet)
+        before = result.report
+        result.report = verify(result, protos, irs, arrays, opts, check=False)
+        result.report.update(equivalence_max_abs_diff=before["equivalence_max_abs_diff"],
+                             finetune={"steps": opts.finetune, "seconds": round(time.perf_counter() - tuned, 3),
+                                       "tasks_before": before["tasks"]})
     result.report["options"]["shared_input"] = shared_inputs
     result.report["cost_units"] = "loss" if plan.loss_aware else "pre-activation"
     if plan.budget is not None:
@@ -174,7 +189,7 @@ def _same_inputs(irs: list[ModelIR]) -> bool:
 
 
 def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
-           data: list[dict[str, np.ndarray]], opts: ZipOptions) -> dict[str, Any]:
+           data: list[dict[str, np.ndarray]], opts: ZipOptions, check: bool = True) -> dict[str, Any]:
     """Run the zipped model on every task's calibration data and build the report.
 
     The zipped model must reproduce the per-task zipped networks (the original graphs with the
@@ -196,12 +211,12 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
                 continue
             diff = float(np.max(np.abs(z - ref))) if z.size else 0.0
             tol = TOLERANCE * max(1.0, float(np.max(np.abs(ref))))
-            if diff > tol:
+            if check and diff > tol:
                 raise EquivalenceError(f"task {name!r} output {o!r}: the zipped model differs from the zipped "
                                        f"network by {diff:.3g} (> {tol:.3g}); this is an onnxzip bug")
             equivalence = max(equivalence, diff)
             fid = fidelity(z, orig)
-            if shares_none and fid["max_abs_diff"] > TOLERANCE * max(1.0, float(np.max(np.abs(orig)))):
+            if check and shares_none and fid["max_abs_diff"] > TOLERANCE * max(1.0, float(np.max(np.abs(orig)))):
                 raise EquivalenceError(f"task {name!r} output {o!r}: with nothing shared the zipped model differs "
                                        f"from the original by {fid['max_abs_diff']:.3g}; this is an onnxzip bug")
             if row["rel_err"] is None:
@@ -256,6 +271,40 @@ def _zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | dict[str, np.ndarray]],
+                   labels: str = "label", steps: int = 200, lr: float = 1e-3, batch: int = 32, device: str = "cpu",
+                   quiet: bool = False) -> onnx.ModelProto:
+    """Retrain a zipped model lightly on labelled data (one set per task, in the model's task order).
+
+    Each ``data`` item holds the task's inputs (by their original names) and integer class labels
+    under ``labels``; each task is trained on its first output with two or more classes.
+    """
+    from .finetune import check_labels, finetune
+    if steps < 1:
+        raise UsageError(f"--finetune {steps}: give a number of steps >= 1")
+    tasks = list(dict.fromkeys(o.name.split("/")[0] for o in model.graph.output if "/" in o.name))
+    if len(data) != len(tasks):
+        raise UsageError(f"give one labelled data file per task: {len(tasks)} tasks ({', '.join(tasks)}), "
+                         f"{len(data)} files")
+    names = {i.name for i in model.graph.input}
+    types = {o.name: o.type.tensor_type for o in model.graph.output}
+    feeds, ys, outs = [], [], []
+    for task, d in zip(tasks, data):
+        arrays = io.load_arrays(d) if isinstance(d, (str, os.PathLike)) else dict(d)
+        if labels not in arrays:
+            raise InputError(f"{d if isinstance(d, (str, os.PathLike)) else task}: no labels key {labels!r}")
+        out = next((o for o, tt in types.items() if o.startswith(f"{task}/") and len(tt.shape.dim) == 2
+                    and tt.shape.dim[1].dim_value > 1), None)
+        if out is None:
+            raise UsageError(f"task {task!r} has no classifier output (N, classes) to train")
+        ys.append(check_labels(arrays.pop(labels), types[out].shape.dim[1].dim_value, str(d)))
+        feeds.append({(k if k in names else f"{task}/{k}"): v for k, v in arrays.items()
+                      if k in names or f"{task}/{k}" in names})
+        outs.append(out)
+    return finetune(model, tasks, feeds, ys, outs, steps=steps, lr=lr, batch=batch, device=device,
+                    progress=lambda it, desc: progress(it, desc, quiet))
+
+
 def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.ndarray], labels: np.ndarray,
                 output: str, device: str = "cpu") -> float:
     """Top-1 accuracy of one output of a model on labelled data (other inputs get zeros)."""
@@ -265,4 +314,4 @@ def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.n
     return float(np.mean(np.asarray(pred).argmax(axis=1) == labels))
 
 
-__all__ = ["ZipOptions", "ZipResult", "zip_models", "accuracy_of", "InputError"]
+__all__ = ["ZipOptions", "ZipResult", "zip_models", "finetune_model", "accuracy_of", "InputError"]

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from . import __version__, io
-from .api import ZipOptions, accuracy_of, load_tasks, task_names, zip_models
+from .api import ZipOptions, accuracy_of, finetune_model, load_tasks, task_names, zip_models
 from .align import align
 from .errors import InputError, MismatchError, OnnxzipError
 from .merge import MATCHERS
@@ -26,6 +26,11 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", type=parse_share, default=DEFAULTS.share,
                    help="fraction of each hidden layer's neurons to share, or one per layer group (see "
                         f"'onnxzip inspect'): 0.5,0.5,0.25 (default {DEFAULTS.share})")
+    p.add_argument("--labels", default=DEFAULTS.labels,
+                   help="key of integer class labels in every --data file: the empirical Fisher for costs, "
+                        "and what --finetune trains on")
+    p.add_argument("--finetune", type=int, default=DEFAULTS.finetune, metavar="STEPS",
+                   help="after zipping, retrain lightly for STEPS Adam steps on the labelled --data")
     p.add_argument("--target-params", type=float, default=DEFAULTS.target_params,
                    help="automatic budgets: keep at most this fraction of the originals' layer parameters, "
                         "sharing where the predicted loss per parameter saved is lowest (instead of --share)")
@@ -63,7 +68,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
     opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
                       damping=args.damping, compensate=args.compensate, task_order=args.task_order,
                       recover=args.recover, loss_aware=args.loss_aware, target_params=args.target_params,
-                      max_loss_increase=args.max_loss_increase, separate_inputs=args.separate_inputs, device=args.device,
+                      max_loss_increase=args.max_loss_increase, labels=args.labels, finetune=args.finetune,
+                      separate_inputs=args.separate_inputs, device=args.device,
                       batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
@@ -72,6 +78,16 @@ def cmd_zip(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_table(result.report))
         print(f"wrote {args.output} (outputs: {', '.join(o.name for o in result.model.graph.output)})")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    io.check_output_path(args.output, [args.model] + args.data)
+    model = finetune_model(io.load_model(args.model), args.data, labels=args.labels, steps=args.steps, lr=args.lr,
+                           batch=args.batch_size, device=args.device, quiet=args.quiet)
+    io.save_model(model, args.output)
+    if not args.quiet:
+        print(f"wrote {args.output} ({args.steps} steps)")
     return 0
 
 
@@ -146,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the report as JSON here")
     _add_zip_options(p)
     p.set_defaults(func=cmd_zip)
+
+    p = sub.add_parser("finetune", help="retrain a zipped model lightly on labelled data (one file per task)")
+    p.add_argument("model", help="a zipped model (outputs <task>/<name>)")
+    p.add_argument("--data", nargs="+", required=True, help="per task, in the model's task order: .npz with "
+                   "its inputs and labels")
+    p.add_argument("--labels", default="label", help="labels key in the .npz files (default: label)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("inspect", help="show layers and whether the models align")
     p.add_argument("models", nargs="+")

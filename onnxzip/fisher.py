@@ -73,22 +73,27 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
     return reverse, grads, seeded
 
 
-def _seed(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """dL/dy for one output batch: sampled-label cross-entropy for classifiers, else a random projection."""
+def _seed(y: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:
+    """dL/dy for one output batch: cross-entropy for classifiers, against the given labels (the
+    empirical Fisher) or labels sampled from the model's own softmax (the true Fisher); else a
+    random projection."""
     y = np.asarray(y, np.float64)
     if y.ndim == 2 and y.shape[1] > 1:
         is_prob = np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
         p = y if is_prob else np.exp(y - y.max(axis=1, keepdims=True))
         p = p / p.sum(axis=1, keepdims=True)
-        labels = np.array([rng.choice(p.shape[1], p=row) for row in p])
+        if labels is None or labels.max() >= p.shape[1]:
+            labels = np.array([rng.choice(p.shape[1], p=row) for row in p])
         onehot = np.eye(p.shape[1])[labels]
         return -onehot / np.maximum(y, 1e-12) if is_prob else p - onehot
     return rng.normal(size=y.shape)
 
 
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
-                  batch: int = 32, seed: int = 0) -> dict[int, np.ndarray]:
-    """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2]."""
+                  batch: int = 32, seed: int = 0, labels: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2].
+
+    ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher."""
     fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
     batch = fixed[0] if fixed else batch
     reverse, grads, seeded = gradient_model(ir, layers, batch)
@@ -111,7 +116,8 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
                 feeds[name] = np.zeros(shape, np.float32)
         outputs = sess.run(seeded, feeds)
         for name, y in zip(seeded, outputs):
-            s = _seed(y, rng)
+            lab = None if labels is None else np.resize(labels[start:start + batch], batch)
+            s = _seed(y, rng, lab)
             s[real:] = 0.0
             feeds[f"adj_{name}"] = s[..., None].astype(np.float32)
         got = sess.run([grads[i] for i in layers], feeds)

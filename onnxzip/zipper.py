@@ -374,7 +374,8 @@ def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndar
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
               hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
-              recover: bool = True, loss_aware: bool = True, device: str = "cpu", batch: int = 64,
+              recover: bool = True, loss_aware: bool = True, labels: list | None = None, device: str = "cpu",
+              batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
@@ -387,6 +388,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         recover: run the original networks alongside, stage by stage, and refit every layer's
             targets (and the heads) by least squares to reproduce the original pre-activations.
         loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`).
+        labels: per task, class labels of the calibration samples (the empirical Fisher) or None.
     """
     hidden = irs[0].hidden
     fisher = None
@@ -394,7 +396,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         from .fisher import neuron_fisher
         layers = [i for i in hidden if i not in irs[0].spaces.followers]
         try:
-            fisher = [neuron_fisher(ir, d, layers, device=device) for ir, d in zip(irs, data)]
+            fisher = [neuron_fisher(ir, d, layers, device=device, labels=y)
+                      for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
         except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
             log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

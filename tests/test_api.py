@@ -192,3 +192,16 @@ def test_parameter_budget_is_met_and_reported():
         acc = accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits")
         original = accuracy_of(SAMPLES / f"cnn_{t}.onnx", {"image": d["image"]}, d["label"], "logits")
         assert acc >= original - 0.01  # measured: no loss at ~60-75% kept
+
+
+def test_zip_with_labels_and_finetune():
+    train = [SAMPLES / "train_digit.npz", SAMPLES / "train_parity.npz"]
+    result = zip_models(sample_models("cnn"), train, share=1.0, names=NAMES, quiet=True, labels="label",
+                        finetune=100)
+    rep = result.report
+    assert rep["finetune"]["steps"] == 100
+    assert all(a["rel_err"] != b["rel_err"] for a, b in zip(rep["tasks"], rep["finetune"]["tasks_before"]))
+    d = load_arrays(SAMPLES / "test_digit.npz")
+    assert accuracy_of(result.model, {"image": d["image"]}, d["label"], "digit/logits") > 0.95
+    with pytest.raises(Exception, match="--finetune needs labels"):
+        zip_models(sample_models("cnn"), CALIB, share=1.0, quiet=True, finetune=10)

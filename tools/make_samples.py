@@ -139,6 +139,7 @@ def main() -> None:
         calib = np.random.default_rng(100 + t).choice(train_idx, N_CALIB, replace=False)
         np.savez_compressed(out / f"calib_{task}.npz", **{INPUT: images[np.sort(calib)]})
         np.savez_compressed(out / f"test_{task}.npz", **{INPUT: images[test_idx], "label": y[test_idx]})
+        np.savez_compressed(out / f"train_{task}.npz", **{INPUT: images[train_idx], "label": y[train_idx]})
         for arch, make, dynamo in (("mlp", mlp, False), ("cnn", cnn, True), ("resnet", resnet, True)):
             seed = 10 * t + {"mlp": 1, "cnn": 2, "resnet": 3}[arch]
             torch.manual_seed(seed)
@@ -160,6 +161,7 @@ def main() -> None:
         "# Sample models\n\nMade by `python tools/make_samples.py` (scikit-learn digits, PyTorch CPU, fixed seeds).\n\n"
         f"- `calib_<task>.npz`: {N_CALIB} unlabeled calibration images per task, key `{INPUT}` (N, 1, 8, 8) float32.\n"
         f"- `test_<task>.npz`: the {N_TEST} held-out images (`{INPUT}`) and their labels (`label`).\n"
+        f"- `train_<task>.npz`: the {1797 - N_TEST} training images and labels (for light retraining).\n"
         "- `mlp_<task>.onnx` (legacy exporter, Gemm) and `cnn_<task>.onnx` (dynamo exporter, Reshape; it folds BN itself).\n"
         "- `resnet_<task>.onnx` (dynamo exporter) and `resnet_digit_legacy.onnx` (the same digit model, legacy exporter).\n"
         "- `sklearn_<task>.onnx`: scikit-learn MLPClassifier via skl2onnx (input `X` (N, 64), ZipMap output); "
