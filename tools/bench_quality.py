@@ -1,22 +1,25 @@
 """Accuracy of zipped sample models against baselines, per sharing level.
 
-Methods (all share the same neurons per layer; they differ in how neurons are paired and merged):
+Methods (each task's test accuracy on the 597 held-out images; every method runs through the full
+pipeline, so each figure is the accuracy of a real zipped ONNX model):
 
-* ``naive``     -- neuron i of A with neuron i of B, weights averaged (``--matching index --hessian identity``);
-* ``euclid``    -- Euclidean weight matching (optimal assignment) + averaging (``--hessian identity``);
-* ``mtz-paper`` -- the paper's procedure without its retraining: greedy matching, per-channel Hessian,
-  a shared neuron's weights on private inputs kept, targets = the original weights;
-* ``no-recover``-- the default without recovery: optimal matching, exact patch Hessian where small,
-  private-input weights re-solved, targets = the original weights;
-* ``recover``   -- as ``no-recover``, with every layer's targets (and the heads) refit to reproduce
-  the original network's pre-activations on the calibration data (no labels);
-* ``onnxzip``   -- the default: ``recover`` with loss-aware costs (each neuron's cost weighted by its
-  label-free Fisher statistic, gradients through ONNX Runtime).
+* ``naive``     -- neuron i of A with neuron i of B, weights averaged;
+* ``euclid``    -- Euclidean weight matching (optimal assignment) + averaging (Git Re-Basin style);
+* ``mtz-paper`` -- the paper's procedure without its retraining: greedy matching, per-channel conv
+  Hessian, a shared neuron's weights on private inputs kept, the original weights as targets;
+* ``input-cov`` -- onnxzip with input-covariance Hessians only: optimal matching, exact patch Hessian
+  where small, private-input weights re-solved; no loss weights, no recovery;
+* ``onnxzip``   -- the default with an automatic budget: loss-aware costs (label-free Fisher through
+  ONNX Runtime), per-group counts from ``--target-params`` set to the ``input-cov`` row's parameters
+  kept, and label-free recovery (targets refit to the original pre-activations);
+* ``+retrain``  -- ``onnxzip`` then 200 Adam steps on the labelled training split (``--finetune``).
 
-Every method runs through the full pipeline (merge, emit, ORT), so each figure is the accuracy of a
-real zipped ONNX model on the held-out test images. Writes a Markdown table to stdout and, with
-``--update``, into docs/results.md between the bench_quality markers.
+The first four share the same fraction of every layer group's neurons ("share"); the last two keep
+the same number of parameters as ``input-cov`` at that share, placed where the predicted loss is
+lowest. "hidden shared" is the share of one model's hidden-layer parameters stored once.
 
+Writes a Markdown table and a plot (docs/quality.png) of accuracy against parameters kept;
+``--update`` puts the table into docs/results.md. Needs matplotlib for the plot.
 Run from the repository root: ``python tools/bench_quality.py --update``.
 """
 from __future__ import annotations
@@ -33,78 +36,121 @@ from results import update_section  # tools/results.py
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 TASKS = ("digit", "parity")
-METHODS = {
+UNIFORM = {
     "naive": dict(matching="index", hessian="identity", recover=False, loss_aware=False),
     "euclid": dict(matching="optimal", hessian="identity", recover=False, loss_aware=False),
     "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False, recover=False, loss_aware=False),
-    "no-recover": dict(recover=False, loss_aware=False),
-    "recover": dict(loss_aware=False),
-    "onnxzip": dict(),
+    "input-cov": dict(recover=False, loss_aware=False),
 }
-SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+METHODS = list(UNIFORM) + ["onnxzip", "+retrain"]
+SHARES = (0.25, 0.5, 0.75, 0.9, 1.0)
 
 
-def measure(arch: str, shares, methods) -> list[dict]:
+def hidden_params(result) -> int:
+    """Parameters of one task's hidden (zipped) layers: weights and biases."""
+    z = result.plan.layers
+    return sum(z[i].weights[0].size for i in result.plan.hidden if not z[i].follower)
+
+
+def measure(arch: str, shares, steps: int) -> list[dict]:
     tests = {t: load_arrays(SAMPLES / f"test_{t}.npz") for t in TASKS}
     models = [SAMPLES / f"{arch}_{t}.onnx" for t in TASKS]
     calib = [SAMPLES / f"calib_{t}.npz" for t in TASKS]
-    rows = [{"arch": arch, "method": "original", "share": None, "params_kept": 1.0, "seconds": 0.0,
+    train = [SAMPLES / f"train_{t}.npz" for t in TASKS]
+
+    def row(method, share, r, seconds):
+        acc = {t: accuracy_of(r.model, {"image": tests[t]["image"]}, tests[t]["label"], f"{t}/logits") for t in TASKS}
+        rep = r.report
+        saved = rep["params_before"] - rep["params_after"]
+        out = {"arch": arch, "method": method, "share": share, "seconds": seconds, **acc,
+               "params_kept": rep["params_after"] / rep["params_before"], "hidden_shared": saved / hidden_params(r)}
+        print(f"  {arch} {method:<10} share {share:.2f}: kept {out['params_kept']:.3f} "
+              + " ".join(f"{t} {acc[t]:.4f}" for t in TASKS), flush=True)
+        return out
+
+    rows = [{"arch": arch, "method": "original", "share": None, "params_kept": 1.0, "hidden_shared": 0.0,
              **{t: accuracy_of(m, {"image": tests[t]["image"]}, tests[t]["label"], "logits")
                 for t, m in zip(TASKS, models)}}]
     for share in shares:
-        for method in methods:
+        kept = None
+        for method, opts in UNIFORM.items():
             start = time.perf_counter()
-            r = zip_models(models, calib, ZipOptions(share=share, names=TASKS, quiet=True, **METHODS[method]))
-            seconds = time.perf_counter() - start
-            acc = {t: accuracy_of(r.model, {"image": tests[t]["image"]}, tests[t]["label"], f"{t}/logits")
-                   for t in TASKS}
-            rows.append({"arch": arch, "method": method, "share": share, "seconds": seconds,
-                         "params_kept": r.report["params_after"] / r.report["params_before"], **acc})
-            print(f"  {arch} {method:<10} share {share:.2f}: " + " ".join(f"{t} {acc[t]:.4f}" for t in TASKS),
-                  flush=True)
+            r = zip_models(models, calib, ZipOptions(share=share, names=TASKS, quiet=True, **opts))
+            rows.append(row(method, share, r, time.perf_counter() - start))
+            kept = rows[-1]["params_kept"]
+        for method, data, extra in (("onnxzip", calib, {}), ("+retrain", train, dict(labels="label", finetune=steps))):
+            start = time.perf_counter()
+            r = zip_models(models, data, ZipOptions(names=TASKS, quiet=True, target_params=kept, **extra))
+            rows.append(row(method, share, r, time.perf_counter() - start))
     return rows
 
 
-def table(rows: list[dict], methods) -> str:
+def table(rows: list[dict]) -> str:
     out = []
     for arch in dict.fromkeys(r["arch"] for r in rows):
         orig = next(r for r in rows if r["arch"] == arch and r["method"] == "original")
-        out.append(f"**{arch.upper()}** (originals: digit {orig['digit']:.4f}, parity {orig['parity']:.4f}); "
-                   "test accuracy digit / parity, parameters kept")
-        out.append("")
-        out.append("| share | params kept | " + " | ".join(methods) + " |")
-        out.append("|---:|---:|" + "---|" * len(methods))
+        out += [f"**{arch.upper()}** (originals: digit {orig['digit']:.4f}, parity {orig['parity']:.4f}); "
+                "test accuracy digit / parity; params kept and hidden shared for input-cov / onnxzip", "",
+                "| share | params kept | hidden shared | " + " | ".join(METHODS) + " |",
+                "|---:|---:|---:|" + "---|" * len(METHODS)]
         for share in dict.fromkeys(r["share"] for r in rows if r["share"] is not None):
             cells = {r["method"]: r for r in rows if r["arch"] == arch and r["share"] == share}
-            kept = cells[methods[0]]["params_kept"]
-            line = [f"{share:.2f}", f"{kept:.1%}"]
-            best = {t: max(cells[m][t] for m in methods) for t in TASKS}
-            for m in methods:
-                c = cells[m]
-                line.append(" / ".join(f"**{c[t]:.4f}**" if c[t] == best[t] and share > 0 else f"{c[t]:.4f}"
+            best = {t: max(c[t] for c in cells.values()) for t in TASKS}
+            line = [f"{share:.2f}", f"{cells['input-cov']['params_kept']:.1%} / {cells['onnxzip']['params_kept']:.1%}",
+                    f"{cells['input-cov']['hidden_shared']:.0%} / {cells['onnxzip']['hidden_shared']:.0%}"]
+            for m in METHODS:
+                line.append(" / ".join(f"**{cells[m][t]:.4f}**" if cells[m][t] == best[t] else f"{cells[m][t]:.4f}"
                                        for t in TASKS))
             out.append("| " + " | ".join(line) + " |")
         out.append("")
     return "\n".join(out)
 
 
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return False
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    fig, axes = plt.subplots(len(TASKS), len(archs), figsize=(4 * len(archs), 3.2 * len(TASKS)), squeeze=False)
+    for j, arch in enumerate(archs):
+        orig = next(r for r in rows if r["arch"] == arch and r["method"] == "original")
+        for i, task in enumerate(TASKS):
+            ax = axes[i][j]
+            for m in METHODS:
+                pts = sorted((r["params_kept"], r[task]) for r in rows if r["arch"] == arch and r["method"] == m)
+                ax.plot([p for p, _ in pts], [a for _, a in pts], marker="o", label=m)
+            ax.axhline(orig[task], color="black", linestyle=":", label="original")
+            ax.set_title(f"{arch} / {task}")
+            ax.set_xlabel("parameters kept")
+            ax.set_ylabel("test accuracy")
+            ax.set_ylim(max(0.0, orig[task] - 0.25), min(1.0, orig[task] + 0.03))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="mlp,cnn,resnet")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=200, help="retraining steps for +retrain")
     parser.add_argument("--update", action="store_true", help="write the table into docs/results.md")
     args = parser.parse_args()
-    methods = args.methods.split(",")
     start = time.perf_counter()
-    rows = [r for arch in args.archs.split(",") for r in measure(arch, SHARES, methods)]
-    body = table(rows, methods)
-    total = time.perf_counter() - start
-    header = (f"Run: `python tools/bench_quality.py --update` on {platform.machine()} "
-              f"({platform.processor() or 'cpu'}, ONNX Runtime CPU), {time.strftime('%Y-%m-%d')}; "
-              f"{total:.0f} s for all {len(rows)} rows. Bold: best at that share.\n\n")
+    rows = [r for arch in args.archs.split(",") for r in measure(arch, SHARES, args.steps)]
+    body = table(rows)
+    plotted = plot(rows, ROOT / "docs" / "quality.png")
+    header = (f"Run: `python tools/bench_quality.py --update` on {platform.machine()}, ONNX Runtime CPU, "
+              f"{time.strftime('%Y-%m-%d')}; {time.perf_counter() - start:.0f} s for {len(rows)} rows. "
+              "Bold: best at that share." + (" Plot: ![accuracy vs parameters kept](quality.png)" if plotted else "")
+              + "\n\n")
     print(body)
     if args.update:
-        update_section('bench_quality', 'Zipping quality on the sample pairs (issues 2 and 3)', header + body)
+        update_section("bench_quality", "Zipping quality on the sample pairs", header + body)
 
 
 if __name__ == "__main__":
