@@ -50,3 +50,15 @@ def run_three(samples: Path, share: float = 0.5, options: ZipOptions | None = No
     base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "logits") for t, m, d in zip(THREE, models, tests)}
     return {"share": share, "params_kept": result.report["params_after"] / result.report["params_before"],
             "accuracy": acc, "original": base, "seconds": result.report["seconds"]}
+
+
+def run_budget(samples: Path, target: float = 0.6, arch: str = "cnn", options: ZipOptions | None = None
+               ) -> dict[str, Any]:
+    """Zip a sample pair under an automatic parameter budget; accuracy per task."""
+    models = [samples / f"{arch}_{t}.onnx" for t in TASKS]
+    tests = [io.load_arrays(samples / f"test_{t}.npz") for t in TASKS]
+    result = zip_models(models, [samples / f"calib_{t}.npz" for t in TASKS], options, names=TASKS,
+                        target_params=target)
+    acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits") for t, d in zip(TASKS, tests)}
+    return {"arch": arch, "target": target, "params_kept": result.report["params_after"] / result.report["params_before"],
+            "accuracy": acc, "counts": result.report["budget"]["counts"]}

@@ -392,7 +392,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     """
     hidden = irs[0].hidden
     fisher = None
-    if loss_aware:
+    nothing_shared = not isinstance(share, Budget) and not np.any(np.asarray(share, dtype=float) > 0)
+    if loss_aware and not nothing_shared:
         from .fisher import neuron_fisher
         layers = [i for i in hidden if i not in irs[0].spaces.followers]
         try:

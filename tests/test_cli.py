@@ -69,7 +69,7 @@ def test_demo_runs(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert out.count("\nmlp ") == 5 and out.count("\ncnn ") == 5 and out.count("\nresnet ") == 5
-    assert "three CNNs in one model" in out
+    assert "three CNNs in one model" in out and "under --target-params 0.6" in out
 
 
 # ---------------------------------------------------------------------------- bad input: exit 2, one line
