@@ -45,6 +45,7 @@ class ZipOptions:
     loss_aware: bool = True
     labels: str | None = None
     finetune: int = 0
+    cost: str = "mtz"
     target_params: float | None = None
     max_loss_increase: float | None = None
     separate_inputs: bool = False
@@ -61,6 +62,8 @@ class ZipOptions:
             raise UsageError(f"--target-params {self.target_params}: give a fraction in (0, 1]")
         if self.max_loss_increase is not None and self.max_loss_increase < 0:
             raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
+        if self.cost not in ("mtz", "correlation"):
+            raise UsageError(f"--cost {self.cost!r}: choose mtz or correlation")
         if self.task_order not in ("auto", "given"):
             raise UsageError(f"--task-order {self.task_order!r}: choose auto or given")
         if self.batch_size < 1:
@@ -155,10 +158,15 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     if opts.finetune and any(y is None for y in labels):
         raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
     irs = align(irs)
+    if opts.cost == "correlation":  # correlations need the same samples through every task
+        if any(set(a) != set(arrays[0]) or any(a[k].shape[1:] != arrays[0][k].shape[1:] for k in a) for a in arrays):
+            raise UsageError("--cost correlation needs tasks with the same inputs")
+        common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+        arrays = [common] * len(arrays)
     share = opts.share
     if opts.target_params is not None or opts.max_loss_increase is not None:
         share = Budget(opts.target_params, opts.max_loss_increase)
-    plan = zip_tasks(irs, arrays, share, labels=labels, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
+    plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
                      compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware, device=opts.device, batch=opts.batch_size,
                      progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)

@@ -37,6 +37,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-loss-increase", type=float, default=DEFAULTS.max_loss_increase,
                    help="automatic budgets: share the cheapest neurons until the predicted loss increase "
                         "(per sample, in the costs' units) would pass this")
+    p.add_argument("--cost", choices=["mtz", "correlation"], default=DEFAULTS.cost,
+                   help="pairing cost: MTZ's Hessian costs, or output correlation on shared samples "
+                        "(ZipIt!-style baseline)")
     p.add_argument("--matching", choices=MATCHERS.names(), default=DEFAULTS.matching,
                    help="neuron matching: optimal assignment, the paper's greedy, or index (no matching)")
     p.add_argument("--hessian", choices=HESSIANS.names(), default=DEFAULTS.hessian,
@@ -68,7 +71,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
     opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
                       damping=args.damping, compensate=args.compensate, task_order=args.task_order,
                       recover=args.recover, loss_aware=args.loss_aware, target_params=args.target_params,
-                      max_loss_increase=args.max_loss_increase, labels=args.labels, finetune=args.finetune,
+                      max_loss_increase=args.max_loss_increase, labels=args.labels, finetune=args.finetune, cost=args.cost,
                       separate_inputs=args.separate_inputs, device=args.device,
                       batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)

@@ -113,6 +113,8 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
         for name, spec in inputs.items():
             if name not in feeds:
                 shape = [batch if d is None or isinstance(d, str) else d for d in spec.shape]
+                if name.startswith("adj_"):
+                    shape[-1] = 1  # one seed direction
                 feeds[name] = np.zeros(shape, np.float32)
         outputs = sess.run(seeded, feeds)
         for name, y in zip(seeded, outputs):

@@ -29,7 +29,8 @@ from .merge import damp, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import Budget, allocate, counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
-from .stats import cross_moments, depthwise_hessians, layer_hessian
+from .merge import MATCHERS
+from .stats import _exact_rows, cross_moments, depthwise_hessians, layer_hessian
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -91,13 +92,17 @@ class Zipper:
     """Zips aligned tasks layer by layer; see the module docstring."""
 
     def __init__(self, irs: list[ModelIR], share, matching: str, hessian: str, damping: float, compensate: bool,
-                 task_order: str, recover: bool = True, fisher: list[dict[int, np.ndarray]] | None = None) -> None:
+                 task_order: str, recover: bool = True, fisher: list[dict[int, np.ndarray]] | None = None,
+                 cost: str = "mtz") -> None:
         if len(irs) < 2:
             raise UsageError("give at least two models")
         self.irs, self.matching, self.estimator = irs, matching, hessian
         self.damping, self.compensate, self.task_order, self.recover = damping, compensate, task_order, recover
         self.reference: list[dict[str, np.ndarray]] | None = None  # per task: the original network's live tensors
         self.fisher = fisher  # per task: layer -> (neurons,) loss weights (None: costs in pre-activation units)
+        self.cost = cost  # "mtz" (Hessian costs) or "correlation" (output correlation, a baseline)
+        if cost == "correlation" and len(irs) != 2:
+            raise UsageError("correlation matching zips two models")
         spaces = irs[0].spaces
         self.groups = spaces.groups
         names = [group_name(irs[0], g) for g in self.groups]
@@ -235,6 +240,9 @@ class Zipper:
         if k == 0:
             self.rows[g] = [np.arange(n) for n in sizes]
             return
+        if self.cost == "correlation":
+            self._decide_by_correlation(g, live, sizes)
+            return
         members = []
         for li in self.groups[g]:
             if not self.decided(li) or any(ir.layers[li].input not in lv for ir, lv in zip(self.irs, live)):
@@ -257,6 +265,25 @@ class Zipper:
             rest = np.setdiff1d(np.arange(n), r)
             full.append(np.concatenate([r, rest]).astype(np.int64))
         self.rows[g] = full
+
+    def _decide_by_correlation(self, g: int, live: list[dict[str, np.ndarray]], sizes: list[int]) -> None:
+        """ZipIt!-style matching: pair the neurons whose outputs correlate best on the same inputs
+        (both tasks run the same calibration samples; see ``zip_tasks``)."""
+        li = self.groups[g][0]
+        outs = []
+        for t, ir in enumerate(self.irs):
+            layer = ir.layers[li]
+            rows = _exact_rows(layer, live[t][layer.input]).astype(np.float64)
+            w, b = ir.weights(layer)
+            y = rows @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
+            y = (y - y.mean(axis=0)) / (y.std(axis=0) + 1e-12)
+            outs.append(y)
+        corr = outs[0].T @ outs[1] / outs[0].shape[0]
+        ia, ib = MATCHERS.get(self.matching)(1.0 - corr, self.k[g])
+        order = np.argsort(1.0 - corr[ia, ib], kind="stable")
+        self.slot_costs[g] = np.sort(1.0 - corr[ia, ib])
+        self.rows[g] = [np.concatenate([r[order], np.setdiff1d(np.arange(n), r)]).astype(np.int64)
+                        for r, n in ((ia, sizes[0]), (ib, sizes[1]))]
 
     def _follow(self, li: int, live: list[dict[str, np.ndarray]]) -> LayerZip:
         """A depthwise conv: merge the neurons on each shared input channel slot."""
@@ -374,8 +401,8 @@ def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndar
 
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
               hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
-              recover: bool = True, loss_aware: bool = True, labels: list | None = None, device: str = "cpu",
-              batch: int = 64,
+              recover: bool = True, loss_aware: bool = True, labels: list | None = None, cost: str = "mtz",
+              device: str = "cpu", batch: int = 64,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
@@ -389,6 +416,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
             targets (and the heads) by least squares to reproduce the original pre-activations.
         loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`).
         labels: per task, class labels of the calibration samples (the empirical Fisher) or None.
+        cost: "mtz" (Hessian costs), or "correlation": match by output correlation (ZipIt!-style; a
+            baseline, merging by ``hessian``); then every task's ``data`` must be the same samples.
     """
     hidden = irs[0].hidden
     fisher = None
@@ -412,7 +441,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         budget = {"counts": counts, "predicted_cost": predicted, "target_params": share.target_params,
                   "max_cost": share.max_cost}
         share = counts
-    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher)
+    zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher, cost)
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
     nets = [StagedNetwork(ir, cuts, device, batch) for ir in irs]

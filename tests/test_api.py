@@ -205,3 +205,13 @@ def test_zip_with_labels_and_finetune():
     assert accuracy_of(result.model, {"image": d["image"]}, d["label"], "digit/logits") > 0.95
     with pytest.raises(Exception, match="--finetune needs labels"):
         zip_models(sample_models("cnn"), CALIB, share=1.0, quiet=True, finetune=10)
+
+
+def test_correlation_matching_baseline():
+    result = zip_models(sample_models("cnn"), CALIB, share=0.5, names=NAMES, quiet=True, cost="correlation",
+                        hessian="identity", recover=False, loss_aware=False)
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4
+    assert result.report["samples"] == [512, 512]  # both tasks run both calibration sets
+    with pytest.raises(Exception, match="correlation matching zips two models"):
+        zip_models(sample_models("cnn") + [SAMPLES / "cnn_mod3.onnx"], CALIB + [SAMPLES / "calib_mod3.npz"],
+                   share=0.5, quiet=True, cost="correlation")

@@ -5,6 +5,8 @@ pipeline, so each figure is the accuracy of a real zipped ONNX model):
 
 * ``naive``     -- neuron i of A with neuron i of B, weights averaged;
 * ``euclid``    -- Euclidean weight matching (optimal assignment) + averaging (Git Re-Basin style);
+* ``zipit``     -- activation-correlation matching + averaging (ZipIt!-style, without its within-model
+  merging): both models run both tasks' calibration images, neurons paired by output correlation;
 * ``mtz-paper`` -- the paper's procedure without its retraining: greedy matching, per-channel conv
   Hessian, a shared neuron's weights on private inputs kept, the original weights as targets;
 * ``input-cov`` -- onnxzip with input-covariance Hessians only: optimal matching, exact patch Hessian
@@ -39,9 +41,10 @@ TASKS = ("digit", "parity")
 UNIFORM = {
     "naive": dict(matching="index", hessian="identity", recover=False, loss_aware=False),
     "euclid": dict(matching="optimal", hessian="identity", recover=False, loss_aware=False),
+    "zipit": dict(cost="correlation", hessian="identity", recover=False, loss_aware=False),
     "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False, recover=False, loss_aware=False),
     "input-cov": dict(recover=False, loss_aware=False),
-}
+}  # each run as ZipOptions(share=..., **options)
 METHODS = list(UNIFORM) + ["onnxzip", "+retrain"]
 SHARES = (0.25, 0.5, 0.75, 0.9, 1.0)
 
