@@ -8,7 +8,7 @@ import sys
 from . import __version__, io
 from .api import ZipOptions, accuracy_of, finetune_model, load_tasks, task_names, zip_models
 from .align import align
-from .errors import InputError, MismatchError, OnnxzipError
+from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .merge import MATCHERS
 from .plan import parse_share
 from .report import format_table, write_json
@@ -23,7 +23,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _add_zip_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--share", type=parse_share, default=DEFAULTS.share,
+    p.add_argument("--share", type=parse_share, default=None,
                    help="fraction of each hidden layer's neurons to share, or one per layer group (see "
                         f"'onnxzip inspect'): 0.5,0.5,0.25 (default {DEFAULTS.share})")
     p.add_argument("--labels", default=DEFAULTS.labels,
@@ -68,12 +68,14 @@ def cmd_zip(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, args.models + args.data)
     if args.report:
         io.check_output_path(args.report, args.models + args.data + [args.output])
-    opts = ZipOptions(share=args.share, names=args.names, matching=args.matching, hessian=args.hessian,
-                      damping=args.damping, compensate=args.compensate, task_order=args.task_order,
-                      recover=args.recover, loss_aware=args.loss_aware, target_params=args.target_params,
-                      max_loss_increase=args.max_loss_increase, labels=args.labels, finetune=args.finetune, cost=args.cost,
-                      separate_inputs=args.separate_inputs, device=args.device,
-                      batch_size=args.batch_size, quiet=args.quiet)
+    if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
+        raise UsageError("give --share or a budget (--target-params / --max-loss-increase), not both")
+    opts = ZipOptions(share=DEFAULTS.share if args.share is None else args.share, names=args.names,
+                      matching=args.matching, hessian=args.hessian, damping=args.damping, compensate=args.compensate,
+                      task_order=args.task_order, recover=args.recover, loss_aware=args.loss_aware,
+                      target_params=args.target_params, max_loss_increase=args.max_loss_increase, labels=args.labels,
+                      finetune=args.finetune, cost=args.cost, separate_inputs=args.separate_inputs,
+                      device=args.device, batch_size=args.batch_size, quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:

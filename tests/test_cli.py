@@ -158,6 +158,8 @@ def test_output_equal_to_input(tmp_path, capsys):
     (["--names", "a"], "1 names for 2 models"),
     (["--names", "a,a"], "must differ"),
     (["--names", "a/b,c"], "not a valid task name"),
+    (["--share", "0.5", "--target-params", "0.6"], "not both"),
+    (["--target-params", "1.5"], "give a fraction in (0, 1]"),
 ])
 def test_bad_options(tmp_path, capsys, flags, message):
     fails(capsys, zip_args(tmp_path) + flags, message)
