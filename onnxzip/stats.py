@@ -145,7 +145,7 @@ def _finish_identity(layer: Layer, h: np.ndarray) -> np.ndarray:
     return np.eye(layer.fan_in + 1)
 
 
-def _exact_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
+def exact_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
     return channel_rows(layer, x) if layer.kind == "dense" else patches(layer, x)
 
 
@@ -159,7 +159,7 @@ def _auto_exact(layer: Layer) -> bool:
 
 
 def _auto_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
-    return _exact_rows(layer, x) if _auto_exact(layer) else channel_rows(layer, x)
+    return exact_rows(layer, x) if _auto_exact(layer) else channel_rows(layer, x)
 
 
 def _finish_auto(layer: Layer, h: np.ndarray) -> np.ndarray:
@@ -168,7 +168,7 @@ def _finish_auto(layer: Layer, h: np.ndarray) -> np.ndarray:
 
 HESSIANS.register("auto")(HessianEstimator(_auto_rows, _finish_auto))
 HESSIANS.register("channel")(HessianEstimator(channel_rows, _finish_channel))
-HESSIANS.register("exact")(HessianEstimator(_exact_rows, _finish_exact))
+HESSIANS.register("exact")(HessianEstimator(exact_rows, _finish_exact))
 HESSIANS.register("identity")(HessianEstimator(None, _finish_identity))
 
 

@@ -30,7 +30,7 @@ from .plan import Budget, allocate, counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
 from .merge import MATCHERS
-from .stats import _exact_rows, cross_moments, depthwise_hessians, layer_hessian
+from .stats import exact_rows, cross_moments, depthwise_hessians, layer_hessian
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -273,7 +273,7 @@ class Zipper:
         outs = []
         for t, ir in enumerate(self.irs):
             layer = ir.layers[li]
-            rows = _exact_rows(layer, live[t][layer.input]).astype(np.float64)
+            rows = exact_rows(layer, live[t][layer.input]).astype(np.float64)
             w, b = ir.weights(layer)
             y = rows @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
             y = (y - y.mean(axis=0)) / (y.std(axis=0) + 1e-12)
