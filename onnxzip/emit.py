@@ -126,6 +126,7 @@ class TaskEmitter:
                  layer_names: list[str]):
         self.b, self.ir, self.plan, self.t, self.prefix = b, ir, plan, task, prefix
         self.layer_names = layer_names  # the first task's layer names: shared initializers are named after them
+        self.constants = plan.constants[task] if plan.constants else {}  # re-estimated BN statistics
         self.values: dict[str, Value] = {}
         self.restored: dict[str, str] = {}
         self.layer_of = {layer.name: i for i, layer in enumerate(ir.layers)}
@@ -241,7 +242,7 @@ class TaskEmitter:
                 elif j in joins:
                     inputs.append(joins[j][n].tensor)
                 elif isinstance(t, gs.Constant) and rule in ("binary", "affine"):
-                    c = np.asarray(t.values)
+                    c = np.asarray(self.constants.get(t.name, t.values))
                     inputs.append(self._part_const(c, rank if rule == "binary" else 2, part, lead.space))
                 elif isinstance(t, gs.Constant) and rule == "keep":
                     inputs.append(self.b.const(_keep_const(node, j, np.asarray(t.values), part),

@@ -43,8 +43,10 @@ class StagedNetwork:
     def stages(self) -> int:
         return len(self.bounds) - 1
 
-    def stage_model(self, j: int, weights: dict[int, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto | None:
-        """Stage ``j`` as a model, with the layers in ``weights`` (index -> (W, b)) replaced.
+    def stage_model(self, j: int, weights: dict[int, tuple[np.ndarray, np.ndarray]],
+                    constants: dict[str, np.ndarray] | None = None, extra: list[str] = ()) -> onnx.ModelProto | None:
+        """Stage ``j`` as a model, with the layers in ``weights`` (index -> (W, b)) and the named
+        ``constants`` replaced, and the tensors in ``extra`` as further outputs.
 
         Returns None for an empty stage (its outputs are its inputs).
         """
@@ -60,8 +62,11 @@ class StagedNetwork:
             if layer.name in keep:
                 tensors[layer.weight].values = np.asarray(w, tensors[layer.weight].values.dtype)
                 tensors[layer.bias].values = np.asarray(b, tensors[layer.bias].values.dtype)
+        for name, value in (constants or {}).items():
+            if name in tensors:
+                tensors[name].values = np.asarray(value, tensors[name].values.dtype)
         graph.inputs = [_as_input(tensors[name]) for name in self.live[j]]
-        graph.outputs = [tensors[name] for name in self.produced(j)]
+        graph.outputs = [tensors[name] for name in self.produced(j) + [e for e in extra if e not in self.produced(j)]]
         for t in graph.outputs:
             t.dtype = t.dtype or np.float32
         graph.cleanup(remove_unused_graph_inputs=False)
@@ -80,16 +85,23 @@ class StagedNetwork:
         """The tensors alive after stage ``j`` that it computes (the rest are carried through)."""
         return [name for name in self.live[j + 1] if name not in self.live[j]]
 
-    def run_stage(self, j: int, live: dict[str, np.ndarray],
-                  weights: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Run stage ``j`` over all samples of ``live`` (the tensors alive at its start)."""
-        model = self.stage_model(j, weights)
+    def run_stage(self, j: int, live: dict[str, np.ndarray], weights: dict[int, tuple[np.ndarray, np.ndarray]],
+                  constants: dict[str, np.ndarray] | None = None, extra: list[str] = ()) -> dict[str, np.ndarray]:
+        """Run stage ``j`` over all samples of ``live`` (the tensors alive at its start); the result
+        holds the tensors alive after it, and the ``extra`` tensors made inside it."""
+        model = self.stage_model(j, weights, constants, list(extra))
         if model is None:
             return {k: live[k] for k in self.live[j + 1]}
         sess = runtime.session(model, self.device)
         feeds = {i.name: live[i.name] for i in sess.get_inputs()}
-        out = runtime.run(sess, feeds, self.produced(j), self.batch)
-        return {k: out[k] if k in out else live[k] for k in self.live[j + 1]}
+        wanted = self.produced(j) + [e for e in extra if e not in self.produced(j)]
+        out = runtime.run(sess, feeds, wanted, self.batch)
+        return {**{k: out[k] if k in out else live[k] for k in self.live[j + 1]}, **{e: out[e] for e in extra}}
+
+    def batchnorms(self, j: int, zipped: dict[str, object]) -> list:
+        """The BatchNormalization nodes in stage ``j`` whose input carries zipped channels."""
+        lo, hi = self.bounds[j], self.bounds[j + 1]
+        return [n for n in self.nodes[lo:hi] if n.op == "BatchNormalization" and n.inputs[0].name in zipped]
 
 
 def _as_input(t: gs.Tensor) -> gs.Tensor:

@@ -76,6 +76,7 @@ class ZipPlan:
     orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
     loss_aware: bool = False  # costs are in loss units
     budget: dict | None = None  # the automatic allocation, when a budget was given
+    constants: list[dict[str, np.ndarray]] = field(default_factory=list)  # per task: re-estimated BN statistics
 
 
 def as_matrix(w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -448,17 +449,50 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
     reference = list(live) if recover else None
     eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
+    constants: list[dict[str, np.ndarray]] = [{} for _ in irs]  # re-estimated BatchNorm statistics
     for j, li in enumerate(progress(cuts, "zipping layers")):
         zipper.reference = reference
         z = zipper.zip_layer(li, live) if li in hidden else zipper.private_layer(li, live)
         zipper.zips[li] = z
         for t, ir in enumerate(irs):
             eff[t][li] = effective(z, t, ir.layers[li])
+        bns = nets[0].batchnorms(j + 1, irs[0].spaces.layout) if reference is not None else []
+        if bns:
+            restat_batchnorms(nets, irs, j + 1, bns, live, reference, eff, constants)
         if reference is not None:
             reference = [net.run_stage(j + 1, ref, {}) for net, ref in zip(nets, reference)]
-        live = [net.run_stage(j + 1, lv, e) for net, lv, e in zip(nets, live, eff)]
+        live = [net.run_stage(j + 1, lv, e, c) for net, lv, e, c in zip(nets, live, eff, constants)]
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
     return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None,
-                   budget=budget)
+                   budget=budget, constants=constants)
+
+
+def restat_batchnorms(nets: list[StagedNetwork], irs: list[ModelIR], j: int, nodes: list, live: list[dict],
+                      reference: list[dict], eff: list[dict], constants: list[dict[str, np.ndarray]]) -> None:
+    """Re-estimate kept BatchNorms (by position: the same nodes in every task) in stage ``j``.
+
+    Each BN's mean and variance are set so that, on the calibration data, its output has the
+    per-channel mean and variance the original network's BN output has: with x the zipped input and
+    r the original one, s' = s * std(x)/std(r) and mean' = mean(x) - s' (mean(r) - mean) / s, where
+    s = sqrt(var + eps). Where x equals r nothing changes.
+    """
+    position = {n.name: i for i, n in enumerate(nets[0].nodes)}
+    for t, (net, ir) in enumerate(zip(nets, irs)):
+        own = [net.nodes[position[n.name]] for n in nodes]
+        names = [n.inputs[0].name for n in own]
+        got = net.run_stage(j, live[t], eff[t], constants[t], names)
+        ref = net.run_stage(j, reference[t], {}, None, names)
+        for node, name in zip(own, names):
+            x, r = got[name], ref[name]
+            if np.array_equal(x, r):
+                continue
+            axes = (0,) + tuple(range(2, x.ndim))
+            mean, var = (np.asarray(node.inputs[i].values, np.float64) for i in (3, 4))
+            eps = float(node.attrs.get("epsilon", 1e-5))
+            s = np.sqrt(var + eps)
+            s_new = s * np.sqrt(x.var(axis=axes) + 1e-12) / np.sqrt(r.var(axis=axes) + 1e-12)
+            mean_new = x.mean(axis=axes) - s_new * (r.mean(axis=axes) - mean) / s
+            constants[t][node.inputs[3].name] = mean_new.astype(np.float32)
+            constants[t][node.inputs[4].name] = np.maximum(s_new ** 2 - eps, 0.0).astype(np.float32)

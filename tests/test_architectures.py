@@ -123,3 +123,15 @@ def test_shape_ops_keep_the_channel_space(make):
     ir = build_ir(make(0), "s", "s.onnx", 17)
     assert ir.spaces.restore == {}
     assert ir.hidden == [0] or ir.hidden == [0, 1]
+
+
+def test_kept_batchnorm_statistics_are_re_estimated():
+    models = [graphs.plain_bn(1), graphs.plain_bn(2)]
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    half = zip_models(models, data, share=0.5, quiet=True)
+    assert half.plan.constants[0] and half.plan.constants[1]  # new means/variances for the kept BNs
+    assert half.report["equivalence_max_abs_diff"] <= 1e-4  # and the emitted model uses them
+    zero = zip_models(models, data, share=0.0, quiet=True)
+    assert zero.plan.constants == [{}, {}]  # nothing changed upstream: nothing to re-estimate
+    plain = zip_models(models, data, share=0.5, quiet=True, recover=False)
+    assert plain.plan.constants == [{}, {}]
