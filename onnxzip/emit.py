@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from .ir import ModelIR
 from .spaces import ChannelSpace, channel_dim, channel_rule
-from .zipper import LayerZip, ZipPlan
+from .zipper import LayerZip, ZipPlan, expand_channels
 
 SHARED = "shared"
 
@@ -115,10 +115,6 @@ def _attrs(node: gs.Node) -> dict:
     return out
 
 
-def _expand(channels: np.ndarray, block: int) -> np.ndarray:
-    return (np.asarray(channels, np.int64)[:, None] * block + np.arange(block)).reshape(-1)
-
-
 class TaskEmitter:
     """Replays one task's graph into the builder."""
 
@@ -155,7 +151,7 @@ class TaskEmitter:
         value = self.values[name]
         tensors = [p.tensor for p in value.parts]
         exact = name in self.output_names
-        order = np.argsort(np.concatenate([_expand(p.channels, value.space.block) for p in value.parts]))
+        order = np.argsort(np.concatenate([expand_channels(p.channels, value.space.block) for p in value.parts]))
         identity = bool(np.all(order == np.arange(order.size)))
         hint = name if identity else f"{name}.joined"
         if len(tensors) > 1:
@@ -176,7 +172,7 @@ class TaskEmitter:
         if dim in (None, 1):
             return self.b.const(c, f"{self.prefix}/const")
         axis = c.ndim - (rank - 1)
-        idx = _expand(part.channels, space.block) if dim == space.channels * space.block else part.channels
+        idx = expand_channels(part.channels, space.block) if dim == space.channels * space.block else part.channels
         return self.b.const(np.take(c, idx, axis=axis), f"{self.prefix}/const")
 
     # ------------------------------------------------------------------ replay
@@ -269,7 +265,7 @@ class TaskEmitter:
         per_channel = (value.space.block if value.space else 1) * layer.kernel
         terms = []
         for n, part in enumerate(value.parts):
-            cols = np.arange(layer.fan_in) if part.channels is None else _expand(part.channels, per_channel)
+            cols = np.arange(layer.fan_in) if part.channels is None else expand_channels(part.channels, per_channel)
             pos = where[cols]
             terms.append((part, pos, bool(pos.size) and bool(np.all(pos < z.ns - 1)), n))
         hidden = z.layer in self.plan.hidden

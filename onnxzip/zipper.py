@@ -146,7 +146,7 @@ class Zipper:
                 shared.append(perm[:k] + offset)
                 private.append(perm[k:] + offset)
             offset += seg.count
-        cols = [_expand(np.concatenate(x) if x else np.zeros(0, int), per_channel) for x in (shared, private)]
+        cols = [expand_channels(np.concatenate(x) if x else np.zeros(0, int), per_channel) for x in (shared, private)]
         return np.concatenate([cols[0], [d], cols[1]]).astype(np.int64), cols[0].size + 1
 
     def decided(self, li: int) -> bool:
@@ -155,9 +155,6 @@ class Zipper:
         return space is None or all(s.layer < 0 or self.group_of[s.layer] in self.rows for s in space.segments)
 
     # ------------------------------------------------------------------ statistics
-    def hessian(self, li: int, task: int, live: dict[str, np.ndarray]) -> np.ndarray:
-        return self.statistics(li, task, live)[0]
-
     def statistics(self, li: int, task: int, live: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """(H, G) of layer ``li``'s input in ``task``; G (the cross moment with the original network's
         input) only when recovering and the input differs from the original one."""
@@ -389,7 +386,8 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper:
     return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
 
 
-def _expand(channels: np.ndarray, per_channel: int) -> np.ndarray:
+def expand_channels(channels: np.ndarray, per_channel: int) -> np.ndarray:
+    """Channel ids -> the ids of their features/columns (``per_channel`` consecutive ones each)."""
     return (np.asarray(channels, np.int64)[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
 
 
