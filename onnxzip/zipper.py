@@ -114,6 +114,7 @@ class Zipper:
         self.zips: dict[int, LayerZip] = {}
         self.orders: dict[int, dict] = {}
         self._hessians: dict[tuple[int, int], np.ndarray] = {}
+        self._problems: dict[int, tuple] = {}  # layer -> problem(); dropped once the layer is zipped
         self.slot_costs: dict[int, np.ndarray] = {}  # group -> cost of each shared slot, ascending
 
     # ------------------------------------------------------------------ column layout
@@ -188,7 +189,14 @@ class Zipper:
                    for n, lv, ref in zip(name, live, self.reference))
 
     def problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
-        """Per task: weights and damped Hessian in zipped column order; the columns; ns."""
+        """Per task: weights (refit targets when recovering) and damped Hessian in zipped column order;
+        the columns; ns. Computed once per layer: choosing a group's matching and merging the layer
+        ask for the same (its input columns are fixed by then)."""
+        if li not in self._problems:
+            self._problems[li] = self._build_problem(li, live)
+        return self._problems[li]
+
+    def _build_problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
         mats, hs, cols, ns = [], [], [], 0
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
@@ -229,6 +237,7 @@ class Zipper:
                 z[:k, ns:] = privs[t]
             weights.append(z)
         self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
+        self._problems.pop(li, None)
         return LayerZip(li, k, ns, list(rows), cols, weights, costs)
 
     def _decide(self, g: int, live: list[dict[str, np.ndarray]]) -> None:
@@ -381,7 +390,7 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper:
         g = zipper.group_of.get(li)
         if g is not None and g not in zipper.rows:
             zipper._decide(g, live)
-        zipper._hessians = {}
+        zipper._hessians, zipper._problems = {}, {}
         live = [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
     return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
 
