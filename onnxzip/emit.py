@@ -191,6 +191,10 @@ class TaskEmitter:
             rule = channel_rule(node, zipped[0], self.values[node.inputs[zipped[0]].name].space.channels)
             if rule == "concat":
                 self.concat(node)
+            elif rule == "reduce":
+                self.reduce(node)
+            elif rule == "normalize":
+                self.normalize(node)
             else:
                 self.per_part(node, zipped, rule)
 
@@ -220,6 +224,53 @@ class TaskEmitter:
             offset += count
         self.values[node.outputs[0].name] = Value(parts, space)
 
+    def joined(self, name: str) -> tuple[str, bool]:
+        """Tensor ``name``'s parts as one tensor in zipped order (Concat, no Gather: for ops that
+        treat every channel alike), and whether it is the same for every task."""
+        parts = self.values[name].parts
+        shared = all(p.shared for p in parts)
+        if len(parts) == 1:
+            return parts[0].tensor, shared
+        return self.b.node("Concat", [p.tensor for p in parts], {"axis": 1}, [f"{name}.zipped"], self.prefix)[0], shared
+
+    def reduce(self, node: gs.Node) -> None:
+        """A reduction over the channel axis: its result is the same in any channel order."""
+        x, shared = self.joined(node.inputs[0].name)
+        inputs = [x] + [self.tensor(t) for t in node.inputs[1:]]
+        outs = self.b.node(node.op, inputs, _attrs(node), [t.name for t in node.outputs], self.prefix, node.domain,
+                           exact=any(t.name in self.output_names for t in node.outputs))
+        for t, name in zip(node.outputs, outs):
+            self.values[t.name] = Value([Part(name, None, shared)], None)
+
+    def normalize(self, node: gs.Node) -> None:
+        """LayerNormalization over the channels: on the parts joined in zipped order, with scale and
+        bias permuted to match, then split back into the parts."""
+        value = self.values[node.inputs[0].name]
+        x, shared = self.joined(node.inputs[0].name)
+        block = value.space.block
+        order = np.concatenate([expand_channels(p.channels, block) for p in value.parts])
+        inputs = [x]
+        for t in node.inputs[1:]:
+            c = np.asarray(self.constants.get(t.name, t.values)) if isinstance(t, gs.Constant) else None
+            if c is None:
+                inputs.append(self.tensor(t))
+            elif c.ndim >= 1 and c.shape[0] == order.size:
+                inputs.append(self.b.const(np.take(c, order, axis=0), f"{self.prefix}/{t.name}"))
+            else:
+                inputs.append(self.b.const(c, f"{self.prefix}/{t.name}"))
+        out_t = node.outputs[0]
+        (y,) = self.b.node(node.op, inputs, _attrs(node), [f"{out_t.name}.zipped"], self.prefix, node.domain)
+        sizes = [len(p.channels) * block for p in value.parts]
+        names = [f"{out_t.name}.{'s' if p.shared else 'p'}{n}" for n, p in enumerate(value.parts)]
+        if len(sizes) == 1:
+            outs = [y]
+        elif self.ir.opset >= 13:
+            outs = self.b.node("Split", [y, self.b.const(np.asarray(sizes, np.int64), f"{self.prefix}/split")],
+                               {"axis": 1}, names, self.prefix)
+        else:
+            outs = self.b.node("Split", [y], {"axis": 1, "split": sizes}, names, self.prefix)
+        self.values[out_t.name] = Value([Part(o, p.channels, shared) for o, p in zip(outs, value.parts)], value.space)
+
     def per_part(self, node: gs.Node, zipped: list[int], rule: str) -> None:
         lead = self.values[node.inputs[zipped[0]].name]
         joins = {i: self.values[t.name].parts for i, t in enumerate(node.inputs)
@@ -245,7 +296,8 @@ class TaskEmitter:
                                                f"{self.prefix}/{t.name}"))
                 else:
                     inputs.append(self.tensor(t))
-            shared = part.shared and all(joins[j][n].shared for j in joins)
+            shared = part.shared and all(joins[j][n].shared for j in joins) and all(
+                i in self.b.shared or i == "" for j, i in enumerate(inputs) if j != zipped[0] and j not in joins)
             hint = f"{out_t.name}.{'s' if shared else 'p'}{n}"
             (name,) = self.b.node(node.op, inputs, _attrs(node), [hint], self.prefix, node.domain)
             parts.append(Part(name, part.channels, shared))

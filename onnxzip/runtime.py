@@ -55,17 +55,20 @@ def batch_size_for(sess, requested: int) -> int:
 def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: int) -> Iterator[list[np.ndarray]]:
     """Run ``sess`` over the leading axis of ``feeds`` in batches; yields the outputs of each batch.
 
-    A model with a fixed batch size drops a final partial batch (logged).
+    A model with a fixed batch size gets a final partial batch padded (by repeating its samples)
+    and its outputs cut back to the real samples, so every sample counts whatever the total.
     """
     n = next(iter(feeds.values())).shape[0]
     size = batch_size_for(sess, batch)
-    fixed = size != batch
-    stop = n - n % size if fixed else n
-    if stop < n:
-        log.warning("the model fixes batch size %d: the last %d samples are not used", size, n - stop)
     names = [i.name for i in sess.get_inputs()]
-    for i in range(0, stop, size):
-        yield sess.run(outputs, {k: feeds[k][i:i + size] for k in names})
+    for i in range(0, n, size):
+        chunk = {k: feeds[k][i:i + size] for k in names}
+        real = next(iter(chunk.values())).shape[0] if chunk else size
+        if real < size and size != batch:
+            chunk = {k: np.resize(v, (size,) + v.shape[1:]) for k, v in chunk.items()}
+            yield [o[:real] for o in sess.run(outputs, chunk)]
+        else:
+            yield sess.run(outputs, chunk)
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, batch: int = 256) -> dict[str, np.ndarray]:

@@ -115,7 +115,9 @@ def channel_rule(node: gs.Node, slot: int, channels: int) -> str:
     """How ``node`` treats the channels of its input ``slot`` (``channels`` wide).
 
     Returns ``"layer"``, ``"follower"``, ``"unary"``, ``"pool"``, ``"binary"``, ``"affine"``,
-    ``"flatten"``, ``"keep"`` (shape ops that keep axes 0 and 1), ``"concat"``, or ``"restore"``.
+    ``"flatten"``, ``"keep"`` (shape ops that keep axes 0 and 1), ``"concat"``, ``"reduce"`` (a
+    reduction over the channel axis: its result carries no channels, whatever their order),
+    ``"normalize"`` (LayerNormalization over the channel axis and the axes after it), or ``"restore"``.
     """
     op, x = node.op, node.inputs[slot]
     rank = len(x.shape) if x.shape is not None else None
@@ -131,6 +133,12 @@ def channel_rule(node: gs.Node, slot: int, channels: int) -> str:
         return "pool"
     if op == "BatchNormalization" and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:5]):
         return "affine"
+    if op == "InstanceNormalization" and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+        return "affine"  # per channel, over its own spatial positions
+    if op == "LayerNormalization" and slot == 0 and rank is not None and _normalizes_channels(node, rank):
+        return "normalize"
+    if op in REDUCE and slot == 0 and rank is not None and _reduces_channels(node, rank):
+        return "reduce"
     if op in BINARY and rank is not None and rank >= 2:
         consts = [t for i, t in enumerate(node.inputs) if i != slot and isinstance(t, gs.Constant)]
         if all(_per_channel(np.asarray(c.values), rank, channels) for c in consts):
@@ -148,6 +156,44 @@ def channel_rule(node: gs.Node, slot: int, channels: int) -> str:
 def _per_channel(c: np.ndarray, rank: int, channels: int) -> bool:
     """A constant that broadcasts per channel (or not at all along axis 1), never along the batch."""
     return c.ndim <= rank and (c.ndim < rank or c.shape[0] == 1) and channel_dim(c, rank) in (None, 1, channels)
+
+
+def _axes(node: gs.Node) -> list[int] | None:
+    """A reduction's axes (attribute or constant input); None when not known."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        if not isinstance(node.inputs[1], gs.Constant):
+            return None
+        axes = node.inputs[1].values.reshape(-1).tolist()
+    return list(axes) if axes is not None else []
+
+
+def _reduces_channels(node: gs.Node, rank: int) -> bool:
+    """A reduction whose axes include the channel axis (no axes: all of them, unless a no-op)."""
+    axes = _axes(node)
+    if axes is None:
+        return False
+    if not axes:
+        return not int(node.attrs.get("noop_with_empty_axes", 0))
+    return 1 in {a % rank for a in axes}
+
+
+def _normalizes_channels(node: gs.Node, rank: int) -> bool:
+    """LayerNormalization over axis 1 and every axis after it, with constant per-feature scale and
+    bias, and only its normalized output used."""
+    axis = int(node.attrs.get("axis", -1)) % rank
+    consts = [t for t in node.inputs[1:] if t.name]
+    return axis == 1 and all(isinstance(t, gs.Constant) for t in consts) and \
+        not any(o.outputs for o in node.outputs[1:])
+
+
+def broadcasts_channels(t: gs.Tensor, rank: int) -> bool:
+    """A tensor of known shape that holds no channel axis for a rank-``rank`` operand (its axis
+    aligned with axis 1 is absent or 1): a per-sample value such as a LayerNorm mean."""
+    if t.shape is None or len(t.shape) > rank:
+        return False
+    axis = len(t.shape) - (rank - 1)
+    return axis < 0 or t.shape[axis] == 1
 
 
 def _keeps_channels(node: gs.Node, rank: int) -> bool:
@@ -232,7 +278,7 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
                 rule = "restore"
             else:
                 layout[node.outputs[0].name] = ChannelSpace(space.segments, space.block * int(np.prod(shape[2:])))
-        elif rule in ("unary", "pool", "affine", "binary", "keep"):
+        elif rule in ("unary", "pool", "affine", "binary", "keep", "normalize"):
             layout[node.outputs[0].name] = space
         if rule == "restore":
             if index is not None:
@@ -262,9 +308,14 @@ def _join(node: gs.Node, layout: dict[str, ChannelSpace], ties: _UnionFind) -> s
     Joins that cannot be tied (an unzipped input, segments of different kinds or sizes) restore
     their inputs to task order instead.
     """
-    spaces = [layout.get(t.name) for t in node.inputs if not isinstance(t, gs.Constant)]
+    zipped = next(t for t in node.inputs if t.name in layout)
+    rank = len(zipped.shape) if zipped.shape is not None else 0
+    others = [t for t in node.inputs if not isinstance(t, gs.Constant) and t.name not in layout]
+    if any(not broadcasts_channels(t, rank) for t in others):
+        return "restore"  # an unzipped operand with channels of its own
+    spaces = [layout[t.name] for t in node.inputs if t.name in layout]
     ref = spaces[0]
-    if any(s is None or s.block != ref.block or len(s.segments) != len(ref.segments) for s in spaces):
+    if any(s.block != ref.block or len(s.segments) != len(ref.segments) for s in spaces):
         return "restore"
     for s in spaces[1:]:
         for a, b in zip(s.segments, ref.segments):

@@ -251,3 +251,53 @@ def reshape_reduce(seed: int, classes: int = 3) -> onnx.ModelProto:
     n.inits += [_init("head.w", n.rng.normal(0, 0.4, (classes, 6))), _init("head.b", n.rng.normal(0, .1, classes))]
     n.nodes.append(helper.make_node("Gemm", [y, "head.w", "head.b"], ["y"], name="head", transB=1))
     return model(n.nodes, n.inits, [inp("x", ["N", 3, 8, 8])], [inp("y", ["N", classes])])
+
+
+def _layernorm(n: _Net, x: str, c: int, decomposed: bool, axes=(-1,)) -> str:
+    """LayerNorm over ``axes`` with per-channel gamma/beta: the op, or torch's opset-13 export."""
+    name = n._name("ln")
+    n.inits += [_init(f"{name}.g", n.rng.uniform(0.5, 1.5, c)), _init(f"{name}.b", n.rng.normal(0, 0.1, c))]
+    if not decomposed:
+        return n.op("LayerNormalization", [x, f"{name}.g", f"{name}.b"], axis=-1, epsilon=1e-5)
+    n.inits += [numpy_helper.from_array(np.array(list(axes), np.int64), f"{name}.axes"),
+                _init(f"{name}.two", np.array(2.0)), _init(f"{name}.eps", np.array(1e-5))]
+    mean = n.op("ReduceMean", [x, f"{name}.axes"], keepdims=1)
+    d = n.op("Sub", [x, mean])
+    var = n.op("ReduceMean", [n.op("Pow", [d, f"{name}.two"]), f"{name}.axes"], keepdims=1)
+    std = n.op("Sqrt", [n.op("Add", [var, f"{name}.eps"])])
+    return n.op("Add", [n.op("Mul", [n.op("Div", [d, std]), f"{name}.g"]), f"{name}.b"])
+
+
+def ln_mlp(seed: int, classes: int = 3, decomposed: bool = True, hidden: int = 12) -> onnx.ModelProto:
+    """Flatten -> (Gemm -> LayerNorm -> Relu) x2 -> Gemm -> Sigmoid on (N, 3, 8, 8); LayerNorm as
+    the opset-17 op or decomposed (ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add, opset 18 axes inputs)."""
+    n = _Net(seed, 3)
+    y = n.op("Flatten", ["x"], axis=1)
+    width = 3 * 8 * 8
+    for i in range(2):
+        n.inits += [_init(f"fc{i}.w", n.rng.normal(0, 1 / np.sqrt(width), (hidden, width))),
+                    _init(f"fc{i}.b", n.rng.normal(0, 0.3, hidden))]
+        n.nodes.append(helper.make_node("Gemm", [y, f"fc{i}.w", f"fc{i}.b"], [f"fc{i}"], name=f"fc{i}", transB=1))
+        y = n.op("Relu", [_layernorm(n, f"fc{i}", hidden, decomposed)])
+        width = hidden
+    n.inits += [_init("head.w", n.rng.normal(0, 1 / np.sqrt(hidden), (classes, hidden))),
+                _init("head.b", n.rng.normal(0, .1, classes))]
+    n.nodes.append(helper.make_node("Gemm", [y, "head.w", "head.b"], ["logits"], name="head", transB=1))
+    n.nodes.append(helper.make_node("Sigmoid", ["logits"], ["y"], name="sigmoid"))
+    return model(n.nodes, n.inits, [inp("x", ["N", 3, 8, 8])], [inp("y", ["N", classes])], opset=18)
+
+
+def ln_mlp_op(seed: int, classes: int = 3) -> onnx.ModelProto:
+    return ln_mlp(seed, classes, decomposed=False)
+
+
+def instnorm_cnn(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """conv -> InstanceNormalization -> Relu -> conv -> LayerNorm over (C, H, W) (decomposed) -> head."""
+    n = _Net(seed, 3)
+    y = n.conv("x", 3, 6, relu=False, name="c1")
+    n.inits += [_init("in.s", n.rng.uniform(0.5, 1.5, 6)), _init("in.b", n.rng.normal(0, 0.1, 6))]
+    y = n.op("Relu", [n.op("InstanceNormalization", [y, "in.s", "in.b"], epsilon=1e-5)])
+    y = n.conv(y, 6, 8, relu=False, name="c2")
+    mean = n.op("ReduceMean", [y], axes=[1, 2, 3], keepdims=1)
+    y = n.op("Relu", [n.op("Sub", [y, mean])])
+    return n.head(y, 8, classes)

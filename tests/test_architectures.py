@@ -9,7 +9,8 @@ from onnxzip import zip_models
 from onnxzip.ir import build_ir
 
 ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet,
-         "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce}
+         "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce,
+         "ln_mlp": graphs.ln_mlp, "ln_mlp_op": graphs.ln_mlp_op, "instnorm": graphs.instnorm_cnn}
 
 
 def run_all(model, feeds):
