@@ -16,14 +16,26 @@ For each task, trained from scratch with its own seed as separate teams would:
 * for ``digit`` and ``parity``, a scikit-learn MLPClassifier (64-64-32) converted by skl2onnx
   (MatMul/Add/Relu, ZipMap output).
 
+Also three binary *detectors* on the same split, shaped like on-device wake-word detectors
+(Flatten -> Gemm -> LayerNorm -> ReLU -> Gemm -> LayerNorm -> ReLU -> Gemm -> Sigmoid, output
+``prob`` (N, 1)), trained with binary cross-entropy on rare positives: ``zero`` (digit == 0),
+``seven`` (digit == 7), ``small`` (digit < 3). Exported by the legacy exporter at opset 13 with
+the batch fixed at 1 (``ln_<task>.onnx``: LayerNorm decomposed into ReduceMean/Sub/Pow/Sqrt/
+Div/Mul/Add), and the ``zero`` detector once more at opset 17 with a dynamic batch
+(``ln_zero_op17.onnx``: one LayerNormalization node per LayerNorm).
+
 Needs the ``[samples]`` extra (``pip install torch==2.13.0 scikit-learn skl2onnx``, CPU wheel).
-Run from the repository root: ``python tools/make_samples.py``. Deterministic: fixed split,
-fixed seeds, single thread.
+Run from the repository root: ``python tools/make_samples.py``; ``--only ln`` remakes just the
+detectors (and their lines in ``samples/README.md``), leaving every other sample file as it is.
+Deterministic: fixed split, fixed seeds, single thread.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +44,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 TASKS = {"digit": 10, "parity": 2, "mod3": 3}
+LN_TASKS = ("zero", "seven", "small")  # binary detectors; task index continues after TASKS
 N_TEST = 597
 N_CALIB = 256
 INPUT = "image"
@@ -39,6 +52,17 @@ INPUT = "image"
 
 def labels_for(task: str, digits: np.ndarray) -> np.ndarray:
     return {"digit": digits, "parity": digits % 2, "mod3": digits % 3}[task]
+
+
+def ln_labels(task: str, digits: np.ndarray) -> np.ndarray:
+    return {"zero": digits == 0, "seven": digits == 7, "small": digits < 3}[task].astype(np.int64)
+
+
+def ln_mlp() -> nn.Module:
+    """A wake-word style detector: two LayerNorm'd hidden layers, one sigmoid output."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 128), nn.LayerNorm(128), nn.ReLU(), nn.Linear(128, 128), nn.LayerNorm(128),
+        nn.ReLU(), nn.Linear(128, 1), nn.Sigmoid())
 
 
 def mlp(n_out: int) -> nn.Module:
@@ -102,6 +126,30 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int, epochs: int
     return model.eval()
 
 
+def train_detector(model: nn.Sequential, x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> nn.Module:
+    """Binary cross-entropy on the logit (the model without its final Sigmoid), for stability."""
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).float()[:, None]
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    loss_fn = nn.BCEWithLogitsLoss()
+    logit = model[:-1]
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 64):
+            idx = order[i:i + 64]
+            opt.zero_grad()
+            loss_fn(logit(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def detector_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy at threshold 0.5 (positive where prob > 0.5)."""
+    with torch.no_grad():
+        return float(((model(torch.from_numpy(x))[:, 0].numpy() > 0.5) == y).mean())
+
+
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
@@ -119,10 +167,61 @@ def export(model: nn.Module, path: Path, dynamo: bool) -> None:
                           dynamic_axes={INPUT: {0: "batch"}, out_name: {0: "batch"}}, opset_version=17)
 
 
+def export_detector(model: nn.Module, path: Path, opset: int, dynamic: bool) -> None:
+    """Legacy exporter; batch fixed at 1 unless ``dynamic``."""
+    example = (torch.zeros(1, 1, 8, 8),)
+    axes = {INPUT: {0: "batch"}, "prob": {0: "batch"}} if dynamic else None
+    torch.onnx.export(model, example, str(path), dynamo=False, input_names=[INPUT], output_names=["prob"],
+                      dynamic_axes=axes, opset_version=opset)
+
+
+def savez_fixed(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` with a fixed zip timestamp, so reruns give the same bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(a), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+
+
+def make_detectors(out: Path, images: np.ndarray, digits: np.ndarray, test_idx: np.ndarray,
+                   train_idx: np.ndarray, epochs: int) -> dict[str, float]:
+    """The LayerNorm detectors, their label files and their test accuracies."""
+    summary = {}
+    for t, task in enumerate(LN_TASKS, start=len(TASKS)):
+        y = ln_labels(task, digits)
+        calib = np.random.default_rng(100 + t).choice(train_idx, N_CALIB, replace=False)
+        savez_fixed(out / f"calib_ln_{task}.npz", **{INPUT: images[np.sort(calib)]})
+        savez_fixed(out / f"test_ln_{task}.npz", **{INPUT: images[test_idx], "label": y[test_idx]})
+        seed = 10 * t + 4
+        torch.manual_seed(seed)
+        model = train_detector(ln_mlp(), images[train_idx], y[train_idx], seed, epochs)
+        acc = detector_accuracy(model, images[test_idx], y[test_idx])
+        export_detector(model, out / f"ln_{task}.onnx", 13, dynamic=False)
+        if task == "zero":
+            export_detector(model, out / f"ln_{task}_op17.onnx", 17, dynamic=True)
+        summary[f"ln_{task}"] = round(acc, 4)
+        print(f"ln_{task}: test accuracy {acc:.4f}")
+    return summary
+
+
+def old_summary(readme: Path) -> dict[str, float]:
+    """The accuracy lines of an existing README (to keep them when only some samples are remade)."""
+    if not readme.exists():
+        return {}
+    text = readme.read_text().split("Test accuracy of the originals:", 1)[-1]
+    return {k: float(v) for k, v in re.findall(r"^- (\w+): ([0-9.]+)$", text, re.M)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="samples", help="output folder (default: samples)")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--ln-epochs", type=int, default=60, help="epochs for the LayerNorm detectors")
+    parser.add_argument("--only", choices=("all", "ln"), default="all",
+                        help="ln: remake only the LayerNorm detectors, keep the other samples as they are")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -133,8 +232,8 @@ def main() -> None:
     images = (data.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
     order = np.random.default_rng(0).permutation(len(images))
     test_idx, train_idx = order[:N_TEST], order[N_TEST:]
-    summary = {}
-    for t, (task, n_out) in enumerate(TASKS.items()):
+    summary = old_summary(out / "README.md") if args.only == "ln" else {}
+    for t, (task, n_out) in enumerate(TASKS.items() if args.only == "all" else ()):
         y = labels_for(task, data.target)
         calib = np.random.default_rng(100 + t).choice(train_idx, N_CALIB, replace=False)
         np.savez_compressed(out / f"calib_{task}.npz", **{INPUT: images[np.sort(calib)]})
@@ -157,6 +256,7 @@ def main() -> None:
             np.savez_compressed(out / f"calib_flat_{task}.npz", X=flat[np.sort(calib)])
             summary[f"sklearn_{task}"] = round(acc, 4)
             print(f"sklearn_{task}: test accuracy {acc:.4f}")
+    summary.update(make_detectors(out, images, data.target, test_idx, train_idx, args.ln_epochs))
     (out / "README.md").write_text(
         "# Sample models\n\nMade by `python tools/make_samples.py` (scikit-learn digits, PyTorch CPU, fixed seeds).\n\n"
         f"- `calib_<task>.npz`: {N_CALIB} unlabeled calibration images per task, key `{INPUT}` (N, 1, 8, 8) float32.\n"
@@ -167,7 +267,17 @@ def main() -> None:
         "- `sklearn_<task>.onnx`: scikit-learn MLPClassifier via skl2onnx (input `X` (N, 64), ZipMap output); "
         "calibration in `calib_flat_<task>.npz`.\n"
         "- Tasks: `digit` (10 classes), `parity` (odd digit, 2 classes), `mod3` (digit mod 3, 3 classes), "
-        "on the same images.\n\n"
+        "on the same images.\n"
+        "- `ln_<task>.onnx`: binary detectors shaped like on-device wake-word models (Flatten, Gemm 64-128, LayerNorm, "
+        "ReLU, Gemm 128-128, LayerNorm, ReLU, Gemm 128-1, Sigmoid; output `prob` (1, 1)), legacy exporter at opset 13 "
+        "with the batch fixed at 1, so each LayerNorm is decomposed (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add). "
+        "Detector tasks (BCE-trained, rare positives): `zero` (digit == 0), `seven` (digit == 7), `small` (digit < 3).\n"
+        "- `ln_zero_op17.onnx`: the same `zero` detector exported at opset 17 with a dynamic batch "
+        "(one LayerNormalization node per LayerNorm).\n"
+        f"- `calib_ln_<task>.npz`: {N_CALIB} calibration images per detector (`{INPUT}`); `test_ln_<task>.npz`: "
+        f"the same {N_TEST} held-out images as `test_<task>.npz` with 0/1 int64 labels (`label`). "
+        "Detector accuracy is at threshold 0.5 on `prob`.\n"
+        "- `python tools/make_samples.py --only ln` remakes only the detector files and their README lines.\n\n"
         "Test accuracy of the originals:\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in summary.items()) + "\n"
     )
 
