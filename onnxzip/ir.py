@@ -96,7 +96,16 @@ class ModelIR:
 
     def to_onnx(self) -> onnx.ModelProto:
         """The normalized graph as a model (for running; the graph itself is not changed)."""
-        model = gs.export_onnx(self.graph.copy(), do_type_check=False)
+        return self.export(self.graph.copy())
+
+    def export(self, graph: gs.Graph) -> onnx.ModelProto:
+        """``graph`` (this task's graph or a part of it) as a model with this task's opsets, IR
+        version and declared output types."""
+        model = gs.export_onnx(graph, do_type_check=False)
+        for out in model.graph.output:  # non-tensor outputs (skl2onnx's ZipMap) keep their declared type
+            declared = self.output_types.get(out.name)
+            if declared is not None and not declared.HasField("tensor_type"):
+                out.type.CopyFrom(declared)
         model.ir_version = self.ir_version
         del model.opset_import[:]
         model.opset_import.extend([onnx.helper.make_opsetid("", self.opset)] +

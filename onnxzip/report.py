@@ -22,12 +22,47 @@ def count_parameters(tensors: list[onnx.TensorProto] | list[np.ndarray]) -> tupl
     return params, nbytes
 
 
-def fidelity(zipped: np.ndarray, original: np.ndarray) -> dict[str, float | None]:
-    """Relative output error ||z - o|| / ||o|| and top-1 agreement (class axis 1) where meaningful."""
+#: a task whose measured fidelity falls below these has collapsed (printed as a warning)
+COLLAPSE = {"top1_agreement": 0.5, "mask_iou": 0.5, "rel_err": 0.5}
+#: ... and below these it is degraded (said in the table)
+DEGRADED = {"top1_agreement": 0.9, "mask_iou": 0.9, "rel_err": 0.1}
+
+
+def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5) -> dict[str, float | None]:
+    """How well ``zipped`` reproduces ``original`` (one output, samples first).
+
+    Always: relative error ||z - o|| / ||o|| and the max abs difference. Classifier outputs (N, C>1):
+    top-1 agreement. Outputs in [0, 1] that are not class distributions (detector scores,
+    probability maps): masks at ``threshold`` compared, as IoU (1 where both are empty) and the
+    share of positives kept (``fired``: zipped positives / original positives).
+    """
     z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
     rel = float(np.linalg.norm(z - o) / max(np.linalg.norm(o), 1e-30))
-    top1 = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1))) if o.ndim >= 2 and o.shape[1] > 1 else None
-    return {"rel_err": rel, "top1_agreement": top1, "max_abs_diff": float(np.max(np.abs(z - o))) if z.size else 0.0}
+    out: dict[str, float | None] = {"rel_err": rel, "top1_agreement": None, "mask_iou": None, "fired": None,
+                                    "max_abs_diff": float(np.max(np.abs(z - o))) if z.size else 0.0}
+    classifier = o.ndim == 2 and o.shape[1] > 1
+    if classifier:
+        out["top1_agreement"] = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1)))
+    elif o.size and o.min() >= 0.0 and o.max() <= 1.0:
+        mz, mo = z > threshold, o > threshold
+        union = np.count_nonzero(mz | mo)
+        out["mask_iou"] = float(np.count_nonzero(mz & mo) / union) if union else 1.0
+        out["fired"] = float(np.count_nonzero(mz) / np.count_nonzero(mo)) if mo.any() else None
+    return out
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """'ok', 'degraded' or 'collapsed' from a task's fidelity row (the decision metric where there
+    is one: top-1 agreement or mask IoU; else the relative error)."""
+    for key in ("top1_agreement", "mask_iou"):
+        if row.get(key) is not None:
+            if row[key] < COLLAPSE[key] or (key == "mask_iou" and row.get("fired") == 0.0):
+                return "collapsed"
+            return "degraded" if row[key] < DEGRADED[key] else "ok"
+    rel = row.get("rel_err")
+    if rel is None:
+        return "ok"
+    return "collapsed" if rel > COLLAPSE["rel_err"] else "degraded" if rel > DEGRADED["rel_err"] else "ok"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -36,10 +71,13 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report["layers"]:
         lines.append(f"{row['name'][:28]:<28} {row['neurons']:>8} {row['shared']:>8} {row['cost']:>12.4g}")
     lines.append("")
-    lines.append(f"{'task':<20} {'rel_err':>10} {'top1_agree':>11} {'max_abs_diff':>13}")
+    lines.append(f"{'task (vs. its original)':<24} {'rel_err':>10} {'top1_agree':>11} {'mask_iou':>9} "
+                 f"{'max_abs_diff':>13}  verdict")
     for t in report["tasks"]:
-        cells = [("-" if t[k] is None else f"{t[k]:.4g}") for k in ("rel_err", "top1_agreement", "max_abs_diff")]
-        lines.append(f"{t['name'][:20]:<20} {cells[0]:>10} {cells[1]:>11} {cells[2]:>13}")
+        cells = [("-" if t.get(k) is None else f"{t[k]:.4g}")
+                 for k in ("rel_err", "top1_agreement", "mask_iou", "max_abs_diff")]
+        lines.append(f"{t['name'][:24]:<24} {cells[0]:>10} {cells[1]:>11} {cells[2]:>9} {cells[3]:>13}  "
+                     f"{t.get('verdict', '-')}")
     lines.append("")
     pb, pa, bb, ba = (report[k] for k in ("params_before", "params_after", "bytes_before", "bytes_after"))
     lines.append(f"parameters {pb:,} -> {pa:,} ({pa / pb:.1%});  weight bytes {_mb(bb)} -> {_mb(ba)}")
@@ -54,8 +92,12 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("task order chosen (groups): " + "; ".join(f"{k} ({v})" for k, v in orders.items()))
     if report.get("restored_at"):
         lines.append(f"channel order restored before: {', '.join(report['restored_at'])}")
+    eq = report.get("equivalence", {})
     lines.append(f"equivalence check (zipped model vs. per-task zipped networks): max abs diff "
-                 f"{report['equivalence_max_abs_diff']:.3g}  [ok]")
+                 f"{report['equivalence_max_abs_diff']:.3g} (tolerance {eq.get('tolerance', 0):.3g}, the models' own "
+                 f"float noise {eq.get('float_noise', 0):.3g})  [{eq.get('verdict', 'ok')}]")
+    for row in report.get("not_shared", []):
+        lines.append(f"not shared: {row['layer']}: {row['reason']}")
     return "\n".join(lines)
 
 
