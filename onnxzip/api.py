@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -21,15 +21,16 @@ from .ir import ModelIR, build_ir
 from .merge import MATCHERS
 from .normalize import onnx_opset
 from .plan import Budget
-from .report import count_parameters, fidelity, verdict
+from .report import count_parameters, fidelity, output_loss, verdict
 from .stats import HESSIANS
-from .zipper import ZipPlan, zip_tasks
+from .zipper import BudgetPlanner, ZipPlan, loss_statistics, zip_tasks
 
 log = logging.getLogger(__name__)
 MAX_EMIT_OPSET = 20
 TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)
 NOISE_FACTOR = 20.0  # ... or this many times the model's own float noise under re-association
 GROSS, SPREAD = 100.0, 0.01  # beyond GROSS tolerances, or at more than SPREAD of the elements: a bug
+MAX_BACKOFF = 3  # a budget's zip is loosened at most this many times when it measures worse than predicted
 
 
 @dataclass(frozen=True)
@@ -166,17 +167,24 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
             raise UsageError("--cost correlation needs tasks with the same inputs")
         common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
         arrays = [common] * len(arrays)
-    share = opts.share
-    if opts.target_params is not None or opts.max_loss_increase is not None:
-        share = Budget(opts.target_params, opts.max_loss_increase)
-    plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                     compensate=opts.compensate, task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware, device=opts.device, batch=opts.batch_size,
-                     progress=lambda it, desc: progress(it, desc, opts.quiet))
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
-    model = emit_model(irs, plan, names, shared_inputs)
-    onnx.checker.check_model(model, full_check=True)
-    result = ZipResult(model, {}, names, plan)
-    result.report = verify(result, protos, irs, arrays, opts)
+
+    def zip_once(share, fisher=None) -> ZipResult:
+        plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching,
+                         hessian=opts.hessian, damping=opts.damping, compensate=opts.compensate,
+                         task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware,
+                         device=opts.device, batch=opts.batch_size, fisher=fisher,
+                         progress=lambda it, desc: progress(it, desc, opts.quiet))
+        model = emit_model(irs, plan, names, shared_inputs)
+        onnx.checker.check_model(model, full_check=True)
+        result = ZipResult(model, {}, names, plan)
+        result.report = verify(result, protos, irs, arrays, opts)
+        return result
+
+    if opts.target_params is not None or opts.max_loss_increase is not None:
+        result = zip_within_budget(irs, arrays, labels, opts, zip_once)
+    else:
+        result = zip_once(opts.share)
     if opts.finetune:
         tuned = time.perf_counter()
         train = [{**a, "label": y} for a, y in zip(arrays, labels)]
@@ -188,10 +196,46 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
                                        "tasks_before": before["tasks"]})
     warn_fidelity(result.report, opts)
     result.report["options"]["shared_input"] = shared_inputs
-    result.report["cost_units"] = "loss" if plan.loss_aware else "pre-activation"
-    if plan.budget is not None:
-        result.report["budget"] = plan.budget
+    result.report["cost_units"] = "loss" if result.plan.loss_aware else "pre-activation"
     result.report["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], labels: list, opts: ZipOptions,
+                      zip_once: Callable[..., ZipResult]) -> ZipResult:
+    """Zip under ``--target-params`` / ``--max-loss-increase``, measured, not only predicted.
+
+    The per-group counts come from predicted costs (one pass over the originals). After the zip,
+    each task's fidelity and loss increase (:func:`onnxzip.report.output_loss`) are measured on the
+    calibration data. Where a task is degraded or collapsed (:func:`onnxzip.report.verdict`) the
+    prediction did not hold: the budget is loosened (half the way to keeping everything; the
+    costliest slots per parameter go first) and the zip redone, at most ``MAX_BACKOFF`` times.
+    The report's ``budget.backoff`` lists every try with its predicted and measured loss.
+    """
+    fisher = loss_statistics(irs, arrays, labels, opts.device) if opts.loss_aware else None
+    planner = BudgetPlanner(irs, arrays, fisher, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
+                            compensate=opts.compensate, task_order=opts.task_order, device=opts.device,
+                            batch=opts.batch_size)
+    budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
+    while True:
+        counts, predicted = planner.allocate(budget)
+        result = zip_once(counts, fisher)
+        tasks = result.report["tasks"]
+        measured = sum(t.get("loss_increase") or 0.0 for t in tasks)
+        floor = sum(t.get("negligible_loss") or 0.0 for t in tasks)
+        fits = all(t.get("verdict", "ok") == "ok" for t in tasks)
+        tries.append({"target_params": budget.target_params, "max_cost": budget.max_cost, "counts": counts,
+                      "predicted_cost": predicted, "measured_loss": measured, "negligible_loss": floor,
+                      "params_kept": result.report["params_after"] / result.report["params_before"], "fits": fits})
+        if fits or len(tries) > MAX_BACKOFF or not any(counts):
+            break
+        log.warning("the budget's zip measures worse than predicted (%s; loss %.3g, predicted %.3g): backing off",
+                    ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks), measured, predicted)
+        budget = Budget(None if budget.target_params is None else (1 + budget.target_params) / 2,
+                        None if budget.max_cost is None else budget.max_cost / 2)
+    result.report["budget"] = {"counts": counts, "predicted_cost": predicted, "target_params": opts.target_params,
+                               "max_cost": opts.max_loss_increase, "measured_loss": measured,
+                               "backoff": tries if len(tries) > 1 else []}
     return result
 
 
@@ -255,6 +299,9 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
                                                   "differs from the original", check)[2])
             if row["rel_err"] is None:
                 row.update(fidelity(z, orig, opts.mask_threshold), output=o)
+            increase, negligible = output_loss(z, orig)
+            row["loss_increase"] = row.get("loss_increase", 0.0) + increase
+            row["negligible_loss"] = row.get("negligible_loss", 0.0) + negligible
         if row["rel_err"] is not None:
             row["verdict"] = verdict(row)
         tasks.append(row)

@@ -51,6 +51,31 @@ def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5) -
     return out
 
 
+def output_loss(zipped: np.ndarray, original: np.ndarray) -> tuple[float, float]:
+    """The measured loss increase per sample in the loss-aware costs' units, and what counts as
+    negligible there.
+
+    Classifier outputs (N, C>1): mean KL(original || zipped) of the class distributions (softmax of
+    logits), negligible below 1e-3 nats. Others: 1/2 mean_samples sum_elements (z - o)^2 (the
+    Gauss-Newton loss of a random projection), negligible below 1e-4 of 1/2 mean sum o^2.
+    """
+    z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
+    n = max(o.shape[0], 1) if o.ndim else 1
+    if o.ndim == 2 and o.shape[1] > 1:
+        p, q = _distribution(o), _distribution(z)
+        kl = np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12))), axis=1)
+        return float(np.mean(kl)), 1e-3
+    return float(0.5 * np.sum((z - o) ** 2) / n), float(1e-4 * 0.5 * np.sum(o ** 2) / n)
+
+
+def _distribution(y: np.ndarray) -> np.ndarray:
+    """Rows that are probabilities as they are; logits through a softmax."""
+    if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+        return y
+    e = np.exp(y - y.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def verdict(row: dict[str, Any]) -> str:
     """'ok', 'degraded' or 'collapsed' from a task's fidelity row (the decision metric where there
     is one: top-1 agreement or mask IoU; else the relative error)."""

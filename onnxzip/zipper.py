@@ -410,7 +410,7 @@ def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndar
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, matching: str = "optimal",
               hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
               recover: bool = True, loss_aware: bool = True, labels: list | None = None, cost: str = "mtz",
-              device: str = "cpu", batch: int = 64,
+              device: str = "cpu", batch: int = 64, fisher: list[dict[int, np.ndarray]] | None = None,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
@@ -422,30 +422,21 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
         recover: run the original networks alongside, stage by stage, and refit every layer's
             targets (and the heads) by least squares to reproduce the original pre-activations.
-        loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`).
+        loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`);
+            ``fisher`` gives them when already computed (:func:`loss_statistics`).
         labels: per task, class labels of the calibration samples (the empirical Fisher) or None.
         cost: "mtz" (Hessian costs), or "correlation": match by output correlation (ZipIt!-style; a
             baseline, merging by ``hessian``); then every task's ``data`` must be the same samples.
     """
     hidden = irs[0].hidden
-    fisher = None
     nothing_shared = not isinstance(share, Budget) and not np.any(np.asarray(share, dtype=float) > 0)
-    if loss_aware and not nothing_shared:
-        from .fisher import neuron_fisher
-        layers = [i for i in hidden if i not in irs[0].spaces.followers]
-        try:
-            fisher = [neuron_fisher(ir, d, layers, device=device, labels=y)
-                      for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
-        except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
-            log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if fisher is None and loss_aware and not nothing_shared:
+        fisher = loss_statistics(irs, data, labels, device)
     budget = None
     if isinstance(share, Budget):
-        planner = Zipper(irs, 1.0, matching, hessian, damping, compensate, task_order, False, fisher)
-        costs = predict_costs(irs, data, planner, device, batch)
-        total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
-                    for i in range(len(ir.layers)))
-        counts, predicted = allocate(costs, saving_model(irs, planner.groups), total, share)
+        counts, predicted = BudgetPlanner(irs, data, fisher, matching=matching, hessian=hessian, damping=damping,
+                                          compensate=compensate, task_order=task_order, device=device,
+                                          batch=batch).allocate(share)
         budget = {"counts": counts, "predicted_cost": predicted, "target_params": share.target_params,
                   "max_cost": share.max_cost}
         share = counts
@@ -474,6 +465,38 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
             zipper.zips[li] = zipper.private_layer(li)
     return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None,
                    budget=budget, constants=constants)
+
+
+def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str
+                    ) -> list[dict[int, np.ndarray]] | None:
+    """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.fisher`), or None
+    (with a warning) where the reverse-mode graph cannot be built."""
+    from .fisher import neuron_fisher
+    layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]
+    try:
+        return [neuron_fisher(ir, d, layers, device=device, labels=y)
+                for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
+    except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
+        log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+
+
+class BudgetPlanner:
+    """Predicted slot costs of every group from one pass over the original networks, turned into
+    shared counts for any :class:`~onnxzip.plan.Budget` (so backing off needs no second pass)."""
+
+    def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, *, matching: str,
+                 hessian: str, damping: float, compensate: bool, task_order: str, device: str, batch: int) -> None:
+        planner = Zipper(irs, 1.0, matching, hessian, damping, compensate, task_order, False, fisher)
+        self.costs = predict_costs(irs, data, planner, device, batch)
+        self.saving = saving_model(irs, planner.groups)
+        self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
+                         for i in range(len(ir.layers)))
+
+    def allocate(self, budget: Budget) -> tuple[list[int], float]:
+        """Shared counts per group and their predicted total cost."""
+        return allocate(self.costs, self.saving, self.total, budget)
 
 
 def restat_batchnorms(nets: list[StagedNetwork], irs: list[ModelIR], j: int, nodes: list, live: list[dict],
