@@ -60,11 +60,12 @@ def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: i
     """
     n = next(iter(feeds.values())).shape[0]
     size = batch_size_for(sess, batch)
+    fixed = any(i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0 for i in sess.get_inputs())
     names = [i.name for i in sess.get_inputs()]
     for i in range(0, n, size):
         chunk = {k: feeds[k][i:i + size] for k in names}
         real = next(iter(chunk.values())).shape[0] if chunk else size
-        if real < size and size != batch:
+        if real < size and fixed:
             chunk = {k: np.resize(v, (size,) + v.shape[1:]) for k, v in chunk.items()}
             yield [o[:real] for o in sess.run(outputs, chunk)]
         else:

@@ -215,3 +215,101 @@ def test_correlation_matching_baseline():
     with pytest.raises(Exception, match="correlation matching zips two models"):
         zip_models(sample_models("cnn") + [SAMPLES / "cnn_mod3.onnx"], CALIB + [SAMPLES / "calib_mod3.npz"],
                    share=0.5, quiet=True, cost="correlation")
+
+
+def test_equivalence_tells_rounding_from_a_structural_mismatch():
+    from onnxzip.api import check_equivalence
+    from onnxzip.errors import EquivalenceError
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 1, (8, 1, 16, 16))
+    assert check_equivalence(ref + 5e-5, ref, 0.0, "x")[2] == "ok"
+    assert check_equivalence(ref, ref, 1e-5, "x")[1] == pytest.approx(2e-4)  # 20x the model's own noise
+    near = ref.copy()
+    near[0, 0, 3, 4] += 5e-4  # one element over the tolerance, by a little: rounding, kept
+    assert check_equivalence(near, ref, 0.0, "x")[2] == "rounding"
+    with pytest.raises(EquivalenceError, match="of the elements"):
+        check_equivalence(ref[:, :, ::-1], ref, 0.0, "x")  # a permutation: everywhere wrong
+    with pytest.raises(EquivalenceError):
+        far = ref.copy()
+        far[0, 0, 0, 0] += 0.5  # rare but far beyond float noise
+        check_equivalence(far, ref, 0.0, "x")
+
+
+def _fixed_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    for v in list(out.graph.input) + list(out.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = batch
+    return out
+
+
+def test_fixed_batch_models_zip_with_any_sample_count():
+    models = [_fixed_batch(graphs.mlp(1), 8), _fixed_batch(graphs.mlp(2), 8)]
+    data = [{"x": graphs.data(3, (12,), n=13)}, {"x": graphs.data(4, (12,), n=21)}]
+    half = zip_models(models, data, share=0.5, quiet=True, names=("a", "b"))
+    assert half.report["samples"] == [13, 21]
+    zero = zip_models(models, data, share=0.0, quiet=True, names=("a", "b"))
+    x = graphs.data(5, (12,), n=8)
+    got = outputs(zero.model, {"x": x})
+    for t, seed in (("a", 1), ("b", 2)):  # the oracle: the dynamic-batch original
+        np.testing.assert_allclose(got[f"{t}/y"], outputs(graphs.mlp(seed), {"x": x})["y"], atol=1e-5)
+
+
+def sklearn_like(seed: int, offset: float) -> onnx.ModelProto:
+    """skl2onnx's MLPRegressor: Scaler (ai.onnx.ml) -> Cast -> (MatMul + Add (1, H) intercept -> Relu) x2
+    -> MatMul + Add -> Reshape; each model with its own scaler."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+    inits = [f("w0", rng.normal(0, 0.5, (5, 16))), f("b0", rng.normal(0, .1, (1, 16))),
+             f("w1", rng.normal(0, 0.3, (16, 16))), f("b1", rng.normal(0, .1, (1, 16))),
+             f("w2", rng.normal(0, 0.3, (16, 1))), f("b2", rng.normal(0, .1, (1, 1))),
+             numpy_helper.from_array(np.array([-1, 1], np.int64), "shape")]
+    nodes = [helper.make_node("Scaler", ["input"], ["scaled"], domain="ai.onnx.ml", name="Scaler",
+                              offset=list(offset + rng.normal(size=5)), scale=list(rng.uniform(0.5, 2, 5))),
+             helper.make_node("Cast", ["scaled"], ["cast"], to=TensorProto.FLOAT, name="Cast")]
+    x = "cast"
+    for i in range(3):
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"MatMul{i}"),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"Add{i}")]
+        x = f"a{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"Relu{i}"))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Reshape", [x, "shape"], ["variable"], name="Reshape"))
+    graph = helper.make_graph(nodes, "g", [graphs.inp("input", [None, 5])], [graphs.inp("variable", [None, 1])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    m.ir_version = 8
+    return m
+
+
+def test_skl2onnx_regressors_with_their_own_scalers_zip():
+    models = [sklearn_like(1, 3.0), sklearn_like(2, -1.0)]
+    data = [{"input": graphs.data(3, (5,), n=64)}, {"input": graphs.data(4, (5,), n=64)}]
+    zero = zip_models(models, data, share=0.0, quiet=True, names=("a", "b"))
+    assert len(zero.plan.hidden) == 2  # both hidden dense layers are zippable (the Scaler is folded)
+    x = graphs.data(5, (5,), n=16)
+    got = outputs(zero.model, {"input": x})
+    for t, m in zip(("a", "b"), models):
+        np.testing.assert_allclose(got[f"{t}/variable"], outputs(m, {"input": x})["variable"], rtol=1e-4, atol=1e-4)
+    half = zip_models(models, data, share=0.5, quiet=True, names=("a", "b"))
+    assert [row["shared"] for row in half.report["layers"]] == [8, 8] and not half.report["not_shared"]
+    assert not any(n.domain == "ai.onnx.ml" for n in half.model.graph.node)  # one raw input for both
+
+
+def test_nothing_shared_says_why(caplog):
+    models = [graphs.mlp(1, sizes=(12, 3, 3)), graphs.mlp(2, sizes=(12, 3, 3))]
+    data = [{"x": graphs.data(3, (12,))}, {"x": graphs.data(4, (12,))}]
+    with caplog.at_level("WARNING"):
+        result = zip_models(models, data, share=0.1, quiet=True, names=("a", "b"))
+    assert result.report["not_shared"] == [{"layer": "fc0", "reason": "share 0.1 of 3 neurons rounds to none"}]
+    assert "nothing is shared: fc0: share 0.1 of 3 neurons rounds to none" in caplog.text
+
+
+def test_a_collapsed_task_is_said_loudly(caplog):
+    from onnxzip.api import warn_fidelity
+    report = {"tasks": [{"name": "general", "verdict": "collapsed", "mask_iou": 0.0, "fired": 0.0,
+                         "top1_agreement": None, "rel_err": 1.0}], "layers": [{"shared": 3}], "not_shared": []}
+    with caplog.at_level("WARNING"):
+        warn_fidelity(report, ZipOptions(share=1.0))
+    assert "task 'general' COLLAPSED" in caplog.text and "mask IoU 0.000 (fires 0% as often)" in caplog.text

@@ -1,0 +1,47 @@
+"""Fidelity measures, verdicts and measured loss against hand counts and independent formulas."""
+import numpy as np
+from scipy.special import softmax
+from scipy.stats import entropy
+
+from onnxzip.report import fidelity, output_loss, verdict
+
+
+def test_mask_iou_and_fired_against_hand_counts():
+    o = np.array([[0.9, 0.8, 0.1, 0.0], [0.2, 0.7, 0.6, 0.1]])[:, None, :]  # (N, 1, W) maps in [0, 1]
+    z = np.array([[0.9, 0.2, 0.6, 0.0], [0.2, 0.7, 0.7, 0.1]])[:, None, :]
+    row = fidelity(z, o)
+    # original positives: (0,0),(0,1),(1,1),(1,2); zipped: (0,0),(0,2),(1,1),(1,2): 3 common, 5 in the union
+    assert row["mask_iou"] == 3 / 5 and row["fired"] == 1.0 and row["top1_agreement"] is None
+    assert verdict(row) == "degraded"
+
+
+def test_a_detector_that_never_fires_has_collapsed():
+    o = np.array([[0.9], [0.1], [0.95], [0.0]])
+    z = np.array([[0.4], [0.1], [0.45], [0.0]])
+    row = fidelity(z, o)
+    assert row["mask_iou"] == 0.0 and row["fired"] == 0.0 and verdict(row) == "collapsed"
+    assert fidelity(o * 0.0, o * 0.0)["mask_iou"] == 1.0  # nothing to find, nothing found
+
+
+def test_top1_agreement_and_relative_error():
+    rng = np.random.default_rng(0)
+    o = rng.normal(size=(50, 4))
+    z = o.copy()
+    z[:10] = z[:10, ::-1]
+    row = fidelity(z, o)
+    assert row["top1_agreement"] == np.mean(z.argmax(1) == o.argmax(1))
+    assert np.isclose(row["rel_err"], np.sqrt(((z - o) ** 2).sum() / (o ** 2).sum()))
+    assert verdict({"rel_err": 0.7}) == "collapsed" and verdict({"rel_err": 0.05}) == "ok"
+
+
+def test_output_loss_is_the_mean_kl_for_classifiers():
+    rng = np.random.default_rng(1)
+    o, z = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
+    kl = np.mean([entropy(p, q) for p, q in zip(softmax(o, axis=1), softmax(z, axis=1))])
+    assert np.isclose(output_loss(z, o)[0], kl)
+    assert np.isclose(output_loss(softmax(z, axis=1), softmax(o, axis=1))[0], kl)  # probabilities as given
+
+
+def test_output_loss_is_half_the_squared_error_per_sample_otherwise():
+    o, z = np.ones((4, 1, 3)), np.zeros((4, 1, 3))
+    assert output_loss(z, o) == (0.5 * 3, 1e-4 * 0.5 * 3)
