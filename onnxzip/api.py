@@ -70,6 +70,8 @@ class ZipOptions:
             raise UsageError(f"--cost {self.cost!r}: choose mtz or correlation")
         if self.task_order not in ("auto", "given"):
             raise UsageError(f"--task-order {self.task_order!r}: choose auto or given")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.names is not None:

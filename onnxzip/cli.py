@@ -62,6 +62,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--separate-inputs", action="store_true", help="one input per task even when they agree")
     p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="calibration batch size")
+    p.add_argument("--mask-threshold", type=float, default=DEFAULTS.mask_threshold,
+                   help="detector scores and probability maps are compared as masks above this value "
+                        f"(default {DEFAULTS.mask_threshold})")
 
 
 def cmd_zip(args: argparse.Namespace) -> int:
@@ -75,7 +78,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
                       task_order=args.task_order, recover=args.recover, loss_aware=args.loss_aware,
                       target_params=args.target_params, max_loss_increase=args.max_loss_increase, labels=args.labels,
                       finetune=args.finetune, cost=args.cost, separate_inputs=args.separate_inputs,
-                      device=args.device, batch_size=args.batch_size, quiet=args.quiet)
+                      device=args.device, batch_size=args.batch_size, mask_threshold=args.mask_threshold,
+                      quiet=args.quiet)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:
