@@ -38,7 +38,7 @@ SETTINGS = {  # set -> zip settings after share 0
     "sk_mlp6": [{"target_params": 0.75}, {"share": 0.5}, {"share": 1.0}],
     "ln_detectors": [{"target_params": 0.75}, {"target_params": 0.5}, {"share": 1.0}],
 }
-CALIB, HELD_OUT = {"ocr_det": 32, "ocr_cls": 64}, {"ocr_det": 32, "ocr_cls": 128}
+CALIB, HELD_OUT = {"ocr_det": 32, "ocr_cls": 64}, {"ocr_det": 24, "ocr_cls": 128}
 
 
 def load_set(name: str) -> tuple[list[str], list[str], list[dict], list[dict]]:

@@ -68,6 +68,38 @@ def crops(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     return np.stack(out)
 
 
+def seal_stamps(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """``n`` (H, W, 3) uint8 seal impressions: a red ring with words set along its arc and a line in
+    the middle, at random places and sizes, on paper or on a photo crop."""
+    from PIL import Image, ImageDraw, ImageFont
+    rng = np.random.default_rng(seed)
+    backgrounds = crops(n, size, seed + 7)
+    h, w = size
+    out = []
+    for i in range(n):
+        img = Image.fromarray(backgrounds[i]) if i % 3 == 2 else \
+            Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(225, 256, 3)))
+        draw = ImageDraw.Draw(img)
+        r = int(rng.uniform(0.3, 0.48) * min(h, w))
+        cx, cy = int(rng.integers(r, w - r + 1)), int(rng.integers(r, h - r + 1))
+        fs = int(np.clip(r * rng.uniform(0.17, 0.25), 12, 40))
+        colour = (int(rng.integers(170, 240)), int(rng.integers(0, 60)), int(rng.integers(0, 60)))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(3, r // 18))
+        font = ImageFont.load_default(size=float(fs))
+        text = " ".join(rng.choice(WORDS, size=3)).upper()
+        start, span = rng.uniform(0.95, 1.15) * np.pi, rng.uniform(0.7, 0.95) * np.pi
+        for k, ch in enumerate(text):
+            a = start + span * k / max(len(text) - 1, 1)
+            x, y = cx + (r - fs) * np.cos(a), cy + (r - fs) * np.sin(a)
+            glyph = Image.new("RGBA", (2 * fs, 2 * fs), (0, 0, 0, 0))
+            ImageDraw.Draw(glyph).text((fs // 2, fs // 4), ch, fill=colour + (255,), font=font)
+            glyph = glyph.rotate(-np.degrees(a) - 90)
+            img.paste(glyph, (int(x) - fs, int(y) - fs), glyph)
+        draw.text((cx - 2 * fs, cy - fs // 2), str(rng.choice(WORDS)), fill=colour, font=font)
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
 def imagenet_bgr(images: np.ndarray) -> np.ndarray:
     """PaddleOCR's detector recipe: BGR, (x/255 - mean) / std, NCHW float32."""
     x = images[..., ::-1].astype(np.float64) / 255.0
@@ -89,8 +121,12 @@ def rotations(images: np.ndarray, ks: tuple[int, ...], seed: int) -> tuple[np.nd
 
 def set_inputs(set_name: str, task: str, n: int, seed: int) -> dict[str, np.ndarray]:
     """Inputs (and labels where they exist) for one task of a set; ``seed`` picks the samples."""
-    if set_name == "ocr_det":
-        return {"x": imagenet_bgr(crops(n, (160, 160), seed))}
+    if set_name == "ocr_det":  # seal text: two thirds seal impressions; general text: photos and text
+        size = (320, 320)
+        if task == "seal":
+            k = (2 * n) // 3
+            return {"x": imagenet_bgr(np.concatenate([seal_stamps(k, size, seed), crops(n - k, size, seed)]))}
+        return {"x": imagenet_bgr(crops(n, size, seed))}
     if set_name == "ocr_cls":
         if task == "document":  # 4-way page orientation: 0, 90, 180, 270 degrees
             imgs, y = rotations(crops(n, (256, 256), seed), (0, 1, 2, 3), seed + 1)
