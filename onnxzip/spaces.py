@@ -75,6 +75,7 @@ class Spaces:
     restore: dict[str, list[int]] = field(default_factory=dict)
     private: set[str] = field(default_factory=set)
     plain: set[int] = field(default_factory=set)  # layers replayed as ordinary ops (grouped/depthwise convs)
+    normalized: set[int] = field(default_factory=set)  # layers whose output a per-sample channel norm reads
 
     def group_of(self, layer: int) -> int:
         return next(g for g, members in enumerate(self.groups) if layer in members)
@@ -294,7 +295,18 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
     groups = [m for _, m in sorted(members.items(), key=lambda kv: kv[1][0])]
     layout = {k: ChannelSpace(tuple(Segment(s.layer if s.layer < 0 else _root_member(ties, s.layer, members), s.count)
                                     for s in v.segments), v.block) for k, v in layout.items()}
-    return Spaces(layout, hidden, groups, followers, restore, private, plain)
+    normalized = {i for i, layer in enumerate(layers) if i in hidden and _feeds_normalization(graph, layer, layout)}
+    return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized)
+
+
+def _feeds_normalization(graph: gs.Graph, layer, layout: dict[str, ChannelSpace]) -> bool:
+    """Whether ``layer``'s output is read directly by a per-sample normalization over its channels
+    (LayerNormalization, or the reduction over channels that starts a decomposed one)."""
+    out = next(n for n in graph.nodes if n.name == layer.name).outputs[0]
+    if out.name not in layout:
+        return False
+    return any(channel_rule(c, list(c.inputs).index(out), layout[out.name].channels) in ("normalize", "reduce")
+               for c in out.outputs)
 
 
 def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) -> int:

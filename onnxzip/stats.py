@@ -42,23 +42,26 @@ class Accumulator:
 
     dim: int
     total: np.ndarray = field(init=False)
-    count: int = 0
+    count: float = 0.0
 
     def __post_init__(self) -> None:
         self.total = np.zeros((self.dim + 1, self.dim + 1))
 
-    def add(self, rows: np.ndarray) -> None:
-        """rows: (m, dim), any float dtype; accumulated in chunks to bound memory."""
+    def add(self, rows: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """rows: (m, dim), any float dtype; weights: (m,) per-row weights (default 1); accumulated in
+        chunks to bound memory."""
         step = max(1, (1 << 22) // max(self.dim, 1))
         for i in range(0, rows.shape[0], step):
             x = np.asarray(rows[i:i + step], np.float64)
+            w = np.ones(x.shape[0]) if weights is None else np.asarray(weights[i:i + step], np.float64)
             with np.errstate(invalid="ignore", over="ignore"):  # mean() reports non-finite statistics
-                s = x.sum(axis=0)
-                self.total[:-1, :-1] += x.T @ x
+                xw = x * w[:, None]
+                s = xw.sum(axis=0)
+                self.total[:-1, :-1] += xw.T @ x
             self.total[:-1, -1] += s
             self.total[-1, :-1] += s
-            self.total[-1, -1] += x.shape[0]
-            self.count += x.shape[0]
+            self.total[-1, -1] += w.sum()
+            self.count += w.sum()
 
     def mean(self) -> np.ndarray:
         if self.count == 0:
@@ -172,8 +175,12 @@ HESSIANS.register("exact")(HessianEstimator(exact_rows, _finish_exact))
 HESSIANS.register("identity")(HessianEstimator(None, _finish_identity))
 
 
-def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256) -> np.ndarray:
+def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256,
+                  sample_weights: np.ndarray | None = None) -> np.ndarray:
     """The full Hessian of ``layer`` from its input ``x`` (N, ...), streamed over batches of ``batch``.
+
+    ``sample_weights`` (N,), dense layers only: a weighted mean over the samples (see
+    :func:`normalized_weights`).
 
     Returns:
         (fan_in + 1, fan_in + 1) float64, bias last.
@@ -187,8 +194,24 @@ def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256) ->
     for i in range(0, x.shape[0], batch):
         rows = est.rows(layer, x[i:i + batch])
         acc = acc or Accumulator(rows.shape[1])
-        acc.add(rows)
+        acc.add(rows, None if sample_weights is None else _row_weights(layer, sample_weights[i:i + batch], rows))
     return est.finish(layer, acc.mean())
+
+
+def _row_weights(layer: Layer, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    if layer.kind != "dense" or rows.shape[0] != w.shape[0]:
+        raise ValueError(f"layer {layer.name!r}: sample weights apply to dense layers (one row per sample)")
+    return w
+
+
+def normalized_weights(z: np.ndarray) -> np.ndarray:
+    """Per-sample weights 1 / var(z_s) over the channels, scaled to mean 1: a layer whose output z
+    (N, channels) is normalized per sample (LayerNorm) matters by its error divided by the sample's
+    standard deviation. Variances are floored at 1e-3 of their median (dead samples do not dominate)."""
+    var = np.asarray(z, np.float64).reshape(z.shape[0], -1).var(axis=1)
+    var = np.maximum(var, 1e-3 * max(float(np.median(var)), 1e-30))
+    w = 1.0 / var
+    return w / w.mean()
 
 
 def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64) -> np.ndarray:
@@ -225,11 +248,12 @@ def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64
     return h
 
 
-def cross_moments(layer: Layer, x: np.ndarray, x_ref: np.ndarray, method: str, batch: int = 256
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def cross_moments(layer: Layer, x: np.ndarray, x_ref: np.ndarray, method: str, batch: int = 256,
+                  sample_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The Hessian of ``x`` and the cross moment ``G = mean([x 1][x_ref 1]')`` with the same estimator.
 
-    ``x`` is the layer input in the zipped network, ``x_ref`` in the original one, sample by sample.
+    ``x`` is the layer input in the zipped network, ``x_ref`` in the original one, sample by sample;
+    ``sample_weights`` (N,) as in :func:`layer_hessian`.
     For a neuron ``a`` of the original network, ``H^-1 G a`` is the least-squares refit that makes the
     zipped input reproduce the original pre-activation (``a' x`` ~ ``a' x_ref``).
 
@@ -243,15 +267,17 @@ def cross_moments(layer: Layer, x: np.ndarray, x_ref: np.ndarray, method: str, b
     per_sample = est.rows(layer, x[:1]).size
     batch = max(1, min(batch, (1 << 23) // max(per_sample, 1)))
     h = g = None
-    count = 0
+    count = 0.0
     for i in range(0, x.shape[0], batch):
         r = est.rows(layer, x[i:i + batch]).astype(np.float64)
         q = est.rows(layer, x_ref[i:i + batch]).astype(np.float64)
         r = np.hstack([r, np.ones((r.shape[0], 1))])
         q = np.hstack([q, np.ones((q.shape[0], 1))])
-        h = r.T @ r if h is None else h + r.T @ r
-        g = r.T @ q if g is None else g + r.T @ q
-        count += r.shape[0]
+        w = np.ones(r.shape[0]) if sample_weights is None else _row_weights(layer, sample_weights[i:i + batch], r)
+        rw = r * w[:, None]
+        h = rw.T @ r if h is None else h + rw.T @ r
+        g = rw.T @ q if g is None else g + rw.T @ q
+        count += w.sum()
     h, g = h / count, g / count
     if not (np.isfinite(h).all() and np.isfinite(g).all()):
         raise NumericalError("layer-input statistics hold NaN or Inf: the model overflows on the calibration data")

@@ -30,7 +30,7 @@ from .plan import Budget, allocate, counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
 from .merge import MATCHERS
-from .stats import exact_rows, cross_moments, depthwise_hessians, layer_hessian
+from .stats import cross_moments, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -168,11 +168,24 @@ class Zipper:
                                  f"{gb:.1f} GB per task; share nothing in its group (a --share list with 0 there)")
             x = live[layer.input]
             ref = self.reference[task][layer.input] if self.recover and self.reference else None
+            weights = self.sample_weights(li, task, x if ref is None else ref)
             if ref is None or np.array_equal(ref, x):
-                self._hessians[key] = (layer_hessian(layer, x, self.estimator), None)
+                self._hessians[key] = (layer_hessian(layer, x, self.estimator, sample_weights=weights), None)
             else:
-                self._hessians[key] = cross_moments(layer, x, ref, self.estimator)
+                self._hessians[key] = cross_moments(layer, x, ref, self.estimator, sample_weights=weights)
         return self._hessians[key]
+
+    def sample_weights(self, li: int, task: int, x_ref: np.ndarray) -> np.ndarray | None:
+        """For a dense layer read by a LayerNorm over its channels: each sample weighted by 1 / the
+        variance of the layer's original output on it (:func:`onnxzip.stats.normalized_weights`), so
+        costs and merges measure the error that survives the normalization. None elsewhere."""
+        ir = self.irs[task]
+        layer = ir.layers[li]
+        if li not in ir.spaces.normalized or layer.kind != "dense" or self.estimator == "identity":
+            return None
+        w, b = ir.weights(layer)
+        z = np.asarray(x_ref, np.float64).reshape(x_ref.shape[0], -1) @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
+        return normalized_weights(z)
 
     def loss_weights(self, li: int) -> list[np.ndarray] | None:
         """Per task, layer ``li``'s per-neuron loss weights, if loss-aware."""

@@ -119,3 +119,21 @@ def test_channel_cross_moment_expands_like_the_hessian():
     h, g = cross_moments(layer, x, x, "channel")
     np.testing.assert_allclose(h, g)
     np.testing.assert_allclose(h, layer_hessian(layer, x, "channel"), atol=1e-12)
+
+
+def test_sample_weighted_hessian_and_cross_moments_against_a_direct_sum():
+    from onnxzip.stats import cross_moments, layer_hessian, normalized_weights
+    rng = np.random.default_rng(0)
+    layer = Layer("fc", "dense", "x", "y", "w", "b", (3, 5))
+    x, x_ref = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    z = x_ref @ rng.normal(size=(5, 7)) + rng.normal(size=7)
+    w = normalized_weights(z)
+    var = z.var(axis=1)
+    np.testing.assert_allclose(w, (1 / var) / np.mean(1 / var))
+    ones = np.hstack([x, np.ones((40, 1))])
+    ref1 = np.hstack([x_ref, np.ones((40, 1))])
+    expect_h = (ones * w[:, None]).T @ ones / w.sum()
+    np.testing.assert_allclose(layer_hessian(layer, x, "exact", batch=7, sample_weights=w), expect_h, atol=1e-12)
+    h, g = cross_moments(layer, x, x_ref, "exact", batch=9, sample_weights=w)
+    np.testing.assert_allclose(h, expect_h, atol=1e-12)
+    np.testing.assert_allclose(g, (ones * w[:, None]).T @ ref1 / w.sum(), atol=1e-12)
