@@ -11,6 +11,11 @@ from .ir import ModelIR, reorder
 
 
 _DEFAULTS = {"auto_pad": "NOTSET", "group": 1, "ceil_mode": 0, "storage_order": 0, "count_include_pad": 0}
+#: Conv attributes that only say where the kernel is applied (how the spatial grid is sampled), not
+#: what a neuron computes per position: tasks may differ in them (e.g. a text-line classifier that
+#: downsamples only the height, stride (2, 1), where its document sibling uses (2, 2)). Each task's
+#: graph is replayed with its own attributes, and its statistics come from its own patches.
+_SPATIAL = frozenset({"strides", "pads", "dilations", "auto_pad"})
 
 
 def _attrs(node: gs.Node) -> str:
@@ -19,8 +24,8 @@ def _attrs(node: gs.Node) -> str:
     for k, v in sorted(node.attrs.items()):
         if isinstance(v, bytes):
             v = v.decode()
-        if k == "kernel_shape" and node.op == "Conv":
-            continue  # implied by the weight shape
+        if node.op == "Conv" and (k == "kernel_shape" or k in _SPATIAL):
+            continue  # implied by the weight shape; spatial sampling may differ per task
         if _DEFAULTS.get(k, object()) == v or (k in ("strides", "dilations") and all(x == 1 for x in v)) or \
                 (k == "pads" and all(x == 0 for x in v)):
             continue

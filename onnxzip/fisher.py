@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from . import runtime
 from .errors import UsageError
@@ -66,11 +66,41 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
     if not seeded:
         raise UsageError(f"{ir.source}: no float output to take loss gradients from")
     reverse = _ad().reverse(model, inputs=list(deltas.values()), outputs=seeded, layout="onnx")
+    _spell_required_inputs(reverse, ir.opset)
     grads = {}
     names = [o.name for o in reverse.graph.output]
     for i, delta in deltas.items():
         grads[i] = next(n for n in names if n.endswith(delta) and n != delta)
     return reverse, grads, seeded
+
+
+#: the name of the empty float tensor that stands for an input "not given" where an op requires one
+EMPTY = "onnxzip.empty_float"
+
+
+def _spell_required_inputs(model: onnx.ModelProto, opset: int) -> int:
+    """Give the Resize nodes of a reverse graph the inputs their opset requires.
+
+    onnx-ad's Resize rule probes the node's own interpolation with new Resize nodes that leave
+    ``roi`` (and, with ``sizes``, ``scales``) out as ``""``: opset 13's spelling. Before opset 13
+    those inputs are required (an empty tensor means "not given"), and ONNX Runtime refuses the
+    graph ("input 1 is marked single but has an empty string"). Empty optional inputs where the
+    opset allows them stay as they are.
+
+    Returns:
+        the number of nodes changed.
+    """
+    n = 0
+    for node in model.graph.node:
+        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or "" not in list(node.input)[1:3]:
+            continue
+        if not 11 <= opset < 13:  # (onnx-ad does not differentiate opset 10's Resize(X, scales) at all)
+            continue
+        if not any(i.name == EMPTY for i in model.graph.initializer):
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), EMPTY))
+        node.input[:] = [EMPTY if i in (1, 2) and name == "" else name for i, name in enumerate(node.input)]
+        n += 1
+    return n
 
 
 def _seed(y: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:

@@ -5,8 +5,10 @@ After :func:`normalize`, a graph holds:
 * dense layers as ``Gemm(x, W, b)`` with ``W`` a constant (out, in), ``transB=1``, ``alpha=beta=1``;
 * convolutions as ``Conv(x, W, b)`` with a constant bias (zeros where the file had none);
 * BatchNormalization folded into the Conv/Gemm before it where that layer feeds only the BN;
-* ``Reshape`` to (batch, features) as ``Flatten(axis=1)``;
-* no Identity or (inference) Dropout nodes, no Constant nodes, initializers not listed as inputs.
+* ``Reshape`` to (batch, features) as ``Flatten(axis=1)``, Reshape targets computed from shapes
+  (``Shape``/``Slice``/``Gather``/``Concat``) as constants;
+* no Identity or (inference) Dropout nodes, no Constant nodes, initializers not listed as inputs, and
+  no nodes of constant inputs (e.g. a bias stored as (C,) and reshaped to (1, C, 1, 1): folded).
 
 Each pass is ``pass(graph) -> int`` (the number of rewrites) and edits the onnx-graphsurgeon graph
 in place. Only this module edits graphs.
@@ -56,11 +58,36 @@ def prepare(model: onnx.ModelProto, opset: int, source: str) -> gs.Graph:
             work = version_converter.convert_version(work, opset)
         except Exception as exc:  # the converter raises bare RuntimeError/ValueError/IndexError
             raise InputError(f"{source}: cannot convert opset {own} to {opset} ({str(exc).splitlines()[0]})") from None
+    declared = {}
+    for out in work.graph.output:  # inferred afresh: some exporters declare them wrongly (e.g. rank 0)
+        if out.type.HasField("tensor_type") and out.type.tensor_type.HasField("shape"):
+            declared[out.name] = onnx.TensorShapeProto()
+            declared[out.name].CopyFrom(out.type.tensor_type.shape)
+            out.type.tensor_type.ClearField("shape")
     try:
         work = shape_inference.infer_shapes(work, data_prop=True)
     except Exception as exc:
         raise InputError(f"{source}: shape inference failed ({str(exc).splitlines()[0]})") from None
+    for out in work.graph.output:
+        if out.name in declared:
+            _merge_declared(out.type.tensor_type, declared[out.name], source, out.name)
     return gs.import_onnx(work)
+
+
+def _merge_declared(inferred: onnx.TypeProto.Tensor, declared: onnx.TensorShapeProto, source: str, name: str) -> None:
+    """A graph output's shape: the file's declaration where it agrees with inference (its dim names
+    kept), inference where the declaration contradicts it (another rank, another size)."""
+    if not inferred.HasField("shape"):
+        inferred.shape.CopyFrom(declared)
+        return
+    dims = inferred.shape.dim
+    if len(dims) != len(declared.dim):
+        log.info("%s: output %r is declared with rank %d, but it has rank %d: the declaration is ignored",
+                 source, name, len(declared.dim), len(dims))
+        return
+    for d, dd in zip(dims, declared.dim):
+        if not d.HasField("dim_value") and (dd.HasField("dim_value") or dd.HasField("dim_param")):
+            d.CopyFrom(dd)
 
 
 # ---------------------------------------------------------------------------------------------- passes
@@ -96,9 +123,7 @@ def fold_constants(graph: gs.Graph) -> int:
             _replace_tensor(graph, out, const)
             node.outputs.clear()
             n += 1
-    needs_folding = any(node.op in ("ConstantOfShape", "Shape", "Cast", "Unsqueeze", "Concat", "Gather")
-                        and all(isinstance(t, gs.Constant) or _is_shape_of_static(t) for t in node.inputs)
-                        for node in graph.nodes)
+    needs_folding = any(_foldable(node) for node in graph.nodes)
     if needs_folding:
         try:
             import onnxruntime  # noqa: F401  (graphsurgeon evaluates constant subgraphs with it)
@@ -106,13 +131,127 @@ def fold_constants(graph: gs.Graph) -> int:
             return n
         before = len(graph.nodes)
         gs.logger.G_LOGGER.module_severity = gs.logger.G_LOGGER.ERROR
-        graph.cleanup().fold_constants(error_ok=True).cleanup()
+        graph.cleanup().fold_constants(error_ok=True, flatten_subgraphs=False).cleanup()
         n += before - len(graph.nodes)
     return n
 
 
 def _is_shape_of_static(t: gs.Tensor) -> bool:
     return bool(t.inputs) and t.inputs[0].op == "Shape"
+
+
+#: ops never evaluated ahead of time (their outputs differ from run to run)
+_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                               "Bernoulli"})
+
+
+def _foldable(node: gs.Node) -> bool:
+    """A node that computes a constant: every (non-empty) input is a constant, or a shape taken of a
+    tensor (graphsurgeon folds those where the shape is static). E.g. ConstantOfShape weights, or a
+    per-channel bias stored as (C,) and reshaped to (1, C, 1, 1) at run time."""
+    named = [t for t in node.inputs if t.name]
+    if not named or node.op in _NONDETERMINISTIC or (node.domain or "") not in ("", "ai.onnx") or any(
+            isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return False  # control flow is refused later, not inlined here
+    if node.op == "Shape":
+        x = node.inputs[0]
+        return x.shape is not None and all(isinstance(d, int) and d >= 0 for d in x.shape)
+    return all(isinstance(t, gs.Constant) or _is_shape_of_static(t) for t in named)
+
+
+def _shape_items(t: gs.Tensor, depth: int = 0) -> list | None:
+    """A small integer tensor computed from tensor shapes, as its values: an int where known, else
+    ``(tensor, axis)`` for a dimension of ``tensor`` not known until run time. None where it is
+    computed otherwise (or from ops not modelled here)."""
+    if depth > 32:
+        return None
+    if isinstance(t, gs.Constant):
+        v = np.asarray(t.values)
+        return [int(x) for x in v.reshape(-1)] if v.dtype.kind in "iu" and v.ndim <= 1 else None
+    if len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    op, ins = node.op, node.inputs
+
+    def const_ints(i: int) -> list[int] | None:
+        if i >= len(ins) or not ins[i].name:
+            return None
+        c = ins[i]
+        return [int(x) for x in np.asarray(c.values).reshape(-1)] if isinstance(c, gs.Constant) else None
+
+    if (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    if op == "Shape":
+        x = ins[0]
+        if x.shape is None:
+            return None
+        rank = len(x.shape)
+        start, end = int(node.attrs.get("start", 0)), int(node.attrs.get("end", rank))
+        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+        # a static 0 stays symbolic: as a Reshape target it would mean "copy"
+        return [d if isinstance(d, int) and d > 0 else (x, i) for i, d in ((i, x.shape[i]) for i in range(start, end))]
+    if op in ("Identity", "Squeeze", "Unsqueeze") or (
+            op == "Cast" and int(node.attrs.get("to", 0)) in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)):
+        items = _shape_items(ins[0], depth + 1)
+        if op in ("Squeeze", "Unsqueeze"):  # of a scalar or a vector: the values stay as they are
+            axes = node.attrs.get("axes", const_ints(1))
+            if items is None or (axes is not None and any(a not in (0, -1) for a in axes)):
+                return None
+        return items
+    if op == "Concat" and int(node.attrs.get("axis", 0)) in (0, -1):
+        out = []
+        for x in ins:
+            items = _shape_items(x, depth + 1)
+            if items is None:
+                return None
+            out.extend(items)
+        return out
+    if op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+        items, idx = _shape_items(ins[0], depth + 1), const_ints(1)
+        if items is None or idx is None or not all(-len(items) <= i < len(items) for i in idx):
+            return None
+        return [items[i] for i in idx]
+    if op == "Slice":
+        items, starts, ends = _shape_items(ins[0], depth + 1), const_ints(1), const_ints(2)
+        axes, steps = const_ints(3), const_ints(4)
+        if (items is None or starts is None or ends is None or len(starts) != 1 or len(ends) != 1
+                or (len(ins) > 3 and ins[3].name and axes not in ([0], [-1]))
+                or (len(ins) > 4 and ins[4].name and (steps is None or steps[0] < 1))):
+            return None
+        return items[slice(starts[0], ends[0], steps[0] if steps else 1)]  # python's clamping = ONNX's (step > 0)
+    return None
+
+
+def fold_reshape_shapes(graph: gs.Graph) -> int:
+    """A ``Reshape`` target computed at run time from shapes (``Concat(Slice(Shape(x), 0, 1), [-1])``,
+    exporters' ``x.view(x.size(0), -1)``) -> a constant target: dimensions known statically become
+    numbers, a dimension of the Reshape's own input copied to the same position becomes 0 (copy)."""
+    n = 0
+    for node in graph.nodes:
+        if node.op != "Reshape" or len(node.inputs) < 2 or isinstance(node.inputs[1], gs.Constant):
+            continue
+        items = _shape_items(node.inputs[1])
+        if items is None:
+            continue
+        x, allowzero = node.inputs[0], int(node.attrs.get("allowzero", 0))
+        target = []
+        for i, item in enumerate(items):
+            if isinstance(item, int):
+                if allowzero and item == 0:
+                    break  # a literal 0 dimension; leave such graphs alone
+                target.append(item)
+            elif item[0] is x and item[1] == i and not allowzero:
+                target.append(0)
+            else:
+                break
+        else:
+            if target.count(-1) > 1:
+                continue
+            node.inputs[1] = gs.Constant(f"{node.name}.shape", np.asarray(target, np.int64))
+            for out in node.outputs:
+                out.shape = None  # inferred again from the constant target
+            n += 1
+    return n
 
 
 #: ai.onnx.ml preprocessing ops whose output has their input's shape (ONNX infers none for them)
@@ -426,8 +565,9 @@ def unalias_weights(graph: gs.Graph) -> int:
 
 
 DEFAULT_PASSES: tuple[Pass, ...] = (
-    drop_initializer_inputs, name_nodes, fold_constants, infer_shapes, remove_identities, matmul_add_to_gemm,
-    canonicalize_gemm, fold_scaler, add_conv_bias, fold_batchnorm, reduce_mean_to_pool, reshape_to_flatten, unalias_weights,
+    drop_initializer_inputs, name_nodes, fold_constants, fold_reshape_shapes, infer_shapes, remove_identities,
+    matmul_add_to_gemm, canonicalize_gemm, fold_scaler, add_conv_bias, fold_batchnorm, reduce_mean_to_pool,
+    reshape_to_flatten, unalias_weights,
 )
 
 

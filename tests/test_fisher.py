@@ -51,3 +51,66 @@ def test_fisher_is_positive_and_per_neuron():
     f = neuron_fisher(ir, {"x": graphs.data(5, (3, 8, 8), n=37)}, ir.hidden, batch=8)
     assert [v.shape for v in f.values()] == [(6,), (8,), (10,)]
     assert all(np.all(v >= 0) and np.any(v > 0) for v in f.values())
+
+
+def _resize_net(seed: int, opset: int):
+    """graphs.shape_ops (Pad, nearest Resize with no roi, Transpose between convs) at ``opset``,
+    spelled as that opset wants: roi "" (13+), an empty roi tensor (11, 12)."""
+    from onnx import numpy_helper
+    m = graphs.shape_ops(seed)
+    m.opset_import[0].version = opset
+    resize = next(n for n in m.graph.node if n.op_type == "Resize")
+    if opset < 13:
+        m.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), "roi"))
+        resize.input[1] = "roi"
+    return m
+
+
+def test_empty_optional_inputs_survive_every_graph():
+    """Resize's unused roi given as "" stays "" in the normalized graph, the stage models, the
+    gradient model and the zipped model."""
+    from onnxzip import zip_models
+    from onnxzip.stages import StagedNetwork
+
+    def resizes(model):
+        return [list(n.input) for n in model.graph.node if n.op_type == "Resize"]
+
+    m = _resize_net(0, 17)
+    ir = build_ir(m, "t", "t.onnx", 17)
+    assert [r[1] for r in resizes(ir.to_onnx())] == [""]
+    net = StagedNetwork(ir, ir.hidden)
+    stages = [net.stage_model(j, {}) for j in range(net.stages)]
+    assert [r[1] for s in stages if s is not None for r in resizes(s)] == [""]
+    rev, _, _ = gradient_model(ir, ir.hidden, batch=4)
+    assert all(r[1] == "" for r in resizes(rev)) and len(resizes(rev)) >= 1
+    ort.InferenceSession(rev.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = {"x": graphs.data(6, (3, 8, 8), n=16)}
+    zipped = zip_models([m, _resize_net(1, 17)], [x, x], share=0.5, quiet=True).model
+    assert [r[1] for r in resizes(zipped)] and all(r[1] == "" for r in resizes(zipped))
+
+
+def test_reverse_resize_before_opset_13_gets_the_inputs_its_opset_requires():
+    """onnx-ad probes Resize with roi "" (opset 13's spelling): before 13 roi is required (an empty
+    tensor); the gradients equal those at opset 17."""
+    x = {"x": graphs.data(7, (3, 8, 8), n=10)}
+    ref_ir = build_ir(_resize_net(2, 17), "t", "t.onnx", 17)
+    ref = neuron_fisher(ref_ir, x, ref_ir.hidden, batch=5)
+    for opset in (12, 11):
+        ir = build_ir(_resize_net(2, opset), "t", "t.onnx", opset)
+        rev, _, _ = gradient_model(ir, ir.hidden, batch=5)
+        for node in rev.graph.node:
+            if node.op_type == "Resize":
+                assert "" not in list(node.input)[:3]
+        got = neuron_fisher(ir, x, ir.hidden, batch=5)
+        for i in ref:
+            np.testing.assert_allclose(got[i], ref[i], rtol=1e-4, atol=1e-9)
+
+
+def test_wrongly_declared_output_rank_does_not_break_gradients():
+    """An output declared as rank 0 (an exporter's slip) gets its real rank back in normalization, so
+    the seed input of the reverse graph has the output's rank (+ the seed axis)."""
+    m = graphs.cnn(8)
+    m.graph.output[0].type.tensor_type.shape.ClearField("dim")
+    ir = build_ir(m, "t", "t.onnx", 17)
+    f = neuron_fisher(ir, {"x": graphs.data(9, (3, 8, 8), n=12)}, ir.hidden, batch=4)
+    assert all(np.all(v >= 0) and np.any(v > 0) for v in f.values())
