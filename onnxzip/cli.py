@@ -140,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_budget, run_demo, run_three, samples_dir
+    from .demo import run_budget, run_demo, run_detectors, run_three, samples_dir
     samples = samples_dir(args.samples)
     print(f"onnxzip demo: zipping the sample pairs in {samples} (tasks: digit 10-way, parity 2-way)")
     opts = ZipOptions(quiet=True, device=args.device)
@@ -156,6 +156,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     row = run_budget(samples, options=opts)
     print(f"budget: {row['arch']} pair under --target-params {row['target']}: {row['params_kept']:.1%} kept, shared neurons "
           f"per layer {row['counts']}: " + ", ".join(f"{t} {a:.4f}" for t, a in row["accuracy"].items()))
+    row = run_detectors(samples, options=opts)
+    print(f"three LayerNorm detectors (batch 1) under --target-params {row['target']}: {row['params_kept']:.1%} kept: "
+          + ", ".join(f"{t} {a:.4f} ({row['original'][t]:.4f})" for t, a in row["accuracy"].items()))
     print("accuracy on the held-out test images; originals in parentheses")
     return 0
 

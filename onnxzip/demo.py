@@ -11,6 +11,7 @@ from .errors import InputError
 TASKS = ("digit", "parity")
 ARCHS = ("mlp", "cnn", "resnet")
 THREE = ("digit", "parity", "mod3")
+DETECTORS = ("zero", "seven", "small")  # LayerNorm MLP detectors (sigmoid score, batch fixed at 1)
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -62,3 +63,16 @@ def run_budget(samples: Path, target: float = 0.6, arch: str = "cnn", options: Z
     acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits") for t, d in zip(TASKS, tests)}
     return {"arch": arch, "target": target, "params_kept": result.report["params_after"] / result.report["params_before"],
             "accuracy": acc, "counts": result.report["budget"]["counts"]}
+
+
+def run_detectors(samples: Path, target: float = 0.5, options: ZipOptions | None = None) -> dict[str, Any]:
+    """Zip the three LayerNorm detectors under a parameter budget; test accuracy per task."""
+    models = [samples / f"ln_{t}.onnx" for t in DETECTORS]
+    tests = [io.load_arrays(samples / f"test_ln_{t}.npz") for t in DETECTORS]
+    result = zip_models(models, [samples / f"calib_ln_{t}.npz" for t in DETECTORS], options, names=DETECTORS,
+                        target_params=target)
+    acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/prob")
+           for t, d in zip(DETECTORS, tests)}
+    base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "prob") for t, m, d in zip(DETECTORS, models, tests)}
+    return {"target": target, "params_kept": result.report["params_after"] / result.report["params_before"],
+            "accuracy": acc, "original": base}
