@@ -6,7 +6,9 @@ ONNX Runtime) that gives dL/delta = dL/dz. Without labels the loss is
 
 * for a classifier output (N, C): cross-entropy against labels sampled from the model's own
   softmax (the true Fisher; probabilities, rows summing to 1, are used as they are);
-* for any other float output: a random projection v.y, v ~ N(0, I) (Gauss-Newton).
+* for any other float output: a random projection v.y, v ~ N(0, I) (Gauss-Newton); for an output
+  made by a Sigmoid (detector scores, probability maps), the projection of its logit, which does
+  not saturate.
 
 The statistic per output neuron is E_samples[sum over positions (dL/dz)^2] (float64): the
 Gauss-Newton weight that turns a neuron's mean squared pre-activation error into loss units.
@@ -63,6 +65,7 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
                               [helper.make_opsetid(d, v) for d, v in sorted(ir.extra_opsets.items())])
     seeded = [o.name for o in model.graph.output
               if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    seeded = _seed_logits(model, seeded, shapes)
     if not seeded:
         raise UsageError(f"{ir.source}: no float output to take loss gradients from")
     reverse = _ad().reverse(model, inputs=list(deltas.values()), outputs=seeded, layout="onnx")
@@ -119,6 +122,30 @@ def _seed(y: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = N
     return rng.normal(size=y.shape)
 
 
+def _seed_logits(model: onnx.ModelProto, seeded: list[str], shapes: dict[str, onnx.TypeProto.Tensor]) -> list[str]:
+    """Outputs made by a Sigmoid are seeded at its input, the logit, made a graph output here.
+
+    A detector's score is 0 or 1 on almost every calibration sample: its gradients vanish there, and
+    every neuron would look free to share, although a shift of the logit flips decisions. The
+    Gauss-Newton statistic of the logit does not saturate.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for name in seeded:
+        node = producer.get(name)
+        if node is not None and node.op_type == "Sigmoid" and node.domain in ("", "ai.onnx"):
+            logit = node.input[0]
+            if logit not in shapes:
+                out.append(name)  # its shape is not known: seeded as it is
+                continue
+            if logit not in {o.name for o in model.graph.output}:
+                model.graph.output.append(helper.make_value_info(logit, onnx.TypeProto(tensor_type=shapes[logit])))
+            name = logit
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
                   batch: int = 32, seed: int = 0, labels: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2].
@@ -149,7 +176,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
         outputs = sess.run(seeded, feeds)
         for name, y in zip(seeded, outputs):
             lab = None if labels is None else np.resize(labels[start:start + batch], batch)
-            s = _seed(y, rng, lab)
+            s = _seed(y, rng, lab) if name in ir.outputs else rng.normal(size=y.shape)  # logits: projected
             s[real:] = 0.0
             feeds[f"adj_{name}"] = s[..., None].astype(np.float32)
         got = sess.run([grads[i] for i in layers], feeds)

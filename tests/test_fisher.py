@@ -114,3 +114,27 @@ def test_wrongly_declared_output_rank_does_not_break_gradients():
     ir = build_ir(m, "t", "t.onnx", 17)
     f = neuron_fisher(ir, {"x": graphs.data(9, (3, 8, 8), n=12)}, ir.hidden, batch=4)
     assert all(np.all(v >= 0) and np.any(v > 0) for v in f.values())
+
+
+def test_saturated_detector_is_seeded_at_its_logit():
+    """A Sigmoid output that is 0 or 1 everywhere would make every neuron look free; its statistic is
+    taken at the logit: the same numbers as the network without the Sigmoid (the oracle), and far
+    from zero although the scores are saturated."""
+    import onnx
+    m = graphs.mlp(3, sizes=(12, 16, 10, 1))  # one score: the oracle's seed is the random projection too
+    for init in m.graph.initializer:
+        if init.name in ("w2", "b2"):  # a head so large that the scores saturate
+            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 300.0, init.name))
+    with_sigmoid = onnx.ModelProto()
+    with_sigmoid.CopyFrom(m)
+    out = next(n for n in with_sigmoid.graph.node if n.output[0] == "y")
+    out.output[0] = "logit"
+    with_sigmoid.graph.node.append(onnx.helper.make_node("Sigmoid", ["logit"], ["y"], name="score"))
+    x = {"x": np.random.default_rng(1).normal(size=(40, 12)).astype(np.float32)}
+    scores = graphs.run(with_sigmoid, x)
+    assert np.mean((scores < 1e-3) | (scores > 1 - 1e-3)) > 0.9  # saturated
+    ir_s, ir_l = build_ir(with_sigmoid, "s", "s.onnx", 17), build_ir(m, "l", "l.onnx", 17)
+    got, oracle = neuron_fisher(ir_s, x, ir_s.hidden), neuron_fisher(ir_l, x, ir_l.hidden)
+    for i in ir_s.hidden:
+        np.testing.assert_allclose(got[i], oracle[i], rtol=1e-5)
+        assert got[i].mean() > 1.0
