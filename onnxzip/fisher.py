@@ -58,11 +58,7 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
         deltas[i] = delta
     g = gs.import_onnx(model)
     g.toposort()
-    model = gs.export_onnx(g, do_type_check=False)
-    model.ir_version = ir.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend([helper.make_opsetid("", ir.opset)] +
-                              [helper.make_opsetid(d, v) for d, v in sorted(ir.extra_opsets.items())])
+    model = ir.export(g)
     seeded = [o.name for o in model.graph.output
               if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     seeded = _seed_logits(model, seeded, shapes)

@@ -70,16 +70,7 @@ class StagedNetwork:
         for t in graph.outputs:
             t.dtype = t.dtype or np.float32
         graph.cleanup(remove_unused_graph_inputs=False)
-        model = gs.export_onnx(graph, do_type_check=False)
-        for out in model.graph.output:  # non-tensor outputs (skl2onnx's ZipMap) keep their declared type
-            declared = self.ir.output_types.get(out.name)
-            if declared is not None and not declared.HasField("tensor_type"):
-                out.type.CopyFrom(declared)
-        model.ir_version = self.ir.ir_version
-        del model.opset_import[:]
-        model.opset_import.extend([onnx.helper.make_opsetid("", self.ir.opset)] +
-                                  [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.ir.extra_opsets.items())])
-        return model
+        return self.ir.export(graph)
 
     def produced(self, j: int) -> list[str]:
         """The tensors alive after stage ``j`` that it computes (the rest are carried through)."""

@@ -3,7 +3,6 @@
 The originals in ONNX Runtime are the oracle: share 0 must reproduce them within float noise.
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -110,38 +110,30 @@ def sklearn_mlp(task: str, x: np.ndarray, y: np.ndarray, seed: int, path: Path) 
     return float(clf.score(x[1], y[1]))
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> nn.Module:
+def _fit(model: nn.Module, forward: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, seed: int,
+         epochs: int) -> nn.Module:
+    """Adam on ``loss_fn(forward(x), y)`` in shuffled batches of 64 (``forward``: the model or a part)."""
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    loss_fn = nn.CrossEntropyLoss()
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 64):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
             idx = order[i:i + 64]
             opt.zero_grad()
-            loss_fn(model(xt[idx]), yt[idx]).backward()
+            loss_fn(forward(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> nn.Module:
+    return _fit(model, model, torch.from_numpy(x), torch.from_numpy(y).long(), nn.CrossEntropyLoss(), seed, epochs)
 
 
 def train_detector(model: nn.Sequential, x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> nn.Module:
     """Binary cross-entropy on the logit (the model without its final Sigmoid), for stability."""
-    gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y).float()[:, None]
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    loss_fn = nn.BCEWithLogitsLoss()
-    logit = model[:-1]
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 64):
-            idx = order[i:i + 64]
-            opt.zero_grad()
-            loss_fn(logit(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval()
+    return _fit(model, model[:-1], torch.from_numpy(x), torch.from_numpy(y).float()[:, None], nn.BCEWithLogitsLoss(),
+                seed, epochs)
 
 
 def detector_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
