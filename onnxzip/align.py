@@ -26,6 +26,8 @@ def _attrs(node: gs.Node) -> str:
             v = v.decode()
         if node.op == "Conv" and (k == "kernel_shape" or k in _SPATIAL):
             continue  # implied by the weight shape; spatial sampling may differ per task
+        if node.domain == "ai.onnx.ml" and isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v):
+            v = f"{len(v)} values"  # preprocessing constants (a Scaler's offset and scale) are data
         if _DEFAULTS.get(k, object()) == v or (k in ("strides", "dilations") and all(x == 1 for x in v)) or \
                 (k == "pads" and all(x == 0 for x in v)):
             continue

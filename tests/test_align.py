@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 import graphs
@@ -57,3 +58,30 @@ def test_mismatch_names_the_first_differing_node():
 def test_mismatch_in_node_count():
     with pytest.raises(MismatchError, match="differ"):
         align([ir(graphs.mlp(0), "a"), ir(graphs.mlp(1, sizes=(12, 16, 10, 7, 3)), "b")])
+
+
+def test_preprocessing_constants_are_data_not_architecture():
+    """Two skl2onnx-style models whose Scalers hold different constants (and feed a layer that is
+    not foldable into them: a ReLU in between) still align; another number of features does not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(offset, width=4):
+        nodes = [helper.make_node("Scaler", ["x"], ["s"], domain="ai.onnx.ml", name="scaler", offset=offset,
+                                  scale=[2.0] * width),
+                 helper.make_node("Relu", ["s"], ["r"], name="relu"),
+                 helper.make_node("Gemm", ["r", "w", "b"], ["h"], name="fc", transB=1),
+                 helper.make_node("Relu", ["h"], ["hr"], name="relu2"),
+                 helper.make_node("Gemm", ["hr", "w2", "b2"], ["y"], name="head", transB=1)]
+        inits = [numpy_helper.from_array(np.ones((3, width), np.float32), "w"),
+                 numpy_helper.from_array(np.zeros(3, np.float32), "b"),
+                 numpy_helper.from_array(np.ones((1, 3), np.float32), "w2"),
+                 numpy_helper.from_array(np.zeros(1, np.float32), "b2")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+        m.ir_version = 8
+        return build_ir(m, "t", f"{offset[0]}.onnx", 17)
+
+    assert len(align([model([0.0, 1.0, 2.0, 3.0]), model([5.0, 6.0, 7.0, 8.0])])) == 2
+    with pytest.raises(MismatchError):
+        align([model([0.0, 1.0, 2.0, 3.0]), model([0.0, 1.0, 2.0], width=3)])
