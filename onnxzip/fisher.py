@@ -15,6 +15,8 @@ Gauss-Newton weight that turns a neuron's mean squared pre-activation error into
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -23,6 +25,8 @@ from onnx import helper, numpy_helper
 from . import runtime
 from .errors import UsageError
 from .ir import ModelIR
+
+log = logging.getLogger(__name__)
 
 
 def _ad():
@@ -180,3 +184,17 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
             g = np.asarray(g[..., 0], np.float64)[:real]
             totals[i] += (g ** 2).reshape(real, g.shape[1], -1).sum(axis=(0, 2))
     return {i: t / n for i, t in totals.items()}
+
+
+def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str
+                    ) -> list[dict[int, np.ndarray]] | None:
+    """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.fisher`), or None
+    (with a warning) where the reverse-mode graph cannot be built."""
+    layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]
+    try:
+        return [neuron_fisher(ir, d, layers, device=device, labels=y)
+                for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
+    except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
+        log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None

@@ -7,7 +7,6 @@ a networkx index of it (read only), its :class:`Layer` records and its channel s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import networkx as nx
 import numpy as np

@@ -24,12 +24,12 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from .errors import UsageError
+from .fisher import loss_statistics
 from .ir import Layer, ModelIR
-from .merge import damp, match_tasks, merge_followers, merge_rows, task_blocks
-from .plan import Budget, allocate, counts_given, shared_counts
+from .merge import MATCHERS, damp, match_tasks, merge_followers, merge_rows, task_blocks
+from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
-from .merge import MATCHERS
 from .stats import cross_moments, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ class ZipPlan:
     groups: list[list[int]] = field(default_factory=list)
     orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
     loss_aware: bool = False  # costs are in loss units
-    budget: dict | None = None  # the automatic allocation, when a budget was given
     constants: list[dict[str, np.ndarray]] = field(default_factory=list)  # per task: re-estimated BN statistics
 
 
@@ -352,62 +351,6 @@ class Zipper:
         return LayerZip(li, 0, ns, rows, cols, weights, np.zeros(0))
 
 
-def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.ndarray], np.ndarray]:
-    """A function k (per group) -> parameters saved by sharing one more neuron in each group.
-
-    Sharing neuron slot s of group g stores, once instead of once per task, each member layer's
-    shared-input weights and bias, the consumers' weights on that channel from their shared rows,
-    and the depthwise filters that follow it.
-    """
-    ir, n_extra = irs[0], len(irs) - 1
-    group_of = {i: g for g, m in enumerate(groups) for i in m}
-    spaces = ir.spaces
-
-    def segments(layer) -> list[tuple[int, int, int]]:
-        """(group or ALIGNED/PRIVATE, channels, columns per channel) of the layer's input."""
-        if layer.input in spaces.private:
-            return [(PRIVATE, layer.fan_in, 1)]
-        space = spaces.layout.get(layer.input)
-        if space is None:
-            return [(ALIGNED, layer.fan_in, 1)]
-        pc = space.block * layer.kernel
-        return [(seg.layer if seg.layer < 0 else group_of[seg.layer], seg.count, pc) for seg in space.segments]
-
-    inputs = {i: segments(ir.layers[i]) for g in groups for i in g}
-    consumers = [(group_of[i], g, pc) for i, segs in inputs.items() for g, _, pc in segs if g >= 0]
-    followers = [(g, ir.layers[i].kernel + 1) for i in spaces.followers
-                 for g, _, _ in segments(ir.layers[i]) if g >= 0]
-
-    def saving(k: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(groups))
-        for i, segs in inputs.items():
-            cols = sum(n * pc if g == ALIGNED else (k[g] * pc if g >= 0 else 0) for g, n, pc in segs)
-            out[group_of[i]] += cols + 1
-        for reader, source, pc in consumers:
-            out[source] += k[reader] * pc
-        for source, size in followers:
-            out[source] += size
-        return n_extra * out
-
-    return saving
-
-
-def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper: "Zipper", device: str, batch: int
-                  ) -> list[np.ndarray]:
-    """Every group's slot costs if everything were shared, on the original networks (one pass)."""
-    zipper.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in zipper.groups]
-    hidden = irs[0].hidden
-    nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
-    live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
-    for j, li in enumerate(hidden):
-        g = zipper.group_of.get(li)
-        if g is not None and g not in zipper.rows:
-            zipper._decide(g, live)
-        zipper._hessians, zipper._problems = {}, {}
-        live = [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
-    return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
-
-
 def expand_channels(channels: np.ndarray, per_channel: int) -> np.ndarray:
     """Channel ids -> the ids of their features/columns (``per_channel`` consecutive ones each)."""
     return (np.asarray(channels, np.int64)[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
@@ -430,8 +373,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     Args:
         irs: the tasks (aligned: same layers in the same order).
         data: per task, the calibration arrays by input name.
-        share: fraction of each group's neurons to share (float or one per group), neuron counts per
-            group, or a :class:`~onnxzip.plan.Budget` to allocate them automatically.
+        share: fraction of each group's neurons to share (float or one per group), or neuron counts
+            per group (from :class:`onnxzip.budget.BudgetPlanner`).
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
         recover: run the original networks alongside, stage by stage, and refit every layer's
             targets (and the heads) by least squares to reproduce the original pre-activations.
@@ -442,17 +385,9 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
             baseline, merging by ``hessian``); then every task's ``data`` must be the same samples.
     """
     hidden = irs[0].hidden
-    nothing_shared = not isinstance(share, Budget) and not np.any(np.asarray(share, dtype=float) > 0)
+    nothing_shared = not np.any(np.asarray(share, dtype=float) > 0)
     if fisher is None and loss_aware and not nothing_shared:
         fisher = loss_statistics(irs, data, labels, device)
-    budget = None
-    if isinstance(share, Budget):
-        counts, predicted = BudgetPlanner(irs, data, fisher, matching=matching, hessian=hessian, damping=damping,
-                                          compensate=compensate, task_order=task_order, device=device,
-                                          batch=batch).allocate(share)
-        budget = {"counts": counts, "predicted_cost": predicted, "target_params": share.target_params,
-                  "max_cost": share.max_cost}
-        share = counts
     zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher, cost)
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
@@ -477,39 +412,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
     return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None,
-                   budget=budget, constants=constants)
-
-
-def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str
-                    ) -> list[dict[int, np.ndarray]] | None:
-    """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.fisher`), or None
-    (with a warning) where the reverse-mode graph cannot be built."""
-    from .fisher import neuron_fisher
-    layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]
-    try:
-        return [neuron_fisher(ir, d, layers, device=device, labels=y)
-                for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
-    except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
-        log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return None
-
-
-class BudgetPlanner:
-    """Predicted slot costs of every group from one pass over the original networks, turned into
-    shared counts for any :class:`~onnxzip.plan.Budget` (so backing off needs no second pass)."""
-
-    def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, *, matching: str,
-                 hessian: str, damping: float, compensate: bool, task_order: str, device: str, batch: int) -> None:
-        planner = Zipper(irs, 1.0, matching, hessian, damping, compensate, task_order, False, fisher)
-        self.costs = predict_costs(irs, data, planner, device, batch)
-        self.saving = saving_model(irs, planner.groups)
-        self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
-                         for i in range(len(ir.layers)))
-
-    def allocate(self, budget: Budget) -> tuple[list[int], float]:
-        """Shared counts per group and their predicted total cost."""
-        return allocate(self.costs, self.saving, self.total, budget)
+                   constants=constants)
 
 
 def restat_batchnorms(nets: list[StagedNetwork], irs: list[ModelIR], j: int, nodes: list, live: list[dict],

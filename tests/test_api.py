@@ -218,7 +218,7 @@ def test_correlation_matching_baseline():
 
 
 def test_equivalence_tells_rounding_from_a_structural_mismatch():
-    from onnxzip.api import check_equivalence
+    from onnxzip.verify import check_equivalence
     from onnxzip.errors import EquivalenceError
     rng = np.random.default_rng(0)
     ref = rng.uniform(0, 1, (8, 1, 16, 16))
@@ -307,7 +307,7 @@ def test_nothing_shared_says_why(caplog):
 
 
 def test_a_collapsed_task_is_said_loudly(caplog):
-    from onnxzip.api import warn_fidelity
+    from onnxzip.verify import warn_fidelity
     report = {"tasks": [{"name": "general", "verdict": "collapsed", "mask_iou": 0.0, "fired": 0.0,
                          "top1_agreement": None, "rel_err": 1.0}], "layers": [{"shared": 3}], "not_shared": []}
     with caplog.at_level("WARNING"):

@@ -1,0 +1,86 @@
+"""Automatic budgets: each group's predicted slot costs from one pass over the original networks,
+and the parameters one more shared neuron saves."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .ir import ModelIR
+from .plan import Budget, allocate
+from .spaces import ALIGNED, PRIVATE
+from .stages import StagedNetwork
+from .zipper import Zipper
+
+
+def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.ndarray], np.ndarray]:
+    """A function k (per group) -> parameters saved by sharing one more neuron in each group.
+
+    Sharing neuron slot s of group g stores, once instead of once per task, each member layer's
+    shared-input weights and bias, the consumers' weights on that channel from their shared rows,
+    and the depthwise filters that follow it.
+    """
+    ir, n_extra = irs[0], len(irs) - 1
+    group_of = {i: g for g, m in enumerate(groups) for i in m}
+    spaces = ir.spaces
+
+    def segments(layer) -> list[tuple[int, int, int]]:
+        """(group or ALIGNED/PRIVATE, channels, columns per channel) of the layer's input."""
+        if layer.input in spaces.private:
+            return [(PRIVATE, layer.fan_in, 1)]
+        space = spaces.layout.get(layer.input)
+        if space is None:
+            return [(ALIGNED, layer.fan_in, 1)]
+        pc = space.block * layer.kernel
+        return [(seg.layer if seg.layer < 0 else group_of[seg.layer], seg.count, pc) for seg in space.segments]
+
+    inputs = {i: segments(ir.layers[i]) for g in groups for i in g}
+    consumers = [(group_of[i], g, pc) for i, segs in inputs.items() for g, _, pc in segs if g >= 0]
+    followers = [(g, ir.layers[i].kernel + 1) for i in spaces.followers
+                 for g, _, _ in segments(ir.layers[i]) if g >= 0]
+
+    def saving(k: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(groups))
+        for i, segs in inputs.items():
+            cols = sum(n * pc if g == ALIGNED else (k[g] * pc if g >= 0 else 0) for g, n, pc in segs)
+            out[group_of[i]] += cols + 1
+        for reader, source, pc in consumers:
+            out[source] += k[reader] * pc
+        for source, size in followers:
+            out[source] += size
+        return n_extra * out
+
+    return saving
+
+
+def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper: "Zipper", device: str, batch: int
+                  ) -> list[np.ndarray]:
+    """Every group's slot costs if everything were shared, on the original networks (one pass)."""
+    zipper.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in zipper.groups]
+    hidden = irs[0].hidden
+    nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
+    live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
+    for j, li in enumerate(hidden):
+        g = zipper.group_of.get(li)
+        if g is not None and g not in zipper.rows:
+            zipper._decide(g, live)
+        zipper._hessians, zipper._problems = {}, {}
+        live = [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
+    return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
+
+
+class BudgetPlanner:
+    """Predicted slot costs of every group from one pass over the original networks, turned into
+    shared counts for any :class:`~onnxzip.plan.Budget` (so backing off needs no second pass)."""
+
+    def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, *, matching: str,
+                 hessian: str, damping: float, compensate: bool, task_order: str, device: str, batch: int) -> None:
+        planner = Zipper(irs, 1.0, matching, hessian, damping, compensate, task_order, False, fisher)
+        self.costs = predict_costs(irs, data, planner, device, batch)
+        self.saving = saving_model(irs, planner.groups)
+        self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
+                         for i in range(len(ir.layers)))
+
+    def allocate(self, budget: Budget) -> tuple[list[int], float]:
+        """Shared counts per group and their predicted total cost."""
+        return allocate(self.costs, self.saving, self.total, budget)
