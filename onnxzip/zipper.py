@@ -212,11 +212,11 @@ class Zipper:
         mats, hs, cols, ns = [], [], [], 0
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
-            h, g = self.statistics(li, t, live[t])
-            h = damp(h, self.damping)
+            raw, g = self.statistics(li, t, live[t])
+            h = damp(raw, self.damping)
             mat = as_matrix(*ir.weights(ir.layers[li]))
             if g is not None:  # recovery: target the original pre-activations, not the original weights
-                mat = cho_solve(cho_factor(h), g @ mat.T).T
+                mat = refit(mat, h, g, float(h[0, 0] - raw[0, 0]))
             hs.append(h[np.ix_(order, order)])
             mats.append(mat[:, order])
             cols.append(order)
@@ -349,6 +349,17 @@ class Zipper:
             cols.append(order)
             weights.append(mat[:, order])
         return LayerZip(li, 0, ns, rows, cols, weights, np.zeros(0))
+
+
+def refit(a: np.ndarray, h: np.ndarray, g: np.ndarray, lam: float) -> np.ndarray:
+    """Least-squares refit of the rows ``a`` (n, d) so that the zipped input reproduces the original
+    pre-activations, regularized toward ``a`` itself: argmin_w E[(w.x - a.x_ref)^2] + lam |w - a|^2
+    = (H + lam I)^-1 (G a + lam a), with ``h`` = H + lam I already damped and G the cross moment.
+
+    Where the input is unchanged (G = H) this is ``a`` exactly; a ridge toward zero instead would
+    shrink every refit layer by up to 1/(1 + damping), compounding over a deep network.
+    """
+    return cho_solve(cho_factor(h), g @ a.T + lam * a.T).T
 
 
 def expand_channels(channels: np.ndarray, per_channel: int) -> np.ndarray:
