@@ -106,6 +106,16 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     pb, pa, bb, ba = (report[k] for k in ("params_before", "params_after", "bytes_before", "bytes_after"))
     lines.append(f"parameters {pb:,} -> {pa:,} ({pa / pb:.1%});  weight bytes {_mb(bb)} -> {_mb(ba)}")
+    budget = report.get("budget")
+    if budget:
+        asked = (f"--target-params {budget['target_params']}" if budget.get("target_params") is not None
+                 else f"--max-loss-increase {budget.get('max_cost')}")
+        line = (f"budget {asked}: shared per group {budget['counts']}; measured output loss increase "
+                f"{budget.get('measured_loss', 0):.3g} per sample (summed over tasks)")
+        if budget.get("backoff"):
+            kept = ", ".join(f"{t['params_kept']:.1%}" for t in budget["backoff"])
+            line += f"; backed off {len(budget['backoff']) - 1} time(s) as tasks measured worse than predicted ({kept} kept)"
+        lines.append(line)
     orders: dict[str, int] = {}
     for g in report.get("groups", []):
         if len(g["layers"]) > 1:
