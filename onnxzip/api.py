@@ -229,8 +229,8 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
                       "params_kept": result.report["params_after"] / result.report["params_before"], "fits": fits})
         if fits or len(tries) > MAX_BACKOFF or not any(counts):
             break
-        log.warning("the budget's zip measures worse than predicted (%s; loss %.3g, predicted %.3g): backing off",
-                    ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks), measured, predicted)
+        log.warning("the budget's zip measures worse than its prediction (%s at %.1f%% kept): backing off",
+                    ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks), 100 * tries[-1]["params_kept"])
         budget = Budget(None if budget.target_params is None else (1 + budget.target_params) / 2,
                         None if budget.max_cost is None else budget.max_cost / 2)
     result.report["budget"] = {"counts": counts, "predicted_cost": predicted, "target_params": opts.target_params,
