@@ -28,6 +28,7 @@ from results import update_section  # noqa: E402
 
 from onnxzip import zip_models  # noqa: E402
 from onnxzip import io, runtime  # noqa: E402
+from onnxzip.verify import zipped_feeds  # noqa: E402
 
 SAMPLES = ROOT.parent / "samples"
 LN_TASKS = ("zero", "seven", "small")
@@ -59,10 +60,10 @@ def load_set(name: str) -> tuple[list[str], list[str], list[dict], list[dict]]:
     return models, tasks, calib, test
 
 
-def outputs(model, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    sess = runtime.session(model if not isinstance(model, str) else model)
-    given = {i.name for i in sess.get_inputs()}
-    return runtime.run(sess, {k: v for k, v in feeds.items() if k in given}, names, 16)
+def outputs(model, feeds: dict[str, np.ndarray], names: list[str] | None) -> dict[str, np.ndarray]:
+    """Outputs of ``model``; inputs not in ``feeds`` (other tasks' inputs of a zipped model) get zeros."""
+    sess = runtime.session(model)
+    return runtime.run(sess, zipped_feeds(sess, feeds), names, 16)
 
 
 def quality(name: str, zipped, models: list[str], tasks: list[str], test: list[dict]) -> list[str]:
@@ -111,6 +112,14 @@ def run_set(name: str) -> list[str]:
     return rows
 
 
+def previous_rows() -> list[str]:
+    """The table rows already in docs/results.md (sets not run again keep theirs)."""
+    from results import RESULTS
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    block = text.split("<!-- bench_real:start -->")[-1].split("<!-- bench_real:end -->")[0] if "bench_real:start" in text else ""
+    return [line for line in block.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in SETTINGS]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -125,9 +134,11 @@ def main() -> int:
              "| zip (s) |", "|---|---|---:|---|---|---:|"]
     for s in args.sets:
         lines += run_set(s)
+    kept = [row for row in previous_rows() if row.split("|")[1].strip() not in args.sets]
+    rows = sorted(kept + lines[2:], key=lambda r: list(SETTINGS).index(r.split("|")[1].strip()))
     body = (f"Run: `python tools/bench_real.py --update` on {platform.machine()}, ONNX Runtime CPU, "
-            f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s. No labels and no retraining "
-            "in the zips.\n\n" + "\n".join(lines) + "\n")
+            f"{time.strftime('%Y-%m-%d')} ({', '.join(args.sets)}: {time.perf_counter() - start:.0f} s). No labels "
+            "and no retraining in the zips.\n\n" + "\n".join(lines[:2] + rows) + "\n")
     if args.update:
         update_section("bench_real", "Real pretrained models (issue 7)", body)
     return 0
