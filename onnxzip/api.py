@@ -169,10 +169,10 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         arrays = [common] * len(arrays)
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
 
-    def zip_once(share, fisher=None) -> ZipResult:
+    def zip_once(share, fisher=None, loss_aware: bool = opts.loss_aware) -> ZipResult:
         plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching,
                          hessian=opts.hessian, damping=opts.damping, compensate=opts.compensate,
-                         task_order=opts.task_order, recover=opts.recover, loss_aware=opts.loss_aware,
+                         task_order=opts.task_order, recover=opts.recover, loss_aware=loss_aware,
                          device=opts.device, batch=opts.batch_size, fisher=fisher,
                          progress=lambda it, desc: progress(it, desc, opts.quiet))
         model = emit_model(irs, plan, names, shared_inputs)
@@ -190,10 +190,13 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         train = [{**a, "label": y} for a, y in zip(arrays, labels)]
         result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device, quiet=opts.quiet)
         before = result.report
-        result.report = verify(result, protos, irs, arrays, opts, check=False)
+        result.report = verify(result, protos, irs, arrays, opts, check=False)  # fine-tuned: fidelity only
         result.report.update(equivalence_max_abs_diff=before["equivalence_max_abs_diff"],
+                             equivalence=before["equivalence"],
                              finetune={"steps": opts.finetune, "seconds": round(time.perf_counter() - tuned, 3),
                                        "tasks_before": before["tasks"]})
+        if "budget" in before:
+            result.report["budget"] = before["budget"]
     warn_fidelity(result.report, opts)
     result.report["options"]["shared_input"] = shared_inputs
     result.report["cost_units"] = "loss" if result.plan.loss_aware else "pre-activation"
@@ -210,7 +213,8 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     calibration data. Where a task is degraded or collapsed (:func:`onnxzip.report.verdict`) the
     prediction did not hold: the budget is loosened (half the way to keeping everything; the
     costliest slots per parameter go first) and the zip redone, at most ``MAX_BACKOFF`` times.
-    The report's ``budget.backoff`` lists every try with its predicted and measured loss.
+    The report's ``budget.backoff`` lists every try with its predicted cost (the costs' units) and
+    measured output loss (:func:`onnxzip.report.output_loss`: not the same units; for reading).
     """
     fisher = loss_statistics(irs, arrays, labels, opts.device) if opts.loss_aware else None
     planner = BudgetPlanner(irs, arrays, fisher, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
@@ -219,15 +223,18 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
     while True:
         counts, predicted = planner.allocate(budget)
-        result = zip_once(counts, fisher)
+        result = zip_once(counts, fisher, loss_aware=fisher is not None)
         tasks = result.report["tasks"]
         measured = sum(t.get("loss_increase") or 0.0 for t in tasks)
-        floor = sum(t.get("negligible_loss") or 0.0 for t in tasks)
         fits = all(t.get("verdict", "ok") == "ok" for t in tasks)
         tries.append({"target_params": budget.target_params, "max_cost": budget.max_cost, "counts": counts,
-                      "predicted_cost": predicted, "measured_loss": measured, "negligible_loss": floor,
+                      "predicted_cost": predicted, "measured_loss": measured,
                       "params_kept": result.report["params_after"] / result.report["params_before"], "fits": fits})
-        if fits or len(tries) > MAX_BACKOFF or not any(counts):
+        if fits or not any(counts):
+            break
+        if len(tries) > MAX_BACKOFF:
+            log.warning("the budget still measures worse than predicted after %d tries (%s); kept as it is",
+                        len(tries), ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks))
             break
         log.warning("the budget's zip measures worse than its prediction (%s at %.1f%% kept): backing off",
                     ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks), 100 * tries[-1]["params_kept"])
@@ -285,6 +292,9 @@ def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.n
     sess = runtime.session(str(model) if isinstance(model, (str, os.PathLike)) else model, device)
     feeds = zipped_feeds(sess, data)
     pred = np.asarray(runtime.run(sess, feeds, [output])[output])
+    if pred.ndim not in (1, 2):
+        raise UsageError(f"output {output!r} has shape {pred.shape}: accuracy needs one score or class scores "
+                         "per sample, (N,) or (N, C)")
     if pred.ndim == 1 or pred.shape[1] == 1:
         return float(np.mean((pred.reshape(len(pred), -1)[:, 0] > threshold) == labels))
     return float(np.mean(pred.argmax(axis=1) == labels))

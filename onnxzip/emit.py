@@ -244,22 +244,29 @@ class TaskEmitter:
 
     def normalize(self, node: gs.Node) -> None:
         """LayerNormalization over the channels: on the parts joined in zipped order, with scale and
-        bias permuted to match, then split back into the parts."""
+        bias permuted to match along their channel axis, then split back into the parts. Its mean
+        and inverse deviation outputs (per sample) do not depend on the channel order."""
         value = self.values[node.inputs[0].name]
         x, shared = self.joined(node.inputs[0].name)
+        rank = len(node.inputs[0].shape)
         block = value.space.block
         order = np.concatenate([expand_channels(p.channels, block) for p in value.parts])
         inputs = [x]
         for t in node.inputs[1:]:
-            c = np.asarray(self.constants.get(t.name, t.values)) if isinstance(t, gs.Constant) else None
-            if c is None:
+            if not isinstance(t, gs.Constant):
                 inputs.append(self.tensor(t))
-            elif c.ndim >= 1 and c.shape[0] == order.size:
-                inputs.append(self.b.const(np.take(c, order, axis=0), f"{self.prefix}/{t.name}"))
-            else:
-                inputs.append(self.b.const(c, f"{self.prefix}/{t.name}"))
-        out_t = node.outputs[0]
-        (y,) = self.b.node(node.op, inputs, _attrs(node), [f"{out_t.name}.zipped"], self.prefix, node.domain)
+                continue
+            c = np.asarray(self.constants.get(t.name, t.values))
+            axis = c.ndim - (rank - 1)  # the constant's axis aligned with the channel axis, if any
+            if 0 <= axis < c.ndim and c.shape[axis] == order.size:
+                c = np.take(c, order, axis=axis)
+            inputs.append(self.b.const(c, f"{self.prefix}/{t.name}"))
+        out_t, rest = node.outputs[0], node.outputs[1:]
+        hints = [f"{out_t.name}.zipped"] + [t.name for t in rest]
+        y, *stats = self.b.node(node.op, inputs, _attrs(node), hints, self.prefix, node.domain,
+                                exact=any(t.name in self.output_names for t in rest))
+        for t, name in zip(rest, stats):
+            self.values[t.name] = Value([Part(name, None, shared)], None)
         sizes = [len(p.channels) * block for p in value.parts]
         names = [f"{out_t.name}.{'s' if p.shared else 'p'}{n}" for n, p in enumerate(value.parts)]
         if len(sizes) == 1:

@@ -32,10 +32,14 @@ from .registry import Registry
 MATCHERS: Registry = Registry("matching method")
 
 
+def damping_of(h: np.ndarray, rel: float) -> float:
+    """The damping :func:`damp` adds: ``rel * mean(diag(h))``, at least 1e-12."""
+    return max(rel * float(np.mean(np.diag(h))), 1e-12)
+
+
 def damp(h: np.ndarray, rel: float) -> np.ndarray:
-    """``h + rel * mean(diag(h)) * I`` (at least 1e-12): makes a PSD Hessian positive definite."""
-    lam = max(rel * float(np.mean(np.diag(h))), 1e-12)
-    return h + lam * np.eye(h.shape[0])
+    """``h + damping_of(h, rel) * I``: makes a PSD Hessian positive definite."""
+    return h + damping_of(h, rel) * np.eye(h.shape[0])
 
 
 def _chol(m: np.ndarray):

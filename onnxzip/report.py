@@ -28,22 +28,22 @@ COLLAPSE = {"top1_agreement": 0.5, "mask_iou": 0.5, "rel_err": 0.5}
 DEGRADED = {"top1_agreement": 0.9, "mask_iou": 0.9, "rel_err": 0.1}
 
 
-def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5) -> dict[str, float | None]:
-    """How well ``zipped`` reproduces ``original`` (one output, samples first).
+def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5, kind: str = "values"
+             ) -> dict[str, float | None]:
+    """How well ``zipped`` reproduces ``original`` (one output, samples first, any shape).
 
-    Always: relative error ||z - o|| / ||o|| and the max abs difference. Classifier outputs (N, C>1):
-    top-1 agreement. Outputs in [0, 1] that are not class distributions (detector scores,
-    probability maps): masks at ``threshold`` compared, as IoU (1 where both are empty) and the
-    share of positives kept (``fired``: zipped positives / original positives).
+    Always: relative error ||z - o|| / ||o|| and the max abs difference. ``kind`` "classifier"
+    (class axis 1): top-1 agreement. "scores" (detector scores, probability maps): masks at
+    ``threshold`` compared, as IoU over all elements (1 where both are empty), and ``fired``: zipped
+    positives / original positives (None where the original has none).
     """
     z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
     rel = float(np.linalg.norm(z - o) / max(np.linalg.norm(o), 1e-30))
     out: dict[str, float | None] = {"rel_err": rel, "top1_agreement": None, "mask_iou": None, "fired": None,
                                     "max_abs_diff": float(np.max(np.abs(z - o))) if z.size else 0.0}
-    classifier = o.ndim == 2 and o.shape[1] > 1
-    if classifier:
+    if kind == "classifier" and o.ndim >= 2 and o.shape[1] > 1:
         out["top1_agreement"] = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1)))
-    elif o.size and o.min() >= 0.0 and o.max() <= 1.0:
+    elif kind == "scores":
         mz, mo = z > threshold, o > threshold
         union = np.count_nonzero(mz | mo)
         out["mask_iou"] = float(np.count_nonzero(mz & mo) / union) if union else 1.0
@@ -51,21 +51,16 @@ def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5) -
     return out
 
 
-def output_loss(zipped: np.ndarray, original: np.ndarray) -> tuple[float, float]:
-    """The measured loss increase per sample in the loss-aware costs' units, and what counts as
-    negligible there.
-
-    Classifier outputs (N, C>1): mean KL(original || zipped) of the class distributions (softmax of
-    logits), negligible below 1e-3 nats. Others: 1/2 mean_samples sum_elements (z - o)^2 (the
-    Gauss-Newton loss of a random projection), negligible below 1e-4 of 1/2 mean sum o^2.
-    """
+def output_loss(zipped: np.ndarray, original: np.ndarray) -> float:
+    """The measured loss increase per sample of one output (N, ...): for class scores (N, C>1) the
+    mean KL(original || zipped) of the class distributions (softmax of logits) in nats, else
+    1/2 mean_samples sum_elements (z - o)^2 (the Gauss-Newton loss of a random projection)."""
     z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
     n = max(o.shape[0], 1) if o.ndim else 1
     if o.ndim == 2 and o.shape[1] > 1:
         p, q = _distribution(o), _distribution(z)
-        kl = np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12))), axis=1)
-        return float(np.mean(kl)), 1e-3
-    return float(0.5 * np.sum((z - o) ** 2) / n), float(1e-4 * 0.5 * np.sum(o ** 2) / n)
+        return float(np.mean(np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12))), axis=1)))
+    return float(0.5 * np.sum((z - o) ** 2) / n)
 
 
 def _distribution(y: np.ndarray) -> np.ndarray:

@@ -180,12 +180,9 @@ def _reduces_channels(node: gs.Node, rank: int) -> bool:
 
 
 def _normalizes_channels(node: gs.Node, rank: int) -> bool:
-    """LayerNormalization over axis 1 and every axis after it, with constant per-feature scale and
-    bias, and only its normalized output used."""
+    """LayerNormalization over axis 1 and every axis after it, with constant scale and bias."""
     axis = int(node.attrs.get("axis", -1)) % rank
-    consts = [t for t in node.inputs[1:] if t.name]
-    return axis == 1 and all(isinstance(t, gs.Constant) for t in consts) and \
-        not any(o.outputs for o in node.outputs[1:])
+    return axis == 1 and all(isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name)
 
 
 def broadcasts_channels(t: gs.Tensor, rank: int) -> bool:
@@ -305,8 +302,8 @@ def _feeds_normalization(graph: gs.Graph, layer, layout: dict[str, ChannelSpace]
     out = next(n for n in graph.nodes if n.name == layer.name).outputs[0]
     if out.name not in layout:
         return False
-    return any(channel_rule(c, list(c.inputs).index(out), layout[out.name].channels) in ("normalize", "reduce")
-               for c in out.outputs)
+    return any(c.op == "LayerNormalization" and channel_rule(c, 0, layout[out.name].channels) == "normalize" or
+               c.op == "ReduceMean" and channel_rule(c, 0, layout[out.name].channels) == "reduce" for c in out.outputs)
 
 
 def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) -> int:

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)
 NOISE_FACTOR = 20.0  # ... or this many times the model's own float noise under re-association
-GROSS, SPREAD = 100.0, 0.01  # beyond GROSS tolerances, or at more than SPREAD of the elements: a bug
+MAX_TOLERANCE = 2e-3  # ... but never more than this, relative to the magnitude
+NORMALIZED_BOUND = 1e-3  # the normalized model against the original file: beyond this, a bug
+GROSS, SPREAD, ROUNDING_CAP = 10.0, 0.01, 1e-2  # rounding: under GROSS tolerances and ROUNDING_CAP of the
+#                                               magnitude, at most SPREAD of the elements; else a bug
 
 
 def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
@@ -35,40 +38,40 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     original is measured and judged (:func:`onnxzip.report.verdict`).
     """
     zipped = runtime.session(result.model, opts.device)
-    equivalence, tolerance, noise, verdicts, tasks = 0.0, 0.0, 0.0, [], []
+    checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
+    tasks = []
     for t, (proto, ir, arrays, name) in enumerate(zip(protos, irs, data, result.names)):
         feeds = zipped_feeds(zipped, result.inputs_for(t, arrays))
-        outs = ir.outputs
-        got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in outs], opts.batch_size)
-        original = runtime.run(runtime.session(proto, opts.device), arrays, outs, opts.batch_size)
+        got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in ir.outputs], opts.batch_size)
+        original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, opts.batch_size)
         floats = [o for o in ir.tensor_outputs if np.asarray(original[o]).dtype.kind == "f"]
         normalized = runtime.run(runtime.session(ir.to_onnx(), opts.device), arrays, floats, opts.batch_size) \
             if floats else {}
         row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
-                               "max_abs_diff": None}
-        for o in outs:
+                               "max_abs_diff": None, "loss_increase": 0.0}
+        for o in ir.outputs:
             z, ref, orig = (as_array(x) for x in (got[f"{name}/{o}"], result.plan.outputs[t][o], original[o]))
             if z is None or z.dtype.kind != "f":
                 continue
-            own = float(np.max(np.abs(normalized[o] - orig))) if o in normalized and orig.size else 0.0
-            noise = max(noise, own)
             where = f"task {name!r} output {o!r}"
-            diff, tol, ok = check_equivalence(z, ref, own, f"{where}: the zipped model differs from the zipped network",
-                                              check)
-            equivalence, tolerance = max(equivalence, diff), max(tolerance, tol)
-            verdicts.append(ok)
+            noise = float_noise(normalized.get(o), orig, where, check)
+            checks.append(check_equivalence(z, ref, noise, f"{where}: the zipped model differs from the zipped "
+                                            "network", check) + (noise,))
             if shares_none:
-                verdicts.append(check_equivalence(z, orig, own, f"{where}: with nothing shared the zipped model "
-                                                  "differs from the original", check)[2])
+                checks.append(check_equivalence(z, orig, noise, f"{where}: with nothing shared the zipped model "
+                                                "differs from the original", check) + (noise,))
             if row["rel_err"] is None:
-                row.update(fidelity(z, orig, opts.mask_threshold), output=o)
-            increase, negligible = output_loss(z, orig)
-            row["loss_increase"] = row.get("loss_increase", 0.0) + increase
-            row["negligible_loss"] = row.get("negligible_loss", 0.0) + negligible
+                row.update(fidelity(z, orig, opts.mask_threshold, output_kind(ir, o, orig)), output=o)
+            row["loss_increase"] += output_loss(z, orig)
         if row["rel_err"] is not None:
             row["verdict"] = verdict(row)
         tasks.append(row)
+    worst = [c[3] for c in checks]
+    equivalence = {"max_abs_diff": max((c[0] for c in checks), default=0.0),
+                   "tolerance": max((c[1] for c in checks), default=0.0),
+                   "float_noise": max((c[2] for c in checks), default=0.0),
+                   "verdict": next((v for v in ("mismatch", "rounding") if v in worst), "ok") if check else "not checked"}
     before = [count_parameters([np.asarray(t.values) for t in ir.graph.tensors().values()
                                 if isinstance(t, gs.Constant)]) for ir in irs]
     after = count_parameters(list(result.model.graph.initializer))
@@ -84,9 +87,8 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "tasks": tasks, "layers": layers,
         "params_before": sum(p for p, _ in before), "params_after": after[0],
         "bytes_before": sum(b for _, b in before), "bytes_after": after[1],
-        "equivalence_max_abs_diff": equivalence,
-        "equivalence": {"max_abs_diff": equivalence, "tolerance": tolerance, "float_noise": noise,
-                        "verdict": "rounding" if "rounding" in verdicts else "ok"},
+        "equivalence_max_abs_diff": equivalence["max_abs_diff"],
+        "equivalence": equivalence,
         "not_shared": not_shared(irs, result.plan, opts),
         "groups": groups,
         "restored_at": sorted(irs[0].spaces.restore),
@@ -97,25 +99,42 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     }
 
 
+def float_noise(normalized: np.ndarray | None, original: np.ndarray, where: str, strict: bool = True) -> float:
+    """The model's own float noise on one output: its normalized form (BN folded, constants folded,
+    the same arithmetic re-associated) against the original file in ONNX Runtime, max abs over all
+    elements. It must stay within ``NORMALIZED_BOUND`` of the output's magnitude: more is not noise
+    but a normalization bug (:class:`EquivalenceError`), never a looser tolerance."""
+    if normalized is None or not original.size:
+        return 0.0
+    noise = float(np.max(np.abs(np.asarray(normalized, np.float64) - original)))
+    bound = NORMALIZED_BOUND * max(1.0, float(np.max(np.abs(original))))
+    if noise > bound and strict:
+        raise EquivalenceError(f"{where}: the normalized model differs from the original file by {noise:.3g} "
+                               f"(> {bound:.3g}); this is an onnxzip bug")
+    return min(noise, bound)
+
+
 def check_equivalence(got: np.ndarray, ref: np.ndarray, noise: float, what: str, strict: bool = True
                       ) -> tuple[float, float, str]:
     """Compare an emitted output with what it must reproduce, at float32 reality.
 
-    The tolerance is ``TOLERANCE`` times the output's magnitude, or ``NOISE_FACTOR`` times the
-    model's own float noise (``noise``: its original against its normalized form, the same
-    arithmetic re-associated), whichever is larger. Beyond it, a difference is rounding when it is
-    both small (under ``GROSS`` tolerances) and rare (at most ``SPREAD`` of the elements): kept, and
-    said in the report. Otherwise it is structural: :class:`EquivalenceError` (when ``strict``).
-
+    Args:
+        got, ref: the same output, any shape, float; ``noise``: the model's own float noise there
+            (:func:`float_noise`), in the output's units.
     Returns:
-        (max abs difference, tolerance, "ok" | "rounding" | "mismatch").
+        (max abs difference, tolerance, "ok" | "rounding" | "mismatch"). With s = max(1, max|ref|),
+        the tolerance is the larger of ``TOLERANCE`` s and ``NOISE_FACTOR`` x noise, capped at
+        ``MAX_TOLERANCE`` s. Beyond it, a difference is rounding when it is rare (at most ``SPREAD``
+        of the elements) and small (under ``GROSS`` tolerances and ``ROUNDING_CAP`` s): kept and said.
+        Anything else is structural: :class:`EquivalenceError` when ``strict``.
     """
     diff = float(np.max(np.abs(got - ref))) if got.size else 0.0
-    tol = max(TOLERANCE * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0), NOISE_FACTOR * noise)
+    scale = max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+    tol = min(max(TOLERANCE * scale, NOISE_FACTOR * noise), MAX_TOLERANCE * scale)
     if diff <= tol:
         return diff, tol, "ok"
     over = float(np.mean(np.abs(got - ref) > tol))
-    if diff <= GROSS * tol and over <= SPREAD:
+    if diff <= min(GROSS * tol, ROUNDING_CAP * scale) and over <= SPREAD:
         log.warning("%s by %.3g at %.2g%% of the elements (tolerance %.3g): float rounding, kept", what, diff,
                     100 * over, tol)
         return diff, tol, "rounding"
@@ -123,6 +142,26 @@ def check_equivalence(got: np.ndarray, ref: np.ndarray, noise: float, what: str,
         raise EquivalenceError(f"{what} by {diff:.3g} at {100 * over:.2g}% of the elements (tolerance {tol:.3g}, "
                                f"the model's own float noise {noise:.3g}); this is an onnxzip bug")
     return diff, tol, "mismatch"
+
+
+#: ops that only move values around between a graph output and the op that computed it
+_PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+def output_kind(ir: ModelIR, name: str, value: np.ndarray) -> str:
+    """How to judge an output: "scores" (made by a Sigmoid/HardSigmoid: detector scores,
+    probability maps, compared as masks), "classifier" (made by a Softmax, or (N, C>1)), or
+    "values" (relative error)."""
+    producers = {t.name: n for n in ir.graph.nodes for t in n.outputs}
+    node = producers.get(name)
+    while node is not None and node.op in _PASS_THROUGH:
+        node = producers.get(node.inputs[0].name)
+    op = node.op if node is not None else None
+    if op in ("Sigmoid", "HardSigmoid"):
+        return "scores"
+    if op in ("Softmax", "LogSoftmax") or (value.ndim == 2 and value.shape[1] > 1):
+        return "classifier"
+    return "values"
 
 
 def not_shared(irs: list[ModelIR], plan: ZipPlan, opts: ZipOptions) -> list[dict[str, str]]:
@@ -180,9 +219,10 @@ def warn_fidelity(report: dict[str, Any], opts: ZipOptions) -> None:
     """Say loudly when a task collapsed, and when nothing could be shared although sharing was asked."""
     for row in report["tasks"]:
         if row.get("verdict") == "collapsed":
+            fired = "" if row.get("fired") is None else f" (fires {row['fired']:.0%} as often)"
             what = (f"top-1 agreement {row['top1_agreement']:.3f}" if row.get("top1_agreement") is not None else
-                    f"mask IoU {row['mask_iou']:.3f} (fires {row['fired'] or 0:.0%} as often)"
-                    if row.get("mask_iou") is not None else f"relative error {row['rel_err']:.3g}")
+                    f"mask IoU {row['mask_iou']:.3f}{fired}" if row.get("mask_iou") is not None
+                    else f"relative error {row['rel_err']:.3g}")
             log.warning("task %r COLLAPSED against its original on the calibration data: %s; share less (a lower "
                         "--share or --target-params, or 0 for the layer groups that cost most)", row["name"], what)
     asked = opts.target_params is not None or opts.max_loss_increase is not None or \

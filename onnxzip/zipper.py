@@ -26,7 +26,7 @@ from scipy.linalg import cho_factor, cho_solve
 from .errors import UsageError
 from .fisher import loss_statistics
 from .ir import Layer, ModelIR
-from .merge import MATCHERS, damp, match_tasks, merge_followers, merge_rows, task_blocks
+from .merge import MATCHERS, damp, damping_of, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
@@ -216,7 +216,7 @@ class Zipper:
             h = damp(raw, self.damping)
             mat = as_matrix(*ir.weights(ir.layers[li]))
             if g is not None:  # recovery: target the original pre-activations, not the original weights
-                mat = refit(mat, h, g, float(h[0, 0] - raw[0, 0]))
+                mat = refit(mat, h, g, damping_of(raw, self.damping))
             hs.append(h[np.ix_(order, order)])
             mats.append(mat[:, order])
             cols.append(order)

@@ -301,3 +301,19 @@ def instnorm_cnn(seed: int, classes: int = 3) -> onnx.ModelProto:
     mean = n.op("ReduceMean", [y], axes=[1, 2, 3], keepdims=1)
     y = n.op("Relu", [n.op("Sub", [y, mean])])
     return n.head(y, 8, classes)
+
+
+def ln_spatial(seed: int, classes: int = 3, scale_shape=(8, 8), mean_output: bool = False) -> onnx.ModelProto:
+    """conv (8 channels on 8x8 maps) -> LayerNormalization over (C, H, W) with a scale of
+    ``scale_shape`` (broadcast: e.g. (H, W), whose first axis has the channel count's size) -> conv;
+    ``mean_output``: LayerNorm's Mean is a graph output too."""
+    n = _Net(seed, 3)
+    y = n.conv("x", 3, 8, relu=False, name="c1")
+    n.inits += [_init("ln.g", n.rng.uniform(0.5, 1.5, scale_shape)), _init("ln.b", n.rng.normal(0, 0.1, scale_shape))]
+    outs = ["ln", "ln.mean"] if mean_output else ["ln"]
+    n.nodes.append(helper.make_node("LayerNormalization", [y, "ln.g", "ln.b"], outs, name="ln", axis=1))
+    y = n.conv(n.op("Relu", ["ln"]), 8, 6, name="c2")
+    m = n.head(y, 6, classes)
+    if mean_output:
+        m.graph.output.append(inp("ln.mean", ["N", 1, 1, 1]))
+    return m

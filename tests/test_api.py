@@ -224,6 +224,7 @@ def test_equivalence_tells_rounding_from_a_structural_mismatch():
     ref = rng.uniform(0, 1, (8, 1, 16, 16))
     assert check_equivalence(ref + 5e-5, ref, 0.0, "x")[2] == "ok"
     assert check_equivalence(ref, ref, 1e-5, "x")[1] == pytest.approx(2e-4)  # 20x the model's own noise
+    assert check_equivalence(ref, ref, 1.0, "x")[1] == pytest.approx(2e-3)  # but capped
     near = ref.copy()
     near[0, 0, 3, 4] += 5e-4  # one element over the tolerance, by a little: rounding, kept
     assert check_equivalence(near, ref, 0.0, "x")[2] == "rounding"
@@ -313,3 +314,22 @@ def test_a_collapsed_task_is_said_loudly(caplog):
     with caplog.at_level("WARNING"):
         warn_fidelity(report, ZipOptions(share=1.0))
     assert "task 'general' COLLAPSED" in caplog.text and "mask IoU 0.000 (fires 0% as often)" in caplog.text
+
+
+def test_a_normalization_that_changes_the_model_is_a_bug_not_noise():
+    from onnxzip.errors import EquivalenceError
+    from onnxzip.verify import float_noise
+    o = np.linspace(0, 1, 50)
+    assert float_noise(o + 1e-6, o, "x") == pytest.approx(1e-6)
+    with pytest.raises(EquivalenceError, match="normalized model differs from the original file by 0.3"):
+        float_noise(o + 0.3, o, "x")
+
+
+def test_output_kinds_from_the_graph():
+    from onnxzip.ir import build_ir
+    from onnxzip.verify import output_kind
+    ir = build_ir(graphs.ln_mlp(0), "t", "t.onnx", 18)  # ends in a Sigmoid
+    assert output_kind(ir, "y", np.zeros((4, 3))) == "scores"
+    ir = build_ir(graphs.mlp(0), "t", "t.onnx", 17)
+    assert output_kind(ir, "y", np.zeros((4, 3))) == "classifier"
+    assert output_kind(ir, "y", np.zeros((4, 1))) == "values"

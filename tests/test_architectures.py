@@ -10,7 +10,9 @@ from onnxzip.ir import build_ir
 
 ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet,
          "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce,
-         "ln_mlp": graphs.ln_mlp, "ln_mlp_op": graphs.ln_mlp_op, "instnorm": graphs.instnorm_cnn}
+         "ln_mlp": graphs.ln_mlp, "ln_mlp_op": graphs.ln_mlp_op, "instnorm": graphs.instnorm_cnn,
+         "ln_spatial": graphs.ln_spatial, "ln_spatial_c": lambda seed, classes: graphs.ln_spatial(seed, classes, (8, 1, 1)),
+         "ln_mean_out": lambda seed, classes: graphs.ln_spatial(seed, classes, (8, 8, 8), mean_output=True)}
 
 
 def run_all(model, feeds):

@@ -20,7 +20,8 @@ def real_set(name: str, n: int, **kw) -> tuple[list[str], list[dict]]:
     paths = [model_path(name, t) for t in SETS[name]]
     if not all(p.is_file() for p in paths):
         pytest.skip(f"real models {name!r} not fetched (python tools/fetch_real.py)")
-    pytest.importorskip("skimage")
+    if name.startswith("ocr"):
+        pytest.importorskip("skimage")  # photos for the image sets
     import real_data
     data = []
     for i, task in enumerate(SETS[name]):

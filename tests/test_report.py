@@ -9,7 +9,7 @@ from onnxzip.report import fidelity, output_loss, verdict
 def test_mask_iou_and_fired_against_hand_counts():
     o = np.array([[0.9, 0.8, 0.1, 0.0], [0.2, 0.7, 0.6, 0.1]])[:, None, :]  # (N, 1, W) maps in [0, 1]
     z = np.array([[0.9, 0.2, 0.6, 0.0], [0.2, 0.7, 0.7, 0.1]])[:, None, :]
-    row = fidelity(z, o)
+    row = fidelity(z, o, kind="scores")
     # original positives: (0,0),(0,1),(1,1),(1,2); zipped: (0,0),(0,2),(1,1),(1,2): 3 common, 5 in the union
     assert row["mask_iou"] == 3 / 5 and row["fired"] == 1.0 and row["top1_agreement"] is None
     assert verdict(row) == "degraded"
@@ -18,9 +18,9 @@ def test_mask_iou_and_fired_against_hand_counts():
 def test_a_detector_that_never_fires_has_collapsed():
     o = np.array([[0.9], [0.1], [0.95], [0.0]])
     z = np.array([[0.4], [0.1], [0.45], [0.0]])
-    row = fidelity(z, o)
+    row = fidelity(z, o, kind="scores")
     assert row["mask_iou"] == 0.0 and row["fired"] == 0.0 and verdict(row) == "collapsed"
-    assert fidelity(o * 0.0, o * 0.0)["mask_iou"] == 1.0  # nothing to find, nothing found
+    assert fidelity(o * 0.0, o * 0.0, kind="scores")["mask_iou"] == 1.0  # nothing to find, nothing found
 
 
 def test_top1_agreement_and_relative_error():
@@ -28,7 +28,7 @@ def test_top1_agreement_and_relative_error():
     o = rng.normal(size=(50, 4))
     z = o.copy()
     z[:10] = z[:10, ::-1]
-    row = fidelity(z, o)
+    row = fidelity(z, o, kind="classifier")
     assert row["top1_agreement"] == np.mean(z.argmax(1) == o.argmax(1))
     assert np.isclose(row["rel_err"], np.sqrt(((z - o) ** 2).sum() / (o ** 2).sum()))
     assert verdict({"rel_err": 0.7}) == "collapsed" and verdict({"rel_err": 0.05}) == "ok"
@@ -38,10 +38,17 @@ def test_output_loss_is_the_mean_kl_for_classifiers():
     rng = np.random.default_rng(1)
     o, z = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
     kl = np.mean([entropy(p, q) for p, q in zip(softmax(o, axis=1), softmax(z, axis=1))])
-    assert np.isclose(output_loss(z, o)[0], kl)
-    assert np.isclose(output_loss(softmax(z, axis=1), softmax(o, axis=1))[0], kl)  # probabilities as given
+    assert np.isclose(output_loss(z, o), kl)
+    assert np.isclose(output_loss(softmax(z, axis=1), softmax(o, axis=1)), kl)  # probabilities as given
 
 
 def test_output_loss_is_half_the_squared_error_per_sample_otherwise():
     o, z = np.ones((4, 1, 3)), np.zeros((4, 1, 3))
-    assert output_loss(z, o) == (0.5 * 3, 1e-4 * 0.5 * 3)
+    assert output_loss(z, o) == 0.5 * 3
+
+
+def test_regression_values_in_unit_range_are_judged_by_their_error_not_by_masks():
+    rng = np.random.default_rng(2)
+    o = rng.uniform(0, 0.45, (30, 1))
+    row = fidelity(np.full_like(o, 0.2), o)  # kind "values": no threshold makes this look fine
+    assert row["mask_iou"] is None and row["rel_err"] > 0.4 and verdict(row) == "degraded"
