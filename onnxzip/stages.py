@@ -53,10 +53,8 @@ class StagedNetwork:
         lo, hi = self.bounds[j], self.bounds[j + 1]
         if lo == hi:
             return None
-        graph = self.ir.graph.copy()
-        tensors = graph.tensors()
+        graph, tensors = self._copy_nodes(lo, hi)
         keep = {n.name for n in self.nodes[lo:hi]}
-        graph.nodes = [n for n in graph.nodes if n.name in keep]
         for i, (w, b) in weights.items():
             layer = self.ir.layers[i]
             if layer.name in keep:
@@ -65,12 +63,27 @@ class StagedNetwork:
         for name, value in (constants or {}).items():
             if name in tensors:
                 tensors[name].values = np.asarray(value, tensors[name].values.dtype)
-        graph.inputs = [_as_input(tensors[name]) for name in self.live[j]]
+        graph.inputs = [_as_input(tensors[name]) for name in self.live[j] if name in tensors]
         graph.outputs = [tensors[name] for name in self.produced(j) + [e for e in extra if e not in self.produced(j)]]
         for t in graph.outputs:
             t.dtype = t.dtype or np.float32
         graph.cleanup(remove_unused_graph_inputs=False)
         return self.ir.export(graph)
+
+    def _copy_nodes(self, lo: int, hi: int) -> tuple[gs.Graph, dict[str, gs.Tensor]]:
+        """A graph of copies of nodes ``lo:hi`` and of the tensors they touch (copying the whole
+        graph for every stage made zipping quadratic in the network's depth)."""
+        tensors: dict[str, gs.Tensor] = {}
+
+        def own(t: gs.Tensor) -> gs.Tensor:
+            if t.name not in tensors:
+                tensors[t.name] = t.copy()
+            return tensors[t.name]
+
+        nodes = [n.copy(inputs=[own(t) for t in n.inputs], outputs=[own(t) for t in n.outputs])
+                 for n in self.nodes[lo:hi]]
+        graph = gs.Graph(nodes=nodes, opset=self.ir.graph.opset, import_domains=self.ir.graph.import_domains)
+        return graph, tensors
 
     def produced(self, j: int) -> list[str]:
         """The tensors alive after stage ``j`` that it computes (the rest are carried through)."""

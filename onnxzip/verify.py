@@ -56,11 +56,13 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
                 continue
             where = f"task {name!r} output {o!r}"
             noise = float_noise(normalized.get(o), orig, where, check)
-            checks.append(check_equivalence(z, ref, noise, f"{where}: the zipped model differs from the zipped "
-                                            "network", check) + (noise,))
+            diff, tol, ok = check_equivalence(z, ref, noise, f"{where}: the zipped model differs from the zipped "
+                                              "network", check)
+            checks.append((diff, tol, noise, ok))
             if shares_none:
-                checks.append(check_equivalence(z, orig, noise, f"{where}: with nothing shared the zipped model "
-                                                "differs from the original", check) + (noise,))
+                diff, tol, ok = check_equivalence(z, orig, noise, f"{where}: with nothing shared the zipped model "
+                                                  "differs from the original", check)
+                checks.append((diff, tol, noise, ok))
             if row["rel_err"] is None:
                 row.update(fidelity(z, orig, opts.mask_threshold, output_kind(ir, o, orig)), output=o)
             row["loss_increase"] += output_loss(z, orig)
