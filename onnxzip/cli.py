@@ -23,7 +23,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _add_zip_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--share", type=parse_share, default=None,
+    p.add_argument("--share", default=None,
                    help="fraction of each hidden layer's neurons to share, or one per layer group (see "
                         f"'onnxzip inspect'): 0.5,0.5,0.25 (default {DEFAULTS.share})")
     p.add_argument("--labels", default=DEFAULTS.labels,
@@ -73,7 +73,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
         io.check_output_path(args.report, args.models + args.data + [args.output])
     if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
         raise UsageError("give --share or a budget (--target-params / --max-loss-increase), not both")
-    opts = ZipOptions(share=DEFAULTS.share if args.share is None else args.share, names=args.names,
+    opts = ZipOptions(share=DEFAULTS.share if args.share is None else parse_share(args.share), names=args.names,
                       matching=args.matching, hessian=args.hessian, damping=args.damping, compensate=args.compensate,
                       task_order=args.task_order, recover=args.recover, loss_aware=args.loss_aware,
                       target_params=args.target_params, max_loss_increase=args.max_loss_increase, labels=args.labels,
@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxzipError as exc:
         print(f"onnxzip: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
+        print("onnxzip: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

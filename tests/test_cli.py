@@ -154,6 +154,8 @@ def test_output_equal_to_input(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags,message", [
     (["--share", "1.5"], "outside [0, 1]"),
+    (["--share", "abc"], "--share 'abc': give a fraction"),
+    (["--share", "0.5,abc"], "--share '0.5,abc': give a fraction"),
     (["--share", "0.5,0.5,0.5"], "3 fractions but the model has 2 layer groups"),
     (["--names", "a"], "1 names for 2 models"),
     (["--names", "a,a"], "must differ"),
@@ -194,3 +196,14 @@ def test_finetune_needs_labels(tmp_path, capsys):
     zipped = tmp_path / "z.onnx"
     assert main(["zip", *MLP, "--data", *CALIB, "-o", str(zipped), "-q"]) == 0
     fails(capsys, ["finetune", str(zipped), "--data", *CALIB, "-o", str(tmp_path / "t.onnx")], "no labels key 'label'")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import onnxzip.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(onnxzip.cli, "zip_models", interrupted)
+    out = tmp_path / "z.onnx"
+    assert main(["zip", *MLP, "--data", *CALIB, "-o", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == "onnxzip: interrupted" and not out.exists()
