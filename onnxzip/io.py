@@ -96,11 +96,19 @@ def fix_dynamic_dims(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> o
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
-    """Refuse an output path that is one of the inputs."""
+    """Refuse, before any work, an output path that is one of the inputs, a directory, or one whose
+    folder cannot be written (folders that do not exist yet are made when saving)."""
     out = Path(output).resolve()
     for src in inputs:
         if Path(src).resolve() == out:
             raise InputError(f"{output}: output path is an input file; choose another -o path")
+    if out.is_dir():
+        raise InputError(f"{output}: is a directory; give a file name")
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{output}: cannot write into {folder}")
 
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -207,3 +207,12 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     out = tmp_path / "z.onnx"
     assert main(["zip", *MLP, "--data", *CALIB, "-o", str(out)]) == 130
     assert capsys.readouterr().err.strip() == "onnxzip: interrupted" and not out.exists()
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
+    fails(capsys, ["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path)], "is a directory")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails(capsys, ["zip", *MLP, "--data", *CALIB, "-o", str(blocker / "z.onnx")], "cannot write into")
+    fails(capsys, ["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--report", str(blocker / "r.json")],
+          "cannot write into")
