@@ -44,12 +44,10 @@ def session(model: onnx.ModelProto | str, device: str = "cpu"):
     return sess
 
 
-def batch_size_for(sess, requested: int) -> int:
-    """``requested``, or the model's fixed batch size where an input pins one."""
-    for i in sess.get_inputs():
-        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
-            return i.shape[0]
-    return requested
+def fixed_batch(sess) -> int | None:
+    """The batch size an input of the session pins, or None."""
+    return next((i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0),
+                None)
 
 
 def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: int) -> Iterator[list[np.ndarray]]:
@@ -59,8 +57,8 @@ def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: i
     and its outputs cut back to the real samples, so every sample counts whatever the total.
     """
     n = next(iter(feeds.values())).shape[0]
-    size = batch_size_for(sess, batch)
-    fixed = any(i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0 for i in sess.get_inputs())
+    fixed = fixed_batch(sess)
+    size = fixed or batch
     names = [i.name for i in sess.get_inputs()]
     for i in range(0, n, size):
         chunk = {k: feeds[k][i:i + size] for k in names}

@@ -160,7 +160,7 @@ def _per_channel(c: np.ndarray, rank: int, channels: int) -> bool:
 
 
 def _axes(node: gs.Node) -> list[int] | None:
-    """A reduction's axes (attribute or constant input); None when not known."""
+    """An op's ``axes`` (attribute or constant input; [] when absent); None when not known."""
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
         if not isinstance(node.inputs[1], gs.Constant):
@@ -201,10 +201,8 @@ def _keeps_channels(node: gs.Node, rank: int) -> bool:
         perm = node.attrs.get("perm")
         return perm is not None and list(perm[:2]) == [0, 1]
     if op in REDUCE or op in ("Squeeze", "Unsqueeze"):
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
-            axes = node.inputs[1].values.reshape(-1).tolist()
-        if axes is None:
+        axes = _axes(node)
+        if not axes:  # not known, or all axes
             return False
         r = rank if op != "Unsqueeze" else rank + len(axes)
         return all(a % r >= 2 for a in axes)
