@@ -20,7 +20,7 @@ from .ir import ModelIR, build_ir
 from .merge import MATCHERS
 from .normalize import onnx_opset
 from .plan import Budget
-from .verify import verify, warn_fidelity, zipped_feeds
+from .verify import reference_outputs, verify, warn_fidelity, zipped_feeds
 from .stats import HESSIANS
 from .budget import BudgetPlanner
 from .fisher import loss_statistics
@@ -168,6 +168,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
         arrays = [common] * len(arrays)
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
+    references = reference_outputs(protos, irs, arrays, opts)  # once, however many zips a budget takes
 
     def zip_once(share, fisher=None, loss_aware: bool = opts.loss_aware) -> ZipResult:
         plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching,
@@ -178,7 +179,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         model = emit_model(irs, plan, names, shared_inputs)
         onnx.checker.check_model(model, full_check=True)
         result = ZipResult(model, {}, names, plan)
-        result.report = verify(result, protos, irs, arrays, opts)
+        result.report = verify(result, protos, irs, arrays, opts, references=references)
         return result
 
     if opts.target_params is not None or opts.max_loss_increase is not None:
@@ -190,7 +191,8 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         train = [{**a, "label": y} for a, y in zip(arrays, labels)]
         result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device, quiet=opts.quiet)
         before = result.report
-        result.report = verify(result, protos, irs, arrays, opts, check=False)  # fine-tuned: fidelity only
+        result.report = verify(result, protos, irs, arrays, opts, check=False,  # fine-tuned: fidelity only
+                               references=references)
         result.report.update(equivalence_max_abs_diff=before["equivalence_max_abs_diff"],
                              equivalence=before["equivalence"],
                              finetune={"steps": opts.finetune, "seconds": round(time.perf_counter() - tuned, 3),

@@ -27,27 +27,40 @@ GROSS, SPREAD, ROUNDING_CAP = 10.0, 0.01, 1e-2  # rounding: under GROSS toleranc
 #                                               magnitude, at most SPREAD of the elements; else a bug
 
 
+def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: list[dict[str, np.ndarray]],
+                      opts: ZipOptions) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """Per task, on its calibration data: the original file's outputs, and its normalized graph's
+    float outputs (for the float noise). They do not change from one zip to the next."""
+    out = []
+    for proto, ir, arrays in zip(protos, irs, data):
+        original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, opts.batch_size)
+        floats = [o for o in ir.tensor_outputs if np.asarray(original[o]).dtype.kind == "f"]
+        normalized = runtime.run(runtime.session(ir.to_onnx(), opts.device), arrays, floats, opts.batch_size) \
+            if floats else {}
+        out.append((original, normalized))
+    return out
+
+
 def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
-           data: list[dict[str, np.ndarray]], opts: ZipOptions, check: bool = True) -> dict[str, Any]:
+           data: list[dict[str, np.ndarray]], opts: ZipOptions, check: bool = True,
+           references: list[tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None) -> dict[str, Any]:
     """Run the zipped model on every task's calibration data and build the report.
 
     The zipped model must reproduce the per-task zipped networks (the original graphs with the
     merged weights, as run stage by stage) within a float tolerance calibrated on the model itself
     (:func:`check_equivalence`); with nothing shared it must reproduce the original models. A
     structural mismatch is a bug: :class:`EquivalenceError`. Each task's fidelity against its
-    original is measured and judged (:func:`onnxzip.report.verdict`).
+    original is measured and judged (:func:`onnxzip.report.verdict`). ``references``: the
+    originals' outputs from :func:`reference_outputs`, when already computed.
     """
     zipped = runtime.session(result.model, opts.device)
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
     tasks = []
-    for t, (proto, ir, arrays, name) in enumerate(zip(protos, irs, data, result.names)):
+    references = references or reference_outputs(protos, irs, data, opts)
+    for t, (ir, arrays, name, (original, normalized)) in enumerate(zip(irs, data, result.names, references)):
         feeds = zipped_feeds(zipped, result.inputs_for(t, arrays))
         got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in ir.outputs], opts.batch_size)
-        original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, opts.batch_size)
-        floats = [o for o in ir.tensor_outputs if np.asarray(original[o]).dtype.kind == "f"]
-        normalized = runtime.run(runtime.session(ir.to_onnx(), opts.device), arrays, floats, opts.batch_size) \
-            if floats else {}
         row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
                                "max_abs_diff": None, "loss_increase": 0.0}
         for o in ir.outputs:
