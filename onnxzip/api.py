@@ -288,18 +288,57 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
 
 
 def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.ndarray], labels: np.ndarray,
-                output: str, device: str = "cpu", threshold: float = 0.5) -> float:
-    """Top-1 accuracy of one output of a model on labelled data (other inputs get zeros); a single
-    score per sample (a detector, (N,) or (N, 1)) is class 1 above ``threshold``."""
-    sess = runtime.session(str(model) if isinstance(model, (str, os.PathLike)) else model, device)
-    feeds = zipped_feeds(sess, data)
-    pred = np.asarray(runtime.run(sess, feeds, [output])[output])
-    if pred.ndim not in (1, 2):
-        raise UsageError(f"output {output!r} has shape {pred.shape}: accuracy needs one score or class scores "
-                         "per sample, (N,) or (N, C)")
-    if pred.ndim == 1 or pred.shape[1] == 1:
-        return float(np.mean((pred.reshape(len(pred), -1)[:, 0] > threshold) == labels))
-    return float(np.mean(pred.argmax(axis=1) == labels))
+                output: str, device: str = "cpu", threshold: float = 0.5, source: str = "data") -> float:
+    """Top-1 accuracy of one output of a model on labelled data.
+
+    ``data`` holds the inputs of the output's task, by the model's input names or, in a zipped
+    model, by the original names (``image`` for ``digit/image``); other tasks' inputs get zeros.
+    Class scores (N, C) count by argmax, a single score per sample (a detector, (N,) or (N, 1))
+    is class 1 above ``threshold``, and an integer output is taken as the predicted labels.
+    ``source`` names the data in error messages.
+    """
+    proto = io.load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    outputs = {o.name: o for o in proto.graph.output}
+    if output not in outputs:
+        raise UsageError(f"{model if isinstance(model, (str, os.PathLike)) else 'the model'} has no output {output!r} "
+                         f"(outputs: {', '.join(outputs)})")
+    if not outputs[output].type.HasField("tensor_type"):
+        raise UsageError(f"output {output!r} is not a tensor (a sequence or map): give a tensor output of scores "
+                         "or labels")
+    feeds = _task_feeds(proto, data, output, source)
+    labels = np.asarray(labels)
+    n = next(iter(feeds.values())).shape[0]
+    if labels.ndim != 1 or len(labels) != n:
+        raise InputError(f"{source}: labels have shape {labels.shape}; give one label per sample ({n})")
+    sess = runtime.session(proto, device)
+    pred = np.asarray(runtime.run(sess, zipped_feeds(sess, feeds), [output])[output])
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        return float(np.mean(pred.argmax(axis=1) == labels))
+    if pred.ndim not in (1, 2) or len(pred) != n:
+        raise UsageError(f"output {output!r} has shape {pred.shape}: accuracy needs one score, one label or class "
+                         f"scores per sample, (N,) or (N, C), N = {n}")
+    pred = pred.reshape(n)
+    if pred.dtype.kind in "iub":
+        return float(np.mean(pred == labels))
+    return float(np.mean((pred > threshold) == labels))
+
+
+def _task_feeds(model: onnx.ModelProto, data: dict[str, np.ndarray], output: str, source: str
+                ) -> dict[str, np.ndarray]:
+    """The data checked against the inputs that ``output``'s task reads, keyed by the model's names."""
+    task = output.split("/")[0]
+    tasks = {o.name.split("/")[0] for o in model.graph.output if "/" in o.name}
+    others = tasks - {task}
+    own = [s for s in io.input_specs(model) if s.name.split("/")[0] not in others or "/" not in s.name]
+    names = {s.name for s in own}
+    keyed = {}
+    for key, value in data.items():
+        name = key if key in names else f"{task}/{key}"
+        if name not in names:
+            where = f"task {task!r}" if task in tasks else "the model"
+            raise InputError(f"{source}: key {key!r} is not an input of {where} (inputs: {', '.join(sorted(names))})")
+        keyed[name] = value
+    return io.check_calibration(keyed, own, source)
 
 
 __all__ = ["ZipOptions", "ZipResult", "zip_models", "finetune_model", "accuracy_of", "InputError"]

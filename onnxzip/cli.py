@@ -134,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.labels not in arrays:
         raise InputError(f"{args.data}: no labels key {args.labels!r} (keys: {', '.join(sorted(arrays))})")
     labels = arrays.pop(args.labels)
-    acc = accuracy_of(io.load_model(args.model), arrays, labels, args.output, args.device)
+    acc = accuracy_of(args.model, arrays, labels, args.output, args.device, source=args.data)
     print(f"{args.model} {args.output}: top-1 accuracy {acc:.4f} on {len(labels)} samples")
     return 0
 

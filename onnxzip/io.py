@@ -129,13 +129,13 @@ def load_calibration(path: str | os.PathLike, specs: list[InputSpec],
                      extra_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Read calibration data for a model and check it against the model's inputs.
 
-    Keys must be exactly the input names (a ``.npy`` file serves a single-input model); keys in
-    ``extra_keys`` (labels) may also be present. Arrays have a leading batch axis, the same length
+    Keys must be exactly the input names (a ``.npy`` file serves a single-input model) plus every
+    key in ``extra_keys`` (labels, one entry per sample). Arrays have a leading batch axis, the same length
     for every input, finite values, the input's static dims, and the input's dtype kind
     (float data is cast to the input's float type).
 
     Returns:
-        input name -> array (and the present extra keys), batch first.
+        input name -> array (and the extra keys), batch first.
     """
     return check_calibration(load_arrays(path), specs, str(path), extra_keys)
 
@@ -174,6 +174,9 @@ def check_calibration(arrays: dict[str, np.ndarray], specs: list[InputSpec], sou
     if batch == 0:
         raise InputError(f"{path}: no samples")
     for k in extra_keys:
-        if k in arrays:
-            out[k] = arrays[k]
+        if k not in arrays:
+            raise InputError(f"{path}: no labels key {k!r} (the file has: {', '.join(sorted(arrays))})")
+        if len(arrays[k]) != batch:
+            raise InputError(f"{path}: {k!r} has {len(arrays[k])} entries for {batch} samples")
+        out[k] = arrays[k]
     return out

@@ -216,3 +216,56 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
     fails(capsys, ["zip", *MLP, "--data", *CALIB, "-o", str(blocker / "z.onnx")], "cannot write into")
     fails(capsys, ["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--report", str(blocker / "r.json")],
           "cannot write into")
+
+
+def test_labels_key_missing_from_data(tmp_path, capsys):
+    fails(capsys, zip_args(tmp_path) + ["--labels", "nosuchkey"], "calib_digit.npz: no labels key 'nosuchkey'")
+    assert not (tmp_path / "z.onnx").exists()
+
+
+@pytest.fixture
+def test_data():
+    return dict(np.load(SAMPLES / "test_digit.npz"))
+
+
+@pytest.mark.parametrize("arrays,output,message", [
+    (None, "nosuch", "has no output 'nosuch' (outputs: logits)"),
+    (dict(img="image", label="label"), "logits", "key 'img' is not an input of the model (inputs: image)"),
+    (dict(image="small", label="label"), "logits", "input 'image' has shape (597, 1, 4, 8), the model expects"),
+    (dict(image="image", label="few"), "logits", "labels have shape (10,); give one label per sample (597)"),
+    (dict(image="image"), "logits", "no labels key 'label'"),
+])
+def test_eval_bad_input(tmp_path, capsys, test_data, arrays, output, message):
+    pool = {**test_data, "small": test_data["image"][:, :, :4], "few": test_data["label"][:10]}
+    data = str(SAMPLES / "test_digit.npz") if arrays is None else write_npz(
+        tmp_path, **{k: pool[v] for k, v in arrays.items()})
+    fails(capsys, ["eval", MLP[0], "--data", data, "--output", output], message)
+
+
+def test_eval_of_a_zipped_model_with_one_input_per_task(tmp_path, capsys, test_data):
+    zipped = tmp_path / "z.onnx"
+    assert main(zip_args(tmp_path, out=zipped) + ["--separate-inputs", "--names", "digit,parity"]) == 0
+    assert main(["eval", str(zipped), "--data", str(SAMPLES / "test_digit.npz"), "--output", "digit/logits"]) == 0
+    assert "top-1 accuracy 0.9" in capsys.readouterr().out
+    data = write_npz(tmp_path, **{"parity/image": test_data["image"], "label": test_data["label"]})
+    fails(capsys, ["eval", str(zipped), "--data", data, "--output", "digit/logits"],
+          "key 'parity/image' is not an input of task 'digit' (inputs: digit/image)")
+
+
+def test_eval_of_an_integer_label_output(tmp_path, capsys, test_data):
+    import onnxruntime as ort
+    x = test_data["image"].reshape(len(test_data["image"]), -1)
+    model = str(SAMPLES / "sklearn_digit.onnx")
+    predicted = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(["output_label"], {"X": x})[0]
+    data = write_npz(tmp_path, X=x, label=test_data["label"])
+    assert main(["eval", model, "--data", data, "--output", "output_label"]) == 0
+    expected = np.mean(predicted == test_data["label"])
+    assert f"top-1 accuracy {expected:.4f}" in capsys.readouterr().out
+    fails(capsys, ["eval", model, "--data", data, "--output", "output_probability"], "is not a tensor")
+
+
+def test_python_dash_m(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "onnxzip", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("onnxzip ")
