@@ -30,5 +30,9 @@ class UsageError(OnnxzipError):
     """Bad option values or an unknown method name."""
 
 
+class InternalError(RuntimeError):
+    """A graph onnxzip built itself cannot be run: a bug in onnxzip, never a user error."""
+
+
 class EquivalenceError(RuntimeError):
     """The emitted model does not reproduce what it must: a bug in onnxzip, never a user error."""

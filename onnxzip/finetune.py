@@ -62,7 +62,7 @@ def finetune(model: onnx.ModelProto, tasks: list[str], data: list[dict[str, np.n
         labels: per task (N,) int class labels; outputs: per task the logits output it is trained on.
     """
     reverse, names, grads = training_model(model, batch)
-    sess = runtime.session(reverse, device)
+    sess = runtime.session(reverse, device, built=True)
     values = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in model.graph.initializer
               if i.name in set(names)}
     m1 = {n: np.zeros_like(v) for n, v in values.items()}

@@ -37,6 +37,14 @@ def _ad():
     return onnx_ad
 
 
+def _unsupported() -> type[Exception]:
+    """onnx-ad's error for an op it has no reverse rule for."""
+    try:
+        return _ad().UnsupportedOperator
+    except UsageError:
+        return UsageError
+
+
 def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.ModelProto, dict[int, str], list[str]]:
     """The task's network at a fixed batch, with a delta input on each layer's output, reversed.
 
@@ -154,7 +162,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
     batch = fixed[0] if fixed else batch
     reverse, grads, seeded = gradient_model(ir, layers, batch)
-    sess = runtime.session(reverse, device)
+    sess = runtime.session(reverse, device, built=True)
     inputs = {i.name: i for i in sess.get_inputs()}
     rng = np.random.default_rng(seed)
     n = next(iter(data.values())).shape[0]
@@ -194,7 +202,7 @@ def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], label
     try:
         return [neuron_fisher(ir, d, layers, device=device, labels=y)
                 for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
-    except Exception as exc:  # onnx-ad lacks a rule, no float output, ...: costs stay in layer units
+    except (UsageError, _unsupported()) as exc:  # no float output, or onnx-ad lacks a rule for an op
         log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None

@@ -42,7 +42,8 @@ def damp(h: np.ndarray, rel: float) -> np.ndarray:
     return h + damping_of(h, rel) * np.eye(h.shape[0])
 
 
-def _chol(m: np.ndarray):
+def cholesky(m: np.ndarray):
+    """``cho_factor(m)`` for ``cho_solve``; a matrix that is not positive definite is a :class:`NumericalError`."""
     try:
         return cho_factor(m)
     except LinAlgError:
@@ -60,7 +61,7 @@ def schur(h: np.ndarray, ns: int) -> tuple[np.ndarray, np.ndarray]:
     h_ss, h_sp, h_pp = h[:ns, :ns], h[:ns, ns:], h[ns:, ns:]
     if h_pp.size == 0:
         return h_ss.copy(), np.zeros((0, ns))
-    g = cho_solve(_chol(h_pp), h_sp.T)
+    g = cho_solve(cholesky(h_pp), h_sp.T)
     s = h_ss - h_sp @ g
     return (s + s.T) / 2, g
 
@@ -74,7 +75,7 @@ def pair_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarra
     Returns:
         (nA, nB) float64, M = S_A (S_A + S_B)^-1 S_B.
     """
-    m = s_a @ cho_solve(_chol(s_a + s_b), s_b)
+    m = s_a @ cho_solve(cholesky(s_a + s_b), s_b)
     return _all_pairs(a_s, b_s, m)
 
 
@@ -93,7 +94,7 @@ def split_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarr
     Q_B = S_A T S_B T S_A; E_A + E_B equals :func:`pair_costs`. Weighting them by each neuron's loss
     gradient statistic puts the cost in loss units.
     """
-    factor = _chol(s_a + s_b)
+    factor = cholesky(s_a + s_b)
     ta, tb = cho_solve(factor, s_a), cho_solve(factor, s_b)  # T S_A, T S_B
     return _all_pairs(a_s, b_s, tb.T @ s_a @ tb), _all_pairs(a_s, b_s, ta.T @ s_b @ ta)
 
@@ -164,7 +165,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
     blocks = [task_blocks(h, ns, compensate) for h in hs]
     total = sum(s for s, _ in blocks)
     rhs = sum(s @ np.asarray(m[:, :ns], np.float64).T for (s, _), m in zip(blocks, mats))
-    w = cho_solve(_chol(total), rhs).T
+    w = cho_solve(cholesky(total), rhs).T
     privs, costs = [], np.zeros(w.shape[0])
     for t, ((s, g), m) in enumerate(zip(blocks, mats)):
         diff = w - m[:, :ns]
@@ -199,7 +200,7 @@ def match_tasks(members: list[tuple], k: int, matching: str,
     shared = []
     for m, s, f in members:
         total = s[t0] + s[t1]
-        w = cho_solve(_chol(total), s[t0] @ m[t0][rows[t0]].T + s[t1] @ m[t1][rows[t1]].T).T
+        w = cho_solve(cholesky(total), s[t0] @ m[t0][rows[t0]].T + s[t1] @ m[t1][rows[t1]].T).T
         weight = None if f is None else f[t0][rows[t0]] + f[t1][rows[t1]]
         shared.append((w, total, weight))
     for t in order[2:]:
@@ -207,7 +208,7 @@ def match_tasks(members: list[tuple], k: int, matching: str,
                 for (w, total, weight), (m, s, f) in zip(shared, members))
         slots, picked = MATCHERS.get(matching)(c, k)
         rows[t] = picked[np.argsort(slots)]
-        shared = [(cho_solve(_chol(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
+        shared = [(cho_solve(cholesky(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
                    None if f is None else weight + f[t][rows[t]])
                   for (w, total, weight), (m, s, f) in zip(shared, members)]
     cost = np.zeros(k)

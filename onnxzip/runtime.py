@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from .errors import InputError, UsageError
+from .errors import InputError, InternalError, UsageError
 
 log = logging.getLogger(__name__)
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -23,8 +23,12 @@ def onnxruntime():
     return ort
 
 
-def session(model: onnx.ModelProto | str, device: str = "cpu"):
-    """An InferenceSession on ``device`` ('cpu' or 'cuda'); refuses a silent fall-back to CPU."""
+def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = False):
+    """An InferenceSession on ``device`` ('cpu' or 'cuda'); refuses a silent fall-back to CPU.
+
+    ``built``: the graph is one onnxzip made (a stage, a reverse graph, the zipped model); if ONNX
+    Runtime refuses it, that is a bug (:class:`InternalError`), not a problem with the user's file.
+    """
     ort = onnxruntime()
     if device not in PROVIDERS:
         raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(PROVIDERS)}")
@@ -38,6 +42,8 @@ def session(model: onnx.ModelProto | str, device: str = "cpu"):
     try:
         sess = ort.InferenceSession(src, opts, providers=wanted)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        if built:
+            raise InternalError(f"onnxruntime refuses a graph onnxzip built: {exc}") from exc
         raise InputError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     if sess.get_providers()[0] != wanted[0]:
         raise UsageError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of {wanted[0]}")

@@ -96,7 +96,7 @@ class StagedNetwork:
         model = self.stage_model(j, weights, constants, list(extra))
         if model is None:
             return {k: live[k] for k in self.live[j + 1]}
-        sess = runtime.session(model, self.device)
+        sess = runtime.session(model, self.device, built=True)
         feeds = {i.name: live[i.name] for i in sess.get_inputs()}
         wanted = self.produced(j) + [e for e in extra if e not in self.produced(j)]
         out = runtime.run(sess, feeds, wanted, self.batch)

@@ -35,8 +35,10 @@ def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: l
     for proto, ir, arrays in zip(protos, irs, data):
         original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, opts.batch_size)
         floats = [o for o in ir.tensor_outputs if np.asarray(original[o]).dtype.kind == "f"]
-        normalized = runtime.run(runtime.session(ir.to_onnx(), opts.device), arrays, floats, opts.batch_size) \
-            if floats else {}
+        normalized = {}
+        if floats:
+            sess = runtime.session(ir.to_onnx(), opts.device, built=True)
+            normalized = runtime.run(sess, arrays, floats, opts.batch_size)
         out.append((original, normalized))
     return out
 
@@ -53,7 +55,7 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     original is measured and judged (:func:`onnxzip.report.verdict`). ``references``: the
     originals' outputs from :func:`reference_outputs`, when already computed.
     """
-    zipped = runtime.session(result.model, opts.device)
+    zipped = runtime.session(result.model, opts.device, built=True)
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
     tasks = []

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_solve
 
 from .errors import UsageError
 from .fisher import loss_statistics
 from .ir import Layer, ModelIR
-from .merge import MATCHERS, damp, damping_of, match_tasks, merge_followers, merge_rows, task_blocks
+from .merge import MATCHERS, cholesky, damp, damping_of, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
@@ -359,7 +359,7 @@ def refit(a: np.ndarray, h: np.ndarray, g: np.ndarray, lam: float) -> np.ndarray
     Where the input is unchanged (G = H) this is ``a`` exactly; a ridge toward zero instead would
     shrink every refit layer by up to 1/(1 + damping), compounding over a deep network.
     """
-    return cho_solve(cho_factor(h), g @ a.T + lam * a.T).T
+    return cho_solve(cholesky(h), g @ a.T + lam * a.T).T
 
 
 def expand_channels(channels: np.ndarray, per_channel: int) -> np.ndarray:

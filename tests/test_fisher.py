@@ -1,6 +1,7 @@
 """Loss gradients through ONNX Runtime (onnx-ad), checked against a small vector-Jacobian oracle."""
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 import graphs
 from onnxzip.fisher import _seed, gradient_model, neuron_fisher
@@ -138,3 +139,23 @@ def test_saturated_detector_is_seeded_at_its_logit():
     for i in ir_s.hidden:
         np.testing.assert_allclose(got[i], oracle[i], rtol=1e-5)
         assert got[i].mean() > 1.0
+
+
+def test_loss_statistics_fall_back_only_where_onnx_ad_lacks_a_rule(monkeypatch, caplog):
+    import onnx_ad
+
+    from onnxzip import fisher
+    irs = [build_ir(graphs.mlp(s), f"t{s}", "t.onnx", 17) for s in (0, 1)]
+    data = [{"x": graphs.data(s, (12,))} for s in (0, 1)]
+
+    def unsupported(*args, **kwargs):
+        raise onnx_ad.UnsupportedOperator("no reverse rule for Mystery")
+    monkeypatch.setattr(fisher, "neuron_fisher", unsupported)
+    assert fisher.loss_statistics(irs, data, None, "cpu") is None
+    assert "no reverse rule for Mystery" in caplog.text
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in onnxzip")
+    monkeypatch.setattr(fisher, "neuron_fisher", bug)
+    with pytest.raises(KeyError):
+        fisher.loss_statistics(irs, data, None, "cpu")
