@@ -1,8 +1,9 @@
 """onnxzip: zip several same-architecture ONNX models into one multi-task model (Multi-Task Zipping)."""
-from .api import ZipOptions, ZipResult, accuracy_of, finetune_model, zip_models
-from .errors import (EquivalenceError, InputError, MismatchError, NumericalError, OnnxzipError, UnsupportedOpError,
-                     UsageError)
+__version__ = "0.1.0"  # before the imports below: the report records it
 
-__version__ = "0.1.0"
-__all__ = ["zip_models", "finetune_model", "ZipOptions", "ZipResult", "accuracy_of", "OnnxzipError", "InputError", "MismatchError",
-           "UnsupportedOpError", "NumericalError", "UsageError", "EquivalenceError"]
+from .api import ZipOptions, ZipResult, accuracy_of, finetune_model, zip_models  # noqa: E402
+from .errors import (EquivalenceError, InputError, InternalError, MismatchError, NumericalError,  # noqa: E402
+                     OnnxzipError, UnsupportedOpError, UsageError)
+
+__all__ = ["zip_models", "finetune_model", "ZipOptions", "ZipResult", "accuracy_of", "OnnxzipError", "InputError",
+           "MismatchError", "UnsupportedOpError", "NumericalError", "UsageError", "EquivalenceError", "InternalError"]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
-from . import io, runtime
+from . import __version__, io, runtime
 from .align import align
 from .emit import emit_model
 from .errors import InputError, UsageError
@@ -200,10 +200,25 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         if "budget" in before:
             result.report["budget"] = before["budget"]
     warn_fidelity(result.report, opts)
+    result.report.update(provenance(models, data, names, opts, budgeted="budget" in result.report))
     result.report["options"]["shared_input"] = shared_inputs
     result.report["cost_units"] = "loss" if result.plan.loss_aware else "pre-activation"
     result.report["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opts: ZipOptions,
+               budgeted: bool) -> dict[str, Any]:
+    """What reproduces a zip: onnxzip's version, every input's SHA-256 and every option (a budget's
+    zip shares what the budget chose: ``share`` is then None and the report's ``budget.counts`` says)."""
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items() if k != "quiet"}
+    if budgeted:
+        options["share"] = None
+    inputs = [{"task": n, "model": str(m) if isinstance(m, (str, os.PathLike)) else None, "model_sha256": io.sha256(m),
+               "data": str(d) if isinstance(d, (str, os.PathLike)) else None, "data_sha256": io.sha256(d)}
+              for n, m, d in zip(names, models, data)]
+    return {"onnxzip_version": __version__, "inputs": inputs, "options": options,
+            "metrics_on": "calibration data (the samples the zip was fitted to, not held out)"}
 
 
 def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], labels: list, opts: ZipOptions,

@@ -1,6 +1,7 @@
 """Reading and writing files: ONNX models (external data included) and calibration arrays."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +23,23 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+
+
+def sha256(source: str | os.PathLike | onnx.ModelProto | dict[str, np.ndarray]) -> str:
+    """The SHA-256 of a file (its bytes), a ModelProto (serialized) or arrays (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    elif isinstance(source, onnx.ModelProto):
+        h.update(source.SerializeToString())
+    else:
+        for k in sorted(source):
+            a = np.ascontiguousarray(source[k])
+            h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

@@ -91,7 +91,8 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report["layers"]:
         lines.append(f"{row['name'][:28]:<28} {row['neurons']:>8} {row['shared']:>8} {row['cost']:>12.4g}")
     lines.append("")
-    lines.append(f"{'task (vs. its original)':<24} {'rel_err':>10} {'top1_agree':>11} {'mask_iou':>9} "
+    lines.append("each task against its original, on the calibration data:")
+    lines.append(f"{'task':<24} {'rel_err':>10} {'top1_agree':>11} {'mask_iou':>9} "
                  f"{'max_abs_diff':>13}  verdict")
     for t in report["tasks"]:
         cells = [("-" if t.get(k) is None else f"{t[k]:.4g}")

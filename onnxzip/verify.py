@@ -109,9 +109,6 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "not_shared": not_shared(irs, result.plan, opts),
         "groups": groups,
         "restored_at": sorted(irs[0].spaces.restore),
-        "options": {"share": opts.share, "matching": opts.matching, "hessian": opts.hessian,
-                    "damping": opts.damping, "compensate": opts.compensate,
-                    "recover": opts.recover, "loss_aware": opts.loss_aware},
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
 

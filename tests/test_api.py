@@ -333,3 +333,28 @@ def test_output_kinds_from_the_graph():
     ir = build_ir(graphs.mlp(0), "t", "t.onnx", 17)
     assert output_kind(ir, "y", np.zeros((4, 3))) == "classifier"
     assert output_kind(ir, "y", np.zeros((4, 1))) == "values"
+
+
+def test_report_records_what_reproduces_the_zip():
+    import hashlib
+
+    import onnxzip
+    models = sample_models("mlp")
+    result = zip_models(models, CALIB, target_params=0.8, names=NAMES, quiet=True)
+    report = result.report
+    assert report["onnxzip_version"] == onnxzip.__version__
+    for row, model, data in zip(report["inputs"], models, CALIB):
+        assert row["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert row["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    opts = report["options"]
+    assert opts["share"] is None and opts["target_params"] == 0.8 and opts["names"] == list(NAMES)
+    assert {"labels", "cost", "task_order", "batch_size", "hessian", "damping"} <= set(opts)
+    assert "calibration" in report["metrics_on"]
+    # the recorded options redo the same zip
+    again = zip_models(models, CALIB, ZipOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()
+                                                  if k != "shared_input"}), quiet=True)
+    assert [r["shared"] for r in again.report["layers"]] == [r["shared"] for r in report["layers"]]
+    in_memory = zip_models([onnx.load(str(m)) for m in models], [dict(np.load(d)) for d in CALIB],
+                           target_params=0.8, quiet=True)
+    assert [r["model"] for r in in_memory.report["inputs"]] == [None, None]
+    assert in_memory.report["inputs"][0]["model_sha256"] != in_memory.report["inputs"][1]["model_sha256"]
