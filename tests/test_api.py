@@ -358,3 +358,11 @@ def test_report_records_what_reproduces_the_zip():
                            target_params=0.8, quiet=True)
     assert [r["model"] for r in in_memory.report["inputs"]] == [None, None]
     assert in_memory.report["inputs"][0]["model_sha256"] != in_memory.report["inputs"][1]["model_sha256"]
+
+
+def test_the_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
+    readme = (SAMPLES.parent / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(SAMPLES.parent)
+    exec(compile(snippet.replace('"zipped.onnx"', repr(str(tmp_path / "zipped.onnx"))), "README.md", "exec"), {})
+    assert (tmp_path / "zipped.onnx").exists() and "params" not in capsys.readouterr().err
