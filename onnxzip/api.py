@@ -24,6 +24,7 @@ from .verify import reference_outputs, verify, warn_fidelity, zipped_feeds
 from .stats import HESSIANS
 from .budget import BudgetPlanner
 from .fisher import loss_statistics
+from .layercheck import measure_layers
 from .zipper import ZipPlan, zip_tasks
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         onnx.checker.check_model(model, full_check=True)
         result = ZipResult(model, {}, names, plan)
         result.report = verify(result, protos, irs, arrays, opts, references=references)
+        for row, errors in zip(result.report["layers"], measure_layers(result, irs, arrays, opts, shared_inputs)):
+            row["error"] = errors
         return result
 
     if opts.target_params is not None or opts.max_loss_increase is not None:

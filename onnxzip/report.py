@@ -87,9 +87,15 @@ def verdict(row: dict[str, Any]) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text summary of a zip report."""
-    lines = [f"{'layer':<28} {'neurons':>8} {'shared':>8} {'cost':>12}"]
+    lines = [f"{'layer':<28} {'neurons':>8} {'shared':>8} {'cost':>12} {'predicted':>10} {'measured':>10}"]
     for row in report["layers"]:
-        lines.append(f"{row['name'][:28]:<28} {row['neurons']:>8} {row['shared']:>8} {row['cost']:>12.4g}")
+        pred, meas = layer_errors(row)
+        cells = ["-" if x is None else f"{x:.3g}" for x in (pred, meas)]
+        lines.append(f"{row['name'][:28]:<28} {row['neurons']:>8} {row['shared']:>8} {row['cost']:>12.4g} "
+                     f"{cells[0]:>10} {cells[1]:>10}")
+    if any("error" in row for row in report["layers"]):
+        lines.append("predicted / measured: pre-activation error relative to the signal, summed over tasks; predicted "
+                     "by the merge, measured in ONNX Runtime (with what earlier layers passed on)")
     lines.append("")
     lines.append("each task against its original, on the calibration data:")
     lines.append(f"{'task':<24} {'rel_err':>10} {'top1_agree':>11} {'mask_iou':>9} "
@@ -130,6 +136,17 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report.get("not_shared", []):
         lines.append(f"not shared: {row['layer']}: {row['reason']}")
     return "\n".join(lines)
+
+
+def layer_errors(row: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A report layer's predicted and measured pre-activation error, summed over tasks, relative to
+    the summed signal (None where not known)."""
+    err = row.get("error")
+    if not err:
+        return None, None
+    signal = max(sum(err["signal"]), 1e-300)
+    pred = None if err["predicted"] is None else sum(err["predicted"]) / signal
+    return pred, sum(err["measured"]) / signal
 
 
 def _mb(n: int) -> str:

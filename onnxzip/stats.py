@@ -157,16 +157,17 @@ def exact_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
 AUTO_EXACT_MAX = 1024
 
 
-def _auto_exact(layer: Layer) -> bool:
+def auto_exact(layer: Layer) -> bool:
+    """Whether ``auto`` takes the exact statistic for ``layer``."""
     return layer.kind == "dense" or layer.fan_in + 1 <= AUTO_EXACT_MAX
 
 
 def _auto_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
-    return exact_rows(layer, x) if _auto_exact(layer) else channel_rows(layer, x)
+    return exact_rows(layer, x) if auto_exact(layer) else channel_rows(layer, x)
 
 
 def _finish_auto(layer: Layer, h: np.ndarray) -> np.ndarray:
-    return h if _auto_exact(layer) else _finish_channel(layer, h)
+    return h if auto_exact(layer) else _finish_channel(layer, h)
 
 
 HESSIANS.register("auto")(HessianEstimator(_auto_rows, _finish_auto))

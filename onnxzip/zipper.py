@@ -30,7 +30,7 @@ from .merge import MATCHERS, cholesky, damp, damping_of, match_tasks, merge_foll
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
-from .stats import cross_moments, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
+from .stats import auto_exact, cross_moments, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -59,6 +59,12 @@ class LayerZip:
     weights: list[np.ndarray]
     costs: np.ndarray
     follower: bool = False
+    #: per task, the mean over samples and positions of the summed squared pre-activation change the
+    #: merge makes to the layer's targets, from the undamped statistic (None: not a merged layer)
+    predicted: list[float] | None = None
+    #: whether ``predicted`` is the exact pre-activation error against the original network: the
+    #: layer's input is the original one in every task and its statistic is exact (not per-channel)
+    checkable: bool = False
 
     @property
     def neurons(self) -> int:
@@ -248,9 +254,39 @@ class Zipper:
                 z[:k, :ns] = w
                 z[:k, ns:] = privs[t]
             weights.append(z)
+        predicted = self.predicted_errors(li, weights, mats, rows, cols, k) if k else None
+        checkable = k > 0 and self.exact_statistic(li) and self.input_is_original(li, live)
         self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
         self._problems.pop(li, None)
-        return LayerZip(li, k, ns, list(rows), cols, weights, costs)
+        return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable)
+
+    def predicted_errors(self, li: int, weights: list[np.ndarray], mats: list[np.ndarray], rows: list[np.ndarray],
+                         cols: list[np.ndarray], k: int) -> list[float]:
+        """Per task: sum over the shared rows of d' H d, d = merged row - its target, H the undamped
+        statistic of the layer's input (zipped column order)."""
+        out = []
+        for t in range(len(self.irs)):
+            h = self._hessians[(li, t)][0][np.ix_(cols[t], cols[t])]
+            d = weights[t][:k] - mats[t][rows[t][:k]]
+            out.append(float(np.einsum("ij,jk,ik->", d, h, d)))
+        return out
+
+    def exact_statistic(self, li: int) -> bool:
+        """The layer's Hessian is the exact second moment of its input rows (not per-channel, not
+        identity, not sample-weighted)."""
+        layer = self.irs[0].layers[li]
+        if li in self.irs[0].spaces.normalized and layer.kind == "dense":
+            return False
+        return self.estimator == "exact" or (self.estimator == "auto" and auto_exact(layer)) or \
+            (self.estimator == "channel" and (layer.kind == "dense" or layer.kernel == 1))
+
+    def input_is_original(self, li: int, live: list[dict[str, np.ndarray]]) -> bool:
+        """Every task's input to layer ``li`` is the original network's (known only when recovering)."""
+        if self.reference is None:
+            return False
+        names = [ir.layers[li].input for ir in self.irs]
+        return all(n in lv and n in ref and np.array_equal(lv[n], ref[n])
+                   for n, lv, ref in zip(names, live, self.reference))
 
     def _decide(self, g: int, live: list[dict[str, np.ndarray]]) -> None:
         """Choose group ``g``'s shared slots from the summed costs of its available layers."""

@@ -317,3 +317,17 @@ def ln_spatial(seed: int, classes: int = 3, scale_shape=(8, 8), mean_output: boo
     if mean_output:
         m.graph.output.append(inp("ln.mean", ["N", 1, 1, 1]))
     return m
+
+
+def grouped_residual(seed: int, classes: int = 3) -> onnx.ModelProto:
+    """stem -> grouped conv (group 2, not depthwise) -> conv c2, plus a residual block whose second
+    conv is tied to the stem and a depthwise conv on the residual stream (input (N, 3, 8, 8))."""
+    n = _Net(seed, 3)
+    stem = n.conv("x", 3, 8, name="stem")
+    a = n.conv(stem, 8, 8, name="r1")
+    b = n.conv(a, 8, 8, relu=False, name="r2")
+    y = n.op("Relu", [n.op("Add", [b, stem])])
+    y = n.conv(y, 8, 8, group=8, name="dw")
+    g = n.conv(y, 8, 8, group=2, name="grouped")
+    y = n.conv(g, 8, 6, name="c2")
+    return n.head(y, 6, classes)

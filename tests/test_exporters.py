@@ -57,8 +57,8 @@ def test_sklearn_mlp_keeps_zipmap_outputs_per_task():
 
 
 ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-FAST_ZOO = ["squeezenet", "shufflenet", "inception_v1", "inception_v2", "resnet50", "densenet121"]
-SLOW_ZOO = ["bvlc_alexnet", "zfnet512", "vgg19"]
+FAST_ZOO = ["squeezenet", "shufflenet", "inception_v1"]
+SLOW_ZOO = ["inception_v2", "resnet50", "densenet121", "bvlc_alexnet", "zfnet512", "vgg19"]  # 10-60 s each
 
 
 def randomized(name: str, seed: int) -> onnx.ModelProto:

@@ -15,6 +15,50 @@ def objective(w_a, w_b, a, b, h_a, h_b):
     return 0.5 * (w_a - a) @ h_a @ (w_a - a) + 0.5 * (w_b - b) @ h_b @ (w_b - b)
 
 
+def stacked_minimum(rows, hs, ns):
+    """Oracle, independent of onnxzip's Schur/closed-form algebra: minimise
+    sum_t 1/2 (z_t - a_t)' H_t (z_t - a_t) over one shared block w (first ``ns`` columns, common to
+    all tasks) and free private columns per task, as ONE linear least-squares problem:
+    H_t = L_t L_t', so each term is 1/2 |L_t' (E_t x - a_t)|^2 with x = [w, p_1, ..., p_T] and E_t
+    the selection of task t's columns. Returns (w, [p_t], minimum)."""
+    d = rows[0].size
+    dp = d - ns
+    blocks, rhs = [], []
+    for t, (a, h) in enumerate(zip(rows, hs)):
+        e = np.zeros((d, ns + len(rows) * dp))
+        e[:ns, :ns] = np.eye(ns)
+        e[ns:, ns + t * dp:ns + (t + 1) * dp] = np.eye(dp)
+        lt = np.linalg.cholesky(h).T
+        blocks.append(lt @ e)
+        rhs.append(lt @ a)
+    x, *_ = np.linalg.lstsq(np.vstack(blocks), np.concatenate(rhs), rcond=None)
+    privs = [x[ns + t * dp:ns + (t + 1) * dp] for t in range(len(rows))]
+    value = sum(0.5 * (np.concatenate([x[:ns], p]) - a) @ h @ (np.concatenate([x[:ns], p]) - a)
+                for a, h, p in zip(rows, hs, privs))
+    return x[:ns], privs, value
+
+
+def slot_minimum(rows, ss):
+    """The merged objective of one slot, sum_t 1/2 (w - a_t)' S_t (w - a_t) at its minimiser
+    w = (sum S_t)^-1 sum S_t a_t, solved here with numpy."""
+    w = np.linalg.solve(sum(ss), sum(s @ a for s, a in zip(ss, rows)))
+    return sum(0.5 * (w - a) @ s @ (w - a) for s, a in zip(ss, rows))
+
+
+def brute_force_slots(mats, ss, k):
+    """The true minimum over every choice of k slots (one distinct neuron per task per slot) of the
+    summed slot minima, by enumeration. mats: per task (n_t, ns); ss: per task (ns, ns)."""
+    sizes = [m.shape[0] for m in mats]
+    table = np.empty(sizes)
+    for idx in itertools.product(*[range(n) for n in sizes]):
+        table[idx] = slot_minimum([m[i] for m, i in zip(mats, idx)], ss)
+    best = np.inf
+    for first in itertools.combinations(range(sizes[0]), k):  # slots unordered: task 0's rows sorted
+        for rest in itertools.product(*[itertools.permutations(range(n), k) for n in sizes[1:]]):
+            best = min(best, table[(first,) + rest].sum())
+    return best
+
+
 @pytest.mark.parametrize("ns", [7, 4, 1])
 def test_merged_weights_minimise_the_two_task_quadratic(ns):
     rng = np.random.default_rng(0)
@@ -53,8 +97,9 @@ def test_cost_matrix_equals_quadratic_minimum_for_every_pair():
     s_b, _ = schur(h_b, ns)
     c = pair_costs(a[:, :ns], b[:, :ns], s_a, s_b)
     for i, j in itertools.product(range(4), range(3)):
-        m = zip_layer(a[i:i + 1], b[j:j + 1], h_a, h_b, ns, 1)
-        assert c[i, j] == pytest.approx(m.costs[0], rel=1e-9)
+        # oracle: the two-task quadratic over the FULL Hessians (private columns free), by lstsq
+        _, _, best = stacked_minimum([a[i], b[j]], [h_a, h_b], ns)
+        assert c[i, j] == pytest.approx(best, rel=1e-8)
 
 
 def test_m_form_equals_inverse_sum_when_both_invert():
@@ -94,14 +139,28 @@ def test_identity_hessian_is_euclidean_matching_and_averaging():
     np.testing.assert_allclose(m.costs, 0.25 * ((a[m.ia] - b[m.ib]) ** 2).sum(1))
 
 
-def test_dead_inputs_give_finite_results_after_damping():
+def test_dead_inputs_give_the_damped_quadratic_minimum():
     rng = np.random.default_rng(5)
     h = spd(rng, 5)
     h[1, :] = h[:, 1] = 0.0  # an input channel that is always zero
     h[3, :] = h[:, 3] = 0.0
     a, b = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    lam = 1e-2 * np.trace(h) / 5  # damping by hand: 1e-2 of the mean diagonal
+    hd = h + lam * np.eye(5)
+    np.testing.assert_allclose(damp(h, 1e-2), hd, rtol=1e-12)
     m = zip_layer(a, b, damp(h, 1e-2), damp(h, 1e-2), 3, 2)
-    assert np.isfinite(m.shared).all() and np.isfinite(m.private_a).all() and np.isfinite(m.costs).all()
+    # oracle: every pair's minimum of the damped quadratic by lstsq, then the best 2 disjoint pairs
+    # by enumeration; the zip must reach that total and each pair's minimiser
+    sols = {(i, j): stacked_minimum([a[i], b[j]], [hd, hd], 3) for i in range(4) for j in range(4)}
+    best = min(sols[p][2] + sols[q][2] for p, q in itertools.permutations(sols, 2)
+               if p[0] != q[0] and p[1] != q[1])
+    assert m.costs.sum() == pytest.approx(best, rel=1e-8)
+    for n, (i, j) in enumerate(zip(m.ia, m.ib)):
+        w, (p_a, p_b), cost = sols[(int(i), int(j))]
+        np.testing.assert_allclose(m.shared[n], w, atol=1e-8)
+        np.testing.assert_allclose(m.private_a[n], p_a, atol=1e-8)
+        np.testing.assert_allclose(m.private_b[n], p_b, atol=1e-8)
+        assert m.costs[n] == pytest.approx(cost, rel=1e-8)
 
 
 def test_matchers_registry():
@@ -111,17 +170,18 @@ def test_matchers_registry():
         MATCHERS.get("hungarian")
 
 
-def test_split_costs_add_up_to_the_pair_cost():
+def test_split_costs_are_each_tasks_error_at_the_merged_optimum():
     from onnxzip.merge import split_costs
     rng = np.random.default_rng(8)
     d = 6
     h_a, h_b = spd(rng, d), spd(rng, d)
     a, b = rng.normal(size=(4, d)), rng.normal(size=(5, d))
     e_a, e_b = split_costs(a, b, h_a, h_b)
-    np.testing.assert_allclose(e_a + e_b, pair_costs(a, b, h_a, h_b), rtol=1e-9, atol=1e-12)
-    m = zip_layer(a[:1], b[:1], h_a, h_b, d, 1)  # and E_A is task A's own error at the merged optimum
-    diff = m.shared[0] - a[0]
-    assert e_a[0, 0] == pytest.approx(0.5 * diff @ h_a @ diff, rel=1e-9)
+    for i, j in itertools.product(range(4), range(5)):
+        # oracle: the merged row by a numpy solve, each task's own error evaluated directly
+        w = np.linalg.solve(h_a + h_b, h_a @ a[i] + h_b @ b[j])
+        assert e_a[i, j] == pytest.approx(0.5 * (w - a[i]) @ h_a @ (w - a[i]), rel=1e-8)
+        assert e_b[i, j] == pytest.approx(0.5 * (w - b[j]) @ h_b @ (w - b[j]), rel=1e-8)
 
 
 def test_loss_weights_steer_the_matching():
@@ -132,5 +192,98 @@ def test_loss_weights_steer_the_matching():
     plain, _ = match_tasks([([a, b], s)], 1, "optimal", [0, 1])
     f = [np.ones(3), np.ones(3)]
     f[0][plain[0][0]] = 1e6  # the neuron the plain matching shares is now very costly to move
-    weighted, _ = match_tasks([([a, b], s, f)], 1, "optimal", [0, 1])
+    weighted, cost = match_tasks([([a, b], s, f)], 1, "optimal", [0, 1])
     assert weighted[0][0] != plain[0][0]
+    # oracle: every pair's weighted cost f_a[i] |w - a_i|^2 / 2 + f_b[j] |w - b_j|^2 / 2 at the
+    # average w (identity Hessians), minimised by enumeration
+    def weighted_cost(i, j):
+        w = (a[i] + b[j]) / 2
+        return f[0][i] * 0.5 * (w - a[i]) @ (w - a[i]) + f[1][j] * 0.5 * (w - b[j]) @ (w - b[j])
+    best = min(itertools.product(range(3), range(3)), key=lambda p: weighted_cost(*p))
+    assert (weighted[0][0], weighted[1][0]) == best
+    assert cost[0] == pytest.approx(weighted_cost(*best), rel=1e-9)
+
+
+@pytest.mark.parametrize("ns", [5, 3])
+def test_merge_rows_of_three_tasks_is_the_stacked_least_squares_minimum(ns):
+    from onnxzip.merge import merge_rows
+    rng = np.random.default_rng(10)
+    d, k = 5, 3
+    hs = [spd(rng, d) for _ in range(3)]
+    mats = [rng.normal(size=(k, d)) for _ in range(3)]
+    weights = [rng.uniform(0.5, 2.0, k) for _ in range(3)]
+    w, privs, costs = merge_rows(mats, hs, ns)
+    _, _, weighted = merge_rows(mats, hs, ns, weights=weights)
+    for slot in range(k):
+        # oracle: one lstsq over [w_s, p_1, p_2, p_3] (no Schur complement, no closed form)
+        w_o, p_o, best = stacked_minimum([m[slot] for m in mats], hs, ns)
+        np.testing.assert_allclose(w[slot], w_o, atol=1e-8)
+        for t in range(3):
+            np.testing.assert_allclose(privs[t][slot], p_o[t], atol=1e-8)
+        assert costs[slot] == pytest.approx(best, rel=1e-8)
+        # loss weights scale each task's own term at the same minimiser
+        terms = [0.5 * (np.concatenate([w_o, p]) - m[slot]) @ h @ (np.concatenate([w_o, p]) - m[slot])
+                 for m, h, p in zip(mats, hs, p_o)]
+        assert weighted[slot] == pytest.approx(sum(f[slot] * e for f, e in zip(weights, terms)), rel=1e-8)
+
+
+def test_merge_rows_cost_against_a_numeric_minimiser():
+    """The no-private-columns case against scipy's general-purpose minimiser (no algebra at all)."""
+    from scipy.optimize import minimize
+    from onnxzip.merge import merge_rows
+    rng = np.random.default_rng(11)
+    ns = 3
+    ss = [spd(rng, ns) for _ in range(3)]
+    rows = [rng.normal(size=(1, ns)) for _ in range(3)]
+    w, _, costs = merge_rows(rows, ss, ns)
+    res = minimize(lambda v: sum(0.5 * (v - r[0]) @ s @ (v - r[0]) for r, s in zip(rows, ss)), np.zeros(ns),
+                   method="BFGS", options={"gtol": 1e-12})
+    np.testing.assert_allclose(w[0], res.x, atol=1e-6)
+    assert costs[0] == pytest.approx(res.fun, rel=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_task_optimal_matching_reaches_the_brute_force_optimum(seed):
+    from onnxzip.merge import match_tasks
+    rng = np.random.default_rng(100 + seed)
+    ns, n_a, n_b = 3, int(rng.integers(3, 5)), int(rng.integers(3, 5))
+    ss = [spd(rng, ns), spd(rng, ns)]
+    mats = [rng.normal(size=(n_a, ns)), rng.normal(size=(n_b, ns))]
+    for k in range(1, min(n_a, n_b) + 1):
+        rows, cost = match_tasks([(mats, ss)], k, "optimal", [0, 1])
+        assert cost.sum() == pytest.approx(brute_force_slots(mats, ss, k), rel=1e-9)
+        # and the returned slot costs are those of the returned rows
+        for j in range(k):
+            assert cost[j] == pytest.approx(slot_minimum([m[r[j]] for m, r in zip(mats, rows)], ss), rel=1e-9)
+        _, g_cost = match_tasks([(mats, ss)], k, "greedy", [0, 1])
+        assert g_cost.sum() >= cost.sum() - 1e-12
+
+
+#: Three tasks are matched sequentially (the first two exactly, the third against their merged
+#: side), so the result is an upper bound on the true optimum. Measured over 200 random seeds
+#: (4 neurons per task, ns = 3, k = 1..3): with one fixed order the ratio to the brute-force optimum
+#: has median 1.03, 99th percentile 3.3 and maximum 6.3, so no sane bound holds for a fixed order;
+#: the best of the three starting pairs (what --task-order auto takes) has median 1.00, 99th
+#: percentile 1.21 and maximum 1.55. On this test's six seeds the orders (0,1,2), (0,2,1), (1,2,0)
+#: give ratios 2.50/1.00/1.00, 1.23/1.04/1.22, 1.03/1.04/1.00, 1.41/1.41/1.00, 1.70/1.00/1.00 and
+#: 1.90/1.00/1.12 (the sequential matching is exact for two tasks only).
+BEST_ORDER_FACTOR = 2.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_three_task_matching_is_bounded_below_by_the_brute_force_optimum(seed):
+    from onnxzip.merge import match_tasks
+    rng = np.random.default_rng(200 + seed)
+    ns, n, k = 3, 4, 1 + seed % 3
+    ss = [spd(rng, ns) for _ in range(3)]
+    mats = [rng.normal(size=(n, ns)) for _ in range(3)]
+    best = brute_force_slots(mats, ss, k)
+    totals = []
+    for order in ([0, 1, 2], [0, 2, 1], [1, 2, 0]):
+        rows, cost = match_tasks([(mats, ss)], k, "optimal", order)
+        assert all(len(set(r)) == k for r in rows)  # one-to-one in every task
+        direct = sum(slot_minimum([m[r[j]] for m, r in zip(mats, rows)], ss) for j in range(k))
+        assert cost.sum() == pytest.approx(direct, rel=1e-9)  # its cost is that of its slots
+        assert cost.sum() >= best * (1 - 1e-9)
+        totals.append(cost.sum())
+    assert min(totals) <= BEST_ORDER_FACTOR * best

@@ -13,6 +13,47 @@ def conv_layer(c_in, c_out, kernel, **attrs):
         (k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items())))
 
 
+def loop_moment(rows, rows_ref):
+    """mean over rows of [u 1][v 1]', one outer product at a time (the oracle for H and G)."""
+    total = np.zeros((rows.shape[1] + 1,) * 2)
+    for u, v in zip(np.asarray(rows, np.float64), np.asarray(rows_ref, np.float64)):
+        total += np.outer(np.r_[u, 1.0], np.r_[v, 1.0])
+    return total / len(rows)
+
+
+def loop_pixels(x):
+    """Every input position's channel vector, by explicit loops: (N*H*W, C) float64."""
+    n, c, h, w = x.shape
+    return np.array([[x[s, ch, i, j] for ch in range(c)] for s in range(n) for i in range(h) for j in range(w)],
+                    np.float64)
+
+
+def loop_patches(x, k, pad, stride):
+    """im2col by explicit loops for a square k x k conv: (N*OH*OW, C*k*k), channel-major, offsets inner."""
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    xp[:, :, pad:pad + h, pad:pad + w] = x
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return np.array([[xp[s, ch, i * stride + di, j * stride + dj]
+                      for ch in range(c) for di in range(k) for dj in range(k)]
+                     for s in range(n) for i in range(oh) for j in range(ow)], np.float64)
+
+
+def expand_by_offsets(m, c, kernel):
+    """The per-channel statistic m (c+1, c+1) as documented for the ``channel`` estimator: the same
+    at every kernel offset, nothing across offsets, the bias spread evenly over the offsets."""
+    e = np.zeros((c * kernel + 1,) * 2)
+    for a in range(c):
+        for b in range(c):
+            for k in range(kernel):
+                e[a * kernel + k, b * kernel + k] = m[a, b]
+        for k in range(kernel):
+            e[a * kernel + k, -1] = m[a, c] / kernel
+            e[-1, a * kernel + k] = m[c, a] / kernel
+    e[-1, -1] = m[c, c] / kernel
+    return e
+
+
 def test_accumulator_streams_the_exact_mean():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 7)).astype(np.float32)
@@ -72,10 +113,13 @@ def test_exact_and_channel_agree_for_1x1_conv_and_dense():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(5, 3, 4, 4)).astype(np.float32)
     layer = conv_layer(3, 2, (1, 1))
-    np.testing.assert_allclose(layer_hessian(layer, x, "channel"), layer_hessian(layer, x, "exact"), atol=1e-12)
+    pixels = loop_pixels(x)  # a 1x1 conv's patch is its input position's channel vector
+    for method in ("channel", "exact"):
+        np.testing.assert_allclose(layer_hessian(layer, x, method, batch=2), loop_moment(pixels, pixels), atol=1e-12)
     dense = Layer("fc", "dense", "x", "y", "w", "b", (2, 6))
     xd = rng.normal(size=(9, 6)).astype(np.float32)
-    np.testing.assert_allclose(layer_hessian(dense, xd, "channel", batch=4), layer_hessian(dense, xd, "exact"))
+    for method in ("channel", "exact"):
+        np.testing.assert_allclose(layer_hessian(dense, xd, method, batch=4), loop_moment(xd, xd), atol=1e-12)
     np.testing.assert_array_equal(layer_hessian(dense, xd, "identity"), np.eye(7))
 
 
@@ -107,18 +151,48 @@ def test_cross_moment_refit_reproduces_the_reference_pre_activations():
     refit = np.linalg.solve(h, g @ a.T).T
     ones = np.ones((400, 1))
     np.testing.assert_allclose(np.hstack([x, ones]) @ refit.T, np.hstack([x_ref, ones]) @ a.T, atol=1e-3)
-    h2, g2 = cross_moments(dense, x_ref.astype(np.float32), x_ref.astype(np.float32), "exact")
-    np.testing.assert_allclose(g2, h2)
+    # and H, G themselves against a sample-by-sample sum
+    xf, rf = x.astype(np.float32).astype(np.float64), x_ref.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(h, loop_moment(xf, xf), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g, loop_moment(xf, rf), rtol=1e-10, atol=1e-12)
 
 
-def test_channel_cross_moment_expands_like_the_hessian():
+def test_channel_cross_moments_against_explicit_loops():
     from onnxzip.stats import cross_moments
     rng = np.random.default_rng(7)
     layer = conv_layer(2, 3, (3, 3), pads=[1, 1, 1, 1])
-    x = rng.normal(size=(4, 2, 5, 5)).astype(np.float32)
-    h, g = cross_moments(layer, x, x, "channel")
-    np.testing.assert_allclose(h, g)
-    np.testing.assert_allclose(h, layer_hessian(layer, x, "channel"), atol=1e-12)
+    x = rng.normal(size=(2, 2, 4, 4)).astype(np.float32)
+    x_ref = (x + rng.normal(size=x.shape) * 0.5 + 0.2).astype(np.float32)  # not x: G differs from H
+    h, g = cross_moments(layer, x, x_ref, "channel", batch=1)
+    hc, gc = loop_moment(loop_pixels(x), loop_pixels(x)), loop_moment(loop_pixels(x), loop_pixels(x_ref))
+    np.testing.assert_allclose(h, expand_by_offsets(hc, 2, 9), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g, expand_by_offsets(gc, 2, 9), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer_hessian(layer, x, "channel", batch=1), expand_by_offsets(hc, 2, 9),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_exact_conv_cross_moments_against_explicit_patch_loops():
+    from onnxzip.stats import cross_moments
+    rng = np.random.default_rng(17)
+    layer = conv_layer(2, 3, (3, 3), pads=[1, 1, 1, 1], strides=[2, 2])
+    x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
+    x_ref = rng.normal(size=x.shape).astype(np.float32)
+    h, g = cross_moments(layer, x, x_ref, "exact", batch=2)
+    p, q = loop_patches(x, 3, 1, 2), loop_patches(x_ref, 3, 1, 2)
+    assert p.shape == (3 * 3 * 3, 18)
+    np.testing.assert_allclose(h, loop_moment(p, p), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g, loop_moment(p, q), rtol=1e-10, atol=1e-12)
+
+
+def test_normalized_weights_floor_small_variances_at_a_thousandth_of_the_median():
+    from onnxzip.stats import normalized_weights
+    z = np.array([[0.0, 0.0, 0.0, 0.0],  # variance 0: floored
+                  [1.0, -1.0, 1.0, -1.0],  # 1 (the median)
+                  [2.0, -2.0, 2.0, -2.0],  # 4
+                  [3.0, -3.0, 3.0, -3.0],  # 9
+                  [0.01, -0.01, 0.01, -0.01]])  # 1e-4: floored to 1e-3 * 1
+    inverse = np.array([1000.0, 1.0, 0.25, 1 / 9, 1000.0])
+    np.testing.assert_allclose(normalized_weights(z), inverse / inverse.mean(), rtol=1e-12)
 
 
 def test_sample_weighted_hessian_and_cross_moments_against_a_direct_sum():
