@@ -80,20 +80,25 @@ def channel_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
 
 
 def expand_conv_hessian(hc: np.ndarray, kernel: int) -> np.ndarray:
-    """Reuse a per-channel (C+1)^2 Hessian at every one of ``kernel`` offsets.
+    """A per-channel moment ``Hc = mean([x 1][y 1]')`` (C+1, C+1) expanded to ``kernel`` offsets.
 
-    The bias is spread evenly over the offsets, so the quadratic form is the sum over offsets of
-    ``[d_k; d_b/K]' Hc [d_k; d_b/K]``: positive semi-definite, and exact for 1x1 kernels.
+    The per-channel statistic's model of a patch: every offset sees the channel statistics, offsets
+    are uncorrelated around the channel means m_x, m_y. Then
+    ``H = kron(Hc_cc - m_x m_y', I_K) + [m_x (x) 1_K; 1][m_y (x) 1_K; 1]'``: the bias keeps its
+    true curvature 1 and its cross terms with every offset (spreading the bias over the offsets
+    instead would give it 1/K of its curvature), H is positive semi-definite when Hc is a second
+    moment (x = y), and it is exact for 1x1 kernels. (The full (C*K+1)^2 matrix is built: the
+    merge solves with it densely.)
     Returns (C*K + 1, C*K + 1) in ONNX weight order (channel-major, offsets inner, bias last).
     """
     c = hc.shape[0] - 1
     if kernel == 1:
         return hc.copy()
-    h = np.zeros((c * kernel + 1, c * kernel + 1))
-    h[:-1, :-1] = np.kron(hc[:c, :c], np.eye(kernel))
-    h[:-1, -1] = np.repeat(hc[:c, c], kernel) / kernel
-    h[-1, :-1] = np.repeat(hc[c, :c], kernel) / kernel
-    h[-1, -1] = hc[c, c] / kernel
+    m_x, m_y = hc[:c, c], hc[c, :c]
+    u = np.r_[np.repeat(m_x, kernel), hc[c, c]]
+    v = np.r_[np.repeat(m_y, kernel), 1.0]
+    h = np.outer(u, v)
+    h[:-1, :-1] += np.kron(hc[:c, :c] - np.outer(m_x, m_y), np.eye(kernel))
     return h
 
 

@@ -40,17 +40,19 @@ def loop_patches(x, k, pad, stride):
 
 
 def expand_by_offsets(m, c, kernel):
-    """The per-channel statistic m (c+1, c+1) as documented for the ``channel`` estimator: the same
-    at every kernel offset, nothing across offsets, the bias spread evenly over the offsets."""
+    """The per-channel statistic m (c+1, c+1) as documented for the ``channel`` estimator: every
+    offset sees the channel statistics, and offsets are uncorrelated around the channel means
+    (mean_x = m[:c, c], mean_y = m[c, :c]); the bias keeps its own moments."""
     e = np.zeros((c * kernel + 1,) * 2)
     for a in range(c):
         for b in range(c):
             for k in range(kernel):
-                e[a * kernel + k, b * kernel + k] = m[a, b]
+                for j in range(kernel):
+                    e[a * kernel + k, b * kernel + j] = m[a, c] * m[c, b] + (m[a, b] - m[a, c] * m[c, b]) * (k == j)
         for k in range(kernel):
-            e[a * kernel + k, -1] = m[a, c] / kernel
-            e[-1, a * kernel + k] = m[c, a] / kernel
-    e[-1, -1] = m[c, c] / kernel
+            e[a * kernel + k, -1] = m[a, c]
+            e[-1, a * kernel + k] = m[c, a]
+    e[-1, -1] = m[c, c]
     return e
 
 
@@ -97,16 +99,22 @@ def test_conv1d_patches():
 
 def test_channel_hessian_reused_at_every_offset():
     rng = np.random.default_rng(3)
-    hc = np.cov(rng.normal(size=(4, 50))) + 0.5
+    pixels = rng.normal(size=(200, 3)) * [1.0, 2.0, 0.5] + [0.3, -1.0, 2.0]  # channel vectors with means
+    hc = loop_moment(pixels, pixels)
     h = expand_conv_hessian(hc, 9)
     assert h.shape == (3 * 9 + 1,) * 2
-    assert np.linalg.eigvalsh(h).min() > -1e-12  # PSD
+    assert np.linalg.eigvalsh(h).min() > -1e-9  # PSD
     np.testing.assert_allclose(expand_conv_hessian(hc, 1), hc)
-    # the quadratic form is the sum over offsets with the bias spread evenly
-    d = rng.normal(size=3 * 9 + 1)
-    per = d[:-1].reshape(3, 9)
-    expect = sum(np.r_[per[:, k], d[-1] / 9] @ hc @ np.r_[per[:, k], d[-1] / 9] for k in range(9))
-    assert d @ h @ d == pytest.approx(expect)
+    # the quadratic form is E[(sum_k d_k . x_k + d_b)^2] for offsets x_k drawn independently from the
+    # pixels: the variance sum_k d_k' C d_k plus the squared mean (sum_k d_k . m + d_b)^2
+    mean, cov = pixels.mean(axis=0), np.cov(pixels.T, bias=True)
+    for _ in range(3):
+        d = rng.normal(size=3 * 9 + 1)
+        per = d[:-1].reshape(3, 9)
+        expect = sum(per[:, k] @ cov @ per[:, k] for k in range(9)) + (per.sum(axis=1) @ mean + d[-1]) ** 2
+        assert d @ h @ d == pytest.approx(expect, rel=1e-10)
+    # the bias alone has its true curvature 1 (mean of 1 * 1), not 1/K
+    assert h[-1, -1] == pytest.approx(1.0)
 
 
 def test_exact_and_channel_agree_for_1x1_conv_and_dense():
