@@ -79,11 +79,26 @@ def pair_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarra
     return _all_pairs(a_s, b_s, m)
 
 
+#: pair costs below this fraction of their expanded terms lost digits to cancellation: recomputed
+CANCELLATION = 1e-6
+
+
 def _all_pairs(a: np.ndarray, b: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``C[i, j] = 1/2 (a_i - b_j)' Q (a_i - b_j)`` for all pairs, as matrix products (Q symmetrized)."""
+    """``C[i, j] = 1/2 (a_i - b_j)' Q (a_i - b_j)`` for all pairs, as matrix products (Q symmetrized).
+
+    The expanded form a'Qa/2 + b'Qb/2 - a'Qb loses digits for nearly equal neurons (a relative error
+    of eps * (a'Qa + b'Qb) / C): those entries (below ``CANCELLATION`` of the expanded terms, about
+    one per neuron of a near-copy) are recomputed from the difference itself.
+    """
     q = (q + q.T) / 2
     aq, bq = a @ q, b @ q
-    c = 0.5 * ((aq * a).sum(axis=1)[:, None] + (bq * b).sum(axis=1)[None, :]) - aq @ b.T
+    aa, bb = (aq * a).sum(axis=1), (bq * b).sum(axis=1)
+    c = 0.5 * (aa[:, None] + bb[None, :]) - aq @ b.T
+    ii, jj = np.nonzero(c <= CANCELLATION * 0.5 * (np.abs(aa)[:, None] + np.abs(bb)[None, :]))
+    for start in range(0, ii.size, 4096):
+        i, j = ii[start:start + 4096], jj[start:start + 4096]
+        d = a[i] - b[j]
+        c[i, j] = 0.5 * ((d @ q) * d).sum(axis=1)
     return np.maximum(c, 0.0)
 
 

@@ -287,3 +287,20 @@ def test_three_task_matching_is_bounded_below_by_the_brute_force_optimum(seed):
         assert cost.sum() >= best * (1 - 1e-9)
         totals.append(cost.sum())
     assert min(totals) <= BEST_ORDER_FACTOR * best
+
+
+def test_pair_costs_keep_their_precision_for_nearly_equal_neurons():
+    from onnxzip.merge import _all_pairs
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(6, 40)) * 10
+    b = a + rng.normal(size=a.shape) * 1e-6  # near-copies: b_i is a_i changed in the 7th digit
+    b[3] = rng.normal(size=40)  # and one unrelated neuron
+    x = rng.normal(size=(500, 40))
+    q = x.T @ x / 500
+    c = _all_pairs(a, b, q)
+    for i in range(6):
+        for j in range(6):
+            d = a[i] - b[j]
+            exact = 0.5 * d @ q @ d  # the direct form, one pair at a time
+            assert c[i, j] == pytest.approx(exact, rel=1e-8), (i, j)
+    assert np.all(c[np.arange(6), np.arange(6)] > 0)  # not clamped to zero by cancellation
