@@ -63,8 +63,8 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper:
     for j, li in enumerate(hidden):
         g = zipper.group_of.get(li)
         if g is not None and g not in zipper.rows:
-            zipper._decide(g, live)
-        zipper._hessians, zipper._problems = {}, {}
+            zipper.decide(g, live)
+        zipper.forget()
         live = [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
     return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
 

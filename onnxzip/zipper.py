@@ -234,7 +234,7 @@ class Zipper:
             return self._follow(li, live)
         g = self.group_of[li]
         if g not in self.rows:
-            self._decide(g, live)
+            self.decide(g, live)
         k, rows = self.k[g], self.rows[g]
         if k or self.needs_refit(li, live):
             mats, hs, cols, ns = self.problem(li, live)
@@ -288,7 +288,11 @@ class Zipper:
         return all(n in lv and n in ref and np.array_equal(lv[n], ref[n])
                    for n, lv, ref in zip(names, live, self.reference))
 
-    def _decide(self, g: int, live: list[dict[str, np.ndarray]]) -> None:
+    def forget(self) -> None:
+        """Drop the statistics held for layers being decided (their inputs move on)."""
+        self._hessians, self._problems = {}, {}
+
+    def decide(self, g: int, live: list[dict[str, np.ndarray]]) -> None:
         """Choose group ``g``'s shared slots from the summed costs of its available layers."""
         k, n_tasks = self.k[g], len(self.irs)
         sizes = [ir.layers[self.groups[g][0]].neurons for ir in self.irs]
