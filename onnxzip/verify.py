@@ -92,14 +92,7 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     before = [count_parameters([np.asarray(t.values) for t in ir.graph.tensors().values()
                                 if isinstance(t, gs.Constant)]) for ir in irs]
     after = count_parameters(list(result.model.graph.initializer))
-    layers = []
-    group_of = {i: g for g, members in enumerate(result.plan.groups) for i in members}
-    for i in result.plan.hidden:
-        z = result.plan.layers[i]
-        layers.append({"name": irs[0].layers[i].name, "kind": irs[0].layers[i].kind, "neurons": z.neurons,
-                       "shared": z.shared, "cost": float(z.costs.sum()), "group": group_of.get(i)})
-    groups = [{"layers": [irs[0].layers[i].name for i in members], **result.plan.orders.get(g, {})}
-              for g, members in enumerate(result.plan.groups) if len(members) > 1 or g in result.plan.orders]
+    layers, groups = _layer_rows(irs[0], result.plan)
     return {
         "tasks": tasks, "layers": layers,
         "params_before": sum(p for p, _ in before), "params_after": after[0],
@@ -111,6 +104,17 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
         "restored_at": sorted(irs[0].spaces.restore),
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
+
+
+def _layer_rows(ir: ModelIR, plan: ZipPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's rows per hidden layer (sharing and cost) and per tied group (or chosen order)."""
+    group_of = {i: g for g, members in enumerate(plan.groups) for i in members}
+    layers = [{"name": ir.layers[i].name, "kind": ir.layers[i].kind, "neurons": plan.layers[i].neurons,
+               "shared": plan.layers[i].shared, "cost": float(plan.layers[i].costs.sum()), "group": group_of.get(i)}
+              for i in plan.hidden]
+    groups = [{"layers": [ir.layers[i].name for i in members], **plan.orders.get(g, {})}
+              for g, members in enumerate(plan.groups) if len(members) > 1 or g in plan.orders]
+    return layers, groups
 
 
 def float_noise(normalized: np.ndarray | None, original: np.ndarray, where: str, strict: bool = True) -> float:
