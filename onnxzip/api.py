@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
-from . import __version__, io, runtime
+from . import __version__, io, runtime, timing
 from .align import align
 from .emit import emit_model
 from .errors import InputError, UsageError
@@ -151,6 +151,16 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         options: a :class:`ZipOptions`; keyword overrides (e.g. ``share=0.5``) replace its fields.
     """
     opts = ZipOptions(**{**asdict(options or ZipOptions()), **overrides})
+    with timing.record() as phases:
+        result = _zip(models, data, opts)
+    result.report["phases"] = {k: round(v, 3) for k, v in phases.items()}
+    result.report["peak_rss_mb"] = round(timing.peak_rss_mb(), 1)
+    return result
+
+
+def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
+         data: Sequence[str | os.PathLike | dict[str, np.ndarray]], opts: ZipOptions) -> ZipResult:
+    """:func:`zip_models` after the options are merged; phases timed (:mod:`onnxzip.timing`)."""
     if len(models) < 2:
         raise UsageError("give at least two models")
     if len(data) != len(models):
@@ -158,18 +168,21 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     opts.check(len(models))
     start = time.perf_counter()
     names = task_names(models, opts.names)
-    protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else ())
+    with timing.phase("load"):
+        protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else ())
     labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
     if opts.finetune and any(y is None for y in labels):
         raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
-    irs = align(irs)
+    with timing.phase("load"):
+        irs = align(irs)
     if opts.cost == "correlation":  # correlations need the same samples through every task
         if any(set(a) != set(arrays[0]) or any(a[k].shape[1:] != arrays[0][k].shape[1:] for k in a) for a in arrays):
             raise UsageError("--cost correlation needs tasks with the same inputs")
         common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
         arrays = [common] * len(arrays)
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
-    references = reference_outputs(protos, irs, arrays, opts)  # once, however many zips a budget takes
+    with timing.phase("originals"):
+        references = reference_outputs(protos, irs, arrays, opts)  # once, however many zips a budget takes
 
     def zip_once(share, fisher=None, loss_aware: bool = opts.loss_aware) -> ZipResult:
         plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching,
@@ -177,12 +190,16 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
                          task_order=opts.task_order, recover=opts.recover, loss_aware=loss_aware,
                          device=opts.device, batch=opts.batch_size, fisher=fisher,
                          progress=lambda it, desc: progress(it, desc, opts.quiet))
-        model = emit_model(irs, plan, names, shared_inputs)
-        onnx.checker.check_model(model, full_check=True)
+        with timing.phase("emit"):
+            model = emit_model(irs, plan, names, shared_inputs)
+            onnx.checker.check_model(model, full_check=True)
         result = ZipResult(model, {}, names, plan)
-        result.report = verify(result, protos, irs, arrays, opts, references=references)
-        for row, errors in zip(result.report["layers"], measure_layers(result, irs, arrays, opts, shared_inputs)):
-            row["error"] = errors
+        with timing.phase("verify"):
+            result.report = verify(result, protos, irs, arrays, opts, references=references)
+        with timing.phase("layer check"):
+            errors = measure_layers(result, irs, arrays, opts, shared_inputs)
+        for row, err in zip(result.report["layers"], errors):
+            row["error"] = err
         return result
 
     if opts.target_params is not None or opts.max_loss_increase is not None:
@@ -192,7 +209,9 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     if opts.finetune:
         tuned = time.perf_counter()
         train = [{**a, "label": y} for a, y in zip(arrays, labels)]
-        result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device, quiet=opts.quiet)
+        with timing.phase("finetune"):
+            result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
+                                          quiet=opts.quiet)
         before = result.report
         result.report = verify(result, protos, irs, arrays, opts, check=False,  # fine-tuned: fidelity only
                                references=references)
@@ -237,9 +256,10 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     measured output loss (:func:`onnxzip.report.output_loss`: not the same units; for reading).
     """
     fisher = loss_statistics(irs, arrays, labels, opts.device) if opts.loss_aware else None
-    planner = BudgetPlanner(irs, arrays, fisher, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                            compensate=opts.compensate, task_order=opts.task_order, device=opts.device,
-                            batch=opts.batch_size)
+    with timing.phase("budget"):
+        planner = BudgetPlanner(irs, arrays, fisher, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
+                                compensate=opts.compensate, task_order=opts.task_order, device=opts.device,
+                                batch=opts.batch_size)
     budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
     while True:
         counts, predicted = planner.allocate(budget)

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from . import runtime
+from .timing import phase
 from .errors import UsageError
 from .ir import ModelIR
 
@@ -200,8 +201,9 @@ def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], label
     (with a warning) where the reverse-mode graph cannot be built."""
     layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]
     try:
-        return [neuron_fisher(ir, d, layers, device=device, labels=y)
-                for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
+        with phase("fisher"):
+            return [neuron_fisher(ir, d, layers, device=device, labels=y)
+                    for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
     except (UsageError, _unsupported()) as exc:  # no float output, or onnx-ad lacks a rule for an op
         log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

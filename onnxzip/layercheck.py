@@ -63,8 +63,8 @@ def measure_layers(result: ZipResult, irs: list[ModelIR], data: list[dict[str, n
             for t, (p, e, s) in enumerate(zip(z.predicted, err, signal)):
                 if abs(e - p) > CHECK_RTOL * p + CHECK_FLOOR * s:
                     raise EquivalenceError(
-                        f"merge check: layer {irs[0].layers[li].name!r} of task {result.names[t]!r}: measured pre-activation "
-                        f"error {e:.4g} in ONNX Runtime, but the merge predicted exactly {p:.4g} (signal {s:.4g}): "
+                        f"merge check: layer {irs[0].layers[li].name!r} of task {result.names[t]!r}: measured "
+                        f"pre-activation error {e:.4g} in ONNX Runtime, but the merge predicted exactly {p:.4g} (signal {s:.4g}): "
                         "the layer statistics or the merge are wrong; this is an onnxzip bug")
         rows.append(row)
     return rows

@@ -135,6 +135,9 @@ def format_table(report: dict[str, Any]) -> str:
                  f"float noise {eq.get('float_noise', 0):.3g})  [{eq.get('verdict', 'ok')}]")
     for row in report.get("not_shared", []):
         lines.append(f"not shared: {row['layer']}: {row['reason']}")
+    if report.get("phases"):
+        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report["phases"].items())
+                     + f"; peak memory {report.get('peak_rss_mb', 0):.0f} MB")
     return "\n".join(lines)
 
 

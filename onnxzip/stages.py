@@ -12,6 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import runtime
+from .timing import phase
 from .ir import ModelIR
 
 
@@ -96,10 +97,11 @@ class StagedNetwork:
         model = self.stage_model(j, weights, constants, list(extra))
         if model is None:
             return {k: live[k] for k in self.live[j + 1]}
-        sess = runtime.session(model, self.device, built=True)
-        feeds = {i.name: live[i.name] for i in sess.get_inputs()}
-        wanted = self.produced(j) + [e for e in extra if e not in self.produced(j)]
-        out = runtime.run(sess, feeds, wanted, self.batch)
+        with phase("forward"):
+            sess = runtime.session(model, self.device, built=True)
+            feeds = {i.name: live[i.name] for i in sess.get_inputs()}
+            wanted = self.produced(j) + [e for e in extra if e not in self.produced(j)]
+            out = runtime.run(sess, feeds, wanted, self.batch)
         return {**{k: out[k] if k in out else live[k] for k in self.live[j + 1]}, **{e: out[e] for e in extra}}
 
     def batchnorms(self, j: int, zipped: dict[str, object]) -> list:

@@ -30,6 +30,7 @@ from .merge import MATCHERS, cholesky, damp, damping_of, match_tasks, merge_foll
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
+from .timing import phase
 from .stats import auto_exact, cross_moments, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
 
 log = logging.getLogger(__name__)
@@ -174,10 +175,11 @@ class Zipper:
             x = live[layer.input]
             ref = self.reference[task][layer.input] if self.recover and self.reference else None
             weights = self.sample_weights(li, task, x if ref is None else ref)
-            if ref is None or np.array_equal(ref, x):
-                self._hessians[key] = (layer_hessian(layer, x, self.estimator, sample_weights=weights), None)
-            else:
-                self._hessians[key] = cross_moments(layer, x, ref, self.estimator, sample_weights=weights)
+            with phase("statistics"):
+                if ref is None or np.array_equal(ref, x):
+                    self._hessians[key] = (layer_hessian(layer, x, self.estimator, sample_weights=weights), None)
+                else:
+                    self._hessians[key] = cross_moments(layer, x, ref, self.estimator, sample_weights=weights)
         return self._hessians[key]
 
     def sample_weights(self, li: int, task: int, x_ref: np.ndarray) -> np.ndarray | None:
@@ -222,7 +224,8 @@ class Zipper:
             h = damp(raw, self.damping)
             mat = as_matrix(*ir.weights(ir.layers[li]))
             if g is not None:  # recovery: target the original pre-activations, not the original weights
-                mat = refit(mat, h, g, damping_of(raw, self.damping))
+                with phase("recovery"):
+                    mat = refit(mat, h, g, damping_of(raw, self.damping))
             hs.append(h[np.ix_(order, order)])
             mats.append(mat[:, order])
             cols.append(order)
@@ -239,9 +242,10 @@ class Zipper:
         if k or self.needs_refit(li, live):
             mats, hs, cols, ns = self.problem(li, live)
             f = self.loss_weights(li)
-            w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate,
-                                         None if f is None else [x[r[:k]] for x, r in zip(f, rows)]) \
-                if k else (None, None, np.zeros(0))
+            with phase("merge"):
+                w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate,
+                                             None if f is None else [x[r[:k]] for x, r in zip(f, rows)]) \
+                    if k else (None, None, np.zeros(0))
         else:  # nothing shared: no statistics needed
             orders = [self.column_order(li, t) for t in range(len(self.irs))]
             cols, ns = [o for o, _ in orders], orders[0][1]
@@ -313,7 +317,8 @@ class Zipper:
         if n_tasks > 2 and self.task_order == "auto":
             orders = [[a, b] + [t for t in range(n_tasks) if t not in (a, b)]
                       for a, b in itertools.combinations(range(n_tasks), 2)]
-        results = [(match_tasks(members, k, self.matching, o), o) for o in orders]
+        with phase("matching"):
+            results = [(match_tasks(members, k, self.matching, o), o) for o in orders]
         (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
         self.slot_costs[g] = np.sort(cost)
         self.orders[g] = {"order": [self.irs[t].name for t in order], "costed_layers": len(members),
