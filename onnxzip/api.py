@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,12 +104,31 @@ class ZipResult:
                 if k in names or f"{self.names[task]}/{k}" in names}
 
 
+#: without a terminal, a progress line at most this often (seconds)
+PROGRESS_EVERY = 5.0
+
+
 def progress(items: Iterable, desc: str, quiet: bool) -> Iterable:
-    """Progress bar on stderr unless ``quiet``."""
+    """Progress on stderr unless ``quiet``: a bar on a terminal, else a line every few seconds
+    (``desc i/n, elapsed, ETA``), so that a slow run can be told from a hung one in a log."""
     if quiet:
         return items
-    from tqdm import tqdm
-    return tqdm(items, desc=desc, leave=False, disable=None)
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        return tqdm(items, desc=desc, leave=False)
+    return _progress_lines(list(items), desc)
+
+
+def _progress_lines(items: list, desc: str) -> Iterable:
+    start = last = time.perf_counter()
+    for i, item in enumerate(items):
+        now = time.perf_counter()
+        if i and now - last >= PROGRESS_EVERY:
+            eta = (now - start) / i * (len(items) - i)
+            print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s, about {eta:.0f} s to go", file=sys.stderr,
+                  flush=True)
+            last = now
+        yield item
 
 
 def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -453,8 +454,11 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
     constants: list[dict[str, np.ndarray]] = [{} for _ in irs]  # re-estimated BatchNorm statistics
     for j, li in enumerate(progress(cuts, "zipping layers")):
+        started = time.perf_counter()
         zipper.reference = reference
         z = zipper.zip_layer(li, live) if li in hidden else zipper.private_layer(li, live)
+        log.info("layer %s: %d of %d neurons shared (%.2f s)", irs[0].layers[li].name, z.shared, z.neurons,
+                 time.perf_counter() - started)
         zipper.zips[li] = z
         for t, ir in enumerate(irs):
             eff[t][li] = effective(z, t, ir.layers[li])

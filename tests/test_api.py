@@ -366,3 +366,14 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(SAMPLES.parent)
     exec(compile(snippet.replace('"zipped.onnx"', repr(str(tmp_path / "zipped.onnx"))), "README.md", "exec"), {})
     assert (tmp_path / "zipped.onnx").exists() and "params" not in capsys.readouterr().err
+
+
+def test_progress_lines_without_a_terminal(monkeypatch, capsys):
+    from onnxzip import api
+    monkeypatch.setattr(api, "PROGRESS_EVERY", 0.0)
+    assert list(api.progress(range(4), "zipping layers", quiet=False)) == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"onnxzip: zipping layers {i}/4" for i in (1, 2, 3)]
+    assert all("s to go" in line for line in lines)
+    assert list(api.progress(range(4), "zipping layers", quiet=True)) == [0, 1, 2, 3]
+    assert capsys.readouterr().err == ""
