@@ -139,10 +139,12 @@ class TaskEmitter:
         """The emitted name of an input tensor in task order (constants deduplicated)."""
         if isinstance(t, gs.Constant):
             return self.b.const(np.asarray(t.values), f"{self.prefix}/{t.name}")
-        if not t.name:
-            return ""
-        value = self.values[t.name]
-        return self.restore(t.name) if value.space is not None else value.parts[0].tensor
+        return self.named(t.name) if t.name else ""
+
+    def named(self, name: str) -> str:
+        """The emitted name of tensor ``name`` as one tensor in task order."""
+        value = self.values[name]
+        return self.restore(name) if value.space is not None else value.parts[0].tensor
 
     def restore(self, name: str) -> str:
         """Tensor ``name`` as one tensor in the task's own channel order (Concat + Gather)."""
@@ -422,11 +424,9 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
             else:
                 outputs.append(_value_info(want, out, shape=False))
         for li in probes:
-            tensor = ir.layers[li].output
             want = f"{name}/{PROBE}/{ir.layers[li].name}"
-            value = em.values[tensor]
-            got = em.restore(tensor) if value.space is not None else value.parts[0].tensor
-            b.nodes.append(helper.make_node("Identity", [got], [want], name=b.unique(want + ".id")))
+            b.nodes.append(helper.make_node("Identity", [em.named(ir.layers[li].output)], [want],
+                                            name=b.unique(want + ".id")))
             outputs.append(helper.make_tensor_value_info(want, onnx.TensorProto.FLOAT, None))
     graph = helper.make_graph(b.nodes, "onnxzip", inputs, outputs, list(b.initializers.values()))
     opsets = [helper.make_opsetid("", irs[0].opset)] + [helper.make_opsetid(d, v) for d, v in

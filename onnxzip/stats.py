@@ -162,17 +162,25 @@ def exact_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
 AUTO_EXACT_MAX = 1024
 
 
-def auto_exact(layer: Layer) -> bool:
+def _auto_exact(layer: Layer) -> bool:
     """Whether ``auto`` takes the exact statistic for ``layer``."""
     return layer.kind == "dense" or layer.fan_in + 1 <= AUTO_EXACT_MAX
 
 
+def is_exact(layer: Layer, method: str) -> bool:
+    """Whether ``method``'s statistic for ``layer`` is the exact second moment of its input rows
+    (the per-channel one is exact only for dense layers and 1x1 kernels; identity never is)."""
+    if method == "exact" or (method == "auto" and _auto_exact(layer)):
+        return True
+    return method in ("auto", "channel") and (layer.kind == "dense" or layer.kernel == 1)
+
+
 def _auto_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
-    return exact_rows(layer, x) if auto_exact(layer) else channel_rows(layer, x)
+    return exact_rows(layer, x) if _auto_exact(layer) else channel_rows(layer, x)
 
 
 def _finish_auto(layer: Layer, h: np.ndarray) -> np.ndarray:
-    return h if auto_exact(layer) else _finish_channel(layer, h)
+    return h if _auto_exact(layer) else _finish_channel(layer, h)
 
 
 HESSIANS.register("auto")(HessianEstimator(_auto_rows, _finish_auto))

@@ -32,7 +32,7 @@ from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .stages import StagedNetwork
 from .timing import phase
-from .stats import auto_exact, cross_moments, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
+from .stats import cross_moments, is_exact, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -205,9 +205,16 @@ class Zipper:
         """Recovery is on and some task's input to layer ``li`` differs from the original network's."""
         if not self.recover or self.reference is None or self.irs[0].layers[li].fan_in + 1 > MAX_HESSIAN_DIM:
             return False  # (a layer too wide for a Hessian keeps its weights when nothing in it is shared)
-        name = [ir.layers[li].input for ir in self.irs]
-        return any(n in lv and n in ref and not np.array_equal(lv[n], ref[n])
-                   for n, lv, ref in zip(name, live, self.reference))
+        return any(same is False for same in self.inputs_unchanged(li, live))
+
+    def inputs_unchanged(self, li: int, live: list[dict[str, np.ndarray]]) -> list[bool | None]:
+        """Per task: whether layer ``li``'s input equals the original network's (None: not known,
+        no reference or the input is not live)."""
+        out = []
+        for ir, lv, ref in zip(self.irs, live, self.reference or [None] * len(self.irs)):
+            n = ir.layers[li].input
+            out.append(None if ref is None or n not in lv or n not in ref else bool(np.array_equal(lv[n], ref[n])))
+        return out
 
     def problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
         """Per task: weights (refit targets when recovering) and damped Hessian in zipped column order;
@@ -260,7 +267,9 @@ class Zipper:
                 z[:k, ns:] = privs[t]
             weights.append(z)
         predicted = self.predicted_errors(li, weights, mats, rows, cols, k) if k else None
-        checkable = k > 0 and self.exact_statistic(li) and self.input_is_original(li, live)
+        layer = self.irs[0].layers[li]
+        weighted = li in self.irs[0].spaces.normalized and layer.kind == "dense"  # see sample_weights
+        checkable = k > 0 and is_exact(layer, self.estimator) and not weighted and all(self.inputs_unchanged(li, live))
         self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
         self._problems.pop(li, None)
         return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable)
@@ -275,23 +284,6 @@ class Zipper:
             d = weights[t][:k] - mats[t][rows[t][:k]]
             out.append(float(np.einsum("ij,jk,ik->", d, h, d)))
         return out
-
-    def exact_statistic(self, li: int) -> bool:
-        """The layer's Hessian is the exact second moment of its input rows (not per-channel, not
-        identity, not sample-weighted)."""
-        layer = self.irs[0].layers[li]
-        if li in self.irs[0].spaces.normalized and layer.kind == "dense":
-            return False
-        return self.estimator == "exact" or (self.estimator == "auto" and auto_exact(layer)) or \
-            (self.estimator == "channel" and (layer.kind == "dense" or layer.kernel == 1))
-
-    def input_is_original(self, li: int, live: list[dict[str, np.ndarray]]) -> bool:
-        """Every task's input to layer ``li`` is the original network's (known only when recovering)."""
-        if self.reference is None:
-            return False
-        names = [ir.layers[li].input for ir in self.irs]
-        return all(n in lv and n in ref and np.array_equal(lv[n], ref[n])
-                   for n, lv, ref in zip(names, live, self.reference))
 
     def forget(self) -> None:
         """Drop the statistics held for layers being decided (their inputs move on)."""
