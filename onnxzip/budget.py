@@ -9,6 +9,7 @@ import numpy as np
 from .ir import ModelIR
 from .plan import Budget, allocate
 from .spaces import ALIGNED, PRIVATE
+from .spool import Batches, Spool
 from .stages import StagedNetwork
 from .zipper import Zipper
 
@@ -59,13 +60,16 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper:
     zipper.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in zipper.groups]
     hidden = irs[0].hidden
     nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
-    live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
-    for j, li in enumerate(hidden):
-        g = zipper.group_of.get(li)
-        if g is not None and g not in zipper.rows:
-            zipper.decide(g, live)
-        zipper.forget()
-        live = [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
+    with Spool() as spool:
+        live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
+        for j, li in enumerate(hidden):
+            g = zipper.group_of.get(li)
+            if g is not None and g not in zipper.rows:
+                zipper.decide(g, live)
+            zipper.forget()
+            old, live = live, [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
+            for b in old:
+                b.drop()
     return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
 
 

@@ -4,16 +4,20 @@ The graph is cut before each hidden layer. Stage ``j`` holds the nodes from cut 
 ``j + 1`` (the prefix before the first cut is stage 0; the last stage ends at the graph outputs).
 Each stage becomes a small ONNX model whose inputs are the tensors alive at its start, so the
 calibration set passes through every node exactly once while the layers below are being zipped.
+Stages run batch by batch over :class:`~onnxzip.spool.Batches` (in memory or spooled to disk).
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from . import runtime
-from .timing import phase
 from .ir import ModelIR
+from .spool import Batches
+from .timing import phase
 
 
 class StagedNetwork:
@@ -90,19 +94,32 @@ class StagedNetwork:
         """The tensors alive after stage ``j`` that it computes (the rest are carried through)."""
         return [name for name in self.live[j + 1] if name not in self.live[j]]
 
-    def run_stage(self, j: int, live: dict[str, np.ndarray], weights: dict[int, tuple[np.ndarray, np.ndarray]],
-                  constants: dict[str, np.ndarray] | None = None, extra: list[str] = ()) -> dict[str, np.ndarray]:
-        """Run stage ``j`` over all samples of ``live`` (the tensors alive at its start); the result
-        holds the tensors alive after it, and the ``extra`` tensors made inside it."""
-        model = self.stage_model(j, weights, constants, list(extra))
-        if model is None:
-            return {k: live[k] for k in self.live[j + 1]}
-        with phase("forward"):
-            sess = runtime.session(model, self.device, built=True)
-            feeds = {i.name: live[i.name] for i in sess.get_inputs()}
-            wanted = self.produced(j) + [e for e in extra if e not in self.produced(j)]
-            out = runtime.run(sess, feeds, wanted, self.batch)
-        return {**{k: out[k] if k in out else live[k] for k in self.live[j + 1]}, **{e: out[e] for e in extra}}
+    def stream(self, j: int, live: Batches, weights: dict[int, tuple[np.ndarray, np.ndarray]],
+               constants: dict[str, np.ndarray] | None, outputs: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        """Run stage ``j`` over ``live`` (the tensors alive at its start) batch by batch; yields the
+        ``outputs`` (tensors made inside the stage) of each batch."""
+        model = self.stage_model(j, weights, constants, [o for o in outputs if o not in self.produced(j)])
+        sess = None if model is None else runtime.session(model, self.device, built=True)
+        names = [] if sess is None else [i.name for i in sess.get_inputs()]
+        for i in range(len(live)):
+            if sess is None or not outputs:
+                yield {}
+                continue
+            feeds = live.batch(i, names)
+            with phase("forward"):
+                yield runtime.run(sess, feeds, outputs, self.batch)
+
+    def run_stage(self, j: int, live: Batches, weights: dict[int, tuple[np.ndarray, np.ndarray]],
+                  constants: dict[str, np.ndarray] | None = None) -> Batches:
+        """Stage ``j`` over all samples of ``live``: the tensors alive after it, batch by batch (the
+        ones it does not compute are carried over, not copied)."""
+        made = self.produced(j)
+        out = Batches(live.spool)
+        for i, got in enumerate(self.stream(j, live, weights, constants, made)):
+            raw = live.raw(i)
+            out.append(live.sizes[i], {k: got[k] for k in made},
+                       {k: raw[k] for k in self.live[j + 1] if k not in made})
+        return out
 
     def batchnorms(self, j: int, zipped: dict[str, object]) -> list:
         """The BatchNormalization nodes in stage ``j`` whose input carries zipped channels."""

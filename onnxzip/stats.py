@@ -15,7 +15,7 @@ channel-major, then kernel offsets; the bias last):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -35,6 +35,14 @@ class HessianEstimator:
 
 HESSIANS: Registry = Registry("Hessian estimator")
 
+#: rows per product; every chunk's sums go into float64 (float32 rows: relative error about 1e-6)
+CHUNK = 8192
+
+
+def _working(x: np.ndarray) -> np.ndarray:
+    """Rows in the precision their products are taken in: float64 stays, anything else is float32."""
+    return x if x.dtype == np.float64 else np.asarray(x, np.float32)
+
 
 @dataclass
 class Accumulator:
@@ -48,20 +56,26 @@ class Accumulator:
         self.total = np.zeros((self.dim + 1, self.dim + 1))
 
     def add(self, rows: np.ndarray, weights: np.ndarray | None = None) -> None:
-        """rows: (m, dim), any float dtype; weights: (m,) per-row weights (default 1); accumulated in
-        chunks to bound memory."""
-        step = max(1, (1 << 22) // max(self.dim, 1))
-        for i in range(0, rows.shape[0], step):
-            x = np.asarray(rows[i:i + step], np.float64)
-            w = np.ones(x.shape[0]) if weights is None else np.asarray(weights[i:i + step], np.float64)
+        """rows: (m, dim), any float dtype; weights: (m,) per-row weights (default 1).
+
+        Products are taken by BLAS in the rows' precision (float32 activations stay float32; float64
+        stays float64) over chunks of at most ``CHUNK`` rows (``x' x`` as a symmetric rank-k update,
+        half a general product) and summed in float64 across chunks."""
+        for i in range(0, rows.shape[0], CHUNK):
+            x = _working(rows[i:i + CHUNK])
+            w = None if weights is None else np.asarray(weights[i:i + CHUNK], np.float64)
             with np.errstate(invalid="ignore", over="ignore"):  # mean() reports non-finite statistics
-                xw = x * w[:, None]
-                s = xw.sum(axis=0)
-                self.total[:-1, :-1] += xw.T @ x
+                if w is None:
+                    self.total[:-1, :-1] += x.T @ x
+                    s = x.sum(axis=0, dtype=np.float64)
+                else:
+                    self.total[:-1, :-1] += (x * w[:, None].astype(x.dtype)).T @ x
+                    s = (x * w[:, None]).sum(axis=0)
             self.total[:-1, -1] += s
             self.total[-1, :-1] += s
-            self.total[-1, -1] += w.sum()
-            self.count += w.sum()
+            n = x.shape[0] if w is None else w.sum()
+            self.total[-1, -1] += n
+            self.count += n
 
     def mean(self) -> np.ndarray:
         if self.count == 0:
@@ -189,9 +203,22 @@ HESSIANS.register("exact")(HessianEstimator(exact_rows, _finish_exact))
 HESSIANS.register("identity")(HessianEstimator(None, _finish_identity))
 
 
-def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256,
+def _pieces(layer: Layer, est: HessianEstimator, x: np.ndarray | Iterable[np.ndarray],
+            batch: int) -> Iterator[np.ndarray]:
+    """``x`` (an array (N, ...) or its batches) in pieces of at most ``batch`` samples, fewer where
+    a sample makes many rows (about 64 MB of float64 rows a piece)."""
+    step = None
+    for chunk in ([x] if isinstance(x, np.ndarray) else x):
+        if step is None:
+            per_sample = est.rows(layer, chunk[:1]).size
+            step = max(1, min(batch, (1 << 23) // max(per_sample, 1)))
+        for i in range(0, chunk.shape[0], step):
+            yield chunk[i:i + step]
+
+
+def layer_hessian(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: str, batch: int = 256,
                   sample_weights: np.ndarray | None = None) -> np.ndarray:
-    """The full Hessian of ``layer`` from its input ``x`` (N, ...), streamed over batches of ``batch``.
+    """The full Hessian of ``layer`` from its input ``x`` (N, ...) or its batches, streamed.
 
     ``sample_weights`` (N,), dense layers only: a weighted mean over the samples (see
     :func:`normalized_weights`).
@@ -203,12 +230,15 @@ def layer_hessian(layer: Layer, x: np.ndarray, method: str, batch: int = 256,
     if est.rows is None:
         return est.finish(layer, np.zeros(0))
     acc: Accumulator | None = None
-    per_sample = est.rows(layer, x[:1]).size  # bound each batch's rows to about 64 MB of float64
-    batch = max(1, min(batch, (1 << 23) // max(per_sample, 1)))
-    for i in range(0, x.shape[0], batch):
-        rows = est.rows(layer, x[i:i + batch])
+    seen = 0
+    for xb in _pieces(layer, est, x, batch):
+        rows = est.rows(layer, xb)
         acc = acc or Accumulator(rows.shape[1])
-        acc.add(rows, None if sample_weights is None else _row_weights(layer, sample_weights[i:i + batch], rows))
+        w = None if sample_weights is None else _row_weights(layer, sample_weights[seen:seen + xb.shape[0]], rows)
+        seen += xb.shape[0]
+        acc.add(rows, w)
+    if acc is None:
+        raise NumericalError("no calibration samples reached a layer")
     return est.finish(layer, acc.mean())
 
 
@@ -228,13 +258,13 @@ def normalized_weights(z: np.ndarray) -> np.ndarray:
     return w / w.mean()
 
 
-def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64) -> np.ndarray:
+def depthwise_hessians(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: str, batch: int = 64) -> np.ndarray:
     """Per-channel Hessians of a depthwise conv: (C, K + 1, K + 1) float64, bias last.
 
     Each channel's neuron sees only its own input channel: ``channel`` reuses that channel's
     (1 + 1)^2 statistic at every offset, ``exact`` takes its patch covariance.
     """
-    c, k = x.shape[1], layer.kernel
+    c, k = layer.shape[0], layer.kernel
     if method == "identity":
         return np.broadcast_to(np.eye(k + 1), (c, k + 1, k + 1)).copy()
     HESSIANS.get(method)
@@ -244,8 +274,9 @@ def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64
     count = 0
     wide = Layer(layer.name, "conv", layer.input, layer.output, layer.weight, layer.bias, (c, c) + layer.shape[2:],
                  layer.attrs)
-    for i in range(0, x.shape[0], batch):
-        xb = np.asarray(x[i:i + batch], np.float64)
+    for xb in (chunk[i:i + batch] for chunk in ([x] if isinstance(x, np.ndarray) else x)
+               for i in range(0, chunk.shape[0], batch)):
+        xb = np.asarray(xb, np.float64)
         if method == "channel":
             rows = np.moveaxis(xb, 1, -1).reshape(-1, c, 1)
         else:
@@ -262,7 +293,8 @@ def depthwise_hessians(layer: Layer, x: np.ndarray, method: str, batch: int = 64
     return h
 
 
-def cross_moments(layer: Layer, x: np.ndarray, x_ref: np.ndarray, method: str, batch: int = 256,
+def cross_moments(layer: Layer, x: np.ndarray | Iterable[np.ndarray], x_ref: np.ndarray | Iterable[np.ndarray],
+                  method: str, batch: int = 256,
                   sample_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The Hessian of ``x`` and the cross moment ``G = mean([x 1][x_ref 1]')`` with the same estimator.
 
@@ -278,20 +310,32 @@ def cross_moments(layer: Layer, x: np.ndarray, x_ref: np.ndarray, method: str, b
     if est.rows is None:
         eye = np.eye(layer.fan_in + 1)
         return eye, eye
-    per_sample = est.rows(layer, x[:1]).size
-    batch = max(1, min(batch, (1 << 23) // max(per_sample, 1)))
     h = g = None
-    count = 0.0
-    for i in range(0, x.shape[0], batch):
-        r = est.rows(layer, x[i:i + batch]).astype(np.float64)
-        q = est.rows(layer, x_ref[i:i + batch]).astype(np.float64)
-        r = np.hstack([r, np.ones((r.shape[0], 1))])
-        q = np.hstack([q, np.ones((q.shape[0], 1))])
-        w = np.ones(r.shape[0]) if sample_weights is None else _row_weights(layer, sample_weights[i:i + batch], r)
-        rw = r * w[:, None]
-        h = rw.T @ r if h is None else h + rw.T @ r
-        g = rw.T @ q if g is None else g + rw.T @ q
-        count += w.sum()
+    count, seen = 0.0, 0
+    for xb, rb in zip(_pieces(layer, est, x, batch), _pieces(layer, est, x_ref, batch)):
+        r, q = est.rows(layer, xb), est.rows(layer, rb)
+        w = None if sample_weights is None else _row_weights(layer, sample_weights[seen:seen + xb.shape[0]], r)
+        seen += xb.shape[0]
+        if h is None:
+            h, g = np.zeros((r.shape[1] + 1,) * 2), np.zeros((r.shape[1] + 1,) * 2)
+        for i in range(0, r.shape[0], CHUNK):  # float32 products, float64 sums (see Accumulator.add)
+            ri, qi = _working(r[i:i + CHUNK]), _working(q[i:i + CHUNK])
+            qi = qi.astype(ri.dtype, copy=False)
+            wi = np.ones(ri.shape[0]) if w is None else np.asarray(w[i:i + CHUNK], np.float64)
+            rw = ri if w is None else ri * wi[:, None].astype(ri.dtype)
+            with np.errstate(invalid="ignore", over="ignore"):
+                h[:-1, :-1] += rw.T @ ri
+                g[:-1, :-1] += rw.T @ qi
+                sr, sq = (ri * wi[:, None]).sum(axis=0), (qi * wi[:, None]).sum(axis=0)
+            h[:-1, -1] += sr
+            h[-1, :-1] += sr
+            g[:-1, -1] += sr
+            g[-1, :-1] += sq
+            h[-1, -1] += wi.sum()
+            g[-1, -1] += wi.sum()
+            count += wi.sum()
+    if h is None or count == 0:
+        raise NumericalError("no calibration samples reached a layer")
     h, g = h / count, g / count
     if not (np.isfinite(h).all() and np.isfinite(g).all()):
         raise NumericalError("layer-input statistics hold NaN or Inf: the model overflows on the calibration data")

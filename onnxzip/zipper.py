@@ -30,6 +30,7 @@ from .ir import Layer, ModelIR
 from .merge import MATCHERS, cholesky, damp, damping_of, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
+from .spool import Batches, Spool
 from .stages import StagedNetwork
 from .timing import phase
 from .stats import cross_moments, is_exact, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
@@ -122,6 +123,8 @@ class Zipper:
         self.orders: dict[int, dict] = {}
         self._hessians: dict[tuple[int, int], np.ndarray] = {}
         self._problems: dict[int, tuple] = {}  # layer -> problem(); dropped once the layer is zipped
+        self._blocks: dict[int, list] = {}  # layer -> per task task_blocks() of its problem
+        self._same: dict[tuple[int, str], bool] = {}  # (id of live Batches, tensor) -> equals the original
         self.slot_costs: dict[int, np.ndarray] = {}  # group -> cost of each shared slot, ascending
 
     # ------------------------------------------------------------------ column layout
@@ -163,9 +166,10 @@ class Zipper:
         return space is None or all(s.layer < 0 or self.group_of[s.layer] in self.rows for s in space.segments)
 
     # ------------------------------------------------------------------ statistics
-    def statistics(self, li: int, task: int, live: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def statistics(self, li: int, task: int, live: Batches) -> tuple[np.ndarray, np.ndarray | None]:
         """(H, G) of layer ``li``'s input in ``task``; G (the cross moment with the original network's
-        input) only when recovering and the input differs from the original one."""
+        input) only when recovering and the input differs from the original one. One pass over the
+        batches of ``live`` (and of the original network's)."""
         key = (li, task)
         if key not in self._hessians:
             layer = self.irs[task].layers[li]
@@ -173,17 +177,28 @@ class Zipper:
                 gb = (layer.fan_in + 1) ** 2 * 8 / 1e9
                 raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its Hessian would take "
                                  f"{gb:.1f} GB per task; share nothing in its group (a --share list with 0 there)")
-            x = live[layer.input]
-            ref = self.reference[task][layer.input] if self.recover and self.reference else None
-            weights = self.sample_weights(li, task, x if ref is None else ref)
+            name = layer.input
+            ref = self.reference[task] if self.recover and self.reference else None
+            unchanged = ref is None or self.same_input(li, task, live)
+            weights = self.sample_weights(li, task, live if ref is None else ref)
             with phase("statistics"):
-                if ref is None or np.array_equal(ref, x):
-                    self._hessians[key] = (layer_hessian(layer, x, self.estimator, sample_weights=weights), None)
+                if unchanged:
+                    self._hessians[key] = (layer_hessian(layer, live.column(name), self.estimator,
+                                                         sample_weights=weights), None)
                 else:
-                    self._hessians[key] = cross_moments(layer, x, ref, self.estimator, sample_weights=weights)
+                    self._hessians[key] = cross_moments(layer, live.column(name), ref.column(name), self.estimator,
+                                                        sample_weights=weights)
         return self._hessians[key]
 
-    def sample_weights(self, li: int, task: int, x_ref: np.ndarray) -> np.ndarray | None:
+    def same_input(self, li: int, task: int, live: Batches) -> bool:
+        """Whether layer ``li``'s input in ``task`` equals the original network's, sample by sample."""
+        name = self.irs[task].layers[li].input
+        key = (id(live), name)
+        if key not in self._same:
+            self._same[key] = live.same(self.reference[task], name)
+        return self._same[key]
+
+    def sample_weights(self, li: int, task: int, x_ref: Batches) -> np.ndarray | None:
         """For a dense layer read by a LayerNorm over its channels: each sample weighted by 1 / the
         variance of the layer's original output on it (:func:`onnxzip.stats.normalized_weights`), so
         costs and merges measure the error that survives the normalization. None elsewhere."""
@@ -192,8 +207,9 @@ class Zipper:
         if li not in ir.spaces.normalized or layer.kind != "dense" or self.estimator == "identity":
             return None
         w, b = ir.weights(layer)
-        z = np.asarray(x_ref, np.float64).reshape(x_ref.shape[0], -1) @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
-        return normalized_weights(z)
+        w = w.reshape(w.shape[0], -1).T.astype(np.float64)
+        z = [np.asarray(x, np.float64).reshape(x.shape[0], -1) @ w + b for x in x_ref.column(layer.input)]
+        return normalized_weights(np.concatenate(z))
 
     def loss_weights(self, li: int) -> list[np.ndarray] | None:
         """Per task, layer ``li``'s per-neuron loss weights, if loss-aware."""
@@ -201,22 +217,23 @@ class Zipper:
             return None
         return [f[li] for f in self.fisher]
 
-    def needs_refit(self, li: int, live: list[dict[str, np.ndarray]]) -> bool:
+    def needs_refit(self, li: int, live: list[Batches]) -> bool:
         """Recovery is on and some task's input to layer ``li`` differs from the original network's."""
         if not self.recover or self.reference is None or self.irs[0].layers[li].fan_in + 1 > MAX_HESSIAN_DIM:
             return False  # (a layer too wide for a Hessian keeps its weights when nothing in it is shared)
         return any(same is False for same in self.inputs_unchanged(li, live))
 
-    def inputs_unchanged(self, li: int, live: list[dict[str, np.ndarray]]) -> list[bool | None]:
+    def inputs_unchanged(self, li: int, live: list[Batches]) -> list[bool | None]:
         """Per task: whether layer ``li``'s input equals the original network's (None: not known,
         no reference or the input is not live)."""
         out = []
-        for ir, lv, ref in zip(self.irs, live, self.reference or [None] * len(self.irs)):
+        for t, (ir, lv) in enumerate(zip(self.irs, live)):
             n = ir.layers[li].input
-            out.append(None if ref is None or n not in lv or n not in ref else bool(np.array_equal(lv[n], ref[n])))
+            ref = self.reference[t] if self.reference else None
+            out.append(None if ref is None or n not in lv or n not in ref else self.same_input(li, t, lv))
         return out
 
-    def problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
+    def problem(self, li: int, live: list[Batches]) -> tuple[list, list, list, int]:
         """Per task: weights (refit targets when recovering) and damped Hessian in zipped column order;
         the columns; ns. Computed once per layer: choosing a group's matching and merging the layer
         ask for the same (its input columns are fixed by then)."""
@@ -224,7 +241,15 @@ class Zipper:
             self._problems[li] = self._build_problem(li, live)
         return self._problems[li]
 
-    def _build_problem(self, li: int, live: list[dict[str, np.ndarray]]) -> tuple[list, list, list, int]:
+    def blocks(self, li: int, live: list[Batches]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per task, the Schur blocks (:func:`onnxzip.merge.task_blocks`) of layer ``li``'s problem:
+        factorized once for choosing the matching and merging."""
+        if li not in self._blocks:
+            _, hs, _, ns = self.problem(li, live)
+            self._blocks[li] = [task_blocks(h, ns, self.compensate) for h in hs]
+        return self._blocks[li]
+
+    def _build_problem(self, li: int, live: list[Batches]) -> tuple[list, list, list, int]:
         mats, hs, cols, ns = [], [], [], 0
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
@@ -240,7 +265,7 @@ class Zipper:
         return mats, hs, cols, ns
 
     # ------------------------------------------------------------------ one layer
-    def zip_layer(self, li: int, live: list[dict[str, np.ndarray]]) -> LayerZip:
+    def zip_layer(self, li: int, live: list[Batches]) -> LayerZip:
         if li in self.irs[0].spaces.followers:
             return self._follow(li, live)
         g = self.group_of[li]
@@ -252,8 +277,8 @@ class Zipper:
             f = self.loss_weights(li)
             with phase("merge"):
                 w, privs, costs = merge_rows([m[r[:k]] for m, r in zip(mats, rows)], hs, ns, self.compensate,
-                                             None if f is None else [x[r[:k]] for x, r in zip(f, rows)]) \
-                    if k else (None, None, np.zeros(0))
+                                             None if f is None else [x[r[:k]] for x, r in zip(f, rows)],
+                                             self.blocks(li, live)) if k else (None, None, np.zeros(0))
         else:  # nothing shared: no statistics needed
             orders = [self.column_order(li, t) for t in range(len(self.irs))]
             cols, ns = [o for o, _ in orders], orders[0][1]
@@ -272,6 +297,7 @@ class Zipper:
         checkable = k > 0 and is_exact(layer, self.estimator) and not weighted and all(self.inputs_unchanged(li, live))
         self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
         self._problems.pop(li, None)
+        self._blocks.pop(li, None)
         return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable)
 
     def predicted_errors(self, li: int, weights: list[np.ndarray], mats: list[np.ndarray], rows: list[np.ndarray],
@@ -282,14 +308,18 @@ class Zipper:
         for t in range(len(self.irs)):
             h = self._hessians[(li, t)][0][np.ix_(cols[t], cols[t])]
             d = weights[t][:k] - mats[t][rows[t][:k]]
-            out.append(float(np.einsum("ij,jk,ik->", d, h, d)))
+            out.append(float(((d @ h) * d).sum()))  # (einsum's three-operand form is unoptimized: 50x slower)
         return out
+
+    def forget_inputs(self) -> None:
+        """Drop what is known about the tensors of the last cut (their batches are gone)."""
+        self._same = {}
 
     def forget(self) -> None:
         """Drop the statistics held for layers being decided (their inputs move on)."""
-        self._hessians, self._problems = {}, {}
+        self._hessians, self._problems, self._blocks, self._same = {}, {}, {}, {}
 
-    def decide(self, g: int, live: list[dict[str, np.ndarray]]) -> None:
+    def decide(self, g: int, live: list[Batches]) -> None:
         """Choose group ``g``'s shared slots from the summed costs of its available layers."""
         k, n_tasks = self.k[g], len(self.irs)
         sizes = [ir.layers[self.groups[g][0]].neurons for ir in self.irs]
@@ -303,8 +333,8 @@ class Zipper:
         for li in self.groups[g]:
             if not self.decided(li) or any(ir.layers[li].input not in lv for ir, lv in zip(self.irs, live)):
                 continue
-            mats, hs, _, ns = self.problem(li, live)
-            blocks = [task_blocks(h, ns, self.compensate) for h in hs]
+            mats, _, _, ns = self.problem(li, live)
+            blocks = self.blocks(li, live)
             members.append(([m[:, :ns] for m in mats], [s for s, _ in blocks], self.loss_weights(li)))
         orders = [list(range(n_tasks))]
         if n_tasks > 2 and self.task_order == "auto":
@@ -323,26 +353,31 @@ class Zipper:
             full.append(np.concatenate([r, rest]).astype(np.int64))
         self.rows[g] = full
 
-    def _decide_by_correlation(self, g: int, live: list[dict[str, np.ndarray]], sizes: list[int]) -> None:
+    def _decide_by_correlation(self, g: int, live: list[Batches], sizes: list[int]) -> None:
         """ZipIt!-style matching: pair the neurons whose outputs correlate best on the same inputs
         (both tasks run the same calibration samples; see ``zip_tasks``)."""
         li = self.groups[g][0]
-        outs = []
-        for t, ir in enumerate(self.irs):
-            layer = ir.layers[li]
-            rows = exact_rows(layer, live[t][layer.input]).astype(np.float64)
-            w, b = ir.weights(layer)
-            y = rows @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
-            y = (y - y.mean(axis=0)) / (y.std(axis=0) + 1e-12)
-            outs.append(y)
-        corr = outs[0].T @ outs[1] / outs[0].shape[0]
+        layers = [ir.layers[li] for ir in self.irs]
+        mats = [ir.weights(layer) for ir, layer in zip(self.irs, layers)]
+        sums: list = [0.0, 0.0, 0.0, 0.0, 0.0]  # sum y_a, y_b, y_a^2, y_b^2, y_a' y_b
+        n = 0
+        for xa, xb in zip(live[0].column(layers[0].input), live[1].column(layers[1].input)):
+            ya, yb = (exact_rows(layer, x).astype(np.float64) @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
+                      for layer, x, (w, b) in zip(layers, (xa, xb), mats))
+            for i, v in enumerate((ya.sum(0), yb.sum(0), (ya ** 2).sum(0), (yb ** 2).sum(0), ya.T @ yb)):
+                sums[i] = sums[i] + v
+            n += ya.shape[0]
+        mean_a, mean_b = sums[0] / n, sums[1] / n
+        std_a = np.sqrt(np.maximum(sums[2] / n - mean_a ** 2, 0.0)) + 1e-12
+        std_b = np.sqrt(np.maximum(sums[3] / n - mean_b ** 2, 0.0)) + 1e-12
+        corr = (sums[4] / n - np.outer(mean_a, mean_b)) / np.outer(std_a, std_b)
         ia, ib = MATCHERS.get(self.matching)(1.0 - corr, self.k[g])
         order = np.argsort(1.0 - corr[ia, ib], kind="stable")
         self.slot_costs[g] = np.sort(1.0 - corr[ia, ib])
         self.rows[g] = [np.concatenate([r[order], np.setdiff1d(np.arange(n), r)]).astype(np.int64)
                         for r, n in ((ia, sizes[0]), (ib, sizes[1]))]
 
-    def _follow(self, li: int, live: list[dict[str, np.ndarray]]) -> LayerZip:
+    def _follow(self, li: int, live: list[Batches]) -> LayerZip:
         """A depthwise conv: merge the neurons on each shared input channel slot."""
         ir0 = self.irs[0]
         layer0 = ir0.layers[li]
@@ -362,7 +397,7 @@ class Zipper:
             hs = []
             for t, ir in enumerate(self.irs):
                 layer = ir.layers[li]
-                h = depthwise_hessians(layer, live[t][layer.input], self.estimator)[np.asarray(slots[t])]
+                h = depthwise_hessians(layer, live[t].column(layer.input), self.estimator)[np.asarray(slots[t])]
                 hs.append(np.stack([damp(x, self.damping) for x in h]))
             w, costs = merge_followers([m[np.asarray(s)] for m, s in zip(mats, slots)], hs)
             for t, s in enumerate(slots):
@@ -372,7 +407,7 @@ class Zipper:
         return LayerZip(li, len(slots[0]), d + 1, ident, [np.arange(d + 1)] * len(mats), weights, costs,
                         follower=True)
 
-    def private_layer(self, li: int, live: list[dict[str, np.ndarray]] | None = None) -> LayerZip:
+    def private_layer(self, li: int, live: list[Batches] | None = None) -> LayerZip:
         """A layer nothing is shared in (a head): each task's own weights, columns in zipped order;
         with ``live`` (recovery), refit to reproduce the original pre-activations."""
         if live is not None and self.needs_refit(li, live):
@@ -441,30 +476,45 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
     nets = [StagedNetwork(ir, cuts, device, batch) for ir in irs]
-    live = [net.run_stage(0, d, {}) for net, d in zip(nets, data)]
-    reference = list(live) if recover else None
-    eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
-    constants: list[dict[str, np.ndarray]] = [{} for _ in irs]  # re-estimated BatchNorm statistics
-    for j, li in enumerate(progress(cuts, "zipping layers")):
-        started = time.perf_counter()
-        zipper.reference = reference
-        z = zipper.zip_layer(li, live) if li in hidden else zipper.private_layer(li, live)
-        log.info("layer %s: %d of %d neurons shared (%.2f s)", irs[0].layers[li].name, z.shared, z.neurons,
-                 time.perf_counter() - started)
-        zipper.zips[li] = z
-        for t, ir in enumerate(irs):
-            eff[t][li] = effective(z, t, ir.layers[li])
-        bns = nets[0].batchnorms(j + 1, irs[0].spaces.layout) if reference is not None else []
-        if bns:
-            restat_batchnorms(nets, irs, j + 1, bns, live, reference, eff, constants)
-        if reference is not None:
-            reference = [net.run_stage(j + 1, ref, {}) for net, ref in zip(nets, reference)]
-        live = [net.run_stage(j + 1, lv, e, c) for net, lv, e, c in zip(nets, live, eff, constants)]
+    with Spool() as spool:
+        live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
+        reference = list(live) if recover else None
+        eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
+        constants: list[dict[str, np.ndarray]] = [{} for _ in irs]  # re-estimated BatchNorm statistics
+        for j, li in enumerate(progress(cuts, "zipping layers")):
+            started = time.perf_counter()
+            zipper.reference = reference
+            z = zipper.zip_layer(li, live) if li in hidden else zipper.private_layer(li, live)
+            log.info("layer %s: %d of %d neurons shared (%.2f s)", irs[0].layers[li].name, z.shared, z.neurons,
+                     time.perf_counter() - started)
+            zipper.zips[li] = z
+            for t, ir in enumerate(irs):
+                eff[t][li] = effective(z, t, ir.layers[li])
+            bns = nets[0].batchnorms(j + 1, irs[0].spaces.layout) if reference is not None else []
+            if bns:
+                restat_batchnorms(nets, irs, j + 1, bns, live, reference, eff, constants)
+            old = live + (reference or [])
+            if reference is not None:
+                reference = [net.run_stage(j + 1, ref, {}) for net, ref in zip(nets, reference)]
+            live = [reference[t] if reference is not None and lv is old[len(irs) + t] and not changes(ir, li, eff[t])
+                    else net.run_stage(j + 1, lv, eff[t], constants[t])
+                    for t, (net, ir, lv) in enumerate(zip(nets, irs, live))]
+            for b in {id(b): b for b in old}.values():  # each stage's input, once, now that both ran
+                b.drop()
+            zipper.forget_inputs()
+        outputs = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, live)]
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
-    return ZipPlan(zipper.zips, hidden, live, zipper.groups, zipper.orders, loss_aware=fisher is not None,
+    return ZipPlan(zipper.zips, hidden, outputs, zipper.groups, zipper.orders, loss_aware=fisher is not None,
                    constants=constants)
+
+
+def changes(ir: ModelIR, li: int, eff: dict[int, tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Whether the zipped weights of layer ``li`` differ from the task's original ones."""
+    w, b = ir.weights(ir.layers[li])
+    zw, zb = eff[li]
+    return not (np.array_equal(zw, w) and np.array_equal(zb, b))
 
 
 def restat_batchnorms(nets: list[StagedNetwork], irs: list[ModelIR], j: int, nodes: list, live: list[dict],
@@ -480,17 +530,33 @@ def restat_batchnorms(nets: list[StagedNetwork], irs: list[ModelIR], j: int, nod
     for t, (net, ir) in enumerate(zip(nets, irs)):
         own = [net.nodes[position[n.name]] for n in nodes]
         names = [n.inputs[0].name for n in own]
-        got = net.run_stage(j, live[t], eff[t], constants[t], names)
-        ref = net.run_stage(j, reference[t], {}, None, names)
+        got = moments(net.stream(j, live[t], eff[t], constants[t], names), names)
+        ref = moments(net.stream(j, reference[t], {}, None, names), names)
         for node, name in zip(own, names):
-            x, r = got[name], ref[name]
-            if np.array_equal(x, r):
+            (x_mean, x_var, x_sums), (r_mean, r_var, r_sums) = got[name], ref[name]
+            if np.array_equal(x_sums, r_sums):  # (the same input, as far as two moments tell)
                 continue
-            axes = (0,) + tuple(range(2, x.ndim))
             mean, var = (np.asarray(node.inputs[i].values, np.float64) for i in (3, 4))
             eps = float(node.attrs.get("epsilon", 1e-5))
             s = np.sqrt(var + eps)
-            s_new = s * np.sqrt(x.var(axis=axes) + 1e-12) / np.sqrt(r.var(axis=axes) + 1e-12)
-            mean_new = x.mean(axis=axes) - s_new * (r.mean(axis=axes) - mean) / s
+            s_new = s * np.sqrt(x_var + 1e-12) / np.sqrt(r_var + 1e-12)
+            mean_new = x_mean - s_new * (r_mean - mean) / s
             constants[t][node.inputs[3].name] = mean_new.astype(np.float32)
             constants[t][node.inputs[4].name] = np.maximum(s_new ** 2 - eps, 0.0).astype(np.float32)
+
+
+def moments(batches: Iterable[dict[str, np.ndarray]], names: list[str]) -> dict[str, tuple]:
+    """Per tensor (N, C, ...): per-channel mean and variance over samples and positions (float64),
+    and the raw sums they came from."""
+    sums: dict[str, np.ndarray] = {}
+    for got in batches:
+        for name in names:
+            x = np.asarray(got[name], np.float64)
+            axes = (0,) + tuple(range(2, x.ndim))
+            part = np.stack([x.sum(axis=axes), (x ** 2).sum(axis=axes), np.full(x.shape[1], x.size / x.shape[1])])
+            sums[name] = sums[name] + part if name in sums else part
+    out = {}
+    for name, (s1, s2, n) in sums.items():
+        mean = s1 / n
+        out[name] = (mean, np.maximum(s2 / n - mean ** 2, 0.0), sums[name])
+    return out
