@@ -155,18 +155,49 @@ def _seed_logits(model: onnx.ModelProto, seeded: list[str], shapes: dict[str, on
     return out
 
 
+#: the reverse pass reads at most this many bytes of forward activations in all (a large model's
+#: statistic comes from fewer samples) and this many per batch (its memory)
+FISHER_BYTES = 4 << 30
+FISHER_BATCH_BYTES = 256 << 20
+
+
+def activation_bytes(ir: ModelIR) -> int:
+    """Bytes of every float tensor of one sample's forward pass (shape inference at batch 1)."""
+    model = ir.to_onnx()
+    for inp in model.graph.input:
+        if inp.type.tensor_type.shape.dim:
+            inp.type.tensor_type.shape.dim[0].dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    total = 0
+    for vi in list(model.graph.value_info) + list(model.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and dims and all(d.HasField("dim_value") for d in dims):
+            total += 4 * int(np.prod([d.dim_value for d in dims]))
+    return total
+
+
+def fisher_sizes(ir: ModelIR, samples: int, batch: int) -> tuple[int, int]:
+    """(samples, batch) for the reverse pass within ``FISHER_BYTES`` and ``FISHER_BATCH_BYTES``."""
+    per_sample = max(activation_bytes(ir), 1)
+    return min(samples, max(16, FISHER_BYTES // per_sample)), max(1, min(batch, FISHER_BATCH_BYTES // per_sample))
+
+
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
                   batch: int = 32, seed: int = 0, labels: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2].
 
-    ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher."""
+    ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher. A large model
+    takes its statistic from the first samples only (:func:`fisher_sizes`; a per-neuron average,
+    it needs far fewer samples than the Hessians) and runs in smaller batches."""
     fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
+    n, batch = fisher_sizes(ir, next(iter(data.values())).shape[0], batch)
     batch = fixed[0] if fixed else batch
+    data = {k: v[:n] for k, v in data.items()}
+    labels = None if labels is None else labels[:n]
     reverse, grads, seeded = gradient_model(ir, layers, batch)
     sess = runtime.session(reverse, device, built=True)
     inputs = {i.name: i for i in sess.get_inputs()}
     rng = np.random.default_rng(seed)
-    n = next(iter(data.values())).shape[0]
     totals = {i: np.zeros(ir.layers[i].neurons) for i in layers}
     for start in range(0, n, batch):
         real = min(batch, n - start)

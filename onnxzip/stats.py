@@ -216,12 +216,34 @@ def _pieces(layer: Layer, est: HessianEstimator, x: np.ndarray | Iterable[np.nda
             yield chunk[i:i + step]
 
 
+#: a layer's statistics read at most max(MAX_ROWS, ROWS_PER_WEIGHT * (row width + 1)) rows (samples
+#: x positions); beyond that, a seeded random subset of the rows (:func:`row_fraction`)
+MAX_ROWS = 1 << 17
+ROWS_PER_WEIGHT = 256
+
+
+def row_fraction(layer: Layer, method: str, sample: np.ndarray, samples: int) -> float:
+    """The fraction of its rows a layer's statistics read: 1, or less for a layer whose input
+    makes more rows than its statistic needs (large feature maps). ``sample``: one input sample
+    (1, ...); ``samples``: how many there are."""
+    est: HessianEstimator = HESSIANS.get(method)
+    if est.rows is None:
+        return 1.0
+    rows = est.rows(layer, sample[:1])
+    cap = max(MAX_ROWS, ROWS_PER_WEIGHT * (rows.shape[1] + 1))
+    return min(1.0, cap / max(rows.shape[0] * samples, 1))
+
+
+def _subset(rng: np.random.Generator, fraction: float, m: int) -> np.ndarray | slice:
+    return slice(None) if fraction >= 1.0 else np.flatnonzero(rng.random(m) < fraction)
+
+
 def layer_hessian(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: str, batch: int = 256,
-                  sample_weights: np.ndarray | None = None) -> np.ndarray:
+                  sample_weights: np.ndarray | None = None, fraction: float = 1.0) -> np.ndarray:
     """The full Hessian of ``layer`` from its input ``x`` (N, ...) or its batches, streamed.
 
     ``sample_weights`` (N,), dense layers only: a weighted mean over the samples (see
-    :func:`normalized_weights`).
+    :func:`normalized_weights`). ``fraction``: of the rows, a seeded random subset (:func:`row_fraction`).
 
     Returns:
         (fan_in + 1, fan_in + 1) float64, bias last.
@@ -230,13 +252,14 @@ def layer_hessian(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: st
     if est.rows is None:
         return est.finish(layer, np.zeros(0))
     acc: Accumulator | None = None
-    seen = 0
+    seen, rng = 0, np.random.default_rng(0)
     for xb in _pieces(layer, est, x, batch):
         rows = est.rows(layer, xb)
         acc = acc or Accumulator(rows.shape[1])
         w = None if sample_weights is None else _row_weights(layer, sample_weights[seen:seen + xb.shape[0]], rows)
         seen += xb.shape[0]
-        acc.add(rows, w)
+        keep = _subset(rng, fraction, rows.shape[0])
+        acc.add(rows[keep], None if w is None else w[keep])
     if acc is None:
         raise NumericalError("no calibration samples reached a layer")
     return est.finish(layer, acc.mean())
@@ -294,12 +317,12 @@ def depthwise_hessians(layer: Layer, x: np.ndarray | Iterable[np.ndarray], metho
 
 
 def cross_moments(layer: Layer, x: np.ndarray | Iterable[np.ndarray], x_ref: np.ndarray | Iterable[np.ndarray],
-                  method: str, batch: int = 256,
-                  sample_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  method: str, batch: int = 256, sample_weights: np.ndarray | None = None,
+                  fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The Hessian of ``x`` and the cross moment ``G = mean([x 1][x_ref 1]')`` with the same estimator.
 
     ``x`` is the layer input in the zipped network, ``x_ref`` in the original one, sample by sample;
-    ``sample_weights`` (N,) as in :func:`layer_hessian`.
+    ``sample_weights`` (N,) and ``fraction`` as in :func:`layer_hessian` (the same rows of both).
     For a neuron ``a`` of the original network, ``H^-1 G a`` is the least-squares refit that makes the
     zipped input reproduce the original pre-activation (``a' x`` ~ ``a' x_ref``).
 
@@ -311,11 +334,13 @@ def cross_moments(layer: Layer, x: np.ndarray | Iterable[np.ndarray], x_ref: np.
         eye = np.eye(layer.fan_in + 1)
         return eye, eye
     h = g = None
-    count, seen = 0.0, 0
+    count, seen, rng = 0.0, 0, np.random.default_rng(0)
     for xb, rb in zip(_pieces(layer, est, x, batch), _pieces(layer, est, x_ref, batch)):
         r, q = est.rows(layer, xb), est.rows(layer, rb)
         w = None if sample_weights is None else _row_weights(layer, sample_weights[seen:seen + xb.shape[0]], r)
         seen += xb.shape[0]
+        keep = _subset(rng, fraction, r.shape[0])
+        r, q, w = r[keep], q[keep], None if w is None else w[keep]
         if h is None:
             h, g = np.zeros((r.shape[1] + 1,) * 2), np.zeros((r.shape[1] + 1,) * 2)
         for i in range(0, r.shape[0], CHUNK):  # float32 products, float64 sums (see Accumulator.add)

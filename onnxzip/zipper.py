@@ -33,7 +33,8 @@ from .spaces import ALIGNED, PRIVATE
 from .spool import Batches, Spool
 from .stages import StagedNetwork
 from .timing import phase
-from .stats import cross_moments, is_exact, depthwise_hessians, exact_rows, layer_hessian, normalized_weights
+from .stats import (cross_moments, depthwise_hessians, exact_rows, is_exact, layer_hessian, normalized_weights,
+                    row_fraction)
 
 log = logging.getLogger(__name__)
 MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
@@ -68,6 +69,8 @@ class LayerZip:
     #: whether ``predicted`` is the exact pre-activation error against the original network: the
     #: layer's input is the original one in every task and its statistic is exact (not per-channel)
     checkable: bool = False
+    #: the fraction of the layer's input rows (samples x positions) its statistics read
+    rows_read: float = 1.0
 
     @property
     def neurons(self) -> int:
@@ -126,6 +129,7 @@ class Zipper:
         self._blocks: dict[int, list] = {}  # layer -> per task task_blocks() of its problem
         self._same: dict[tuple[int, str], bool] = {}  # (id of live Batches, tensor) -> equals the original
         self.slot_costs: dict[int, np.ndarray] = {}  # group -> cost of each shared slot, ascending
+        self.fractions: dict[int, float] = {}  # layer -> the fraction of its input rows its statistics read
 
     # ------------------------------------------------------------------ column layout
     def group_perm(self, layer: int, task: int) -> tuple[np.ndarray, int]:
@@ -181,13 +185,15 @@ class Zipper:
             ref = self.reference[task] if self.recover and self.reference else None
             unchanged = ref is None or self.same_input(li, task, live)
             weights = self.sample_weights(li, task, live if ref is None else ref)
+            fraction = row_fraction(layer, self.estimator, next(live.column(name))[:1], live.samples)
+            self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
             with phase("statistics"):
                 if unchanged:
                     self._hessians[key] = (layer_hessian(layer, live.column(name), self.estimator,
-                                                         sample_weights=weights), None)
+                                                         sample_weights=weights, fraction=fraction), None)
                 else:
                     self._hessians[key] = cross_moments(layer, live.column(name), ref.column(name), self.estimator,
-                                                        sample_weights=weights)
+                                                        sample_weights=weights, fraction=fraction)
         return self._hessians[key]
 
     def same_input(self, li: int, task: int, live: Batches) -> bool:
@@ -294,11 +300,14 @@ class Zipper:
         predicted = self.predicted_errors(li, weights, mats, rows, cols, k) if k else None
         layer = self.irs[0].layers[li]
         weighted = li in self.irs[0].spaces.normalized and layer.kind == "dense"  # see sample_weights
-        checkable = k > 0 and is_exact(layer, self.estimator) and not weighted and all(self.inputs_unchanged(li, live))
+        fraction = self.fractions.get(li, 1.0)
+        checkable = (k > 0 and is_exact(layer, self.estimator) and not weighted and fraction == 1.0
+                     and all(self.inputs_unchanged(li, live)))
         self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
         self._problems.pop(li, None)
         self._blocks.pop(li, None)
-        return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable)
+        return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
+                        rows_read=fraction)
 
     def predicted_errors(self, li: int, weights: list[np.ndarray], mats: list[np.ndarray], rows: list[np.ndarray],
                          cols: list[np.ndarray], k: int) -> list[float]:

@@ -229,3 +229,21 @@ def test_sample_weighted_hessian_and_cross_moments_against_a_direct_sum():
     h, g = cross_moments(layer, x, x_ref, "exact", batch=9, sample_weights=w)
     np.testing.assert_allclose(h, expect_h, atol=1e-12)
     np.testing.assert_allclose(g, (ones * w[:, None]).T @ ref1 / w.sum(), atol=1e-12)
+
+
+def test_statistics_of_large_maps_read_a_seeded_subset_of_rows(monkeypatch):
+    from onnxzip import stats
+    from onnxzip.stats import row_fraction
+    rng = np.random.default_rng(8)
+    layer = conv_layer(3, 2, (3, 3), pads=[1, 1, 1, 1])
+    x = rng.normal(size=(20, 3, 16, 16)) + 0.5
+    assert row_fraction(layer, "exact", x[:1], 20) == 1.0  # 5,120 rows: under the cap
+    monkeypatch.setattr(stats, "MAX_ROWS", 1000)
+    monkeypatch.setattr(stats, "ROWS_PER_WEIGHT", 10)
+    fraction = row_fraction(layer, "exact", x[:1], 20)
+    assert fraction == pytest.approx(1000 / 5120)
+    full = layer_hessian(layer, x, "exact")
+    part = layer_hessian(layer, x, "exact", fraction=fraction)
+    assert not np.allclose(part, full, rtol=1e-6)  # a subset, not all rows
+    assert np.abs(part - full).max() < 0.15 * np.abs(full).max()  # an estimate of the same moment
+    np.testing.assert_array_equal(part, layer_hessian(layer, x, "exact", fraction=fraction))  # seeded
