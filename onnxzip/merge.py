@@ -26,6 +26,7 @@ from scipy.linalg import cho_factor, cho_solve, LinAlgError
 from scipy.optimize import linear_sum_assignment
 
 from .errors import NumericalError
+from .lowrank import LowRank, solve
 from .registry import Registry
 
 #: Matchers: ``(C: (nA, nB) float64 costs, k) -> (ia (k,), ib (k,))`` one-to-one pairs.
@@ -75,7 +76,7 @@ def pair_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarra
     Returns:
         (nA, nB) float64, M = S_A (S_A + S_B)^-1 S_B.
     """
-    m = s_a @ cho_solve(cholesky(s_a + s_b), s_b)
+    m = s_a @ solve(s_a + s_b, s_b)
     return _all_pairs(a_s, b_s, m)
 
 
@@ -109,8 +110,13 @@ def split_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarr
     Q_B = S_A T S_B T S_A; E_A + E_B equals :func:`pair_costs`. Weighting them by each neuron's loss
     gradient statistic puts the cost in loss units.
     """
-    factor = cholesky(s_a + s_b)
-    ta, tb = cho_solve(factor, s_a), cho_solve(factor, s_b)  # T S_A, T S_B
+    total = s_a + s_b
+    if isinstance(total, LowRank):
+        inv = total.inverse()
+        ta, tb = inv @ s_a, inv @ s_b  # T S_A, T S_B
+    else:
+        factor = cholesky(total)
+        ta, tb = cho_solve(factor, s_a), cho_solve(factor, s_b)
     return _all_pairs(a_s, b_s, tb.T @ s_a @ tb), _all_pairs(a_s, b_s, ta.T @ s_b @ ta)
 
 
@@ -172,6 +178,8 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
                ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Merge matched rows of every task into one shared block.
 
+    Hessians and blocks may be :class:`onnxzip.lowrank.LowRank` (wide layers): the same algebra.
+
     Args:
         mats: per task (k, d): the rows to merge, in slot order, columns ``[shared (ns) | private]``.
         hs: per task (d, d) positive definite Hessians, same column order.
@@ -184,7 +192,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
     blocks = blocks or [task_blocks(h, ns, compensate) for h in hs]
     total = sum(s for s, _ in blocks)
     rhs = sum(s @ np.asarray(m[:, :ns], np.float64).T for (s, _), m in zip(blocks, mats))
-    w = cho_solve(cholesky(total), rhs).T
+    w = solve(total, rhs).T
     privs, costs = [], np.zeros(w.shape[0])
     for t, ((s, g), m) in enumerate(zip(blocks, mats)):
         diff = w - m[:, :ns]
@@ -219,7 +227,7 @@ def match_tasks(members: list[tuple], k: int, matching: str,
     shared = []
     for m, s, f in members:
         total = s[t0] + s[t1]
-        w = cho_solve(cholesky(total), s[t0] @ m[t0][rows[t0]].T + s[t1] @ m[t1][rows[t1]].T).T
+        w = solve(total, s[t0] @ m[t0][rows[t0]].T + s[t1] @ m[t1][rows[t1]].T).T
         weight = None if f is None else f[t0][rows[t0]] + f[t1][rows[t1]]
         shared.append((w, total, weight))
     for t in order[2:]:
@@ -227,7 +235,7 @@ def match_tasks(members: list[tuple], k: int, matching: str,
                 for (w, total, weight), (m, s, f) in zip(shared, members))
         slots, picked = MATCHERS.get(matching)(c, k)
         rows[t] = picked[np.argsort(slots)]
-        shared = [(cho_solve(cholesky(total + s[t]), total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
+        shared = [(solve(total + s[t], total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
                    None if f is None else weight + f[t][rows[t]])
                   for (w, total, weight), (m, s, f) in zip(shared, members)]
     cost = np.zeros(k)

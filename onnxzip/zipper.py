@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -27,6 +28,7 @@ from scipy.linalg import cho_solve
 from .errors import UsageError
 from .fisher import loss_statistics
 from .ir import Layer, ModelIR
+from .lowrank import basis, wide_blocks, woodbury_refit
 from .merge import MATCHERS, cholesky, damp, damping_of, match_tasks, merge_followers, merge_rows, task_blocks
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
@@ -37,7 +39,37 @@ from .stats import (cross_moments, depthwise_hessians, exact_rows, is_exact, lay
                     row_fraction)
 
 log = logging.getLogger(__name__)
-MAX_HESSIAN_DIM = 8192  # a (d x d) float64 Hessian per task: 512 MB at this size
+#: a dense layer with more inputs than this, seen on fewer samples than it has inputs, keeps its
+#: statistic as the input rows (H = R'R / n: low rank, :mod:`onnxzip.lowrank`), never as d x d
+LOWRANK_MIN = 4096
+#: (d + 1)^2 float64 matrices a dense statistic needs at once per task (H, G, damped, reordered, blocks)
+HESSIAN_COPIES = 6
+
+
+def available_memory() -> int:
+    """This machine's physical memory in bytes."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def is_wide(layer: Layer, samples: int) -> bool:
+    """Whether ``layer``'s statistic is kept as its input rows (see ``LOWRANK_MIN``)."""
+    return layer.kind == "dense" and layer.fan_in + 1 > LOWRANK_MIN and samples < layer.fan_in + 1
+
+
+@dataclass
+class WideRows:
+    """A wide dense layer's statistic: H = rows' rows / n (and G = rows' ref / n when recovering)."""
+
+    rows: np.ndarray  # (n, fan_in + 1) float64, bias column last (samples weighted by sqrt(weight))
+    ref: np.ndarray | None = None  # the original network's rows for the same samples
+    lam: float = 0.0  # the damping, once damped
+
+    def damping(self, rel: float) -> float:
+        """``rel`` times the mean diagonal of H (as :func:`onnxzip.merge.damping_of`)."""
+        return max(rel * float(np.square(self.rows).sum()) / self.rows.size, 1e-12)
 
 
 def group_name(ir: ModelIR, members: list[int]) -> str:
@@ -177,14 +209,20 @@ class Zipper:
         key = (li, task)
         if key not in self._hessians:
             layer = self.irs[task].layers[li]
-            if layer.fan_in + 1 > MAX_HESSIAN_DIM:
-                gb = (layer.fan_in + 1) ** 2 * 8 / 1e9
-                raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its Hessian would take "
-                                 f"{gb:.1f} GB per task; share nothing in its group (a --share list with 0 there)")
             name = layer.input
             ref = self.reference[task] if self.recover and self.reference else None
             unchanged = ref is None or self.same_input(li, task, live)
             weights = self.sample_weights(li, task, live if ref is None else ref)
+            if is_wide(layer, live.samples):
+                with phase("statistics"):
+                    self._hessians[key] = (WideRows(input_rows(live, name, weights),
+                                                    None if unchanged else input_rows(ref, name, weights)), None)
+                return self._hessians[key]
+            if not self.fits(li, live.samples):
+                gb = (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) / 1e9
+                raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
+                                 f"take {gb:.1f} GB, more than this machine has; share nothing in its group (a "
+                                 "--share list with 0 there) or use --hessian channel")
             fraction = row_fraction(layer, self.estimator, next(live.column(name))[:1], live.samples)
             self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
             with phase("statistics"):
@@ -195,6 +233,12 @@ class Zipper:
                     self._hessians[key] = cross_moments(layer, live.column(name), ref.column(name), self.estimator,
                                                         sample_weights=weights, fraction=fraction)
         return self._hessians[key]
+
+    def fits(self, li: int, samples: int) -> bool:
+        """Whether layer ``li``'s statistics fit this machine's memory (half of it)."""
+        layer = self.irs[0].layers[li]
+        return is_wide(layer, samples) or \
+            (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) <= available_memory() // 2
 
     def same_input(self, li: int, task: int, live: Batches) -> bool:
         """Whether layer ``li``'s input in ``task`` equals the original network's, sample by sample."""
@@ -225,7 +269,7 @@ class Zipper:
 
     def needs_refit(self, li: int, live: list[Batches]) -> bool:
         """Recovery is on and some task's input to layer ``li`` differs from the original network's."""
-        if not self.recover or self.reference is None or self.irs[0].layers[li].fan_in + 1 > MAX_HESSIAN_DIM:
+        if not self.recover or self.reference is None or not self.fits(li, live[0].samples):
             return False  # (a layer too wide for a Hessian keeps its weights when nothing in it is shared)
         return any(same is False for same in self.inputs_unchanged(li, live))
 
@@ -252,7 +296,11 @@ class Zipper:
         factorized once for choosing the matching and merging."""
         if li not in self._blocks:
             _, hs, _, ns = self.problem(li, live)
-            self._blocks[li] = [task_blocks(h, ns, self.compensate) for h in hs]
+            if isinstance(hs[0], WideRows):
+                shared = basis(*[h.rows[:, :ns] for h in hs])
+                self._blocks[li] = [wide_blocks(h.rows, h.lam, ns, shared, self.compensate) for h in hs]
+            else:
+                self._blocks[li] = [task_blocks(h, ns, self.compensate) for h in hs]
         return self._blocks[li]
 
     def _build_problem(self, li: int, live: list[Batches]) -> tuple[list, list, list, int]:
@@ -260,8 +308,17 @@ class Zipper:
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
             raw, g = self.statistics(li, t, live[t])
-            h = damp(raw, self.damping)
             mat = as_matrix(*ir.weights(ir.layers[li]))
+            if isinstance(raw, WideRows):
+                lam = raw.damping(self.damping)
+                if raw.ref is not None:
+                    with phase("recovery"):
+                        mat = woodbury_refit(raw.rows, raw.ref, mat, lam)
+                hs.append(WideRows(raw.rows[:, order], None, lam))
+                mats.append(mat[:, order])
+                cols.append(order)
+                continue
+            h = damp(raw, self.damping)
             if g is not None:  # recovery: target the original pre-activations, not the original weights
                 with phase("recovery"):
                     mat = refit(mat, h, g, damping_of(raw, self.damping))
@@ -315,8 +372,12 @@ class Zipper:
         statistic of the layer's input (zipped column order)."""
         out = []
         for t in range(len(self.irs)):
-            h = self._hessians[(li, t)][0][np.ix_(cols[t], cols[t])]
+            raw = self._hessians[(li, t)][0]
             d = weights[t][:k] - mats[t][rows[t][:k]]
+            if isinstance(raw, WideRows):
+                out.append(float(np.square(d @ raw.rows[:, cols[t]].T).sum()) / raw.rows.shape[0])
+                continue
+            h = raw[np.ix_(cols[t], cols[t])]
             out.append(float(((d @ h) * d).sum()))  # (einsum's three-operand form is unoptimized: 50x slower)
         return out
 
@@ -431,6 +492,14 @@ class Zipper:
             cols.append(order)
             weights.append(mat[:, order])
         return LayerZip(li, 0, ns, rows, cols, weights, np.zeros(0))
+
+
+def input_rows(batches: Batches, name: str, weights: np.ndarray | None) -> np.ndarray:
+    """A dense layer's input over all samples as rows (n, fan_in + 1) float64 with the bias 1 last;
+    with per-sample ``weights`` (mean 1), each row times sqrt(weight)."""
+    rows = np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) for x in batches.column(name)])
+    rows = np.hstack([rows, np.ones((rows.shape[0], 1))])
+    return rows if weights is None else rows * np.sqrt(weights)[:, None]
 
 
 def refit(a: np.ndarray, h: np.ndarray, g: np.ndarray, lam: float) -> np.ndarray:
