@@ -212,7 +212,11 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
                          progress=lambda it, desc: progress(it, desc, opts.quiet))
         with timing.phase("emit"):
             model = emit_model(irs, plan, names, shared_inputs)
-            onnx.checker.check_model(model, full_check=True)
+            if io.is_large(model):
+                with io.on_disk(model) as path:
+                    onnx.checker.check_model(path, full_check=True)
+            else:
+                onnx.checker.check_model(model, full_check=True)
         result = ZipResult(model, {}, names, plan)
         with timing.phase("verify"):
             result.report = verify(result, protos, irs, arrays, opts, references=references)

@@ -23,6 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
+from . import io
 from .ir import ModelIR
 from .spaces import ChannelSpace, channel_dim, channel_rule
 from .zipper import LayerZip, ZipPlan, expand_channels
@@ -433,7 +434,7 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
                                                           sorted(irs[0].extra_opsets.items())]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxzip")
     model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 7)
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return io.infer_shapes(model, strict_mode=True)
 
 
 def _value_info(name: str, t: gs.Tensor, shape: bool = True) -> onnx.ValueInfoProto:

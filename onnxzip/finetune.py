@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import runtime
+from . import io, runtime
 from .errors import InputError, UsageError
 from .fisher import _ad
 
@@ -41,7 +41,7 @@ def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto,
         if inp.name not in names and inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = batch
     del m.graph.value_info[:]
-    m = onnx.shape_inference.infer_shapes(m)
+    m = io.infer_shapes(m)
     outputs = [o.name for o in m.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     reverse = _ad().reverse(m, inputs=names, outputs=outputs, layout="onnx")
     grads = {n: f"adj_{n}" for n in names}

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from . import runtime
+from . import io, runtime
 from .timing import phase
 from .errors import UsageError
 from .ir import ModelIR
@@ -56,7 +56,7 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
     for inp in model.graph.input:
         if inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = batch
-    model = onnx.shape_inference.infer_shapes(model)
+    model = io.infer_shapes(model)
     shapes = {vi.name: vi.type.tensor_type for vi in list(model.graph.value_info) + list(model.graph.output)}
     graph = model.graph
     deltas = {}
@@ -167,7 +167,7 @@ def activation_bytes(ir: ModelIR) -> int:
     for inp in model.graph.input:
         if inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = 1
-    model = onnx.shape_inference.infer_shapes(model)
+    model = io.infer_shapes(model)
     total = 0
     for vi in list(model.graph.value_info) + list(model.graph.input):
         dims = vi.type.tensor_type.shape.dim

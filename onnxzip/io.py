@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import InputError
-
-_TWO_GB = 2**31 - 2**20  # protobuf's hard limit, with some headroom
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,12 @@ def sha256(source: str | os.PathLike | onnx.ModelProto | dict[str, np.ndarray]) 
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     elif isinstance(source, onnx.ModelProto):
-        h.update(source.SerializeToString())
+        if is_large(source):  # too large to serialize at once: the graph, then each tensor's bytes
+            h.update(without_weights(source).SerializeToString())
+            for t in source.graph.initializer:
+                h.update(t.raw_data)
+        else:
+            h.update(source.SerializeToString())
     else:
         for k in sorted(source):
             a = np.ascontiguousarray(source[k])
@@ -57,29 +63,107 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+#: a model whose weights pass this many bytes is written with external data and handed to ONNX
+#: Runtime, the checker and shape inference through files or without its weights (protobuf
+#: cannot serialize 2 GB)
+LARGE_BYTES = 1_800_000_000
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the model's initializers (their data in the proto)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
+            len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
+    return total
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    return weight_bytes(model) > LARGE_BYTES
+
+
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose initializers above 1 KB keep their type and dims but not their data (enough
+    for shape inference)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if len(t.raw_data) > 1024:
+            t.ClearField("raw_data")
+        elif len(t.float_data) > 256:
+            t.ClearField("float_data")
+    return out
+
+
+def infer_shapes(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes``, also for models over the protobuf limit (inferred on
+    a copy without weights; the result keeps the weights)."""
+    if not is_large(model):
+        return onnx.shape_inference.infer_shapes(model, **kwargs)
+    inferred = onnx.shape_inference.infer_shapes(without_weights(model), **kwargs)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    del out.graph.output[:]
+    out.graph.output.extend(inferred.graph.output)
+    return out
+
+
+@contextmanager
+def on_disk(model: onnx.ModelProto) -> Iterator[str]:
+    """``model`` saved with external data in a temporary folder, for APIs that read files (ONNX
+    Runtime, the full checker); ``model`` itself is left as it was."""
+    folder = tempfile.mkdtemp(prefix="onnxzip-model-")
+    try:
+        path = os.path.join(folder, "model.onnx")
+        _save_external(model, path, "model.onnx.data")
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _save_external(model: onnx.ModelProto, path: str, location: str) -> None:
+    """Save with every tensor in ``location`` beside ``path``; onnx moves the data out of the proto
+    while saving, so it is read back in place afterwards."""
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=1024)
+    onnx.load_external_data_for_model(model, os.path.dirname(path))
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write ``model`` atomically: to a temporary file beside ``path``, then rename.
 
-    Models over 2 GB keep their weights in ``<name>.data`` beside the file.
+    Models over ``LARGE_BYTES`` keep their weights in ``<name>.data`` beside the file (written
+    first, under a temporary name, and renamed into place before the model).
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > _TWO_GB
+    if is_large(model):
+        folder = tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent)
+        try:
+            _save_external(model, os.path.join(folder, p.name), p.name + ".data")
+            _publish(os.path.join(folder, p.name + ".data"), p.parent / (p.name + ".data"))
+            _publish(os.path.join(folder, p.name), p)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        if large:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=p.name + ".data")
-        else:
-            onnx.save_model(model, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, p)
+        onnx.save_model(model, tmp)
+        _publish(tmp, p)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Rename a finished temporary file into place, with the usual permissions (mkstemp: 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:

@@ -21,8 +21,9 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference, version_converter
+from onnx import version_converter
 
+from . import io
 from .errors import InputError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def prepare(model: onnx.ModelProto, opset: int, source: str) -> gs.Graph:
             declared[out.name].CopyFrom(out.type.tensor_type.shape)
             out.type.tensor_type.ClearField("shape")
     try:
-        work = shape_inference.infer_shapes(work, data_prop=True)
+        work = io.infer_shapes(work, data_prop=True)
     except Exception as exc:
         raise InputError(f"{source}: shape inference failed ({str(exc).splitlines()[0]})") from None
     for out in work.graph.output:
@@ -286,7 +287,7 @@ def infer_shapes(graph: gs.Graph) -> int:
     del model.opset_import[:]
     model.opset_import.extend([onnx.helper.make_opsetid("", opset)] + extra)
     try:
-        model = shape_inference.infer_shapes(model, data_prop=True)
+        model = io.infer_shapes(model, data_prop=True)
     except Exception:  # unknown shapes only make onnxzip more conservative
         return 0
     inferred = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}

@@ -7,6 +7,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
+from . import io
 from .errors import InputError, InternalError, UsageError
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,13 @@ def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = Fal
                          f"(available: {', '.join(ort.get_available_providers())}); install 'onnxzip[gpu]'")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    src = model if isinstance(model, str) else model.SerializeToString()
     try:
-        sess = ort.InferenceSession(src, opts, providers=wanted)
+        if not isinstance(model, str) and io.is_large(model):  # past protobuf's 2 GB: through a file
+            with io.on_disk(model) as path:
+                sess = ort.InferenceSession(path, opts, providers=wanted)
+        else:
+            sess = ort.InferenceSession(model if isinstance(model, str) else model.SerializeToString(), opts,
+                                        providers=wanted)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         if built:
             raise InternalError(f"onnxruntime refuses a graph onnxzip built: {exc}") from exc

@@ -322,7 +322,9 @@ class Zipper:
             if g is not None:  # recovery: target the original pre-activations, not the original weights
                 with phase("recovery"):
                     mat = refit(mat, h, g, damping_of(raw, self.damping))
+                self._hessians[(li, t)] = (raw, None)  # (G is spent: large layers' memory)
             hs.append(h[np.ix_(order, order)])
+            del h
             mats.append(mat[:, order])
             cols.append(order)
         return mats, hs, cols, ns
@@ -377,8 +379,9 @@ class Zipper:
             if isinstance(raw, WideRows):
                 out.append(float(np.square(d @ raw.rows[:, cols[t]].T).sum()) / raw.rows.shape[0])
                 continue
-            h = raw[np.ix_(cols[t], cols[t])]
-            out.append(float(((d @ h) * d).sum()))  # (einsum's three-operand form is unoptimized: 50x slower)
+            full = np.zeros_like(d)
+            full[:, cols[t]] = d  # back to the statistic's column order (no reordered copy of H)
+            out.append(float(((full @ raw) * full).sum()))
         return out
 
     def forget_inputs(self) -> None:

@@ -30,7 +30,6 @@ def two_heads(seed, reverse):
     import numpy as np
     from onnx import helper, numpy_helper
     rng = np.random.default_rng(seed)
-    w = lambda *s: numpy_helper.from_array(rng.normal(size=s).astype(np.float32), f"w{len(s)}_{s[0]}")
     inits = [numpy_helper.from_array(rng.normal(size=(5, 4)).astype(np.float32), "w0"),
              numpy_helper.from_array(rng.normal(size=(3, 5)).astype(np.float32), "wa"),
              numpy_helper.from_array(rng.normal(size=(2, 5)).astype(np.float32), "wb")]

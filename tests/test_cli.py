@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 
-import graphs
 from conftest import SAMPLES
 from onnxzip.cli import main
 
