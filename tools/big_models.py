@@ -104,6 +104,28 @@ def vgg16(seed: int) -> onnx.ModelProto:
     return b.model(b.dense(x, 4096, 1000), "vgg16")
 
 
+def huge_mlp(seed: int) -> onnx.ModelProto:
+    """An MLP of 2.15 GB (256 -> 4,096 -> 131,072 -> 10; the middle weight alone is 2.1 GB): past
+    protobuf's 2 GB limit, for the external-data paths. Input ``x``, output ``y``."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x, d = [], [], "x", 256
+    for i, n in enumerate((4096, 131072, 10)):
+        w = rng.standard_normal((n, d), dtype=np.float32)
+        w *= np.float32(np.sqrt(2.0 / d))
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(n, np.float32), f"b{i}")]
+        out = "y" if i == 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [out], transB=1))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            out = f"r{i}"
+        x, d = out, n
+    graph = helper.make_graph(nodes, "huge", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 BUILDERS = {"resnet50": resnet50, "vgg16": vgg16}
 
 
