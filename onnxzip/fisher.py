@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from . import io, runtime
 from .timing import phase
 from .errors import UsageError
-from .ir import ModelIR
+from .ir import ModelIR, activation_bytes
 
 log = logging.getLogger(__name__)
 
@@ -157,23 +157,8 @@ def _seed_logits(model: onnx.ModelProto, seeded: list[str], shapes: dict[str, on
 
 #: the reverse pass reads at most this many bytes of forward activations in all (a large model's
 #: statistic comes from fewer samples) and this many per batch (its memory)
-FISHER_BYTES = 4 << 30
+FISHER_BYTES = 2 << 30
 FISHER_BATCH_BYTES = 256 << 20
-
-
-def activation_bytes(ir: ModelIR) -> int:
-    """Bytes of every float tensor of one sample's forward pass (shape inference at batch 1)."""
-    model = ir.to_onnx()
-    for inp in model.graph.input:
-        if inp.type.tensor_type.shape.dim:
-            inp.type.tensor_type.shape.dim[0].dim_value = 1
-    model = io.infer_shapes(model)
-    total = 0
-    for vi in list(model.graph.value_info) + list(model.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and dims and all(d.HasField("dim_value") for d in dims):
-            total += 4 * int(np.prod([d.dim_value for d in dims]))
-    return total
 
 
 def fisher_sizes(ir: ModelIR, samples: int, batch: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import InputError, UnsupportedOpError
-from .io import InputSpec
+from .io import InputSpec, infer_shapes
 from .normalize import normalize, prepare
 from .spaces import Spaces, check_supported, is_depthwise, trace
 
@@ -181,3 +181,30 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
     layers = _find_layers(ir.graph)
     return ModelIR(ir.name, ir.source, ir.graph, layers, trace(ir.graph, layers), _index(ir.graph), ir.ir_version,
                    ir.opset, dict(ir.extra_opsets), dict(ir.output_types))
+
+
+_SAMPLE_BYTES: dict[int, int] = {}
+
+
+def activation_bytes(ir: ModelIR) -> int:
+    """Bytes of every float tensor of one sample's forward pass (shape inference at batch 1; cached
+    per IR)."""
+    if id(ir.graph) in _SAMPLE_BYTES:
+        return _SAMPLE_BYTES[id(ir.graph)]
+    model = ir.to_onnx()
+    for inp in model.graph.input:
+        if inp.type.tensor_type.shape.dim:
+            inp.type.tensor_type.shape.dim[0].dim_value = 1
+    model = infer_shapes(model)
+    total = 0
+    for vi in list(model.graph.value_info) + list(model.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and dims and all(d.HasField("dim_value") for d in dims):
+            total += 4 * int(np.prod([d.dim_value for d in dims]))
+    _SAMPLE_BYTES[id(ir.graph)] = total
+    return total
+
+
+def batch_within(ir: ModelIR, batch: int, budget: int) -> int:
+    """``batch``, or fewer samples where one batch's activations would pass ``budget`` bytes."""
+    return max(1, min(batch, budget // max(activation_bytes(ir), 1)))

@@ -85,5 +85,7 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, ba
     """All outputs (default: every graph output) over all samples, concatenated along axis 0."""
     outputs = outputs or [o.name for o in sess.get_outputs()]
     parts = [list(r) for r in run_batches(sess, feeds, outputs, batch)]
+    if len(parts) == 1:  # one batch: no copy
+        return dict(zip(outputs, parts[0]))
     return {name: np.concatenate([p[j] for p in parts]) if parts and isinstance(parts[0][j], np.ndarray)
             else [x for p in parts for x in p[j]] for j, name in enumerate(outputs)}

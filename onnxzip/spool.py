@@ -24,8 +24,8 @@ SPOOL_MEMORY = 512 << 20
 class _OnDisk:
     """One spooled array: its file, shape and size; removed when the last holder lets go."""
 
-    def __init__(self, path: Path, nbytes: int) -> None:
-        self.path, self.nbytes, self.holders = path, nbytes, 0
+    def __init__(self, path: Path, nbytes: int, shape: tuple[int, ...]) -> None:
+        self.path, self.nbytes, self.holders, self.shape = path, nbytes, 0, shape
 
     def load(self) -> np.ndarray:
         return np.load(self.path)
@@ -65,7 +65,7 @@ class Spool:
         np.save(path, np.ascontiguousarray(x))
         self.on_disk += x.nbytes
         self.peak_disk = max(self.peak_disk, self.on_disk)
-        return _OnDisk(path, x.nbytes)
+        return _OnDisk(path, x.nbytes, x.shape)
 
     def hold(self, item: np.ndarray | _OnDisk) -> None:
         if isinstance(item, _OnDisk):
@@ -127,6 +127,11 @@ class Batches:
     @property
     def samples(self) -> int:
         return sum(self.sizes)
+
+    def sample(self, name: str) -> np.ndarray:
+        """One sample of tensor ``name`` (1, ...), read without loading a whole spooled batch."""
+        v = self.parts[0][name]
+        return np.load(v.path, mmap_mode="r")[:1].copy() if isinstance(v, _OnDisk) else v[:1]
 
     def raw(self, i: int) -> dict[str, np.ndarray | _OnDisk]:
         """Batch ``i`` as stored (for carrying into another :class:`Batches`)."""

@@ -107,7 +107,8 @@ class StagedNetwork:
                 continue
             feeds = live.batch(i, names)
             with phase("forward"):
-                yield runtime.run(sess, feeds, outputs, self.batch)
+                got = runtime.run(sess, feeds, outputs, self.batch)
+            yield got  # (outside the phase: the consumer's work is its own)
 
     def run_stage(self, j: int, live: Batches, weights: dict[int, tuple[np.ndarray, np.ndarray]],
                   constants: dict[str, np.ndarray] | None = None) -> Batches:

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from . import runtime
 from .errors import EquivalenceError
-from .ir import ModelIR
+from .ir import ModelIR, batch_within
 from .report import count_parameters, fidelity, output_loss, verdict
 from .zipper import ZipPlan
 
@@ -23,6 +23,7 @@ TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)
 NOISE_FACTOR = 20.0  # ... or this many times the model's own float noise under re-association
 MAX_TOLERANCE = 2e-3  # ... but never more than this, relative to the magnitude
 NORMALIZED_BOUND = 1e-3  # the normalized model against the original file: beyond this, a bug
+RUN_BYTES = 512 << 20  # whole-model runs take fewer samples per batch where activations would pass this
 NOISE_SAMPLES = 64  # the float noise is measured on this many calibration samples (the first ones)
 GROSS, SPREAD, ROUNDING_CAP = 10.0, 0.01, 1e-2  # rounding: under GROSS tolerances and ROUNDING_CAP of the
 #                                               magnitude, at most SPREAD of the elements; else a bug
@@ -35,13 +36,14 @@ def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: l
     from one zip to the next."""
     out = []
     for proto, ir, arrays in zip(protos, irs, data):
-        original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, opts.batch_size)
+        batch = batch_within(ir, opts.batch_size, RUN_BYTES)
+        original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, batch)
         floats = [o for o in ir.tensor_outputs if np.asarray(original[o]).dtype.kind == "f"]
         normalized = {}
         if floats:
             sess = runtime.session(ir.to_onnx(), opts.device, built=True)
             normalized = runtime.run(sess, {k: v[:NOISE_SAMPLES] for k, v in arrays.items()}, floats,
-                                     opts.batch_size)
+                                     batch)
         out.append((original, normalized))
     return out
 
@@ -65,7 +67,8 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     references = references or reference_outputs(protos, irs, data, opts)
     for t, (ir, arrays, name, (original, normalized)) in enumerate(zip(irs, data, result.names, references)):
         feeds = zipped_feeds(zipped, result.inputs_for(t, arrays))
-        got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in ir.outputs], opts.batch_size)
+        got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in ir.outputs],
+                          batch_within(ir, opts.batch_size, RUN_BYTES))
         row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
                                "max_abs_diff": None, "loss_increase": 0.0}
         for o in ir.outputs:

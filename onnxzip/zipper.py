@@ -223,7 +223,7 @@ class Zipper:
                 raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
                                  f"take {gb:.1f} GB, more than this machine has; share nothing in its group (a "
                                  "--share list with 0 there) or use --hessian channel")
-            fraction = row_fraction(layer, self.estimator, next(live.column(name))[:1], live.samples)
+            fraction = row_fraction(layer, self.estimator, live.sample(name), live.samples)
             self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
             with phase("statistics"):
                 if unchanged:
@@ -413,13 +413,15 @@ class Zipper:
         if n_tasks > 2 and self.task_order == "auto":
             orders = [[a, b] + [t for t in range(n_tasks) if t not in (a, b)]
                       for a, b in itertools.combinations(range(n_tasks), 2)]
+        started = time.perf_counter()
         with phase("matching"):
             results = [(match_tasks(members, k, self.matching, o), o) for o in orders]
         (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
         self.slot_costs[g] = np.sort(cost)
         self.orders[g] = {"order": [self.irs[t].name for t in order], "costed_layers": len(members),
                           "costs": {"-".join(self.irs[t].name for t in o[:2]): float(c.sum())
-                                    for (_, c), o in results}}
+                                    for (_, c), o in results},
+                          "cost_matrix": sizes, "shared": k, "matching_seconds": round(time.perf_counter() - started, 3)}
         full = []
         for r, n in zip(rows, sizes):
             rest = np.setdiff1d(np.arange(n), r)

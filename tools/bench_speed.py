@@ -1,6 +1,18 @@
-"""How long zipping takes, and how fast the zipped model runs, on a VGG-style CNN.
+"""How long zipping takes and how much memory it needs on ImageNet-size pairs; zipped latency.
 
-Builds two VGG-style CNNs with random weights in code (3x32x32 input; convs 64-64-pool-128-128-pool-
+Default (issue 9): ResNet-50 and VGG-16 pairs with random weights (tools/big_models.py), 256
+calibration samples of 3x224x224 per task, ``--share 0.5``. Each measurement runs in a fresh
+process (its peak RSS is its own), one after another:
+
+* the floor: ONNX Runtime alone runs both original models over the calibration set (batch 64);
+* the zip: ``zip_models`` with the default options (wall time, per-phase seconds, peak RSS, the
+  largest group's matching time, parameters kept, fidelity).
+
+Ratios: zip time / floor, peak RSS / the two models' weight bytes. ``--models resnet50`` picks one
+pair; ``--update`` writes the table into docs/results.md between the bench_scale markers. Models
+and data are cached in ``--cache`` (default ~/.cache/onnxzip/bench), outside the repository.
+
+``--small``: the older table (bench_speed markers): builds two VGG-style CNNs with random weights in code (3x32x32 input; convs 64-64-pool-128-128-pool-
 256-256-pool; dense 4096-512-512-10: about 5.7 M parameters each), zips them at several sharing levels
 with 256 calibration samples per task, and measures side by side in one run:
 
@@ -15,6 +27,9 @@ table into docs/results.md between the bench_speed markers).
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import os
 import platform
 import time
 from pathlib import Path
@@ -74,13 +89,8 @@ def latency(sess, feeds, repeats: int) -> float:
     return float(np.median(times))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=32, help="batch size for the latency runs")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--update", action="store_true")
-    args = parser.parse_args()
+def small(args: argparse.Namespace) -> None:
+    """Zip time and zipped latency on the small VGG-style CNN pair (the bench_speed section)."""
     models = [vgg(1), vgg(2)]
     rng = np.random.default_rng(0)
     data = [{"x": rng.random((args.samples, 3, 32, 32), dtype=np.float32)} for _ in models]
@@ -112,6 +122,107 @@ def main() -> None:
     print(body)
     if args.update:
         update_section('bench_speed', 'Speed on a VGG-style CNN', body)
+
+
+def _floor(paths: list[str], data: str, batch: int) -> dict:
+    """Child process: ORT alone runs both originals over the calibration set."""
+    from onnxzip.runtime import run, session
+    from onnxzip.timing import peak_rss_mb
+    x = dict(np.load(data))
+    start = time.perf_counter()
+    for p in paths:
+        run(session(p), x, batch=batch)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+
+
+def _zip(paths: list[str], data: str, share: float) -> dict:
+    """Child process: one zip with the default options."""
+    start = time.perf_counter()
+    result = zip_models(paths, [data, data], share=share, names=("a", "b"), quiet=True)
+    rep = result.report
+    groups = [g for g in rep["groups"] if "matching_seconds" in g]
+    largest = max(groups, key=lambda g: g["cost_matrix"][0] * g["cost_matrix"][1], default=None)
+    return {"seconds": time.perf_counter() - start, "phases": rep["phases"], "peak_rss_mb": rep["peak_rss_mb"],
+            "kept": rep["params_after"] / rep["params_before"], "bytes_before": rep["bytes_before"],
+            "rel_err": [t["rel_err"] for t in rep["tasks"]],
+            "largest": None if largest is None else (largest["cost_matrix"], largest["matching_seconds"]),
+            "wide": [r["name"] for r in rep["layers"] if r.get("shared") and r["kind"] == "dense"],
+            "rows_read": min(r.get("rows_read", 1.0) for r in rep["layers"])}
+
+
+def _child(fn, *args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def scale(args: argparse.Namespace) -> None:
+    """The ResNet-50 / VGG-16 table (the bench_scale section)."""
+    from big_models import BUILDERS  # tools/big_models.py
+    cache = Path(os.path.expanduser(args.cache))
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in args.models.split(","):
+        name, _, count = spec.partition(":")
+        samples = int(count or args.samples)
+        data = cache / f"calib{samples}.npz"
+        if not data.exists():
+            np.savez(data, input=np.random.default_rng(0).random((samples, 3, 224, 224), dtype=np.float32))
+        paths = []
+        for tag, seed in (("a", 1), ("b", 2)):
+            p = cache / f"{name}_{tag}.onnx"
+            if not p.exists():
+                onnx.save(BUILDERS[name](seed), str(p))
+            paths.append(str(p))
+        floor = _child(_floor, paths, str(data), 64)
+        print(f"{name}: floor {floor['seconds']:.1f} s", flush=True)
+        got = _child(_zip, paths, str(data), args.share)
+        print(f"{name}: zip {got['seconds']:.1f} s, peak {got['peak_rss_mb']:.0f} MB", json.dumps(got), flush=True)
+        rows.append((name, samples, floor, got))
+    lines = [f"Run: `python tools/bench_speed.py --update` on {platform.machine()} ({os.cpu_count()} cores), ONNX "
+             f"Runtime CPU, {time.strftime('%Y-%m-%d')}; pairs with random weights (tools/big_models.py), "
+             "random calibration samples of 3x224x224 per task (how many: the table), "
+             f"`--share {args.share}`, default options "
+             "(loss-aware, recovery, merge check). Floor: ONNX Runtime alone runs both originals over the same "
+             "samples, in its own process, just before the zip.", "",
+             "| pair | samples | weights (both) | floor (s) | zip (s) | zip / floor | peak RSS (MB) | RSS / weights | "
+             "params kept | rel. error a / b | largest matching (n x n: s) | statistics rows read (min) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+    for name, samples, floor, got in rows:
+        mb = got["bytes_before"] / 1e6
+        largest = "-" if got["largest"] is None else \
+            f"{got['largest'][0][0]} x {got['largest'][0][1]}: {got['largest'][1]:.1f}"
+        lines.append(f"| {name} | {samples} | {mb:.0f} MB | {floor['seconds']:.1f} | {got['seconds']:.1f} | "
+                     f"{got['seconds'] / floor['seconds']:.1f}x | {got['peak_rss_mb']:.0f} | "
+                     f"{got['peak_rss_mb'] / mb:.1f}x | {got['kept']:.1%} | "
+                     f"{got['rel_err'][0]:.4f} / {got['rel_err'][1]:.4f} | {largest} | {got['rows_read']:.2f} |")
+    lines += ["", "Seconds per phase (phases nest: forward includes the stage runs inside statistics passes):", "",
+              "| pair | " + " | ".join(PHASES) + " |", "|---|" + "---:|" * len(PHASES)]
+    for name, _, _, got in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{got['phases'].get(p, 0.0):.1f}" for p in PHASES) + " |")
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if args.update:
+        update_section("bench_scale", "Scale: ImageNet-size pairs (issue 9)", body)
+
+
+PHASES = ("load", "originals", "fisher", "forward", "statistics", "matching", "merge", "recovery", "emit",
+          "verify", "layer check")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the small VGG-style CNN table instead")
+    parser.add_argument("--models", default="resnet50,vgg16",
+                        help="pairs, each optionally with its sample count: resnet50:256,vgg16:64")
+    parser.add_argument("--share", type=float, default=0.5)
+    parser.add_argument("--cache", default="~/.cache/onnxzip/bench")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32, help="--small: batch size for the latency runs")
+    parser.add_argument("--repeats", type=int, default=20, help="--small: latency repeats")
+    parser.add_argument("--update", action="store_true")
+    args = parser.parse_args()
+    small(args) if args.small else scale(args)
 
 
 if __name__ == "__main__":
