@@ -58,6 +58,7 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper:
                   ) -> list[np.ndarray]:
     """Every group's slot costs if everything were shared, on the original networks (one pass)."""
     zipper.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in zipper.groups]
+    zipper.samples = min(next(iter(d.values())).shape[0] for d in data)
     hidden = irs[0].hidden
     nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
     with Spool() as spool:

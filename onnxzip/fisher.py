@@ -172,13 +172,15 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2].
 
     ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher. A large model
-    takes its statistic from the first samples only (:func:`fisher_sizes`; a per-neuron average,
+    takes its statistic from evenly spaced samples only (:func:`fisher_sizes`; a per-neuron average,
     it needs far fewer samples than the Hessians) and runs in smaller batches."""
     fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
     n, batch = fisher_sizes(ir, next(iter(data.values())).shape[0], batch)
     batch = fixed[0] if fixed else batch
-    data = {k: v[:n] for k, v in data.items()}
-    labels = None if labels is None else labels[:n]
+    total = next(iter(data.values())).shape[0]
+    pick = np.linspace(0, total - 1, n).round().astype(int) if n < total else slice(None)  # spread, not the first
+    data = {k: v[pick] for k, v in data.items()}
+    labels = None if labels is None else np.asarray(labels)[pick]
     reverse, grads, seeded = gradient_model(ir, layers, batch)
     sess = runtime.session(reverse, device, built=True)
     inputs = {i.name: i for i in sess.get_inputs()}

@@ -1,8 +1,11 @@
 """Reading and writing files: ONNX models (external data included) and calibration arrays."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -126,27 +129,34 @@ def on_disk(model: onnx.ModelProto) -> Iterator[str]:
 def _save_external(model: onnx.ModelProto, path: str, location: str) -> None:
     """Save with every tensor in ``location`` beside ``path``; onnx moves the data out of the proto
     while saving, so it is read back in place afterwards."""
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-                    size_threshold=1024)
-    onnx.load_external_data_for_model(model, os.path.dirname(path))
+    try:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                        size_threshold=1024)
+    finally:  # (also after a failed write: what was moved out is read back)
+        onnx.load_external_data_for_model(model, os.path.dirname(path))
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write ``model`` atomically: to a temporary file beside ``path``, then rename.
 
-    Models over ``LARGE_BYTES`` keep their weights in ``<name>.data`` beside the file (written
-    first, under a temporary name, and renamed into place before the model).
+    Models over ``LARGE_BYTES`` keep their weights in ``<name>.<8 hex digits>.data`` beside the
+    file: a new name per write, renamed into place before the model that names it (a reader never
+    sees a model with another write's data); an earlier write's data file is removed after.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if is_large(model):
         folder = tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent)
+        data = f"{p.name}.{secrets.token_hex(4)}.data"
         try:
-            _save_external(model, os.path.join(folder, p.name), p.name + ".data")
-            _publish(os.path.join(folder, p.name + ".data"), p.parent / (p.name + ".data"))
+            _save_external(model, os.path.join(folder, p.name), data)
+            _publish(os.path.join(folder, data), p.parent / data)
             _publish(os.path.join(folder, p.name), p)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        for old in p.parent.glob(f"{glob.escape(p.name)}.*.data"):
+            if old.name != data and re.fullmatch(re.escape(p.name) + r"\.[0-9a-f]{8}\.data", old.name):
+                old.unlink()
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)

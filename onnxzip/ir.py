@@ -183,14 +183,12 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
                    ir.opset, dict(ir.extra_opsets), dict(ir.output_types))
 
 
-_SAMPLE_BYTES: dict[int, int] = {}
-
-
 def activation_bytes(ir: ModelIR) -> int:
     """Bytes of every float tensor of one sample's forward pass (shape inference at batch 1; cached
     per IR)."""
-    if id(ir.graph) in _SAMPLE_BYTES:
-        return _SAMPLE_BYTES[id(ir.graph)]
+    cached = getattr(ir, "_activation_bytes", None)
+    if cached is not None:
+        return cached
     model = ir.to_onnx()
     for inp in model.graph.input:
         if inp.type.tensor_type.shape.dim:
@@ -201,7 +199,7 @@ def activation_bytes(ir: ModelIR) -> int:
         dims = vi.type.tensor_type.shape.dim
         if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and dims and all(d.HasField("dim_value") for d in dims):
             total += 4 * int(np.prod([d.dim_value for d in dims]))
-    _SAMPLE_BYTES[id(ir.graph)] = total
+    ir._activation_bytes = total
     return total
 
 

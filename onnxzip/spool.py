@@ -56,7 +56,7 @@ class Spool:
     def keep(self, x: np.ndarray) -> np.ndarray | _OnDisk:
         """``x`` in memory if the budget allows, else written to disk; not yet held (:meth:`hold`).
         Non-tensor values (sequences of maps) stay in memory."""
-        if not isinstance(x, np.ndarray) or self.in_memory + x.nbytes <= self.memory:
+        if not isinstance(x, np.ndarray) or x.dtype.kind == "O" or self.in_memory + x.nbytes <= self.memory:
             return x
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="onnxzip-", dir=self._root))

@@ -144,6 +144,7 @@ class Zipper:
         self.damping, self.compensate, self.task_order, self.recover = damping, compensate, task_order, recover
         self.reference: list[dict[str, np.ndarray]] | None = None  # per task: the original network's live tensors
         self.fisher = fisher  # per task: layer -> (neurons,) loss weights (None: costs in pre-activation units)
+        self.samples: int | None = None  # the fewest calibration samples of any task (set by the caller)
         self.cost = cost  # "mtz" (Hessian costs) or "correlation" (output correlation, a baseline)
         if cost == "correlation" and len(irs) != 2:
             raise UsageError("correlation matching zips two models")
@@ -213,12 +214,12 @@ class Zipper:
             ref = self.reference[task] if self.recover and self.reference else None
             unchanged = ref is None or self.same_input(li, task, live)
             weights = self.sample_weights(li, task, live if ref is None else ref)
-            if is_wide(layer, live.samples):
+            if self.wide(li):
                 with phase("statistics"):
                     self._hessians[key] = (WideRows(input_rows(live, name, weights),
                                                     None if unchanged else input_rows(ref, name, weights)), None)
                 return self._hessians[key]
-            if not self.fits(li, live.samples):
+            if not self.fits(li):
                 gb = (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) / 1e9
                 raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
                                  f"take {gb:.1f} GB, more than this machine has; share nothing in its group (a "
@@ -234,10 +235,16 @@ class Zipper:
                                                         sample_weights=weights, fraction=fraction)
         return self._hessians[key]
 
-    def fits(self, li: int, samples: int) -> bool:
+    def wide(self, li: int) -> bool:
+        """Whether layer ``li`` keeps its statistic as input rows (:func:`is_wide` with the fewest
+        samples of any task: one decision for every task)."""
+        return self.estimator != "identity" and self.samples is not None and \
+            is_wide(self.irs[0].layers[li], self.samples)
+
+    def fits(self, li: int) -> bool:
         """Whether layer ``li``'s statistics fit this machine's memory (half of it)."""
         layer = self.irs[0].layers[li]
-        return is_wide(layer, samples) or \
+        return self.wide(li) or self.estimator == "identity" or \
             (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) <= available_memory() // 2
 
     def same_input(self, li: int, task: int, live: Batches) -> bool:
@@ -269,7 +276,7 @@ class Zipper:
 
     def needs_refit(self, li: int, live: list[Batches]) -> bool:
         """Recovery is on and some task's input to layer ``li`` differs from the original network's."""
-        if not self.recover or self.reference is None or not self.fits(li, live[0].samples):
+        if not self.recover or self.reference is None or not self.fits(li):
             return False  # (a layer too wide for a Hessian keeps its weights when nothing in it is shared)
         return any(same is False for same in self.inputs_unchanged(li, live))
 
@@ -314,6 +321,7 @@ class Zipper:
                 if raw.ref is not None:
                     with phase("recovery"):
                         mat = woodbury_refit(raw.rows, raw.ref, mat, lam)
+                    self._hessians[(li, t)] = (WideRows(raw.rows), None)  # (the original rows are spent)
                 hs.append(WideRows(raw.rows[:, order], None, lam))
                 mats.append(mat[:, order])
                 cols.append(order)
@@ -556,6 +564,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     if fisher is None and loss_aware and not nothing_shared:
         fisher = loss_statistics(irs, data, labels, device)
     zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher, cost)
+    zipper.samples = min(next(iter(d.values())).shape[0] for d in data)
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
     nets = [StagedNetwork(ir, cuts, device, batch) for ir in irs]

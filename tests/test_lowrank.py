@@ -91,3 +91,18 @@ def test_a_wide_dense_layer_zips_as_with_its_dense_hessian(monkeypatch):
         np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(x).max()))
     for t_d, t_w in zip(dense.report["tasks"], wide.report["tasks"]):
         assert t_w["rel_err"] == pytest.approx(t_d["rel_err"], rel=1e-3)
+
+
+def test_tasks_with_different_sample_counts_take_one_path(monkeypatch):
+    """Whether a layer is wide is decided once, from the fewest samples (here 40 < 65 inputs + bias
+    for one task, 100 for the other)."""
+    import onnxzip.zipper
+    from onnxzip import zip_models
+    from tests.conftest import SAMPLES
+    from onnxzip.io import load_arrays
+    monkeypatch.setattr(onnxzip.zipper, "LOWRANK_MIN", 32)
+    models = [SAMPLES / "mlp_digit.onnx", SAMPLES / "mlp_parity.onnx"]
+    data = [{"image": load_arrays(SAMPLES / f"calib_{t}.npz")["image"][:n]} for t, n in (("digit", 40), ("parity", 100))]
+    result = zip_models(models, data, share=0.5, quiet=True)
+    assert result.report["equivalence"]["verdict"] == "ok"
+    assert all(t["rel_err"] < 0.05 for t in result.report["tasks"])
