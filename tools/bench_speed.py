@@ -196,7 +196,8 @@ def scale(args: argparse.Namespace) -> None:
                      f"{got['seconds'] / floor['seconds']:.1f}x | {got['peak_rss_mb']:.0f} | "
                      f"{got['peak_rss_mb'] / mb:.1f}x | {got['kept']:.1%} | "
                      f"{got['rel_err'][0]:.4f} / {got['rel_err'][1]:.4f} | {largest} | {got['rows_read']:.2f} |")
-    lines += ["", "Seconds per phase (phases nest: forward includes the stage runs inside statistics passes):", "",
+    lines += ["", "Seconds per phase (originals, fisher, verify and layer check include their own model runs; "
+              "forward is the zip's stage runs; spool I/O and building stage models are not a phase):", "",
               "| pair | " + " | ".join(PHASES) + " |", "|---|" + "---:|" * len(PHASES)]
     for name, _, _, got in rows:
         lines.append(f"| {name} | " + " | ".join(f"{got['phases'].get(p, 0.0):.1f}" for p in PHASES) + " |")
