@@ -105,17 +105,20 @@ def vgg16(seed: int) -> onnx.ModelProto:
 
 
 def huge_mlp(seed: int) -> onnx.ModelProto:
-    """An MLP of 2.15 GB (256 -> 4,096 -> 131,072 -> 10; the middle weight alone is 2.1 GB): past
-    protobuf's 2 GB limit, for the external-data paths. Input ``x``, output ``y``."""
+    """An MLP of 2.15 GB (256 -> 8,192 -> 32,768 -> 8,192 -> 10; two weights of 1.07 GB each, since a
+    single protobuf field cannot pass 2 GB): past protobuf's 2 GB limit, for the external-data paths.
+    Input ``x``, output ``y``."""
     rng = np.random.default_rng(seed)
     nodes, inits, x, d = [], [], "x", 256
-    for i, n in enumerate((4096, 131072, 10)):
+    widths = (8192, 32768, 8192, 10)
+    for i, n in enumerate(widths):
         w = rng.standard_normal((n, d), dtype=np.float32)
         w *= np.float32(np.sqrt(2.0 / d))
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(n, np.float32), f"b{i}")]
-        out = "y" if i == 2 else f"h{i}"
+        del w
+        out = "y" if i == len(widths) - 1 else f"h{i}"
         nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [out], transB=1))
-        if i < 2:
+        if i < len(widths) - 1:
             nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
             out = f"r{i}"
         x, d = out, n
