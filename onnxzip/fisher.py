@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from . import io, runtime
 from .timing import phase
 from .errors import UsageError
-from .ir import ModelIR, activation_bytes
+from .ir import ModelIR, activation_bytes, batch_within
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ FISHER_BATCH_BYTES = 256 << 20
 
 def fisher_sizes(ir: ModelIR, samples: int, batch: int) -> tuple[int, int]:
     """(samples, batch) for the reverse pass within ``FISHER_BYTES`` and ``FISHER_BATCH_BYTES``."""
-    per_sample = max(activation_bytes(ir), 1)
-    return min(samples, max(16, FISHER_BYTES // per_sample)), max(1, min(batch, FISHER_BATCH_BYTES // per_sample))
+    return (min(samples, max(16, FISHER_BYTES // max(activation_bytes(ir), 1))),
+            batch_within(ir, batch, FISHER_BATCH_BYTES))
 
 
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",

@@ -35,7 +35,12 @@ MATCHERS: Registry = Registry("matching method")
 
 def damping_of(h: np.ndarray, rel: float) -> float:
     """The damping :func:`damp` adds: ``rel * mean(diag(h))``, at least 1e-12."""
-    return max(rel * float(np.mean(np.diag(h))), 1e-12)
+    return relative_damping(float(np.mean(np.diag(h))), rel)
+
+
+def relative_damping(mean_diag: float, rel: float) -> float:
+    """``rel`` times a Hessian's mean diagonal, at least 1e-12 (:func:`damping_of`)."""
+    return max(rel * mean_diag, 1e-12)
 
 
 def damp(h: np.ndarray, rel: float) -> np.ndarray:

@@ -29,7 +29,8 @@ from .errors import UsageError
 from .fisher import loss_statistics
 from .ir import Layer, ModelIR
 from .lowrank import basis, wide_blocks, woodbury_refit
-from .merge import MATCHERS, cholesky, damp, damping_of, match_tasks, merge_followers, merge_rows, task_blocks
+from .merge import (MATCHERS, cholesky, damp, damping_of, match_tasks, merge_followers, merge_rows, relative_damping,
+                    task_blocks)
 from .plan import counts_given, shared_counts
 from .spaces import ALIGNED, PRIVATE
 from .spool import Batches, Spool
@@ -69,7 +70,7 @@ class WideRows:
 
     def damping(self, rel: float) -> float:
         """``rel`` times the mean diagonal of H (as :func:`onnxzip.merge.damping_of`)."""
-        return max(rel * float(np.square(self.rows).sum()) / self.rows.size, 1e-12)
+        return relative_damping(float(np.square(self.rows).sum()) / self.rows.size, rel)
 
 
 def group_name(ir: ModelIR, members: list[int]) -> str:
