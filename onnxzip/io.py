@@ -113,6 +113,38 @@ def infer_shapes(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
     return out
 
 
+def pruned(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """A model of only what ``outputs`` need: its nodes, initializers and inputs (ONNX Runtime
+    runs every node of a graph whichever outputs are asked for)."""
+    graph = model.graph
+    need, nodes = set(outputs), []
+    for node in reversed(graph.node):
+        if any(o in need for o in node.output):
+            nodes.append(node)
+            need.update(_reads(node))
+    out = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                          producer_version=model.producer_version)
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    g = out.graph
+    g.name = graph.name
+    g.node.extend(reversed(nodes))
+    g.initializer.extend(t for t in graph.initializer if t.name in need)
+    g.input.extend(i for i in graph.input if i.name in need)
+    g.output.extend(o for o in graph.output if o.name in outputs)
+    g.value_info.extend(v for v in graph.value_info if v.name in need)
+    return out
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads, those its subgraphs read from the outer scope included."""
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        for sub in list(attr.g.node if attr.HasField("g") else []) + [n for g in attr.graphs for n in g.node]:
+            names.extend(_reads(sub))
+    return names
+
+
 @contextmanager
 def on_disk(model: onnx.ModelProto) -> Iterator[str]:
     """``model`` saved with external data in a temporary folder, for APIs that read files (ONNX

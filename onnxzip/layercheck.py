@@ -25,7 +25,7 @@ from . import runtime
 from .emit import PROBE, emit_model
 from .errors import EquivalenceError
 from .ir import ModelIR, batch_within
-from .verify import zipped_feeds
+from .verify import task_sessions
 
 if TYPE_CHECKING:
     from .api import ZipOptions, ZipResult
@@ -43,17 +43,17 @@ def measure_layers(result: ZipResult, irs: list[ModelIR], data: list[dict[str, n
     plan = result.plan
     layers = list(plan.hidden)
     probe = emit_model(irs, plan, result.names, shared_inputs, probes=layers)
-    zipped = runtime.session(probe, opts.device, built=True)
-    measured = []
-    for t, (ir, arrays, name) in enumerate(zip(irs, data, result.names)):
-        original = runtime.session(_with_outputs(ir, [ir.layers[li].output for li in layers]), opts.device,
-                                   built=True)
-        got = [f"{name}/{PROBE}/{ir.layers[li].name}" for li in layers]
-        want = [ir.layers[li].output for li in layers]
-        feeds = zipped_feeds(zipped, result.inputs_for(t, arrays))
-        neurons = [ir.layers[li].neurons for li in layers]
-        measured.append(_errors(zipped, feeds, got, original, arrays, want, neurons,
-                                batch_within(ir, min(opts.batch_size, PROBE_BATCH), RUN_BYTES)))
+    measured: list = [None] * len(irs)
+    for group, zipped, feeds in task_sessions(result, probe, data, opts.device):
+        got = [f"{result.names[t]}/{PROBE}/{irs[t].layers[li].name}" for t in group for li in layers]
+        want = [[irs[t].layers[li].output for li in layers] for t in group]
+        originals = [(runtime.session(_with_outputs(irs[t], w), opts.device, built=True), data[t], w)
+                     for t, w in zip(group, want)]
+        neurons = [[irs[t].layers[li].neurons for li in layers] for t in group]
+        batch = min(batch_within(irs[t], min(opts.batch_size, PROBE_BATCH), RUN_BYTES // len(group)) for t in group)
+        for t, m in zip(group, _errors(zipped, feeds, got, originals, neurons, batch)):
+            measured[t] = m
+        del zipped, originals
     rows = []
     for n, li in enumerate(layers):
         z = plan.layers[li]
@@ -81,17 +81,20 @@ def _with_outputs(ir: ModelIR, tensors: list[str]) -> onnx.ModelProto:
     return model
 
 
-def _errors(zipped, zipped_feeds: dict[str, np.ndarray], got: list[str], original, feeds: dict[str, np.ndarray],
-            want: list[str], neurons: list[int], batch: int) -> tuple[list[float], list[float]]:
-    """Per layer, streamed over batches (float64 sums): mean over samples and positions of
-    sum_neurons (zipped - original)^2, and of sum_neurons original^2."""
-    err, sig, n = np.zeros(len(got)), np.zeros(len(got)), 0
-    for z_batch, o_batch in zip(runtime.run_batches(zipped, zipped_feeds, got, batch),
-                                runtime.run_batches(original, feeds, want, batch)):
-        for i, (z, o) in enumerate(zip(z_batch, o_batch)):
-            d, o = (np.asarray(z) - np.asarray(o)).ravel(), np.asarray(o).ravel()  # float32 (Sterbenz: exact
-            positions = max(1, o.size // len(o_batch[0]) // neurons[i])       # where z and o are close)
-            err[i] += float(np.dot(d, d)) / positions  # (BLAS sums: relative error ~1e-6, per batch)
-            sig[i] += float(np.dot(o, o)) / positions
-        n += len(o_batch[0])
-    return list(err / n), list(sig / n)
+def _errors(zipped, zipped_feeds: dict[str, np.ndarray], got: list[str], originals: list[tuple], neurons: list[list[int]],
+            batch: int) -> list[tuple[list[float], list[float]]]:
+    """Per task of ``originals`` ((session, feeds, tensors) each; ``got`` holds the zipped model's
+    probes for them in the same order) and per layer, streamed over batches (float64 sums): mean
+    over samples and positions of sum_neurons (zipped - original)^2, and of sum_neurons original^2."""
+    count = len(neurons[0])
+    err, sig, n = np.zeros((len(originals), count)), np.zeros((len(originals), count)), 0
+    runs = [runtime.run_batches(sess, feeds, want, batch) for sess, feeds, want in originals]
+    for z_batch, *o_batches in zip(runtime.run_batches(zipped, zipped_feeds, got, batch), *runs):
+        for t, o_batch in enumerate(o_batches):
+            for i, (z, o) in enumerate(zip(z_batch[t * count:(t + 1) * count], o_batch)):
+                d, o = (np.asarray(z) - np.asarray(o)).ravel(), np.asarray(o).ravel()  # float32 (Sterbenz: exact
+                positions = max(1, o.size // len(o_batch[0]) // neurons[t][i])       # where z and o are close)
+                err[t, i] += float(np.dot(d, d)) / positions  # (BLAS sums: relative error ~1e-6, per batch)
+                sig[t, i] += float(np.dot(o, o)) / positions
+        n += len(o_batches[0][0])
+    return [(list(e / n), list(s / n)) for e, s in zip(err, sig)]

@@ -3,13 +3,13 @@ then each task's fidelity against its original, measured and judged, and the rep
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import runtime
+from . import io, runtime
 from .errors import EquivalenceError
 from .ir import ModelIR, batch_within
 from .report import count_parameters, fidelity, output_loss, verdict
@@ -60,15 +60,17 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     original is measured and judged (:func:`onnxzip.report.verdict`). ``references``: the
     originals' outputs from :func:`reference_outputs`, when already computed.
     """
-    zipped = runtime.session(result.model, opts.device, built=True)
+    got: dict[str, Any] = {}
+    for group, zipped, feeds in task_sessions(result, result.model, data, opts.device):
+        batch = min(batch_within(irs[t], opts.batch_size, RUN_BYTES // len(group)) for t in group)
+        got.update(runtime.run(zipped, feeds, [f"{result.names[t]}/{o}" for t in group for o in irs[t].outputs],
+                               batch))
+        del zipped
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
     tasks = []
     references = references or reference_outputs(protos, irs, data, opts)
     for t, (ir, arrays, name, (original, normalized)) in enumerate(zip(irs, data, result.names, references)):
-        feeds = zipped_feeds(zipped, result.inputs_for(t, arrays))
-        got = runtime.run(zipped, feeds, [f"{name}/{o}" for o in ir.outputs],
-                          batch_within(ir, opts.batch_size, RUN_BYTES))
         row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
                                "max_abs_diff": None, "loss_increase": 0.0}
         for o in ir.outputs:
@@ -225,6 +227,43 @@ def as_array(x: Any) -> np.ndarray | None:
         keys = sorted(x[0])
         return np.array([[d[k] for k in keys] for d in x], np.float64)
     return None
+
+
+def data_groups(data: list[dict[str, np.ndarray]]) -> list[list[int]]:
+    """The tasks grouped by calibration data: the same arrays (by input name) in one group."""
+    groups: list[list[int]] = []
+    for t, arrays in enumerate(data):
+        home = next((g for g in groups if _same_arrays(data[g[0]], arrays)), None)
+        if home is None:
+            groups.append([t])
+        else:
+            home.append(t)
+    return groups
+
+
+def _same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a is b or (a.keys() == b.keys() and all(
+        a[k] is b[k] or (a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]))
+        for k in a))
+
+
+def task_sessions(result: ZipResult, model: onnx.ModelProto, data: list[dict[str, np.ndarray]], device: str
+                  ) -> Iterator[tuple[list[int], Any, dict[str, np.ndarray]]]:
+    """Per group of tasks with the same calibration data (:func:`data_groups`): ``model`` (the
+    zipped model, or one emitted like it) cut to the group's outputs, as a session, and its feeds.
+    One run serves the group, and no task's nodes run on another's data."""
+    for group in data_groups(data):
+        if len(group) < len(data):
+            prefixes = tuple(f"{result.names[t]}/" for t in group)
+            part = io.pruned(model, [o.name for o in model.graph.output if o.name.startswith(prefixes)])
+        else:
+            part = model
+        sess = runtime.session(part, device, built=True)
+        del part
+        feeds: dict[str, np.ndarray] = {}
+        for t in group:
+            feeds.update(result.inputs_for(t, data[t]))
+        yield group, sess, zipped_feeds(sess, feeds)
 
 
 def zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

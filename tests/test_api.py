@@ -377,3 +377,11 @@ def test_progress_lines_without_a_terminal(monkeypatch, capsys):
     assert all("s to go" in line for line in lines)
     assert list(api.progress(range(4), "zipping layers", quiet=True)) == [0, 1, 2, 3]
     assert capsys.readouterr().err == ""
+
+
+def test_tasks_on_the_same_samples_share_one_run_of_the_zipped_model():
+    from onnxzip.verify import data_groups
+    x, y = graphs.data(1, (12,)), graphs.data(2, (12,))
+    assert data_groups([{"x": x}, {"x": x.copy()}, {"x": y}]) == [[0, 1], [2]]
+    assert data_groups([{"x": x}, {"z": x}]) == [[0], [1]]
+    assert data_groups([{"x": x}, {"x": x[:5]}]) == [[0], [1]]

@@ -62,3 +62,24 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_pruned_model_keeps_only_what_its_outputs_need():
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxzip.io import pruned
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), n) for n in ("wa", "wb")]
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["ha"]), helper.make_node("Relu", ["ha"], ["a"]),
+             helper.make_node("MatMul", ["y", "wb"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4])
+                                           for n in ("x", "y")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in ("a", "b")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    part = pruned(model, ["a"])
+    onnx.checker.check_model(part)
+    assert [n.output[0] for n in part.graph.node] == ["ha", "a"]
+    assert [t.name for t in part.graph.initializer] == ["wa"] and [i.name for i in part.graph.input] == ["x"]
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    got = session(part).run(["a"], {"x": x})[0]
+    np.testing.assert_allclose(got, np.maximum(x @ numpy_helper.to_array(inits[0]), 0), rtol=1e-6)
+    assert len(model.graph.node) == 3  # the input is left as it was
