@@ -209,6 +209,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
                          hessian=opts.hessian, damping=opts.damping, compensate=opts.compensate,
                          task_order=opts.task_order, recover=opts.recover, loss_aware=loss_aware,
                          device=opts.device, batch=opts.batch_size, fisher=fisher,
+                         outputs=[original for original, _ in references],
                          progress=lambda it, desc: progress(it, desc, opts.quiet))
         with timing.phase("emit"):
             model = emit_model(irs, plan, names, shared_inputs)
@@ -227,7 +228,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
         return result
 
     if opts.target_params is not None or opts.max_loss_increase is not None:
-        result = zip_within_budget(irs, arrays, labels, opts, zip_once)
+        result = zip_within_budget(irs, arrays, labels, opts, zip_once, [original for original, _ in references])
     else:
         result = zip_once(opts.share)
     if opts.finetune:
@@ -268,7 +269,7 @@ def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opt
 
 
 def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], labels: list, opts: ZipOptions,
-                      zip_once: Callable[..., ZipResult]) -> ZipResult:
+                      zip_once: Callable[..., ZipResult], outputs: list[dict[str, Any]] | None = None) -> ZipResult:
     """Zip under ``--target-params`` / ``--max-loss-increase``, measured, not only predicted.
 
     The per-group counts come from predicted costs (one pass over the originals). After the zip,
@@ -279,7 +280,7 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     The report's ``budget.backoff`` lists every try with its predicted cost (the costs' units) and
     measured output loss (:func:`onnxzip.report.output_loss`: not the same units; for reading).
     """
-    fisher = loss_statistics(irs, arrays, labels, opts.device) if opts.loss_aware else None
+    fisher = loss_statistics(irs, arrays, labels, opts.device, outputs) if opts.loss_aware else None
     with timing.phase("budget"):
         planner = BudgetPlanner(irs, arrays, fisher, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
                                 compensate=opts.compensate, task_order=opts.task_order, device=opts.device,

@@ -56,6 +56,7 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
     for inp in model.graph.input:
         if inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = batch
+    weights = _weights_as_inputs(model)  # (shape inference and onnx-ad never copy the weights' data)
     model = io.infer_shapes(model)
     shapes = {vi.name: vi.type.tensor_type for vi in list(model.graph.value_info) + list(model.graph.output)}
     graph = model.graph
@@ -78,12 +79,74 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
     if not seeded:
         raise UsageError(f"{ir.source}: no float output to take loss gradients from")
     reverse = _ad().reverse(model, inputs=list(deltas.values()), outputs=seeded, layout="onnx")
+    _unit_transposes_as_reshapes(reverse)
+    _restore_weights(reverse, weights)
     _spell_required_inputs(reverse, ir.opset)
     grads = {}
     names = [o.name for o in reverse.graph.output]
     for i, delta in deltas.items():
         grads[i] = next(n for n in names if n.endswith(delta) and n != delta)
     return reverse, grads, seeded
+
+
+#: initializers with more elements than this travel through the reverse-graph build as graph inputs
+WEIGHT_INPUT_MIN = 4096
+
+
+def _weights_as_inputs(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Turn ``model``'s large float initializers into graph inputs (in place) and return them: the
+    reverse graph is built around their names and shapes, and gets them back after
+    (:func:`_restore_weights`). Building it around the data took minutes for VGG-16."""
+    moved, kept = [], []
+    for t in model.graph.initializer:
+        big = t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) > WEIGHT_INPUT_MIN
+        (moved if big else kept).append(t)
+    if moved:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    return moved
+
+
+def _restore_weights(model: onnx.ModelProto, weights: list[onnx.TensorProto]) -> None:
+    """The inverse of :func:`_weights_as_inputs` on the reverse graph (in place)."""
+    names = {t.name for t in weights}
+    inputs = [i for i in model.graph.input if i.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.graph.initializer.extend(weights)
+
+
+def _unit_transposes_as_reshapes(model: onnx.ModelProto) -> int:
+    """Rewrite the Transposes of a reverse graph that only move axes of size 1 (onnx-ad's trailing
+    seed axis, one seed here) as Reshapes: the same values, no copy (ONNX Runtime copied every
+    activation map twice per layer for them). Shapes from shape inference; where one is not
+    fully known the Transpose stays. Returns the number rewritten."""
+    for inp in model.graph.input:  # one seed direction (see neuron_fisher)
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name.startswith("adj_") and dims and dims[-1].HasField("dim_param"):
+            dims[-1].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    n = 0
+    for node in model.graph.node:
+        shape = shapes.get(node.input[0]) if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") else None
+        if shape is None:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(shape)))[::-1])
+        if [p for p in perm if shape[p] != 1] != [i for i in range(len(shape)) if shape[i] != 1]:
+            continue  # moves data
+        target = f"{node.output[0]}.onnxzip_shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([shape[p] for p in perm], np.int64), target))
+        node.op_type = "Reshape"
+        del node.attribute[:]
+        node.input.append(target)
+        n += 1
+    return n
 
 
 #: the name of the empty float tensor that stands for an input "not given" where an op requires one
@@ -168,10 +231,14 @@ def fisher_sizes(ir: ModelIR, samples: int, batch: int) -> tuple[int, int]:
 
 
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
-                  batch: int = 32, seed: int = 0, labels: np.ndarray | None = None) -> dict[int, np.ndarray]:
+                  batch: int = 32, seed: int = 0, labels: np.ndarray | None = None,
+                  outputs: dict[str, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2].
 
-    ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher. A large model
+    ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher. ``outputs``:
+    the network's outputs on ``data`` when already known (the original file's): where they hold
+    every seeded output, the seeds come from them, and each batch runs the reverse graph once
+    instead of a forward run first. A large model
     takes its statistic from evenly spaced samples only (:func:`fisher_sizes`; a per-neuron average,
     it needs far fewer samples than the Hessians) and runs in smaller batches."""
     fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
@@ -182,6 +249,9 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     data = {k: v[pick] for k, v in data.items()}
     labels = None if labels is None else np.asarray(labels)[pick]
     reverse, grads, seeded = gradient_model(ir, layers, batch)
+    known = None
+    if outputs is not None and all(isinstance(outputs.get(name), np.ndarray) for name in seeded):
+        known = {name: outputs[name][pick] for name in seeded}
     sess = runtime.session(reverse, device, built=True)
     inputs = {i.name: i for i in sess.get_inputs()}
     rng = np.random.default_rng(seed)
@@ -200,8 +270,11 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
                 if name.startswith("adj_"):
                     shape[-1] = 1  # one seed direction
                 feeds[name] = np.zeros(shape, np.float32)
-        outputs = sess.run(seeded, feeds)
-        for name, y in zip(seeded, outputs):
+        if known is None:
+            values = sess.run(seeded, feeds)
+        else:
+            values = [np.resize(known[name][start:start + batch], (batch,) + known[name].shape[1:]) for name in seeded]
+        for name, y in zip(seeded, values):
             lab = None if labels is None else np.resize(labels[start:start + batch], batch)
             s = _seed(y, rng, lab) if name in ir.outputs else rng.normal(size=y.shape)  # logits: projected
             s[real:] = 0.0
@@ -213,15 +286,16 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     return {i: t / n for i, t in totals.items()}
 
 
-def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str
-                    ) -> list[dict[int, np.ndarray]] | None:
+def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str,
+                    outputs: list[dict[str, np.ndarray]] | None = None) -> list[dict[int, np.ndarray]] | None:
     """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.fisher`), or None
-    (with a warning) where the reverse-mode graph cannot be built."""
+    (with a warning) where the reverse-mode graph cannot be built. ``outputs``: per task, its
+    outputs on its data, when known (:func:`neuron_fisher`)."""
     layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]
     try:
         with phase("fisher"):
-            return [neuron_fisher(ir, d, layers, device=device, labels=y)
-                    for ir, d, y in zip(irs, data, labels or [None] * len(irs))]
+            return [neuron_fisher(ir, d, layers, device=device, labels=y, outputs=o)
+                    for ir, d, y, o in zip(irs, data, labels or [None] * len(irs), outputs or [None] * len(irs))]
     except (UsageError, _unsupported()) as exc:  # no float output, or onnx-ad lacks a rule for an op
         log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -98,8 +98,9 @@ class StagedNetwork:
                constants: dict[str, np.ndarray] | None, outputs: list[str]) -> Iterator[dict[str, np.ndarray]]:
         """Run stage ``j`` over ``live`` (the tensors alive at its start) batch by batch; yields the
         ``outputs`` (tensors made inside the stage) of each batch."""
-        model = self.stage_model(j, weights, constants, [o for o in outputs if o not in self.produced(j)])
-        sess = None if model is None else runtime.session(model, self.device, built=True)
+        with phase("forward"):  # (building the stage is part of running it)
+            model = self.stage_model(j, weights, constants, [o for o in outputs if o not in self.produced(j)])
+            sess = None if model is None else runtime.session(model, self.device, built=True)
         names = [] if sess is None else [i.name for i in sess.get_inputs()]
         for i in range(len(live)):
             if sess is None or not outputs:
@@ -118,8 +119,9 @@ class StagedNetwork:
         out = Batches(live.spool)
         for i, got in enumerate(self.stream(j, live, weights, constants, made)):
             raw = live.raw(i)
-            out.append(live.sizes[i], {k: got[k] for k in made},
-                       {k: raw[k] for k in self.live[j + 1] if k not in made})
+            with phase("forward"):  # (spooling the stage's outputs too)
+                out.append(live.sizes[i], {k: got[k] for k in made},
+                           {k: raw[k] for k in self.live[j + 1] if k not in made})
         return out
 
     def batchnorms(self, j: int, zipped: dict[str, object]) -> list:

@@ -296,7 +296,8 @@ class Zipper:
         the columns; ns. Computed once per layer: choosing a group's matching and merging the layer
         ask for the same (its input columns are fixed by then)."""
         if li not in self._problems:
-            self._problems[li] = self._build_problem(li, live)
+            with phase("costs"):  # (statistics and recovery inside count in their own phases too)
+                self._problems[li] = self._build_problem(li, live)
         return self._problems[li]
 
     def blocks(self, li: int, live: list[Batches]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -304,12 +305,15 @@ class Zipper:
         factorized once for choosing the matching and merging."""
         if li not in self._blocks:
             _, hs, _, ns = self.problem(li, live)
-            if isinstance(hs[0], WideRows):
-                shared = basis(*[h.rows[:, :ns] for h in hs])
-                self._blocks[li] = [wide_blocks(h.rows, h.lam, ns, shared, self.compensate) for h in hs]
-            else:
-                self._blocks[li] = [task_blocks(h, ns, self.compensate) for h in hs]
+            with phase("costs"):
+                self._blocks[li] = self._task_blocks(hs, ns)
         return self._blocks[li]
+
+    def _task_blocks(self, hs: list, ns: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        if isinstance(hs[0], WideRows):
+            shared = basis(*[h.rows[:, :ns] for h in hs])
+            return [wide_blocks(h.rows, h.lam, ns, shared, self.compensate) for h in hs]
+        return [task_blocks(h, ns, self.compensate) for h in hs]
 
     def _build_problem(self, li: int, live: list[Batches]) -> tuple[list, list, list, int]:
         mats, hs, cols, ns = [], [], [], 0
@@ -543,6 +547,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
               hessian: str = "auto", damping: float = 1e-2, compensate: bool = True, task_order: str = "auto",
               recover: bool = True, loss_aware: bool = True, labels: list | None = None, cost: str = "mtz",
               device: str = "cpu", batch: int = 64, fisher: list[dict[int, np.ndarray]] | None = None,
+              outputs: list[dict[str, np.ndarray]] | None = None,
               progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
@@ -555,7 +560,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         recover: run the original networks alongside, stage by stage, and refit every layer's
             targets (and the heads) by least squares to reproduce the original pre-activations.
         loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`);
-            ``fisher`` gives them when already computed (:func:`loss_statistics`).
+            ``fisher`` gives them when already computed (:func:`loss_statistics`); ``outputs``, per
+            task the original network's outputs on ``data`` when known, seed them.
         labels: per task, class labels of the calibration samples (the empirical Fisher) or None.
         cost: "mtz" (Hessian costs), or "correlation": match by output correlation (ZipIt!-style; a
             baseline, merging by ``hessian``); then every task's ``data`` must be the same samples.
@@ -563,7 +569,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     hidden = irs[0].hidden
     nothing_shared = not np.any(np.asarray(share, dtype=float) > 0)
     if fisher is None and loss_aware and not nothing_shared:
-        fisher = loss_statistics(irs, data, labels, device)
+        fisher = loss_statistics(irs, data, labels, device, outputs)
     zipper = Zipper(irs, share, matching, hessian, damping, compensate, task_order, recover, fisher, cost)
     zipper.samples = min(next(iter(d.values())).shape[0] for d in data)
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]

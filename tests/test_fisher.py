@@ -20,8 +20,9 @@ def mlp_vjp(m, x, v):
     return g0, g1, h1 @ w["w2"].T + w["b2"]
 
 
-def test_reverse_graph_matches_the_vjp_oracle():
-    m = graphs.mlp(3)
+@pytest.mark.parametrize("sizes", [(12, 16, 10, 3), (12, 90, 70, 3)])  # the second: weights past WEIGHT_INPUT_MIN
+def test_reverse_graph_matches_the_vjp_oracle(sizes):
+    m = graphs.mlp(3, sizes=sizes)
     ir = build_ir(m, "t", "t.onnx", 17)
     rev, grads, seeded = gradient_model(ir, ir.hidden, batch=5)
     sess = ort.InferenceSession(rev.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -29,13 +30,30 @@ def test_reverse_graph_matches_the_vjp_oracle():
     x = rng.normal(size=(5, 12)).astype(np.float32)
     v = rng.normal(size=(5, 3)).astype(np.float32)
     feeds = {"x": x, f"adj_{seeded[0]}": v[..., None]}
-    feeds.update({i.name: np.zeros((5, 16 if "fc0" in i.name else 10), np.float32)
+    feeds.update({i.name: np.zeros((5, sizes[1] if "fc0" in i.name else sizes[2]), np.float32)
                   for i in sess.get_inputs() if i.name.startswith("onnxzip.delta/")})
     got = sess.run([grads[i] for i in ir.hidden] + [seeded[0]], feeds)
     g0, g1, y = mlp_vjp(m, x.astype(np.float64), v.astype(np.float64))
     np.testing.assert_allclose(got[2], y, atol=1e-4)
     np.testing.assert_allclose(got[0][..., 0], g0, atol=1e-4)
     np.testing.assert_allclose(got[1][..., 0], g1, atol=1e-4)
+
+
+def test_transposes_of_unit_axes_become_reshapes_and_others_stay():
+    from onnx import TensorProto, helper
+    from onnxzip.fisher import _unit_transposes_as_reshapes
+    nodes = [helper.make_node("Transpose", ["x"], ["a"], perm=[2, 0, 1]),  # (2, 3, 1) -> (1, 2, 3): a reshape
+             helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1])]  # (1, 2, 3) -> (1, 3, 2): moves data
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 1])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "ab"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert _unit_transposes_as_reshapes(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Transpose"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_sampled_label_seed_is_the_cross_entropy_gradient():
@@ -159,3 +177,15 @@ def test_loss_statistics_fall_back_only_where_onnx_ad_lacks_a_rule(monkeypatch, 
     monkeypatch.setattr(fisher, "neuron_fisher", bug)
     with pytest.raises(KeyError):
         fisher.loss_statistics(irs, data, None, "cpu")
+
+
+def test_known_outputs_seed_the_reverse_pass_as_a_forward_run_would():
+    from onnxzip.runtime import run, session
+    model = graphs.cnn(4)
+    ir = build_ir(model, "t", "t.onnx", 17)
+    x = {"x": graphs.data(5, (3, 8, 8), n=21)}
+    outputs = run(session(model), x)
+    ran = neuron_fisher(ir, x, ir.hidden, batch=8)
+    seeded = neuron_fisher(ir, x, ir.hidden, batch=8, outputs=outputs)
+    for i in ir.hidden:
+        np.testing.assert_allclose(seeded[i], ran[i], rtol=1e-4)

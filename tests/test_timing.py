@@ -1,4 +1,4 @@
-"""Phase seconds: collected only inside record(), nested phases counted in both."""
+"""Phase seconds: collected only inside record(), each second in one phase (nested ones apart)."""
 import time
 
 from onnxzip import timing
@@ -9,13 +9,13 @@ def test_phases_add_wall_time_inside_record_only():
         pass
     with timing.record() as phases:
         with timing.phase("outer"):
+            time.sleep(0.03)
             with timing.phase("inner"):
                 time.sleep(0.05)
         with timing.phase("inner"):
             time.sleep(0.02)
     assert set(phases) == {"outer", "inner"}
-    assert phases["inner"] >= 0.07 and phases["outer"] >= 0.05
-    assert phases["outer"] < phases["inner"]  # the second inner block is outside outer
+    assert phases["inner"] >= 0.07 and 0.03 <= phases["outer"] < 0.05  # outer's own time only
 
 
 def test_a_zip_reports_its_phases_and_peak_memory():
@@ -25,6 +25,5 @@ def test_a_zip_reports_its_phases_and_peak_memory():
                         share=0.5, quiet=True)
     phases = result.report["phases"]
     assert {"load", "originals", "statistics", "matching", "merge", "emit", "verify", "layer check"} <= set(phases)
-    top = sum(phases[k] for k in ("load", "originals", "emit", "verify", "layer check"))
-    assert top <= result.report["seconds"] * 1.01 + 0.01
+    assert sum(phases.values()) <= result.report["seconds"] * 1.01 + 0.01
     assert result.report["peak_rss_mb"] > 10

@@ -196,18 +196,21 @@ def scale(args: argparse.Namespace) -> None:
                      f"{got['seconds'] / floor['seconds']:.1f}x | {got['peak_rss_mb']:.0f} | "
                      f"{got['peak_rss_mb'] / mb:.1f}x | {got['kept']:.1%} | "
                      f"{got['rel_err'][0]:.4f} / {got['rel_err'][1]:.4f} | {largest} | {got['rows_read']:.2f} |")
-    lines += ["", "Seconds per phase (originals, fisher, verify and layer check include their own model runs; "
-              "forward is the zip's stage runs; spool I/O and building stage models are not a phase):", "",
-              "| pair | " + " | ".join(PHASES) + " |", "|---|" + "---:|" * len(PHASES)]
+    lines += ["", "Seconds per phase, each second in one phase (originals, fisher, verify and layer check include "
+              "their own model runs; forward is the zip's stage runs, their building and spooling; other is "
+              "what no phase covers):", "",
+              "| pair | " + " | ".join(PHASES) + " | other |", "|---|" + "---:|" * (len(PHASES) + 1)]
     for name, _, _, got in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{got['phases'].get(p, 0.0):.1f}" for p in PHASES) + " |")
+        other = got["seconds"] - sum(got["phases"].values())
+        lines.append(f"| {name} | " + " | ".join(f"{got['phases'].get(p, 0.0):.1f}" for p in PHASES) +
+                     f" | {other:.1f} |")
     body = "\n".join(lines) + "\n"
     print(body)
     if args.update:
         update_section("bench_scale", "Scale: ImageNet-size pairs (issue 9)", body)
 
 
-PHASES = ("load", "originals", "fisher", "forward", "statistics", "matching", "merge", "recovery", "emit",
+PHASES = ("load", "originals", "fisher", "forward", "statistics", "costs", "matching", "merge", "recovery", "emit",
           "verify", "layer check")
 
 
