@@ -189,6 +189,13 @@ def is_exact(layer: Layer, method: str) -> bool:
     return method in ("auto", "channel") and (layer.kind == "dense" or layer.kernel == 1)
 
 
+def is_offset(layer: Layer, method: str) -> bool:
+    """Whether ``method`` takes the per-channel statistic of a conv with more than one kernel
+    offset: a Hessian with the structure :mod:`onnxzip.offsets` works in."""
+    return layer.kind == "conv" and layer.kernel > 1 and (
+        method == "channel" or (method == "auto" and not _auto_exact(layer)))
+
+
 def _auto_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
     return exact_rows(layer, x) if _auto_exact(layer) else channel_rows(layer, x)
 
@@ -239,11 +246,13 @@ def _subset(rng: np.random.Generator, fraction: float, m: int) -> np.ndarray | s
 
 
 def layer_hessian(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: str, batch: int = 256,
-                  sample_weights: np.ndarray | None = None, fraction: float = 1.0) -> np.ndarray:
+                  sample_weights: np.ndarray | None = None, fraction: float = 1.0, expand: bool = True) -> np.ndarray:
     """The full Hessian of ``layer`` from its input ``x`` (N, ...) or its batches, streamed.
 
     ``sample_weights`` (N,), dense layers only: a weighted mean over the samples (see
     :func:`normalized_weights`). ``fraction``: of the rows, a seeded random subset (:func:`row_fraction`).
+    ``expand=False``: the mean of the estimator's rows as it is (a per-channel conv statistic stays
+    (C + 1)^2; see :func:`is_offset`).
 
     Returns:
         (fan_in + 1, fan_in + 1) float64, bias last.
@@ -262,7 +271,7 @@ def layer_hessian(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: st
         acc.add(rows[keep], None if w is None else w[keep])
     if acc is None:
         raise NumericalError("no calibration samples reached a layer")
-    return est.finish(layer, acc.mean())
+    return est.finish(layer, acc.mean()) if expand else acc.mean()
 
 
 def _row_weights(layer: Layer, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -318,11 +327,11 @@ def depthwise_hessians(layer: Layer, x: np.ndarray | Iterable[np.ndarray], metho
 
 def cross_moments(layer: Layer, x: np.ndarray | Iterable[np.ndarray], x_ref: np.ndarray | Iterable[np.ndarray],
                   method: str, batch: int = 256, sample_weights: np.ndarray | None = None,
-                  fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                  fraction: float = 1.0, expand: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The Hessian of ``x`` and the cross moment ``G = mean([x 1][x_ref 1]')`` with the same estimator.
 
     ``x`` is the layer input in the zipped network, ``x_ref`` in the original one, sample by sample;
-    ``sample_weights`` (N,) and ``fraction`` as in :func:`layer_hessian` (the same rows of both).
+    ``sample_weights`` (N,), ``fraction`` and ``expand`` as in :func:`layer_hessian` (the same rows of both).
     For a neuron ``a`` of the original network, ``H^-1 G a`` is the least-squares refit that makes the
     zipped input reproduce the original pre-activation (``a' x`` ~ ``a' x_ref``).
 
@@ -364,4 +373,4 @@ def cross_moments(layer: Layer, x: np.ndarray | Iterable[np.ndarray], x_ref: np.
     h, g = h / count, g / count
     if not (np.isfinite(h).all() and np.isfinite(g).all()):
         raise NumericalError("layer-input statistics hold NaN or Inf: the model overflows on the calibration data")
-    return est.finish(layer, h), est.finish(layer, g)
+    return (est.finish(layer, h), est.finish(layer, g)) if expand else (h, g)

@@ -25,7 +25,8 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy.linalg import cho_solve
 
-from .errors import UsageError
+from . import offsets
+from .errors import InternalError, UsageError
 from .fisher import loss_statistics
 from .ir import Layer, ModelIR
 from .lowrank import basis, wide_blocks, woodbury_refit
@@ -36,8 +37,8 @@ from .spaces import ALIGNED, PRIVATE
 from .spool import Batches, Spool
 from .stages import StagedNetwork
 from .timing import phase
-from .stats import (cross_moments, depthwise_hessians, exact_rows, is_exact, layer_hessian, normalized_weights,
-                    row_fraction)
+from .stats import (cross_moments, depthwise_hessians, exact_rows, is_exact, is_offset, layer_hessian,
+                    normalized_weights, row_fraction)
 
 log = logging.getLogger(__name__)
 #: a dense layer with more inputs than this, seen on fewer samples than it has inputs, keeps its
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 LOWRANK_MIN = 4096
 #: (d + 1)^2 float64 matrices a dense statistic needs at once per task (H, G, damped, reordered, blocks)
 HESSIAN_COPIES = 6
+#: per-channel conv statistics are worked in the offset basis (:mod:`onnxzip.offsets`); False: as
+#: dense (C K + 1)^2 matrices (the same numbers, O((C K)^3) work: the oracle in tests)
+OFFSET_BASIS = True
 
 
 def available_memory() -> int:
@@ -71,6 +75,46 @@ class WideRows:
     def damping(self, rel: float) -> float:
         """``rel`` times the mean diagonal of H (as :func:`onnxzip.merge.damping_of`)."""
         return relative_damping(float(np.square(self.rows).sum()) / self.rows.size, rel)
+
+
+@dataclass
+class Part:
+    """``count`` components of a per-channel conv's problem in the offset basis that share one
+    matrix per task: rows (count, n, d) and damped Hessians (d, d), zipped column order."""
+
+    count: int
+    ns: int
+    mats: list[np.ndarray] = field(default_factory=list)
+    hs: list[np.ndarray] = field(default_factory=list)
+    lam: list[float] = field(default_factory=list)  # per task, the damping in ``hs``
+
+
+@dataclass
+class OffsetProblem:
+    """A per-channel conv's problem (:mod:`onnxzip.offsets`): component 0 with the bias, columns
+    ``[shared channels, bias | private channels]``, and components 1 .. K-1, ``[shared | private]``."""
+
+    kernel: int
+    cs: int  # shared channels
+    parts: list[Part]
+
+    def to_zipped(self, z0: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        """Component rows (n, C + 1) and (K - 1, n, C) back to weight rows (n, C K + 1) in zipped
+        column order (``[shared channels x offsets, bias | private channels x offsets]``)."""
+        cs, k = self.cs, self.kernel
+        w = offsets.join(np.concatenate([z0[:, :cs], z0[:, cs + 1:], z0[:, cs:cs + 1]], axis=1), rest, k)
+        return np.concatenate([w[:, :cs * k], w[:, -1:], w[:, cs * k:-1]], axis=1)
+
+
+def channel_order(order: np.ndarray, ns: int, kernel: int) -> tuple[np.ndarray, np.ndarray]:
+    """A conv's zipped column order (shared columns, bias, private columns) -> its shared and
+    private channels, each channel's ``kernel`` offsets being consecutive columns."""
+    shared, private = order[:ns - 1], order[ns:]
+    sc, pc = shared[::kernel] // kernel, private[::kernel] // kernel
+    if not (np.array_equal(expand_channels(sc, kernel), shared) and np.array_equal(expand_channels(pc, kernel), private)
+            and order[ns - 1] == order.size - 1):
+        raise InternalError("a conv's zipped columns do not keep each channel's kernel offsets together")
+    return sc, pc
 
 
 def group_name(ir: ModelIR, members: list[int]) -> str:
@@ -220,6 +264,7 @@ class Zipper:
                     self._hessians[key] = (WideRows(input_rows(live, name, weights),
                                                     None if unchanged else input_rows(ref, name, weights)), None)
                 return self._hessians[key]
+            expand = not self.offset(li)
             if not self.fits(li):
                 gb = (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) / 1e9
                 raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
@@ -230,10 +275,11 @@ class Zipper:
             with phase("statistics"):
                 if unchanged:
                     self._hessians[key] = (layer_hessian(layer, live.column(name), self.estimator,
-                                                         sample_weights=weights, fraction=fraction), None)
+                                                         sample_weights=weights, fraction=fraction, expand=expand),
+                                           None)
                 else:
                     self._hessians[key] = cross_moments(layer, live.column(name), ref.column(name), self.estimator,
-                                                        sample_weights=weights, fraction=fraction)
+                                                        sample_weights=weights, fraction=fraction, expand=expand)
         return self._hessians[key]
 
     def wide(self, li: int) -> bool:
@@ -242,10 +288,14 @@ class Zipper:
         return self.estimator != "identity" and self.samples is not None and \
             is_wide(self.irs[0].layers[li], self.samples)
 
+    def offset(self, li: int) -> bool:
+        """Whether layer ``li``'s problem is worked in the offset basis (:mod:`onnxzip.offsets`)."""
+        return OFFSET_BASIS and is_offset(self.irs[0].layers[li], self.estimator)
+
     def fits(self, li: int) -> bool:
         """Whether layer ``li``'s statistics fit this machine's memory (half of it)."""
         layer = self.irs[0].layers[li]
-        return self.wide(li) or self.estimator == "identity" or \
+        return self.wide(li) or self.offset(li) or self.estimator == "identity" or \
             (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) <= available_memory() // 2
 
     def same_input(self, li: int, task: int, live: Batches) -> bool:
@@ -304,18 +354,22 @@ class Zipper:
         """Per task, the Schur blocks (:func:`onnxzip.merge.task_blocks`) of layer ``li``'s problem:
         factorized once for choosing the matching and merging."""
         if li not in self._blocks:
-            _, hs, _, ns = self.problem(li, live)
+            mats, hs, _, ns = self.problem(li, live)
             with phase("costs"):
-                self._blocks[li] = self._task_blocks(hs, ns)
+                self._blocks[li] = self._task_blocks(mats if isinstance(mats, OffsetProblem) else hs, ns)
         return self._blocks[li]
 
-    def _task_blocks(self, hs: list, ns: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _task_blocks(self, hs: list, ns: int) -> list:
+        if isinstance(hs, OffsetProblem):  # per part, per task
+            return [[task_blocks(h, part.ns, self.compensate) for h in part.hs] for part in hs.parts]
         if isinstance(hs[0], WideRows):
             shared = basis(*[h.rows[:, :ns] for h in hs])
             return [wide_blocks(h.rows, h.lam, ns, shared, self.compensate) for h in hs]
         return [task_blocks(h, ns, self.compensate) for h in hs]
 
     def _build_problem(self, li: int, live: list[Batches]) -> tuple[list, list, list, int]:
+        if self.offset(li):
+            return self._build_offsets(li, live)
         mats, hs, cols, ns = [], [], [], 0
         for t, ir in enumerate(self.irs):
             order, ns = self.column_order(li, t)
@@ -342,6 +396,66 @@ class Zipper:
             cols.append(order)
         return mats, hs, cols, ns
 
+    def _build_offsets(self, li: int, live: list[Batches]) -> tuple[OffsetProblem, None, list, int]:
+        """:meth:`problem` of a per-channel conv, in the offset basis: (OffsetProblem, None, the
+        zipped column orders, ns). Recovery refits each component with its own blocks."""
+        layer = self.irs[0].layers[li]
+        k, c = layer.kernel, layer.fan_in // layer.kernel
+        cols, ns, problem = [], 0, None
+        for t, ir in enumerate(self.irs):
+            order, ns = self.column_order(li, t)
+            shared, private = channel_order(order, ns, k)
+            if problem is None:
+                problem = OffsetProblem(k, shared.size, [Part(1, shared.size + 1), Part(k - 1, shared.size)])
+            hc, gc = self.statistics(li, t, live[t])
+            h0, b = offsets.blocks(hc, k)
+            lam = relative_damping(offsets.trace(h0, b, k) / (layer.fan_in + 1), self.damping)
+            h0, b = h0 + lam * np.eye(c + 1), b + lam * np.eye(c)
+            w0, rest = offsets.split(as_matrix(*ir.weights(ir.layers[li])), k)
+            if gc is not None:  # recovery: target the original pre-activations
+                g0, gb = offsets.blocks(gc, k)
+                with phase("recovery"):
+                    w0 = refit(w0, h0, g0, lam)
+                    rest = refit(rest.reshape(-1, c), b, gb, lam).reshape(rest.shape)
+                self._hessians[(li, t)] = (hc, None)
+            for part, o, m, h in ((problem.parts[0], np.r_[shared, c, private], w0[None], h0),
+                                  (problem.parts[1], np.r_[shared, private], rest, b)):
+                part.mats.append(m[:, :, o])
+                part.hs.append(h[np.ix_(o, o)])
+                part.lam.append(lam)
+            cols.append(order)
+        return problem, None, cols, ns
+
+    def _merge_offsets(self, li: int, rows: list[np.ndarray], k: int, live: list[Batches]
+                       ) -> tuple[list[np.ndarray], np.ndarray, list[float] | None]:
+        """:meth:`_merge_dense` for a per-channel conv, part by part in the offset basis: per task
+        the weights in zipped order, the cost per slot and the predicted errors."""
+        problem = self.problem(li, live)[0]
+        f = self.loss_weights(li)
+        costs, predicted = np.zeros(k), np.zeros(len(self.irs))
+        zipped = []
+        for part, blocks in zip(problem.parts, self.blocks(li, live)):
+            n = part.count
+            if k:
+                with phase("merge"):
+                    w, privs, cost = merge_rows([m[:, r[:k]].reshape(n * k, -1) for m, r in zip(part.mats, rows)],
+                                                part.hs, part.ns, self.compensate,
+                                                None if f is None else [np.tile(x[r[:k]], n) for x, r in zip(f, rows)],
+                                                blocks)
+                costs += cost.reshape(n, k).sum(axis=0)
+            zs = []
+            for t, (m, r) in enumerate(zip(part.mats, rows)):
+                z = m[:, r]
+                if k:
+                    z[:, :k, :part.ns] = w.reshape(n, k, -1)
+                    z[:, :k, part.ns:] = privs[t].reshape(n, k, -1)
+                    d = (z[:, :k] - m[:, r[:k]]).reshape(n * k, -1)  # d' H d = d' (H + lam I) d - lam d'd
+                    predicted[t] += float(((d @ part.hs[t]) * d).sum() - part.lam[t] * np.square(d).sum())
+                zs.append(z)
+            zipped.append(zs)
+        weights = [problem.to_zipped(z0[0], rest) for z0, rest in zip(*zipped)]
+        return weights, costs, (list(predicted) if k else None)
+
     # ------------------------------------------------------------------ one layer
     def zip_layer(self, li: int, live: list[Batches]) -> LayerZip:
         if li in self.irs[0].spaces.followers:
@@ -350,6 +464,26 @@ class Zipper:
         if g not in self.rows:
             self.decide(g, live)
         k, rows = self.k[g], self.rows[g]
+        if (k or self.needs_refit(li, live)) and self.offset(li):
+            _, _, cols, ns = self.problem(li, live)
+            weights, costs, predicted = self._merge_offsets(li, rows, k, live)
+        else:
+            weights, costs, predicted, cols, ns = self._merge_dense(li, rows, k, live)
+        layer = self.irs[0].layers[li]
+        weighted = li in self.irs[0].spaces.normalized and layer.kind == "dense"  # see sample_weights
+        fraction = self.fractions.get(li, 1.0)
+        checkable = (k > 0 and is_exact(layer, self.estimator) and not weighted and fraction == 1.0
+                     and all(self.inputs_unchanged(li, live)))
+        self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
+        self._problems.pop(li, None)
+        self._blocks.pop(li, None)
+        return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
+                        rows_read=fraction)
+
+    def _merge_dense(self, li: int, rows: list[np.ndarray], k: int, live: list[Batches]
+                     ) -> tuple[list[np.ndarray], np.ndarray, list[float] | None, list[np.ndarray], int]:
+        """Merge layer ``li``'s first ``k`` slots: per task the weights in zipped order, the cost per
+        slot, the predicted errors (:meth:`predicted_errors`), the column orders and ns."""
         if k or self.needs_refit(li, live):
             mats, hs, cols, ns = self.problem(li, live)
             f = self.loss_weights(li)
@@ -370,16 +504,7 @@ class Zipper:
                 z[:k, ns:] = privs[t]
             weights.append(z)
         predicted = self.predicted_errors(li, weights, mats, rows, cols, k) if k else None
-        layer = self.irs[0].layers[li]
-        weighted = li in self.irs[0].spaces.normalized and layer.kind == "dense"  # see sample_weights
-        fraction = self.fractions.get(li, 1.0)
-        checkable = (k > 0 and is_exact(layer, self.estimator) and not weighted and fraction == 1.0
-                     and all(self.inputs_unchanged(li, live)))
-        self._hessians = {key: h for key, h in self._hessians.items() if key[0] != li}
-        self._problems.pop(li, None)
-        self._blocks.pop(li, None)
-        return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
-                        rows_read=fraction)
+        return weights, costs, predicted, cols, ns
 
     def predicted_errors(self, li: int, weights: list[np.ndarray], mats: list[np.ndarray], rows: list[np.ndarray],
                          cols: list[np.ndarray], k: int) -> list[float]:
@@ -421,6 +546,11 @@ class Zipper:
                 continue
             mats, _, _, ns = self.problem(li, live)
             blocks = self.blocks(li, live)
+            if isinstance(mats, OffsetProblem):  # each component a member: the costs add up
+                members.extend(([m[j][:, :part.ns] for m in part.mats], [s for s, _ in part_blocks],
+                                self.loss_weights(li))
+                               for part, part_blocks in zip(mats.parts, blocks) for j in range(part.count))
+                continue
             members.append(([m[:, :ns] for m in mats], [s for s, _ in blocks], self.loss_weights(li)))
         orders = [list(range(n_tasks))]
         if n_tasks > 2 and self.task_order == "auto":
@@ -500,6 +630,8 @@ class Zipper:
         with ``live`` (recovery), refit to reproduce the original pre-activations."""
         if live is not None and self.needs_refit(li, live):
             mats, _, cols, ns = self.problem(li, live)
+            if isinstance(mats, OffsetProblem):
+                mats = [mats.to_zipped(z0[0], rest) for z0, rest in zip(mats.parts[0].mats, mats.parts[1].mats)]
             rows = [np.arange(m.shape[0]) for m in mats]
             return LayerZip(li, 0, ns, rows, cols, mats, np.zeros(0))
         rows, cols, weights, ns = [], [], [], 0

@@ -136,3 +136,31 @@ def ancestors(model, output):
         found.append(n)
         todo.extend(n.input)
     return found
+
+
+@pytest.mark.parametrize("make,shape", [(graphs.cnn, (3, 8, 8)), (graphs.resnet, (3, 8, 8)),
+                                        (graphs.inception, (3, 8, 8))])
+@pytest.mark.parametrize("compensate", [True, False])
+def test_offset_basis_zips_as_the_dense_per_channel_statistic_does(monkeypatch, make, shape, compensate):
+    """Per-channel conv statistics worked block by block in the offset basis give the merge the dense
+    (C K + 1)^2 form gives (the oracle), weights, costs and predictions alike."""
+    from onnxzip import zipper
+    from onnxzip.api import load_tasks
+    from onnxzip.align import align
+    _, irs, data = load_tasks([make(1), make(2)], ["a", "b"], [{"x": graphs.data(s, shape, n=48)} for s in (3, 4)])
+    irs = align(irs)
+
+    def plan(offset: bool):
+        monkeypatch.setattr(zipper, "OFFSET_BASIS", offset)
+        return zipper.zip_tasks(irs, data, 0.5, hessian="channel", compensate=compensate, loss_aware=compensate)
+
+    got, want = plan(True), plan(False)
+    assert any(irs[0].layers[i].kernel > 1 for i in got.hidden)
+    for li, z in want.layers.items():
+        g = got.layers[li]
+        assert [r.tolist() for r in g.rows] == [r.tolist() for r in z.rows], irs[0].layers[li].name
+        for a, b in zip(g.weights, z.weights):
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * np.abs(b).max())
+        np.testing.assert_allclose(g.costs, z.costs, rtol=1e-7, atol=1e-12)
+        if z.predicted is not None:
+            np.testing.assert_allclose(g.predicted, z.predicted, rtol=1e-6, atol=1e-12)
