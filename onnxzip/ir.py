@@ -186,7 +186,17 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
 def activation_bytes(ir: ModelIR) -> int:
     """Bytes of every float tensor of one sample's forward pass (shape inference at batch 1; cached
     per IR)."""
-    cached = getattr(ir, "_activation_bytes", None)
+    return _tensor_bytes(ir)[0]
+
+
+def largest_tensor_bytes(ir: ModelIR) -> int:
+    """Bytes of the largest float tensor of one sample's forward pass."""
+    return _tensor_bytes(ir)[1]
+
+
+def _tensor_bytes(ir: ModelIR) -> tuple[int, int]:
+    """(total, largest) bytes of the float tensors of one sample, cached on the IR."""
+    cached = getattr(ir, "_tensor_bytes", None)
     if cached is not None:
         return cached
     model = ir.to_onnx()
@@ -194,13 +204,13 @@ def activation_bytes(ir: ModelIR) -> int:
         if inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = 1
     model = infer_shapes(model)
-    total = 0
+    sizes = [0]
     for vi in list(model.graph.value_info) + list(model.graph.input):
         dims = vi.type.tensor_type.shape.dim
         if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and dims and all(d.HasField("dim_value") for d in dims):
-            total += 4 * int(np.prod([d.dim_value for d in dims]))
-    ir._activation_bytes = total
-    return total
+            sizes.append(4 * int(np.prod([d.dim_value for d in dims])))
+    ir._tensor_bytes = (sum(sizes), max(sizes))
+    return ir._tensor_bytes
 
 
 def batch_within(ir: ModelIR, batch: int, budget: int) -> int:

@@ -127,22 +127,27 @@ def split_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarr
 
 @MATCHERS.register("optimal")
 def match_optimal(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The exact minimum-total-cost set of ``k`` one-to-one pairs (padded assignment)."""
+    """The exact minimum-total-cost set of ``k`` one-to-one pairs.
+
+    The smaller side's every neuron is assigned, to a neuron of the other side or to one of
+    ``min(na, nb) - k`` dummies whose cost is so negative that every dummy is taken: exactly ``k``
+    real pairs remain, at the least total cost (a rectangular assignment, about 1.4x faster than
+    padding both sides to a square)."""
     na, nb = c.shape
     if k == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    if k == min(na, nb):
-        ia, ib = linear_sum_assignment(c)
+    if na > nb:
+        ib, ia = match_optimal(c.T, k)
         return ia, ib
-    # Dummy rows/cols absorb the unmatched: exactly k real-real pairs remain.
-    # (a large finite cost, not inf, forbids dummy-dummy pairs: scipy's solver is ~30% faster so)
-    big = np.full((na + nb - k, nb + na - k), 1.0 + 2.0 * float(np.abs(c).max()) * min(na, nb))
-    big[:na, :nb] = c
-    big[:na, nb:] = 0.0
-    big[na:, :nb] = 0.0
-    rows, cols = linear_sum_assignment(big)
-    keep = (rows < na) & (cols < nb)
-    assert keep.sum() == k, "the padded assignment must leave exactly k real pairs"
+    if k == na:
+        return linear_sum_assignment(c)
+    big = 1.0 + 2.0 * float(np.abs(c).max()) * na  # (more than any set of real pairs can differ by)
+    padded = np.empty((na, nb + na - k))
+    padded[:, :nb] = c
+    padded[:, nb:] = -big
+    rows, cols = linear_sum_assignment(padded)
+    keep = cols < nb
+    assert keep.sum() == k, "the assignment must leave exactly k real pairs"
     return rows[keep], cols[keep]
 
 

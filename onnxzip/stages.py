@@ -15,9 +15,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import runtime
-from .ir import ModelIR
+from .ir import ModelIR, largest_tensor_bytes
 from .spool import Batches
 from .timing import phase
+
+#: a stage batch holds at most this many bytes of the network's largest tensor (its memory: the
+#: batch's inputs, outputs and ONNX Runtime's buffers are a few times that)
+STAGE_BYTES = 64 << 20
 
 
 class StagedNetwork:
@@ -26,7 +30,9 @@ class StagedNetwork:
     def __init__(self, ir: ModelIR, cuts: list[int], device: str = "cpu", batch: int = 64) -> None:
         self.ir, self.device = ir, device
         fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
-        self.batch = fixed[0] if fixed else batch  # a model that fixes its batch size runs at that size
+        # a model that fixes its batch size runs at that size; others in batches of at most ``batch``
+        # samples and STAGE_BYTES of the network's largest tensor
+        self.batch = fixed[0] if fixed else max(1, min(batch, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
         nodes = list(ir.graph.nodes)
         where = {n.name: i for i, n in enumerate(nodes)}
         self.bounds = [0] + [where[ir.layers[c].name] for c in cuts] + [len(nodes)]
