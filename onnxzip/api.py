@@ -203,6 +203,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
     shared_inputs = not opts.separate_inputs and _same_inputs(irs)
     with timing.phase("originals"):
         references = reference_outputs(protos, irs, arrays, opts)  # once, however many zips a budget takes
+    del protos  # (the normalized graphs hold the weights from here on)
 
     def zip_once(share, fisher=None, loss_aware: bool = opts.loss_aware) -> ZipResult:
         plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching,
@@ -220,9 +221,9 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
                 onnx.checker.check_model(model, full_check=True)
         result = ZipResult(model, {}, names, plan)
         with timing.phase("verify"):
-            result.report = verify(result, protos, irs, arrays, opts, references=references)
+            result.report = verify(result, irs, arrays, opts, references)
         with timing.phase("layer check"):
-            errors = measure_layers(result, irs, arrays, opts, shared_inputs)
+            errors = measure_layers(plan, irs, names)
         for row, err in zip(result.report["layers"], errors):
             row["error"] = err
         return result
@@ -238,8 +239,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
             result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
                                           quiet=opts.quiet)
         before = result.report
-        result.report = verify(result, protos, irs, arrays, opts, check=False,  # fine-tuned: fidelity only
-                               references=references)
+        result.report = verify(result, irs, arrays, opts, references, check=False)  # fine-tuned: fidelity only
         result.report.update(equivalence_max_abs_diff=before["equivalence_max_abs_diff"],
                              equivalence=before["equivalence"],
                              finetune={"steps": opts.finetune, "seconds": round(time.perf_counter() - tuned, 3),

@@ -397,15 +397,9 @@ def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part) -> np.ndarr
     return c
 
 
-#: probe outputs: ``<task>/PROBE/<layer>`` is a layer's pre-activation in the task's channel order
-PROBE = "onnxzip.pre"
-
-
-def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool,
-               probes: list[int] = ()) -> onnx.ModelProto:
+def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool) -> onnx.ModelProto:
     """Build the zipped model: one graph, every task's outputs as ``<task>/<output>`` (non-tensor
-    outputs, such as skl2onnx's ZipMap, keep their declared types). ``probes``: layers whose
-    pre-activations become extra float outputs ``<task>/onnxzip.pre/<layer>`` (for checks only)."""
+    outputs, such as skl2onnx's ZipMap, keep their declared types)."""
     b = GraphBuilder()
     inputs, outputs = [], []
     for t, (ir, name) in enumerate(zip(irs, names)):
@@ -424,11 +418,6 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
                 outputs.append(helper.make_value_info(want, kind))
             else:
                 outputs.append(_value_info(want, out, shape=False))
-        for li in probes:
-            want = f"{name}/{PROBE}/{ir.layers[li].name}"
-            b.nodes.append(helper.make_node("Identity", [em.named(ir.layers[li].output)], [want],
-                                            name=b.unique(want + ".id")))
-            outputs.append(helper.make_tensor_value_info(want, onnx.TensorProto.FLOAT, None))
     graph = helper.make_graph(b.nodes, "onnxzip", inputs, outputs, list(b.initializers.values()))
     opsets = [helper.make_opsetid("", irs[0].opset)] + [helper.make_opsetid(d, v) for d, v in
                                                           sorted(irs[0].extra_opsets.items())]

@@ -130,6 +130,40 @@ class StagedNetwork:
                            {k: raw[k] for k in self.live[j + 1] if k not in made})
         return out
 
+    def run_pair(self, j: int, original: Batches, live: Batches | None,
+                 weights: dict[int, tuple[np.ndarray, np.ndarray]], constants: dict[str, np.ndarray] | None,
+                 probe: str | None = None, neurons: int = 1) -> tuple[Batches, Batches, tuple[float, float] | None]:
+        """Stage ``j`` of the original network (over ``original``) and of the zipped one (over
+        ``live`` with ``weights`` and ``constants``; None: the zipped stage is the original one,
+        whose run is reused) side by side, batch by batch.
+
+        Returns:
+            both networks' tensors after the stage, and for ``probe`` (a tensor made in the stage,
+            a layer's pre-activation with ``neurons`` channels): the mean over samples and
+            positions of the squared difference (zipped - original) summed over channels, and the
+            same of the original's squares (float64 sums of float32 products per batch).
+        """
+        made = self.produced(j)
+        asked = made + ([probe] if probe and probe not in made else [])
+        runs = [(original, self.stream(j, original, {}, None, asked), Batches(original.spool))]
+        if live is not None:
+            runs.append((live, self.stream(j, live, weights, constants, asked), Batches(live.spool)))
+        err = sig = 0.0
+        for i, gots in enumerate(zip(*(stream for _, stream, _ in runs))):
+            for (source, _, out), got in zip(runs, gots):
+                raw = source.raw(i)
+                with phase("forward"):
+                    out.append(source.sizes[i], {k: got[k] for k in made},
+                               {k: raw[k] for k in self.live[j + 1] if k not in made})
+            if probe:
+                o = np.asarray(gots[0][probe]).ravel()
+                d = np.asarray(gots[-1][probe]).ravel() - o  # (float32; exact where the two are close)
+                positions = max(1, o.size // max(original.sizes[i], 1) // neurons)
+                err += float(np.dot(d, d)) / positions
+                sig += float(np.dot(o, o)) / positions
+        measured = None if not probe else (err / max(original.samples, 1), sig / max(original.samples, 1))
+        return runs[0][2], runs[-1][2], measured
+
     def batchnorms(self, j: int, zipped: dict[str, object]) -> list:
         """The BatchNormalization nodes in stage ``j`` whose input carries zipped channels."""
         lo, hi = self.bounds[j], self.bounds[j + 1]

@@ -48,9 +48,8 @@ def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: l
     return out
 
 
-def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
-           data: list[dict[str, np.ndarray]], opts: ZipOptions, check: bool = True,
-           references: list[tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None) -> dict[str, Any]:
+def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarray]], opts: ZipOptions,
+           references: list[tuple[dict[str, Any], dict[str, np.ndarray]]], check: bool = True) -> dict[str, Any]:
     """Run the zipped model on every task's calibration data and build the report.
 
     The zipped model must reproduce the per-task zipped networks (the original graphs with the
@@ -58,7 +57,7 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     (:func:`check_equivalence`); with nothing shared it must reproduce the original models. A
     structural mismatch is a bug: :class:`EquivalenceError`. Each task's fidelity against its
     original is measured and judged (:func:`onnxzip.report.verdict`). ``references``: the
-    originals' outputs from :func:`reference_outputs`, when already computed.
+    originals' outputs (:func:`reference_outputs`).
     """
     got: dict[str, Any] = {}
     for group, zipped, feeds in task_sessions(result, result.model, data, opts.device):
@@ -69,7 +68,6 @@ def verify(result: ZipResult, protos: list[onnx.ModelProto], irs: list[ModelIR],
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
     tasks = []
-    references = references or reference_outputs(protos, irs, data, opts)
     for t, (ir, arrays, name, (original, normalized)) in enumerate(zip(irs, data, result.names, references)):
         row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
                                "max_abs_diff": None, "loss_increase": 0.0}

@@ -165,6 +165,9 @@ class ZipPlan:
     orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
     loss_aware: bool = False  # costs are in loss units
     constants: list[dict[str, np.ndarray]] = field(default_factory=list)  # per task: re-estimated BN statistics
+    #: hidden layer -> per task (error, signal): the zipped network's pre-activation against the
+    #: original's, measured in ONNX Runtime on the calibration data (:meth:`StagedNetwork.run_pair`)
+    measured: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def as_matrix(w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -689,8 +692,9 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         share: fraction of each group's neurons to share (float or one per group), or neuron counts
             per group (from :class:`onnxzip.budget.BudgetPlanner`).
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
-        recover: run the original networks alongside, stage by stage, and refit every layer's
-            targets (and the heads) by least squares to reproduce the original pre-activations.
+        recover: refit every layer's targets (and the heads) by least squares to reproduce the
+            original pre-activations. (The original networks run alongside, stage by stage, either
+            way: every hidden layer's zipped pre-activation is measured against the original's.)
         loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`);
             ``fisher`` gives them when already computed (:func:`loss_statistics`); ``outputs``, per
             task the original network's outputs on ``data`` when known, seed them.
@@ -707,9 +711,10 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if recover else hidden
     nets = [StagedNetwork(ir, cuts, device, batch) for ir in irs]
+    measured: dict[int, list[tuple[float, float]]] = {}
     with Spool() as spool:
         live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
-        reference = list(live) if recover else None
+        reference = list(live)  # the original networks, run alongside (recovery, and the merge check)
         eff: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in irs]
         constants: list[dict[str, np.ndarray]] = [{} for _ in irs]  # re-estimated BatchNorm statistics
         for j, li in enumerate(progress(cuts, "zipping layers")):
@@ -721,15 +726,17 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
             zipper.zips[li] = z
             for t, ir in enumerate(irs):
                 eff[t][li] = effective(z, t, ir.layers[li])
-            bns = nets[0].batchnorms(j + 1, irs[0].spaces.layout) if reference is not None else []
+            bns = nets[0].batchnorms(j + 1, irs[0].spaces.layout) if recover else []
             if bns:
                 restat_batchnorms(nets, irs, j + 1, bns, live, reference, eff, constants)
-            old = live + (reference or [])
-            if reference is not None:
-                reference = [net.run_stage(j + 1, ref, {}) for net, ref in zip(nets, reference)]
-            live = [reference[t] if reference is not None and lv is old[len(irs) + t] and not changes(ir, li, eff[t])
-                    else net.run_stage(j + 1, lv, eff[t], constants[t])
-                    for t, (net, ir, lv) in enumerate(zip(nets, irs, live))]
+            old = live + reference
+            pairs = [net.run_pair(j + 1, ref, None if lv is ref and not changes(ir, li, eff[t]) else lv, eff[t],
+                                  constants[t], ir.layers[li].output if li in hidden else None,
+                                  ir.layers[li].neurons)
+                     for t, (net, ir, lv, ref) in enumerate(zip(nets, irs, live, reference))]
+            reference, live = [r for r, _, _ in pairs], [lv for _, lv, _ in pairs]
+            if li in hidden:
+                measured[li] = [m for _, _, m in pairs]
             for b in {id(b): b for b in old}.values():  # each stage's input, once, now that both ran
                 b.drop()
             zipper.forget_inputs()
@@ -738,7 +745,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
     return ZipPlan(zipper.zips, hidden, outputs, zipper.groups, zipper.orders, loss_aware=fisher is not None,
-                   constants=constants)
+                   constants=constants, measured=measured)
 
 
 def changes(ir: ModelIR, li: int, eff: dict[int, tuple[np.ndarray, np.ndarray]]) -> bool:

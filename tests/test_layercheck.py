@@ -42,3 +42,10 @@ def test_a_wrong_layer_statistic_is_caught(monkeypatch):
     monkeypatch.setattr(stats, "patches", scaled)
     with pytest.raises(EquivalenceError, match="merge check: layer 'node_Conv_19'"):
         zip_models(CNN, CALIB, share=0.5, names=NAMES, quiet=True)
+
+
+def test_without_recovery_the_originals_still_run_alongside_for_the_check():
+    result = zip_models(CNN, CALIB, share=0.5, names=NAMES, recover=False, quiet=True)
+    first = result.report["layers"][0]["error"]
+    assert first["exact"]
+    np.testing.assert_allclose(first["measured"], first["predicted"], rtol=1e-5)
