@@ -12,6 +12,9 @@ from .errors import InputError, InternalError, UsageError
 
 log = logging.getLogger(__name__)
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+#: a model with more bytes of weights than this reaches ONNX Runtime through a temporary file, not
+#: as one serialized string beside the model and ONNX Runtime's own copy (past protobuf's 2 GB: always)
+FILE_BYTES = 256 << 20
 
 
 def onnxruntime():
@@ -40,7 +43,7 @@ def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = Fal
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        if not isinstance(model, str) and io.is_large(model):  # past protobuf's 2 GB: through a file
+        if not isinstance(model, str) and io.weight_bytes(model) > FILE_BYTES:
             with io.on_disk(model) as path:
                 sess = ort.InferenceSession(path, opts, providers=wanted)
         else:

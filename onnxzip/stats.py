@@ -360,7 +360,10 @@ def cross_moments(layer: Layer, x: np.ndarray | Iterable[np.ndarray], x_ref: np.
             with np.errstate(invalid="ignore", over="ignore"):
                 h[:-1, :-1] += rw.T @ ri
                 g[:-1, :-1] += rw.T @ qi
-                sr, sq = (ri * wi[:, None]).sum(axis=0), (qi * wi[:, None]).sum(axis=0)
+                if w is None:  # (column sums without a float64 copy of the chunk)
+                    sr, sq = ri.sum(axis=0, dtype=np.float64), qi.sum(axis=0, dtype=np.float64)
+                else:
+                    sr, sq = wi @ ri.astype(np.float64), wi @ qi.astype(np.float64)
             h[:-1, -1] += sr
             h[-1, :-1] += sr
             g[:-1, -1] += sr

@@ -25,7 +25,9 @@ def _external(model_path: Path, out: Path) -> Path:
 
 
 def test_large_model_paths_on_the_samples(tmp_path, monkeypatch):
+    from onnxzip import runtime
     monkeypatch.setattr(io, "LARGE_BYTES", 1000)
+    monkeypatch.setattr(runtime, "FILE_BYTES", 1000)
     models = [_external(SAMPLES / f"cnn_{t}.onnx", tmp_path / f"{t}.onnx") for t in ("digit", "parity")]
     data = [SAMPLES / "calib_digit.npz", SAMPLES / "calib_parity.npz"]
     before = [p.read_bytes() for p in tmp_path.iterdir()]
