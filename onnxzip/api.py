@@ -210,7 +210,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
                          hessian=opts.hessian, damping=opts.damping, compensate=opts.compensate,
                          task_order=opts.task_order, recover=opts.recover, loss_aware=loss_aware,
                          device=opts.device, batch=opts.batch_size, fisher=fisher,
-                         outputs=[original for original, _ in references],
+                         outputs=references,
                          progress=lambda it, desc: progress(it, desc, opts.quiet))
         with timing.phase("emit"):
             model = emit_model(irs, plan, names, shared_inputs)
@@ -229,7 +229,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
         return result
 
     if opts.target_params is not None or opts.max_loss_increase is not None:
-        result = zip_within_budget(irs, arrays, labels, opts, zip_once, [original for original, _ in references])
+        result = zip_within_budget(irs, arrays, labels, opts, zip_once, references)
     else:
         result = zip_once(opts.share)
     if opts.finetune:

@@ -24,32 +24,20 @@ NOISE_FACTOR = 20.0  # ... or this many times the model's own float noise under 
 MAX_TOLERANCE = 2e-3  # ... but never more than this, relative to the magnitude
 NORMALIZED_BOUND = 1e-3  # the normalized model against the original file: beyond this, a bug
 RUN_BYTES = 512 << 20  # whole-model runs take fewer samples per batch where activations would pass this
-NOISE_SAMPLES = 64  # the float noise is measured on this many calibration samples (the first ones)
 GROSS, SPREAD, ROUNDING_CAP = 10.0, 0.01, 1e-2  # rounding: under GROSS tolerances and ROUNDING_CAP of the
 #                                               magnitude, at most SPREAD of the elements; else a bug
 
 
 def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: list[dict[str, np.ndarray]],
-                      opts: ZipOptions) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """Per task, on its calibration data: the original file's outputs, and its normalized graph's
-    float outputs on the first ``NOISE_SAMPLES`` samples (for the float noise). They do not change
-    from one zip to the next."""
-    out = []
-    for proto, ir, arrays in zip(protos, irs, data):
-        batch = batch_within(ir, opts.batch_size, RUN_BYTES)
-        original = runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs, batch)
-        floats = [o for o in ir.tensor_outputs if np.asarray(original[o]).dtype.kind == "f"]
-        normalized = {}
-        if floats:
-            sess = runtime.session(ir.to_onnx(), opts.device, built=True)
-            normalized = runtime.run(sess, {k: v[:NOISE_SAMPLES] for k, v in arrays.items()}, floats,
-                                     batch)
-        out.append((original, normalized))
-    return out
+                      opts: ZipOptions) -> list[dict[str, Any]]:
+    """Per task, on its calibration data: the original file's outputs (the same for every zip)."""
+    return [runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs,
+                        batch_within(ir, opts.batch_size, RUN_BYTES))
+            for proto, ir, arrays in zip(protos, irs, data)]
 
 
 def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarray]], opts: ZipOptions,
-           references: list[tuple[dict[str, Any], dict[str, np.ndarray]]], check: bool = True) -> dict[str, Any]:
+           references: list[dict[str, Any]], check: bool = True) -> dict[str, Any]:
     """Run the zipped model on every task's calibration data and build the report.
 
     The zipped model must reproduce the per-task zipped networks (the original graphs with the
@@ -57,7 +45,8 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     (:func:`check_equivalence`); with nothing shared it must reproduce the original models. A
     structural mismatch is a bug: :class:`EquivalenceError`. Each task's fidelity against its
     original is measured and judged (:func:`onnxzip.report.verdict`). ``references``: the
-    originals' outputs (:func:`reference_outputs`).
+    original files' outputs (:func:`reference_outputs`); the float noise compares them with the
+    original networks' as the zipper ran them (normalized, stage by stage: ``plan.originals``).
     """
     got: dict[str, Any] = {}
     for group, zipped, feeds in task_sessions(result, result.model, data, opts.device):
@@ -68,7 +57,8 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
     tasks = []
-    for t, (ir, arrays, name, (original, normalized)) in enumerate(zip(irs, data, result.names, references)):
+    for t, (ir, arrays, name, original) in enumerate(zip(irs, data, result.names, references)):
+        normalized = result.plan.originals[t] if result.plan.originals else {}
         row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
                                "max_abs_diff": None, "loss_increase": 0.0}
         for o in ir.outputs:

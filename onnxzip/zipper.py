@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 LOWRANK_MIN = 4096
 #: (d + 1)^2 float64 matrices a dense statistic needs at once per task (H, G, damped, reordered, blocks)
 HESSIAN_COPIES = 6
+#: the original networks' outputs are kept for this many calibration samples (the first ones): the
+#: float noise of the normalized graph against the original file (:func:`onnxzip.verify.float_noise`)
+NOISE_SAMPLES = 64
 #: per-channel conv statistics are worked in the offset basis (:mod:`onnxzip.offsets`); False: as
 #: dense (C K + 1)^2 matrices (the same numbers, O((C K)^3) work: the oracle in tests)
 OFFSET_BASIS = True
@@ -165,6 +168,9 @@ class ZipPlan:
     orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
     loss_aware: bool = False  # costs are in loss units
     constants: list[dict[str, np.ndarray]] = field(default_factory=list)  # per task: re-estimated BN statistics
+    #: per task, the original (normalized) network's float outputs on the first ``NOISE_SAMPLES``
+    #: calibration samples as run stage by stage (against the original file: the float noise)
+    originals: list[dict[str, np.ndarray]] = field(default_factory=list)
     #: hidden layer -> per task (error, signal): the zipped network's pre-activation against the
     #: original's, measured in ONNX Runtime on the calibration data (:meth:`StagedNetwork.run_pair`)
     measured: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
@@ -741,11 +747,14 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
                 b.drop()
             zipper.forget_inputs()
         outputs = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, live)]
+        originals = [{o: x[:NOISE_SAMPLES] for o in ir.outputs
+                      if isinstance(x := ref.array(o), np.ndarray) and x.dtype.kind == "f"}
+                     for ir, ref in zip(irs, reference)]
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
     return ZipPlan(zipper.zips, hidden, outputs, zipper.groups, zipper.orders, loss_aware=fisher is not None,
-                   constants=constants, measured=measured)
+                   constants=constants, measured=measured, originals=originals)
 
 
 def changes(ir: ModelIR, li: int, eff: dict[int, tuple[np.ndarray, np.ndarray]]) -> bool:
