@@ -156,11 +156,12 @@ class StagedNetwork:
                     out.append(source.sizes[i], {k: got[k] for k in made},
                                {k: raw[k] for k in self.live[j + 1] if k not in made})
             if probe:
-                o = np.asarray(gots[0][probe]).ravel()
-                d = np.asarray(gots[-1][probe]).ravel() - o  # (float32; exact where the two are close)
-                positions = max(1, o.size // max(original.sizes[i], 1) // neurons)
-                err += float(np.dot(d, d)) / positions
-                sig += float(np.dot(o, o)) / positions
+                with phase("layer check"):
+                    o = np.asarray(gots[0][probe]).ravel()
+                    d = np.asarray(gots[-1][probe]).ravel() - o  # (float32; exact where the two are close)
+                    positions = max(1, o.size // max(original.sizes[i], 1) // neurons)
+                    err += float(np.dot(d, d)) / positions
+                    sig += float(np.dot(o, o)) / positions
         measured = None if not probe else (err / max(original.samples, 1), sig / max(original.samples, 1))
         return runs[0][2], runs[-1][2], measured
 

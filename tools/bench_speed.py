@@ -196,9 +196,9 @@ def scale(args: argparse.Namespace) -> None:
                      f"{got['seconds'] / floor['seconds']:.1f}x | {got['peak_rss_mb']:.0f} | "
                      f"{got['peak_rss_mb'] / mb:.1f}x | {got['kept']:.1%} | "
                      f"{got['rel_err'][0]:.4f} / {got['rel_err'][1]:.4f} | {largest} | {got['rows_read']:.2f} |")
-    lines += ["", "Seconds per phase, each second in one phase (originals, fisher, verify and layer check include "
-              "their own model runs; forward is the zip's stage runs, their building and spooling; other is "
-              "what no phase covers):", "",
+    lines += ["", "Seconds per phase, each second in one phase (originals, fisher and verify include their own "
+              "model runs; forward is the zip's stage runs, original and zipped side by side, their building "
+              "and spooling; layer check compares their pre-activations; other is what no phase covers):", "",
               "| pair | " + " | ".join(PHASES) + " | other |", "|---|" + "---:|" * (len(PHASES) + 1)]
     for name, _, _, got in rows:
         other = got["seconds"] - sum(got["phases"].values())
