@@ -131,8 +131,8 @@ def match_optimal(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     The smaller side's every neuron is assigned, to a neuron of the other side or to one of
     ``min(na, nb) - k`` dummies whose cost is so negative that every dummy is taken: exactly ``k``
-    real pairs remain, at the least total cost (a rectangular assignment, about 1.4x faster than
-    padding both sides to a square)."""
+    real pairs remain, at the least total cost (a rectangular assignment: 1.4x faster than padding
+    both sides to a square on a 2,048-neuron test, no faster on near-uniform 4,096-neuron costs)."""
     na, nb = c.shape
     if k == 0:
         return np.zeros(0, int), np.zeros(0, int)

@@ -121,14 +121,18 @@ class StagedNetwork:
                   constants: dict[str, np.ndarray] | None = None) -> Batches:
         """Stage ``j`` over all samples of ``live``: the tensors alive after it, batch by batch (the
         ones it does not compute are carried over, not copied)."""
-        made = self.produced(j)
         out = Batches(live.spool)
-        for i, got in enumerate(self.stream(j, live, weights, constants, made)):
-            raw = live.raw(i)
-            with phase("forward"):  # (spooling the stage's outputs too)
-                out.append(live.sizes[i], {k: got[k] for k in made},
-                           {k: raw[k] for k in self.live[j + 1] if k not in made})
+        for i, got in enumerate(self.stream(j, live, weights, constants, self.produced(j))):
+            self._keep(j, out, live, i, got)
         return out
+
+    def _keep(self, j: int, out: Batches, source: Batches, i: int, got: dict[str, np.ndarray]) -> None:
+        """Append batch ``i`` of stage ``j``'s run over ``source`` to ``out``: the tensors it made
+        (from ``got``) and the ones it carries over (shared with ``source``, not copied)."""
+        made, raw = self.produced(j), source.raw(i)
+        with phase("forward"):  # (spooling the stage's outputs too)
+            out.append(source.sizes[i], {k: got[k] for k in made},
+                       {k: raw[k] for k in self.live[j + 1] if k not in made})
 
     def run_pair(self, j: int, original: Batches, live: Batches | None,
                  weights: dict[int, tuple[np.ndarray, np.ndarray]], constants: dict[str, np.ndarray] | None,
@@ -151,10 +155,7 @@ class StagedNetwork:
         err = sig = 0.0
         for i, gots in enumerate(zip(*(stream for _, stream, _ in runs))):
             for (source, _, out), got in zip(runs, gots):
-                raw = source.raw(i)
-                with phase("forward"):
-                    out.append(source.sizes[i], {k: got[k] for k in made},
-                               {k: raw[k] for k in self.live[j + 1] if k not in made})
+                self._keep(j, out, source, i, got)
             if probe:
                 with phase("layer check"):
                     o = np.asarray(gots[0][probe]).ravel()

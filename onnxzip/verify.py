@@ -49,7 +49,7 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     original networks' as the zipper ran them (normalized, stage by stage: ``plan.originals``).
     """
     got: dict[str, Any] = {}
-    for group, zipped, feeds in task_sessions(result, result.model, data, opts.device):
+    for group, zipped, feeds in task_sessions(result, data, opts.device):
         batch = min(batch_within(irs[t], opts.batch_size, RUN_BYTES // len(group)) for t in group)
         got.update(runtime.run(zipped, feeds, [f"{result.names[t]}/{o}" for t in group for o in irs[t].outputs],
                                batch))
@@ -235,11 +235,12 @@ def _same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
         for k in a))
 
 
-def task_sessions(result: ZipResult, model: onnx.ModelProto, data: list[dict[str, np.ndarray]], device: str
+def task_sessions(result: ZipResult, data: list[dict[str, np.ndarray]], device: str
                   ) -> Iterator[tuple[list[int], Any, dict[str, np.ndarray]]]:
-    """Per group of tasks with the same calibration data (:func:`data_groups`): ``model`` (the
-    zipped model, or one emitted like it) cut to the group's outputs, as a session, and its feeds.
-    One run serves the group, and no task's nodes run on another's data."""
+    """Per group of tasks with the same calibration data (:func:`data_groups`): the zipped model
+    cut to the group's outputs, as a session, and its feeds. One run serves the group, and no
+    task's nodes run on another's data."""
+    model = result.model
     for group in data_groups(data):
         if len(group) < len(data):
             prefixes = tuple(f"{result.names[t]}/" for t in group)

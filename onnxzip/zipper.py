@@ -436,10 +436,9 @@ class Zipper:
         return problem, None, cols, ns
 
     def _merge_offsets(self, li: int, rows: list[np.ndarray], k: int, live: list[Batches]
-                       ) -> tuple[list[np.ndarray], np.ndarray, list[float] | None]:
-        """:meth:`_merge_dense` for a per-channel conv, part by part in the offset basis: per task
-        the weights in zipped order, the cost per slot and the predicted errors."""
-        problem = self.problem(li, live)[0]
+                       ) -> tuple[list[np.ndarray], np.ndarray, list[float] | None, list[np.ndarray], int]:
+        """:meth:`_merge_dense` for a per-channel conv, part by part in the offset basis."""
+        problem, _, cols, ns = self.problem(li, live)
         f = self.loss_weights(li)
         costs, predicted = np.zeros(k), np.zeros(len(self.irs))
         zipped = []
@@ -463,7 +462,7 @@ class Zipper:
                 zs.append(z)
             zipped.append(zs)
         weights = [problem.to_zipped(z0[0], rest) for z0, rest in zip(*zipped)]
-        return weights, costs, (list(predicted) if k else None)
+        return weights, costs, (list(predicted) if k else None), cols, ns
 
     # ------------------------------------------------------------------ one layer
     def zip_layer(self, li: int, live: list[Batches]) -> LayerZip:
@@ -473,11 +472,8 @@ class Zipper:
         if g not in self.rows:
             self.decide(g, live)
         k, rows = self.k[g], self.rows[g]
-        if (k or self.needs_refit(li, live)) and self.offset(li):
-            _, _, cols, ns = self.problem(li, live)
-            weights, costs, predicted = self._merge_offsets(li, rows, k, live)
-        else:
-            weights, costs, predicted, cols, ns = self._merge_dense(li, rows, k, live)
+        merge = self._merge_offsets if (k or self.needs_refit(li, live)) and self.offset(li) else self._merge_dense
+        weights, costs, predicted, cols, ns = merge(li, rows, k, live)
         layer = self.irs[0].layers[li]
         weighted = li in self.irs[0].spaces.normalized and layer.kind == "dense"  # see sample_weights
         fraction = self.fractions.get(li, 1.0)
@@ -746,14 +742,14 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
             for b in {id(b): b for b in old}.values():  # each stage's input, once, now that both ran
                 b.drop()
             zipper.forget_inputs()
-        outputs = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, live)]
+        zipped = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, live)]
         originals = [{o: x[:NOISE_SAMPLES] for o in ir.outputs
                       if isinstance(x := ref.array(o), np.ndarray) and x.dtype.kind == "f"}
                      for ir, ref in zip(irs, reference)]
     for li in range(len(irs[0].layers)):
         if li not in zipper.zips and li not in irs[0].spaces.plain:
             zipper.zips[li] = zipper.private_layer(li)
-    return ZipPlan(zipper.zips, hidden, outputs, zipper.groups, zipper.orders, loss_aware=fisher is not None,
+    return ZipPlan(zipper.zips, hidden, zipped, zipper.groups, zipper.orders, loss_aware=fisher is not None,
                    constants=constants, measured=measured, originals=originals)
 
 
