@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from . import io
 from .ir import ModelIR
-from .spaces import ChannelSpace, channel_dim, channel_rule
+from .spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
 from .zipper import LayerZip, ZipPlan, expand_channels
 
 SHARED = "shared"
@@ -70,14 +70,14 @@ class GraphBuilder:
         if name in self.initializers:
             return name
         self.names.add(name)
-        self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        self.initializers[name] = numpy_helper.from_array(np.require(array, requirements="C"), name)
         if shared:
             self.shared.add(name)
         return name
 
     def const(self, array: np.ndarray, hint: str) -> str:
         """A constant deduplicated by content (shapes, scalars, per-channel constants)."""
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # (ascontiguousarray makes a scalar 1-D)
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self._consts:
             name = self.unique(hint)
@@ -157,24 +157,25 @@ class TaskEmitter:
         order = np.argsort(np.concatenate([expand_channels(p.channels, value.space.block) for p in value.parts]))
         identity = bool(np.all(order == np.arange(order.size)))
         hint = name if identity else f"{name}.joined"
+        axis = value.space.axis
         if len(tensors) > 1:
-            joined = self.b.node("Concat", tensors, {"axis": 1}, [hint], self.prefix, exact=exact and identity)[0]
+            joined = self.b.node("Concat", tensors, {"axis": axis}, [hint], self.prefix, exact=exact and identity)[0]
         elif identity and exact:
             joined = self.b.node("Identity", tensors, {}, [hint], self.prefix, exact=True)[0]
         else:
             joined = tensors[0]
         if not identity:
             idx = self.b.const(order.astype(np.int64), f"{self.prefix}/{name}.order")
-            joined = self.b.node("Gather", [joined, idx], {"axis": 1}, [name], self.prefix, exact=exact)[0]
+            joined = self.b.node("Gather", [joined, idx], {"axis": axis}, [name], self.prefix, exact=exact)[0]
         self.restored[name] = joined
         return joined
 
     def _part_const(self, c: np.ndarray, rank: int, part: Part, space: ChannelSpace) -> str:
         """A per-channel constant sliced to ``part``'s channels (unchanged if it broadcasts)."""
-        dim = channel_dim(c, rank)
+        dim = channel_dim(c, rank, space.axis)
         if dim in (None, 1):
             return self.b.const(c, f"{self.prefix}/const")
-        axis = c.ndim - (rank - 1)
+        axis = c.ndim - (rank - space.axis)
         idx = expand_channels(part.channels, space.block) if dim == space.channels * space.block else part.channels
         return self.b.const(np.take(c, idx, axis=axis), f"{self.prefix}/const")
 
@@ -191,11 +192,14 @@ class TaskEmitter:
             if not zipped or node.name in self.ir.spaces.restore:
                 self.copy(node)
                 continue
-            rule = channel_rule(node, zipped[0], self.values[node.inputs[zipped[0]].name].space.channels)
+            space = self.values[node.inputs[zipped[0]].name].space
+            rule = channel_rule(node, zipped[0], space.channels, space.axis)
             if rule == "concat":
                 self.concat(node)
             elif rule == "reduce":
                 self.reduce(node)
+            elif rule == "shape":
+                self.shape(node)
             elif rule == "normalize":
                 self.normalize(node)
             else:
@@ -219,7 +223,7 @@ class TaskEmitter:
         for t in node.inputs:
             value = self.values[t.name]
             if value.space is None:
-                count = t.shape[1]
+                count = t.shape[space.axis]
                 parts.append(Part(value.parts[0].tensor, np.arange(count) + offset, value.parts[0].shared))
             else:
                 count = value.space.channels
@@ -234,7 +238,22 @@ class TaskEmitter:
         shared = all(p.shared for p in parts)
         if len(parts) == 1:
             return parts[0].tensor, shared
-        return self.b.node("Concat", [p.tensor for p in parts], {"axis": 1}, [f"{name}.zipped"], self.prefix)[0], shared
+        return self.b.node("Concat", [p.tensor for p in parts], {"axis": self.values[name].space.axis},
+                           [f"{name}.zipped"], self.prefix)[0], shared
+
+    def shape(self, node: gs.Node) -> None:
+        """Shape of a zipped tensor: of one part where the channel axis is left out (every part has
+        the other dimensions), else of the parts joined."""
+        value = self.values[node.inputs[0].name]
+        rank = len(node.inputs[0].shape)
+        start, end = (int(node.attrs.get(k, d)) for k, d in (("start", 0), ("end", rank)))
+        if value.space.axis in range(rank)[start:end]:
+            x, shared = self.joined(node.inputs[0].name)
+        else:
+            x, shared = value.parts[0].tensor, value.parts[0].shared
+        outs = self.b.node(node.op, [x], _attrs(node), [t.name for t in node.outputs], self.prefix, node.domain,
+                           exact=any(t.name in self.output_names for t in node.outputs))
+        self.values[node.outputs[0].name] = Value([Part(outs[0], None, shared)], None)
 
     def reduce(self, node: gs.Node) -> None:
         """A reduction over the channel axis: its result is the same in any channel order."""
@@ -260,7 +279,7 @@ class TaskEmitter:
                 inputs.append(self.tensor(t))
                 continue
             c = np.asarray(self.constants.get(t.name, t.values))
-            axis = c.ndim - (rank - 1)  # the constant's axis aligned with the channel axis, if any
+            axis = c.ndim - (rank - value.space.axis)  # the constant's axis aligned with the channel axis, if any
             if 0 <= axis < c.ndim and c.shape[axis] == order.size:
                 c = np.take(c, order, axis=axis)
             inputs.append(self.b.const(c, f"{self.prefix}/{t.name}"))
@@ -276,9 +295,9 @@ class TaskEmitter:
             outs = [y]
         elif self.ir.opset >= 13:
             outs = self.b.node("Split", [y, self.b.const(np.asarray(sizes, np.int64), f"{self.prefix}/split")],
-                               {"axis": 1}, names, self.prefix)
+                               {"axis": value.space.axis}, names, self.prefix)
         else:
-            outs = self.b.node("Split", [y], {"axis": 1, "split": sizes}, names, self.prefix)
+            outs = self.b.node("Split", [y], {"axis": value.space.axis, "split": sizes}, names, self.prefix)
         self.values[out_t.name] = Value([Part(o, p.channels, shared) for o, p in zip(outs, value.parts)], value.space)
 
     def per_part(self, node: gs.Node, zipped: list[int], rule: str) -> None:
@@ -302,8 +321,11 @@ class TaskEmitter:
                     c = np.asarray(self.constants.get(t.name, t.values))
                     inputs.append(self._part_const(c, rank if rule == "binary" else 2, part, lead.space))
                 elif isinstance(t, gs.Constant) and rule == "keep":
-                    inputs.append(self.b.const(_keep_const(node, j, np.asarray(t.values), part),
+                    inputs.append(self.b.const(_keep_const(node, j, np.asarray(t.values), part, lead.space, rank),
                                                f"{self.prefix}/{t.name}"))
+                elif rule in ("binary", "stack") and not isinstance(t, gs.Constant) and t.name and \
+                        not broadcasts_channels(t, rank, lead.space.axis):
+                    inputs.append(self._slice(t, rank, part, lead.space))
                 else:
                     inputs.append(self.tensor(t))
             shared = part.shared and all(joins[j][n].shared for j in joins) and all(
@@ -312,6 +334,12 @@ class TaskEmitter:
             (name,) = self.b.node(node.op, inputs, _attrs(node), [hint], self.prefix, node.domain)
             parts.append(Part(name, part.channels, shared))
         self.values[out_t.name] = Value(parts, self.ir.spaces.layout.get(out_t.name, lead.space))
+
+    def _slice(self, t: gs.Tensor, rank: int, part: Part, space: ChannelSpace) -> str:
+        """An unzipped operand of a join (all channels, task order) cut to ``part``'s channels."""
+        axis = len(t.shape) - (rank - space.axis)
+        idx = self.b.const(expand_channels(part.channels, space.block).astype(np.int64), f"{self.prefix}/{t.name}.idx")
+        return self.b.node("Gather", [self.tensor(t), idx], {"axis": axis}, [f"{t.name}.part"], self.prefix)[0]
 
     # ------------------------------------------------------------------ layers
     def _wname(self, index: int, what: str, common: bool) -> str:
@@ -386,11 +414,14 @@ class TaskEmitter:
         self.values[layer.output] = Value(parts, value.space)
 
 
-def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part) -> np.ndarray:
+def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part, space: ChannelSpace, rank: int) -> np.ndarray:
     """Shape inputs of ops that keep the channel axis, for one part (Reshape/Resize sizes name it)."""
     if node.op == "Reshape" and slot == 1:
         c = c.copy()
-        c[1] = 0 if not int(node.attrs.get("allowzero", 0)) else len(part.channels)
+        if space.axis == 1 and reshape_keeps_prefix(node, rank):
+            c[1] = 0 if not int(node.attrs.get("allowzero", 0)) else len(part.channels)
+        else:  # the channel axis and the ones after it keep their sizes: its entry comes first of them
+            c[c.size - (rank - space.axis)] = len(part.channels) * space.block
     elif node.op == "Resize" and slot == 3 and c.size:
         c = c.copy()
         c[1] = len(part.channels)

@@ -46,8 +46,12 @@ def _unsupported() -> type[Exception]:
         return UsageError
 
 
-def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.ModelProto, dict[int, str], list[str]]:
+def gradient_model(ir: ModelIR, layers: list[int], batch: int, sample: dict[str, np.ndarray] | None = None
+                   ) -> tuple[onnx.ModelProto, dict[int, str], list[str]]:
     """The task's network at a fixed batch, with a delta input on each layer's output, reversed.
+
+    ``sample``: one batch of inputs, run once where shape inference leaves a layer output's shape
+    open (token-major layers behind run-time Reshapes): the delta inputs need static shapes.
 
     Returns:
         the reverse model, layer -> the name of its gradient output, and the seeded outputs.
@@ -59,6 +63,14 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int) -> tuple[onnx.Mod
     weights = _weights_as_inputs(model)  # (shape inference and onnx-ad never copy the weights' data)
     model = io.infer_shapes(model)
     shapes = {vi.name: vi.type.tensor_type for vi in list(model.graph.value_info) + list(model.graph.output)}
+    outs = [ir.layers[i].output for i in layers]
+    open_dims = [o for o in outs if not all(d.HasField("dim_value") for d in shapes[o].shape.dim)]
+    if open_dims and sample is not None:
+        probe = ir.to_onnx()
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in open_dims)
+        got = runtime.session(probe, "cpu", built=True).run(open_dims, sample)
+        for o, y in zip(open_dims, got):
+            shapes[o] = helper.make_tensor_type_proto(shapes[o].elem_type, list(y.shape)).tensor_type
     graph = model.graph
     deltas = {}
     for i in layers:
@@ -248,7 +260,8 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     pick = np.linspace(0, total - 1, n).round().astype(int) if n < total else slice(None)  # spread, not the first
     data = {k: v[pick] for k, v in data.items()}
     labels = None if labels is None else np.asarray(labels)[pick]
-    reverse, grads, seeded = gradient_model(ir, layers, batch)
+    first = {k: np.resize(v[:batch], (batch,) + v.shape[1:]) for k, v in data.items()}
+    reverse, grads, seeded = gradient_model(ir, layers, batch, first)
     known = None
     if outputs is not None and all(isinstance(outputs.get(name), np.ndarray) for name in seeded):
         known = {name: outputs[name][pick] for name in seeded}
@@ -280,9 +293,9 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
             s[real:] = 0.0
             feeds[f"adj_{name}"] = s[..., None].astype(np.float32)
         got = sess.run([grads[i] for i in layers], feeds)
-        for i, g in zip(layers, got):
-            g = np.asarray(g[..., 0], np.float64)[:real]
-            totals[i] += (g ** 2).reshape(real, g.shape[1], -1).sum(axis=(0, 2))
+        for i, g in zip(layers, got):  # (the padded samples' gradients are zero: their seeds are)
+            g = np.asarray(g[..., 0], np.float64)
+            totals[i] += (g ** 2).sum(axis=tuple(a for a in range(g.ndim) if a != 1))  # channels: axis 1
     return {i: t / n for i, t in totals.items()}
 
 

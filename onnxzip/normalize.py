@@ -226,7 +226,8 @@ def _shape_items(t: gs.Tensor, depth: int = 0) -> list | None:
 def fold_reshape_shapes(graph: gs.Graph) -> int:
     """A ``Reshape`` target computed at run time from shapes (``Concat(Slice(Shape(x), 0, 1), [-1])``,
     exporters' ``x.view(x.size(0), -1)``) -> a constant target: dimensions known statically become
-    numbers, a dimension of the Reshape's own input copied to the same position becomes 0 (copy)."""
+    numbers, a dimension of the Reshape's own input copied to the same position becomes 0 (copy),
+    and one other dimension known only at run time becomes -1."""
     n = 0
     for node in graph.nodes:
         if node.op != "Reshape" or len(node.inputs) < 2 or isinstance(node.inputs[1], gs.Constant):
@@ -236,6 +237,10 @@ def fold_reshape_shapes(graph: gs.Graph) -> int:
             continue
         x, allowzero = node.inputs[0], int(node.attrs.get("allowzero", 0))
         target = []
+        # one dimension known only at run time (a batch size taken from another tensor) is the one
+        # the element count determines: -1
+        inferred = sum(1 for i, item in enumerate(items) if not isinstance(item, int) and
+                       not (item[0] is x and item[1] == i and not allowzero)) == 1 and -1 not in items
         for i, item in enumerate(items):
             if isinstance(item, int):
                 if allowzero and item == 0:
@@ -243,6 +248,8 @@ def fold_reshape_shapes(graph: gs.Graph) -> int:
                 target.append(item)
             elif item[0] is x and item[1] == i and not allowzero:
                 target.append(0)
+            elif inferred:
+                target.append(-1)
             else:
                 break
         else:
@@ -380,6 +387,68 @@ def matmul_add_to_gemm(graph: gs.Graph) -> int:
         _set(node.outputs, [out])
         n += 1
     return n
+
+
+def token_matmul_to_gemm(graph: gs.Graph) -> int:
+    """``MatMul(x, W)`` (+ ``Add(., b)``) with constant 2-D ``W`` on an ``x`` of rank >= 3 (token-major
+    activations, (batch, tokens, features) or (tokens, batch, features)) -> ``Reshape(x, [-1, D])``,
+    a canonical ``Gemm``, and a Reshape back to ``x``'s leading dimensions.
+
+    Every leading position becomes a row of the Gemm, so a dense layer's statistics read one sample
+    per token. The Reshape back takes ``x``'s leading dimensions (constants where they are static,
+    else ``Shape(x)``) and ``-1`` for the features.
+    """
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) or not isinstance(node.inputs[0], gs.Variable):
+            continue
+        x, w = node.inputs
+        if w.values.ndim != 2 or x.shape is None or len(x.shape) < 3 or x.shape[-1] != w.values.shape[0]:
+            continue
+        features, lead = w.values.shape[1], list(x.shape[:-1])
+        out = node.outputs[0]
+        bias = np.zeros(features, dtype=w.values.dtype)
+        add = out.outputs[0] if len(out.outputs) == 1 and out not in graph.outputs else None
+        if add is not None and add.op == "Add":
+            other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+            if isinstance(other, gs.Constant) and other.values.shape[-1:] == (features,) and \
+                    other.values.size == features and other.values.ndim <= len(x.shape):
+                bias = other.values.reshape(-1).astype(bias.dtype)
+                out = add.outputs[0]
+                add.outputs.clear()
+        flat = gs.Variable(f"{node.name}.rows_in", dtype=x.dtype, shape=[None, x.shape[-1]])
+        graph.nodes.append(gs.Node("Reshape", f"{node.name}.flatten", {},
+                                   [x, gs.Constant(f"{node.name}.rows_shape", np.asarray([-1, x.shape[-1]], np.int64))],
+                                   [flat]))
+        rows = gs.Variable(f"{node.name}.rows_out", dtype=x.dtype, shape=[None, features])
+        node.op, node.attrs = "Gemm", {"transB": 1}
+        _set(node.inputs, [flat, gs.Constant(f"{node.name}.weight" if len(w.outputs) > 1 else w.name,
+                                             np.ascontiguousarray(w.values.T)),
+                           gs.Constant(f"{node.name}.bias", bias)])
+        _set(node.outputs, [rows])
+        unknown = [i for i, d in enumerate(lead) if not isinstance(d, int) or d < 0]
+        if len(unknown) <= 1:
+            target = gs.Constant(f"{node.name}.shape", np.asarray([-1 if i in unknown else d for i, d in enumerate(lead)]
+                                                                  + [features], np.int64))
+        else:  # several dynamic dimensions (batch and sequence): x's own, taken at run time
+            dims = gs.Variable(f"{node.name}.lead", dtype=np.int64, shape=[len(lead)])
+            graph.nodes.append(gs.Node("Shape", f"{node.name}.lead_shape", {"start": 0, "end": len(lead)}, [x], [dims])
+                               if graph.opset >= 15 else
+                               gs.Node("Slice", f"{node.name}.lead_slice", {},
+                                       [_shape_of(graph, x, node.name), gs.Constant(f"{node.name}.s0", np.asarray([0])),
+                                        gs.Constant(f"{node.name}.s1", np.asarray([len(lead)]))], [dims]))
+            target = gs.Variable(f"{node.name}.target", dtype=np.int64, shape=[len(lead) + 1])
+            graph.nodes.append(gs.Node("Concat", f"{node.name}.target_concat", {"axis": 0},
+                                       [dims, gs.Constant(f"{node.name}.minus_one", np.asarray([-1], np.int64))], [target]))
+        graph.nodes.append(gs.Node("Reshape", f"{node.name}.unflatten", {}, [rows, target], [out]))
+        n += 1
+    return n
+
+
+def _shape_of(graph: gs.Graph, x: gs.Tensor, name: str) -> gs.Variable:
+    shape = gs.Variable(f"{name}.x_shape", dtype=np.int64, shape=[len(x.shape)])
+    graph.nodes.append(gs.Node("Shape", f"{name}.shape_node", {}, [x], [shape]))
+    return shape
 
 
 def canonicalize_gemm(graph: gs.Graph) -> int:
@@ -567,7 +636,7 @@ def unalias_weights(graph: gs.Graph) -> int:
 
 DEFAULT_PASSES: tuple[Pass, ...] = (
     drop_initializer_inputs, name_nodes, fold_constants, fold_reshape_shapes, infer_shapes, remove_identities,
-    matmul_add_to_gemm, canonicalize_gemm, fold_scaler, add_conv_bias, fold_batchnorm, reduce_mean_to_pool,
+    token_matmul_to_gemm, matmul_add_to_gemm, canonicalize_gemm, fold_scaler, add_conv_bias, fold_batchnorm, reduce_mean_to_pool,
     reshape_to_flatten, unalias_weights,
 )
 

@@ -1,9 +1,12 @@
 """Channel spaces: which tensor axes carry which layer's neurons, and the ties between layers.
 
-Channels live on axis 1 (NCHW tensors, (N, F) features). A tensor that carries zipped channels has
-a :class:`ChannelSpace`: a sequence of :class:`Segment` (one per Concat input; a segment is a hidden
-layer's channels, or channels that are ALIGNED across tasks such as an input image, or PRIVATE, in
-each task's own order) and a ``block`` (features per channel after a Flatten).
+Channels live on axis 1 of NCHW tensors and (rows, features) dense inputs, and on the last axis of
+token-major tensors ((batch, tokens, features) or (tokens, batch, features)); shape ops move the
+axis (Transpose, Reshape that keeps the trailing features, Gather/Squeeze of other axes). A tensor
+that carries zipped channels has a :class:`ChannelSpace`: a sequence of :class:`Segment` (one per
+Concat input; a segment is a hidden layer's channels, or channels that are ALIGNED across tasks such
+as an input image, or PRIVATE, in each task's own order), a ``block`` (features per channel after a
+Flatten) and the ``axis`` that holds them.
 
 Ops tie spaces together (union-find over layers): elementwise joins of two zipped tensors
 (Add/Sum/Sub/Mul/Max/...; residuals) tie their segments, so every layer writing into one residual
@@ -52,6 +55,7 @@ class Segment:
 class ChannelSpace:
     segments: tuple[Segment, ...]
     block: int = 1
+    axis: int = 1  # the tensor axis that holds the channels (non-negative)
 
     @property
     def channels(self) -> int:
@@ -98,10 +102,11 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def channel_dim(c: np.ndarray, rank: int) -> int | None:
-    """The size of a constant's axis aligned with axis 1 of a rank-``rank`` tensor (None if absent)."""
-    axis = c.ndim - (rank - 1)
-    return c.shape[axis] if 0 <= axis < c.ndim else None
+def channel_dim(c: np.ndarray, rank: int, axis: int = 1) -> int | None:
+    """The size of a constant's axis aligned with axis ``axis`` of a rank-``rank`` tensor under
+    broadcasting (None if absent)."""
+    a = c.ndim - (rank - axis)
+    return c.shape[a] if 0 <= a < c.ndim else None
 
 
 def is_depthwise(node: gs.Node) -> bool:
@@ -112,16 +117,20 @@ def is_depthwise(node: gs.Node) -> bool:
         and w.values.shape[0] == g
 
 
-def channel_rule(node: gs.Node, slot: int, channels: int) -> str:
-    """How ``node`` treats the channels of its input ``slot`` (``channels`` wide).
+def channel_rule(node: gs.Node, slot: int, channels: int, axis: int = 1) -> str:
+    """How ``node`` treats the channels of its input ``slot`` (``channels`` wide, on ``axis``).
 
     Returns ``"layer"``, ``"follower"``, ``"unary"``, ``"pool"``, ``"binary"``, ``"affine"``,
-    ``"flatten"``, ``"keep"`` (shape ops that keep axes 0 and 1), ``"concat"``, ``"reduce"`` (a
+    ``"flatten"``, ``"keep"`` (shape ops that keep the channel axis whole; :func:`moved_axis` says
+    where it goes), ``"concat"``, ``"stack"`` (a Concat along another axis), ``"reduce"`` (a
     reduction over the channel axis: its result carries no channels, whatever their order),
-    ``"normalize"`` (LayerNormalization over the channel axis and the axes after it), or ``"restore"``.
+    ``"shape"`` (a Shape that excludes the channel axis), ``"normalize"`` (LayerNormalization from
+    the channel axis on), or ``"restore"``.
     """
     op, x = node.op, node.inputs[slot]
     rank = len(x.shape) if x.shape is not None else None
+    if axis != 1 and (op in ("Conv", "Gemm", "Flatten", "BatchNormalization", "InstanceNormalization") or op in POOL):
+        return "restore"  # these read channels on axis 1 only
     if op in ("Conv", "Gemm") and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
         if op == "Gemm" or int(node.attrs.get("group", 1)) == 1:
             return "layer"
@@ -136,27 +145,30 @@ def channel_rule(node: gs.Node, slot: int, channels: int) -> str:
         return "affine"
     if op == "InstanceNormalization" and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
         return "affine"  # per channel, over its own spatial positions
-    if op == "LayerNormalization" and slot == 0 and rank is not None and _normalizes_channels(node, rank):
+    if op == "LayerNormalization" and slot == 0 and rank is not None and _normalizes_channels(node, rank, axis):
         return "normalize"
-    if op in REDUCE and slot == 0 and rank is not None and _reduces_channels(node, rank):
+    if op in REDUCE and slot == 0 and rank is not None and _reduces_channels(node, rank, axis):
         return "reduce"
+    if op == "Shape":
+        return "shape"
     if op in BINARY and rank is not None and rank >= 2:
         consts = [t for i, t in enumerate(node.inputs) if i != slot and isinstance(t, gs.Constant)]
-        if all(_per_channel(np.asarray(c.values), rank, channels) for c in consts):
+        if all(_per_channel(np.asarray(c.values), rank, channels, axis) for c in consts):
             return "binary"
         return "restore"
     if op == "Flatten" and int(node.attrs.get("axis", 1)) == 1 and slot == 0:
         return "flatten"
-    if op == "Concat" and rank is not None and int(node.attrs["axis"]) in (1, 1 - rank):
-        return "concat"
-    if slot == 0 and rank is not None and _keeps_channels(node, rank):
+    if op == "Concat" and rank is not None:
+        return "concat" if int(node.attrs["axis"]) % rank == axis else "stack"
+    if slot == 0 and rank is not None and moved_axis(node, rank, axis) is not None:
         return "keep"
     return "restore"
 
 
-def _per_channel(c: np.ndarray, rank: int, channels: int) -> bool:
-    """A constant that broadcasts per channel (or not at all along axis 1), never along the batch."""
-    return c.ndim <= rank and (c.ndim < rank or c.shape[0] == 1) and channel_dim(c, rank) in (None, 1, channels)
+def _per_channel(c: np.ndarray, rank: int, channels: int, axis: int = 1) -> bool:
+    """A constant that broadcasts per channel (or not at all along the channel axis), never along
+    the batch."""
+    return c.ndim <= rank and (c.ndim < rank or c.shape[0] == 1) and channel_dim(c, rank, axis) in (None, 1, channels)
 
 
 def _axes(node: gs.Node) -> list[int] | None:
@@ -169,62 +181,114 @@ def _axes(node: gs.Node) -> list[int] | None:
     return list(axes) if axes is not None else []
 
 
-def _reduces_channels(node: gs.Node, rank: int) -> bool:
+def _reduces_channels(node: gs.Node, rank: int, axis: int = 1) -> bool:
     """A reduction whose axes include the channel axis (no axes: all of them, unless a no-op)."""
     axes = _axes(node)
     if axes is None:
         return False
     if not axes:
         return not int(node.attrs.get("noop_with_empty_axes", 0))
-    return 1 in {a % rank for a in axes}
+    return axis in {a % rank for a in axes}
 
 
-def _normalizes_channels(node: gs.Node, rank: int) -> bool:
-    """LayerNormalization over axis 1 and every axis after it, with constant scale and bias."""
-    axis = int(node.attrs.get("axis", -1)) % rank
-    return axis == 1 and all(isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name)
+def _normalizes_channels(node: gs.Node, rank: int, axis: int = 1) -> bool:
+    """LayerNormalization over the channel axis and every axis after it, with constant scale and bias."""
+    return int(node.attrs.get("axis", -1)) % rank == axis and all(
+        isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name)
 
 
-def broadcasts_channels(t: gs.Tensor, rank: int) -> bool:
+def broadcasts_channels(t: gs.Tensor, rank: int, axis: int = 1) -> bool:
     """A tensor of known shape that holds no channel axis for a rank-``rank`` operand (its axis
-    aligned with axis 1 is absent or 1): a per-sample value such as a LayerNorm mean."""
+    aligned with the channel axis is absent or 1): a per-sample value such as a LayerNorm mean."""
     if t.shape is None or len(t.shape) > rank:
         return False
-    axis = len(t.shape) - (rank - 1)
-    return axis < 0 or t.shape[axis] == 1
+    a = len(t.shape) - (rank - axis)
+    return a < 0 or t.shape[a] == 1
 
 
-def _keeps_channels(node: gs.Node, rank: int) -> bool:
-    """Shape ops that leave axes 0 and 1 alone (the output keeps the input's channel axis)."""
-    op, out = node.op, node.outputs[0]
+def moved_axis(node: gs.Node, rank: int, axis: int = 1) -> int | None:
+    """Where a shape op puts the channel axis of its first input (rank ``rank``, channels on
+    ``axis``): the output's channel axis, or None where the op mixes the channels with other axes
+    or drops them."""
+    op, out, x = node.op, node.outputs[0], node.inputs[0]
     if op == "Transpose":
         perm = node.attrs.get("perm")
-        return perm is not None and list(perm[:2]) == [0, 1]
+        return list(perm).index(axis) if perm is not None and axis in perm else None
     if op in REDUCE or op in ("Squeeze", "Unsqueeze"):
         axes = _axes(node)
         if not axes:  # not known, or all axes
-            return False
-        r = rank if op != "Unsqueeze" else rank + len(axes)
-        return all(a % r >= 2 for a in axes)
-    x = node.inputs[0]
-    if x.shape is None or not isinstance(x.shape[1], int):
-        return False
+            return None
+        if op == "Unsqueeze":
+            r = rank + len(axes)
+            new = sorted(a % r for a in axes)
+            kept = [i for i in range(r) if i not in new]
+            return kept[axis]
+        gone = {a % rank for a in axes}
+        if axis in gone:
+            return None
+        keep = op in REDUCE and int(node.attrs.get("keepdims", 1))
+        return axis if keep else axis - sum(1 for a in gone if a < axis)
+    if op == "Gather" and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        g = int(node.attrs.get("axis", 0)) % rank
+        if g == axis:
+            return None
+        idx = np.asarray(node.inputs[1].values)
+        return axis if g > axis else axis + idx.ndim - 1
+    if op == "Slice" and len(node.inputs) >= 3:
+        axes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
+        if axes is None or not isinstance(axes, gs.Constant):
+            return None
+        return axis if axis not in {int(a) % rank for a in np.asarray(axes.values).reshape(-1)} else None
+    if x.shape is None or axis >= len(x.shape) or not isinstance(x.shape[axis], int):
+        return None
     if op == "Reshape":
-        target = node.inputs[1]
-        if not isinstance(target, gs.Constant) or target.values.size < 3:
-            return False
-        t = target.values.reshape(-1).tolist()
-        zero_copies = not int(node.attrs.get("allowzero", 0))
-        return (t[0] == x.shape[0] or (t[0] == 0 and zero_copies)) and (t[1] == x.shape[1] or (t[1] == 0 and zero_copies))
+        return _reshaped_axis(node, rank, axis)
+    if axis != 1:
+        return None
     if op == "Pad":
         pads = node.attrs.get("pads")
         if pads is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
             pads = node.inputs[1].values.reshape(-1).tolist()
         axes_given = len(node.inputs) > 3 and node.inputs[3].name
-        return pads is not None and not axes_given and not any(pads[i] for i in (0, 1, rank, rank + 1))
+        return 1 if pads is not None and not axes_given and not any(pads[i] for i in (0, 1, rank, rank + 1)) else None
     if op in ("Resize", "Upsample"):
-        return out.shape is not None and len(out.shape) >= 2 and out.shape[1] == x.shape[1]
-    return False
+        return 1 if out.shape is not None and len(out.shape) >= 2 and out.shape[1] == x.shape[1] else None
+    return None
+
+
+def reshape_keeps_prefix(node: gs.Node, rank: int) -> bool:
+    """A Reshape of an NCHW tensor that keeps its batch and channel dimensions ((N, C, H, W) ->
+    (N, C, H*W)) by a constant target."""
+    x, target = node.inputs[0], node.inputs[1]
+    if not isinstance(target, gs.Constant) or x.shape is None:
+        return False
+    t = target.values.reshape(-1).tolist()
+    zero_copies = not int(node.attrs.get("allowzero", 0))
+    return len(t) >= 3 and (t[0] == x.shape[0] or (t[0] == 0 and zero_copies)) and \
+        (t[1] == x.shape[1] or (t[1] == 0 and zero_copies))
+
+
+def _reshaped_axis(node: gs.Node, rank: int, axis: int) -> int | None:
+    """A Reshape keeps the channel axis whole when the dimensions before it stay as they are (axis 1
+    of NCHW, :func:`reshape_keeps_prefix`), or when the channel axis and every axis after it keep
+    their sizes (token-major: (B, T, D) -> (B*T, D) and back; a constant target names them)."""
+    x, target = node.inputs[0], node.inputs[1]
+    if axis == 1 and reshape_keeps_prefix(node, rank):
+        return 1
+    tail = list(x.shape[axis:]) if x.shape is not None else []
+    if not tail or not all(isinstance(d, int) and d > 0 for d in tail):
+        return None
+    if isinstance(target, gs.Constant):
+        t = target.values.reshape(-1).tolist()
+        return len(t) - len(tail) if len(t) > len(tail) and t[len(t) - len(tail):] == tail else None
+    # a target computed at run time: only Concat(..., [-1]) with the channels last (the same target
+    # serves every part), its inferred shape deciding
+    out, maker = node.outputs[0].shape, target.inputs[0] if len(target.inputs) == 1 else None
+    last = maker.inputs[-1] if maker is not None and maker.op == "Concat" else None
+    if out is None or len(tail) != 1 or not isinstance(last, gs.Constant) or \
+            np.asarray(last.values).reshape(-1).tolist()[-1:] != [-1] or out[-1] != tail[0]:
+        return None
+    return len(out) - 1
 
 
 def trace(graph: gs.Graph, layers: list) -> Spaces:
@@ -256,11 +320,11 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
             continue
         slot = zipped[0]
         space = layout[node.inputs[slot].name]
-        rule = channel_rule(node, slot, space.channels)
-        if rule == "binary" and sum(1 for t in node.inputs if not isinstance(t, gs.Constant)) > 1:
-            rule = _join(node, layout, ties)
+        rule = channel_rule(node, slot, space.channels, space.axis)
+        if rule == "binary" and sum(1 for t in node.inputs if not isinstance(t, gs.Constant)) > 1 or rule == "stack":
+            rule = _join(node, layout, ties, slot)
         elif rule in ("concat",):
-            rule = _concat(node, layout, private)
+            rule = _concat(node, layout, private, space.axis)
         if rule == "layer":
             if index in hidden:
                 layout[node.outputs[0].name] = ChannelSpace((Segment(index, layers[index].neurons),))
@@ -274,7 +338,10 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
                 rule = "restore"
             else:
                 layout[node.outputs[0].name] = ChannelSpace(space.segments, space.block * int(np.prod(shape[2:])))
-        elif rule in ("unary", "pool", "affine", "binary", "keep", "normalize"):
+        elif rule == "keep":
+            axis = moved_axis(node, len(node.inputs[slot].shape), space.axis)
+            layout[node.outputs[0].name] = ChannelSpace(space.segments, space.block, axis)
+        elif rule in ("unary", "pool", "affine", "binary", "stack", "normalize"):
             layout[node.outputs[0].name] = space
         if rule == "restore":
             if index is not None:
@@ -289,7 +356,7 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
             members.setdefault(ties.find(i), []).append(i)
     groups = [m for _, m in sorted(members.items(), key=lambda kv: kv[1][0])]
     layout = {k: ChannelSpace(tuple(Segment(s.layer if s.layer < 0 else _root_member(ties, s.layer, members), s.count)
-                                    for s in v.segments), v.block) for k, v in layout.items()}
+                                    for s in v.segments), v.block, v.axis) for k, v in layout.items()}
     normalized = {i for i, layer in enumerate(layers) if i in hidden and _feeds_normalization(graph, layer, layout)}
     return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized)
 
@@ -300,8 +367,9 @@ def _feeds_normalization(graph: gs.Graph, layer, layout: dict[str, ChannelSpace]
     out = next(n for n in graph.nodes if n.name == layer.name).outputs[0]
     if out.name not in layout:
         return False
-    return any(c.op == "LayerNormalization" and channel_rule(c, 0, layout[out.name].channels) == "normalize" or
-               c.op == "ReduceMean" and channel_rule(c, 0, layout[out.name].channels) == "reduce" for c in out.outputs)
+    space = layout[out.name]
+    return any(c.op in ("LayerNormalization", "ReduceMean") and
+               channel_rule(c, 0, space.channels, space.axis) in ("normalize", "reduce") for c in out.outputs)
 
 
 def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) -> int:
@@ -309,20 +377,29 @@ def _root_member(ties: _UnionFind, layer: int, members: dict[int, list[int]]) ->
     return members.get(ties.find(layer), [layer])[0]
 
 
-def _join(node: gs.Node, layout: dict[str, ChannelSpace], ties: _UnionFind) -> str:
-    """An elementwise op of several non-constant inputs: tie their channels segment by segment.
+def _join(node: gs.Node, layout: dict[str, ChannelSpace], ties: _UnionFind, slot: int) -> str:
+    """An elementwise op of several non-constant inputs, or a Concat along another axis than the
+    channels': tie their channels segment by segment. Returns ``"binary"`` or ``"stack"``.
 
-    Joins that cannot be tied (an unzipped input, segments of different kinds or sizes) restore
+    An unzipped operand either holds no channels (it broadcasts: a per-sample mean) or all of them
+    in task order (an embedding, a class token): the latter is sliced per part when emitted. Joins
+    that cannot be tied (segments of different kinds or sizes, channels on different axes) restore
     their inputs to task order instead.
     """
-    zipped = next(t for t in node.inputs if t.name in layout)
+    zipped = node.inputs[slot]
+    space = layout[zipped.name]
     rank = len(zipped.shape) if zipped.shape is not None else 0
+    stack = node.op == "Concat"
     others = [t for t in node.inputs if not isinstance(t, gs.Constant) and t.name not in layout]
-    if any(not broadcasts_channels(t, rank) for t in others):
-        return "restore"  # an unzipped operand with channels of its own
+    for t in others:
+        if stack or not broadcasts_channels(t, rank, space.axis):
+            if t.shape is None or len(t.shape) != rank or t.shape[space.axis] != space.channels * space.block:
+                return "restore"  # an unzipped operand with channels of its own, but not these
     spaces = [layout[t.name] for t in node.inputs if t.name in layout]
     ref = spaces[0]
-    if any(s.block != ref.block or len(s.segments) != len(ref.segments) for s in spaces):
+    if any(s.block != ref.block or s.axis != ref.axis or len(s.segments) != len(ref.segments) for s in spaces):
+        return "restore"
+    if stack and any(isinstance(t, gs.Constant) for t in node.inputs):
         return "restore"
     for s in spaces[1:]:
         for a, b in zip(s.segments, ref.segments):
@@ -332,23 +409,23 @@ def _join(node: gs.Node, layout: dict[str, ChannelSpace], ties: _UnionFind) -> s
         for a, b in zip(s.segments, ref.segments):
             if a.layer >= 0:
                 ties.union(a.layer, b.layer)
-    return "binary"
+    return "stack" if stack else "binary"
 
 
-def _concat(node: gs.Node, layout: dict[str, ChannelSpace], private: set[str]) -> str:
+def _concat(node: gs.Node, layout: dict[str, ChannelSpace], private: set[str], axis: int = 1) -> str:
     """Concat along channels: the output space is the inputs' segments in order."""
     segments, block = [], None
     for t in node.inputs:
         s = layout.get(t.name)
         if s is None:
-            if t.shape is None or not isinstance(t.shape[1], int):
+            if t.shape is None or not isinstance(t.shape[axis], int):
                 return "restore"
-            s = ChannelSpace((Segment(PRIVATE if t.name in private else ALIGNED, t.shape[1]),))
-        if block not in (None, s.block):
+            s = ChannelSpace((Segment(PRIVATE if t.name in private else ALIGNED, t.shape[axis]),), 1, axis)
+        if block not in (None, s.block) or s.axis != axis:
             return "restore"
         block = s.block
         segments.extend(s.segments)
-    layout[node.outputs[0].name] = ChannelSpace(tuple(segments), block or 1)
+    layout[node.outputs[0].name] = ChannelSpace(tuple(segments), block or 1, axis)
     return "concat"
 
 

@@ -32,7 +32,8 @@ class StagedNetwork:
         fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
         # a model that fixes its batch size runs at that size; others in batches of at most ``batch``
         # samples and STAGE_BYTES of the network's largest tensor
-        self.batch = fixed[0] if fixed else max(1, min(batch, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
+        self.fixed = fixed[0] if fixed else None
+        self.batch = self.fixed or max(1, min(batch, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
         nodes = list(ir.graph.nodes)
         where = {n.name: i for i, n in enumerate(nodes)}
         self.bounds = [0] + [where[ir.layers[c].name] for c in cuts] + [len(nodes)]
@@ -114,7 +115,10 @@ class StagedNetwork:
                 continue
             feeds = live.batch(i, names)
             with phase("forward"):
-                got = runtime.run(sess, feeds, outputs, self.batch)
+                if self.fixed is None or live.sizes[i] == self.fixed:  # one batch, one run (a stage's
+                    got = dict(zip(outputs, sess.run(outputs, feeds)))  # inputs need not be batch-major)
+                else:  # the last, partial batch of a model that fixes its batch size: padded
+                    got = runtime.run(sess, feeds, outputs, self.batch)
             yield got  # (outside the phase: the consumer's work is its own)
 
     def run_stage(self, j: int, live: Batches, weights: dict[int, tuple[np.ndarray, np.ndarray]],

@@ -35,8 +35,9 @@ def test_broadcasts_channels():
     assert not broadcasts_channels(gs.Variable("d"), rank)  # unknown shape: not assumed
 
 
-def test_a_channel_mixing_operand_is_restored():
-    """Sub(x, y) with y an unzipped tensor that has channels of its own cannot run per part."""
+def test_an_unzipped_operand_with_channels_is_sliced():
+    """Sub(x, y) with y an unzipped tensor that has all of x's channels (in task order) runs per
+    part, y cut to each part's channels (tests/test_emit.py checks the emitted model)."""
     from onnx import helper
     m = graphs.mlp(0, sizes=(12, 16, 10, 3))
     relu = next(n for n in m.graph.node if n.op_type == "Relu")
@@ -46,7 +47,7 @@ def test_a_channel_mixing_operand_is_restored():
         if node.name == "drop":
             node.input[0] = "sub"
     ir = build_ir(m, "t", "t.onnx", 17)
-    assert "mix" in ir.spaces.restore
+    assert "mix" not in ir.spaces.restore and "sub" in ir.spaces.layout
 
 
 # ---------------------------------------------------------------------------------------------
