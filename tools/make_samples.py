@@ -99,6 +99,48 @@ def resnet(n_out: int) -> nn.Module:
         Block(16, 16, 1), Block(16, 32, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, n_out))
 
 
+class ViT(nn.Module):
+    """A small vision transformer on the 8x8 digits: 2x2 patches as 16 tokens plus a class token,
+    learned positions, pre-norm encoder layers (4 heads, GELU), a final LayerNorm, a linear head on
+    the class token."""
+
+    def __init__(self, n_out: int, dim: int = 32, heads: int = 4, ff: int = 64, depth: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, dim)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, input):  # (the dynamo export names the batch axis of ``input``)
+        n = input.shape[0]
+        x = input.reshape(n, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(n, 16, 4)
+        x = torch.cat([self.cls.expand(n, -1, -1), self.embed(x)], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+def make_vits(out: Path, images: np.ndarray, digits: np.ndarray, test_idx: np.ndarray, train_idx: np.ndarray,
+              epochs: int) -> dict[str, float]:
+    """The ViT of each task (dynamo exporter; for ``digit`` also the legacy one) and their test
+    accuracies. Uses the tasks' calib/test/train files."""
+    summary = {}
+    for t, (task, n_out) in enumerate(TASKS.items()):
+        y = labels_for(task, digits)
+        seed = 10 * t + 5
+        torch.manual_seed(seed)
+        model = train(ViT(n_out), images[train_idx], y[train_idx], seed, epochs)
+        acc = accuracy(model, images[test_idx], y[test_idx])
+        export(model, out / f"vit_{task}.onnx", True)
+        if task == "digit":
+            export(model, out / f"vit_{task}_legacy.onnx", False)
+        summary[f"vit_{task}"] = round(acc, 4)
+        print(f"vit_{task}: test accuracy {acc:.4f}")
+    return summary
+
+
 def sklearn_mlp(task: str, x: np.ndarray, y: np.ndarray, seed: int, path: Path) -> float:
     """Train scikit-learn's MLPClassifier and convert it with skl2onnx (ZipMap output kept)."""
     from skl2onnx import to_onnx
@@ -211,8 +253,10 @@ def main() -> None:
     parser.add_argument("--out", default="samples", help="output folder (default: samples)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--ln-epochs", type=int, default=60, help="epochs for the LayerNorm detectors")
-    parser.add_argument("--only", choices=("all", "ln"), default="all",
-                        help="ln: remake only the LayerNorm detectors, keep the other samples as they are")
+    parser.add_argument("--vit-epochs", type=int, default=60, help="epochs for the vision transformers")
+    parser.add_argument("--only", choices=("all", "ln", "vit"), default="all",
+                        help="ln / vit: remake only the LayerNorm detectors / the vision transformers, keep the "
+                             "other samples as they are")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -223,7 +267,7 @@ def main() -> None:
     images = (data.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
     order = np.random.default_rng(0).permutation(len(images))
     test_idx, train_idx = order[:N_TEST], order[N_TEST:]
-    summary = old_summary(out / "README.md") if args.only == "ln" else {}
+    summary = old_summary(out / "README.md") if args.only != "all" else {}
     for t, (task, n_out) in enumerate(TASKS.items() if args.only == "all" else ()):
         y = labels_for(task, data.target)
         calib = np.random.default_rng(100 + t).choice(train_idx, N_CALIB, replace=False)
@@ -247,7 +291,10 @@ def main() -> None:
             np.savez_compressed(out / f"calib_flat_{task}.npz", X=flat[np.sort(calib)])
             summary[f"sklearn_{task}"] = round(acc, 4)
             print(f"sklearn_{task}: test accuracy {acc:.4f}")
-    summary.update(make_detectors(out, images, data.target, test_idx, train_idx, args.ln_epochs))
+    if args.only in ("all", "ln"):
+        summary.update(make_detectors(out, images, data.target, test_idx, train_idx, args.ln_epochs))
+    if args.only in ("all", "vit"):
+        summary.update(make_vits(out, images, data.target, test_idx, train_idx, args.vit_epochs))
     (out / "README.md").write_text(
         "# Sample models\n\nMade by `python tools/make_samples.py` (scikit-learn digits, PyTorch CPU, fixed seeds).\n\n"
         f"- `calib_<task>.npz`: {N_CALIB} unlabeled calibration images per task, key `{INPUT}` (N, 1, 8, 8) float32.\n"
@@ -268,7 +315,12 @@ def main() -> None:
         f"- `calib_ln_<task>.npz`: {N_CALIB} calibration images per detector (`{INPUT}`); `test_ln_<task>.npz`: "
         f"the same {N_TEST} held-out images as `test_<task>.npz` with 0/1 int64 labels (`label`). "
         "Detector accuracy is at threshold 0.5 on `prob`.\n"
-        "- `python tools/make_samples.py --only ln` remakes only the detector files and their README lines.\n\n"
+        "- `vit_<task>.onnx`: a small vision transformer per task (2x2 patches as 16 tokens and a class token, width 32, "
+        "2 pre-norm encoder layers of 4 heads, GELU feed-forward 64, final LayerNorm, linear head on the class token), "
+        "dynamo exporter (opset 18); `vit_digit_legacy.onnx`: the same digit model, legacy exporter (opset 17). "
+        "Same calibration, test and training files as the other models of each task.\n"
+        "- `python tools/make_samples.py --only ln` (or `--only vit`) remakes only the detector (or ViT) files and "
+        "their README lines.\n\n"
         "Test accuracy of the originals:\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in summary.items()) + "\n"
     )
 
