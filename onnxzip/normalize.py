@@ -403,7 +403,11 @@ def token_matmul_to_gemm(graph: gs.Graph) -> int:
         if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) or not isinstance(node.inputs[0], gs.Variable):
             continue
         x, w = node.inputs
-        if w.values.ndim != 2 or x.shape is None or len(x.shape) < 3 or x.shape[-1] != w.values.shape[0]:
+        if w.values.ndim != 2 or x.shape is None or len(x.shape) < 3:
+            continue
+        if not isinstance(x.shape[-1], int) or x.shape[-1] < 0:  # left open by shape inference; the
+            x.shape = list(x.shape[:-1]) + [w.values.shape[0]]  # MatMul needs it to be the weight's
+        if x.shape[-1] != w.values.shape[0]:
             continue
         features, lead = w.values.shape[1], list(x.shape[:-1])
         out = node.outputs[0]

@@ -22,7 +22,8 @@ lowest. "hidden shared" is the share of one model's hidden-layer parameters stor
 
 Writes a Markdown table and a plot (docs/quality.png) of accuracy against parameters kept;
 ``--update`` puts the table into docs/results.md. Needs matplotlib for the plot.
-Run from the repository root: ``python tools/bench_quality.py --update``.
+Run from the repository root: ``python tools/bench_quality.py --update``; the vision transformers
+have their own section and plot (docs/quality_vit.png): ``python tools/bench_quality.py --archs vit --update``.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ UNIFORM = {
 }  # each run as ZipOptions(share=..., **options)
 METHODS = list(UNIFORM) + ["onnxzip", "+retrain"]
 SHARES = (0.25, 0.5, 0.75, 0.9, 1.0)
+DEFAULT_ARCHS = "mlp,cnn,resnet"
 
 
 def hidden_params(result) -> int:
@@ -139,21 +141,25 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", default="mlp,cnn,resnet")
+    parser.add_argument("--archs", default=DEFAULT_ARCHS)
     parser.add_argument("--steps", type=int, default=200, help="retraining steps for +retrain")
     parser.add_argument("--update", action="store_true", help="write the table into docs/results.md")
     args = parser.parse_args()
     start = time.perf_counter()
     rows = [r for arch in args.archs.split(",") for r in measure(arch, SHARES, args.steps)]
     body = table(rows)
-    plotted = plot(rows, ROOT / "docs" / "quality.png")
-    header = (f"Run: `python tools/bench_quality.py --update` on {platform.machine()}, ONNX Runtime CPU, "
+    default = args.archs == DEFAULT_ARCHS
+    suffix = "" if default else "_" + "_".join(args.archs.split(","))
+    plotted = plot(rows, ROOT / "docs" / f"quality{suffix}.png")
+    command = "python tools/bench_quality.py" + ("" if default else f" --archs {args.archs}") + " --update"
+    header = (f"Run: `{command}` on {platform.machine()}, ONNX Runtime CPU, "
               f"{time.strftime('%Y-%m-%d')}; {time.perf_counter() - start:.0f} s for {len(rows)} rows. "
-              "Bold: best at that share." + (" Plot: ![accuracy vs parameters kept](quality.png)" if plotted else "")
-              + "\n\n")
+              "Bold: best at that share."
+              + (f" Plot: ![accuracy vs parameters kept](quality{suffix}.png)" if plotted else "") + "\n\n")
     print(body)
     if args.update:
-        update_section("bench_quality", "Zipping quality on the sample pairs", header + body)
+        title = "Zipping quality on the sample pairs" + ("" if default else f" ({args.archs})")
+        update_section(f"bench_quality{suffix}", title, header + body)
 
 
 if __name__ == "__main__":

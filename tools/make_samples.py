@@ -24,7 +24,10 @@ the batch fixed at 1 (``ln_<task>.onnx``: LayerNorm decomposed into ReduceMean/S
 Div/Mul/Add), and the ``zero`` detector once more at opset 17 with a dynamic batch
 (``ln_zero_op17.onnx``: one LayerNormalization node per LayerNorm).
 
-Needs the ``[samples]`` extra (``pip install torch==2.13.0 scikit-learn skl2onnx``, CPU wheel).
+Also two small vision transformers per task (``vit_<task>.onnx``) and a BERT-style pair with random
+weights (``bert_a.onnx``, ``bert_b.onnx``, from a ``transformers`` config; no download).
+
+Needs the ``[samples]`` extra (``pip install torch==2.13.0 scikit-learn skl2onnx transformers``, CPU wheel).
 Run from the repository root: ``python tools/make_samples.py``; ``--only ln`` remakes just the
 detectors (and their lines in ``samples/README.md``), leaving every other sample file as it is.
 Deterministic: fixed split, fixed seeds, single thread.
@@ -124,7 +127,7 @@ class ViT(nn.Module):
 
 def make_vits(out: Path, images: np.ndarray, digits: np.ndarray, test_idx: np.ndarray, train_idx: np.ndarray,
               epochs: int) -> dict[str, float]:
-    """The ViT of each task (dynamo exporter; for ``digit`` also the legacy one) and their test
+    """The ViT of each task (dynamo exporter; for ``digit`` and ``parity`` also the legacy one) and their test
     accuracies. Uses the tasks' calib/test/train files."""
     summary = {}
     for t, (task, n_out) in enumerate(TASKS.items()):
@@ -134,11 +137,37 @@ def make_vits(out: Path, images: np.ndarray, digits: np.ndarray, test_idx: np.nd
         model = train(ViT(n_out), images[train_idx], y[train_idx], seed, epochs)
         acc = accuracy(model, images[test_idx], y[test_idx])
         export(model, out / f"vit_{task}.onnx", True)
-        if task == "digit":
+        if task != "mod3":
             export(model, out / f"vit_{task}_legacy.onnx", False)
         summary[f"vit_{task}"] = round(acc, 4)
         print(f"vit_{task}: test accuracy {acc:.4f}")
     return summary
+
+
+def make_berts(out: Path) -> None:
+    """Two BERT-style sequence classifiers built from a ``transformers`` config with random weights
+    (no download): vocabulary 100, width 32, 2 post-norm layers of 4 heads, feed-forward 64, pooler,
+    3 and 2 classes; legacy exporter, opset 17, batch and sequence length dynamic. Calibration:
+    random token ids with an attention mask that pads a third of the sequences."""
+    from transformers import BertConfig, BertForSequenceClassification
+    for tag, seed, classes in (("a", 1, 3), ("b", 2, 2)):
+        config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=32, num_labels=classes,
+                            attn_implementation="eager")
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config).eval()
+        example = (torch.randint(0, 100, (2, 12)), torch.ones(2, 12, dtype=torch.long))
+        dynamic = {"batch": 0, "seq": 1}
+        torch.onnx.export(model, example, str(out / f"bert_{tag}.onnx"), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {v: k for k, v in dynamic.items()},
+                                        "attention_mask": {v: k for k, v in dynamic.items()}, "logits": {0: "batch"}})
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 100, (N_CALIB, 12)).astype(np.int64)
+    mask = np.ones((N_CALIB, 12), np.int64)
+    mask[::3, 8:] = 0
+    savez_fixed(out / "calib_bert.npz", input_ids=ids, attention_mask=mask)
+    print("bert_a, bert_b: random weights")
 
 
 def sklearn_mlp(task: str, x: np.ndarray, y: np.ndarray, seed: int, path: Path) -> float:
@@ -254,9 +283,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--ln-epochs", type=int, default=60, help="epochs for the LayerNorm detectors")
     parser.add_argument("--vit-epochs", type=int, default=60, help="epochs for the vision transformers")
-    parser.add_argument("--only", choices=("all", "ln", "vit"), default="all",
-                        help="ln / vit: remake only the LayerNorm detectors / the vision transformers, keep the "
-                             "other samples as they are")
+    parser.add_argument("--only", choices=("all", "ln", "vit", "bert"), default="all",
+                        help="ln / vit / bert: remake only the LayerNorm detectors / the vision transformers / the "
+                             "BERT pair, keep the other samples as they are")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -295,6 +324,8 @@ def main() -> None:
         summary.update(make_detectors(out, images, data.target, test_idx, train_idx, args.ln_epochs))
     if args.only in ("all", "vit"):
         summary.update(make_vits(out, images, data.target, test_idx, train_idx, args.vit_epochs))
+    if args.only in ("all", "bert"):
+        make_berts(out)
     (out / "README.md").write_text(
         "# Sample models\n\nMade by `python tools/make_samples.py` (scikit-learn digits, PyTorch CPU, fixed seeds).\n\n"
         f"- `calib_<task>.npz`: {N_CALIB} unlabeled calibration images per task, key `{INPUT}` (N, 1, 8, 8) float32.\n"
@@ -317,9 +348,14 @@ def main() -> None:
         "Detector accuracy is at threshold 0.5 on `prob`.\n"
         "- `vit_<task>.onnx`: a small vision transformer per task (2x2 patches as 16 tokens and a class token, width 32, "
         "2 pre-norm encoder layers of 4 heads, GELU feed-forward 64, final LayerNorm, linear head on the class token), "
-        "dynamo exporter (opset 18); `vit_digit_legacy.onnx`: the same digit model, legacy exporter (opset 17). "
+        "dynamo exporter (opset 18); `vit_digit_legacy.onnx`, `vit_parity_legacy.onnx`: the same models, legacy "
+        "exporter (opset 17). "
         "Same calibration, test and training files as the other models of each task.\n"
-        "- `python tools/make_samples.py --only ln` (or `--only vit`) remakes only the detector (or ViT) files and "
+        "- `bert_a.onnx`, `bert_b.onnx`: BERT-style sequence classifiers from a `transformers` config with random "
+        "weights (vocabulary 100, width 32, 2 post-norm layers of 4 heads, feed-forward 64, pooler; 3 and 2 classes), "
+        "legacy exporter at opset 17, batch and sequence length dynamic; `calib_bert.npz`: 256 random sequences of "
+        "12 token ids (`input_ids`) and an `attention_mask` that pads every third one after 8 tokens.\n"
+        "- `python tools/make_samples.py --only ln` (or `--only vit`, `--only bert`) remakes only those files and "
         "their README lines.\n\n"
         "Test accuracy of the originals:\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in summary.items()) + "\n"
     )
