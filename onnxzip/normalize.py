@@ -589,8 +589,9 @@ def reshape_to_flatten(graph: gs.Graph) -> int:
 
 
 def reduce_mean_to_pool(graph: gs.Graph) -> int:
-    """``ReduceMean`` over every spatial axis (the dynamo exporter's global pooling) ->
-    ``GlobalAveragePool`` (+ ``Flatten`` where it drops the reduced axes)."""
+    """``ReduceMean`` over every spatial axis of an image tensor (the dynamo exporter's global
+    pooling) -> ``GlobalAveragePool`` (+ ``Flatten`` where it drops the reduced axes). Rank 3 stays:
+    there the last axis is as likely a token-major tensor's features as a sequence."""
     n = 0
     for node in list(graph.nodes):
         if node.op != "ReduceMean" or node.inputs[0].shape is None:
@@ -599,7 +600,7 @@ def reduce_mean_to_pool(graph: gs.Graph) -> int:
         axes = node.attrs.get("axes")
         if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
             axes = node.inputs[1].values.reshape(-1).tolist()
-        if rank < 3 or axes is None or sorted(a % rank for a in axes) != list(range(2, rank)):
+        if rank < 4 or axes is None or sorted(a % rank for a in axes) != list(range(2, rank)):
             continue
         keep = int(node.attrs.get("keepdims", 1))
         out = node.outputs[0]

@@ -331,3 +331,31 @@ def grouped_residual(seed: int, classes: int = 3) -> onnx.ModelProto:
     g = n.conv(y, 8, 8, group=2, name="grouped")
     y = n.conv(g, 8, 6, name="c2")
     return n.head(y, 6, classes)
+
+
+def token_block(seed: int, classes: int = 3, decomposed: bool = True) -> onnx.ModelProto:
+    """A pre-norm transformer feed-forward block on tokens: (N, 3, 8, 8) read as 3 tokens of 64
+    features -> MatMul 64-16 (+ a learned position per token) -> [LayerNorm -> MatMul 16-24 ->
+    GELU (tanh form) -> MatMul 24-16] + residual -> LayerNorm -> mean over tokens -> Gemm head.
+    LayerNorm decomposed (opset-18 ReduceMean over the last axis) or the op."""
+    n = _Net(seed, 3)
+    r = n.rng
+
+    def dense(x, a, b, name):
+        n.inits += [_init(f"{name}.w", r.normal(0, 1 / np.sqrt(a), (a, b))), _init(f"{name}.b", r.normal(0, .1, b))]
+        return n.op("Add", [n.op("MatMul", [x, f"{name}.w"]), f"{name}.b"])
+
+    n.inits += [numpy_helper.from_array(np.array([0, 3, 64], np.int64), "tokens"),
+                _init("pos", r.normal(0, .1, (1, 3, 16))), _init("c.half", np.array(0.5)),
+                _init("c.one", np.array(1.0)), _init("c.k", np.array(0.044715)), _init("c.s", np.array(0.7978845608)),
+                _init("c.three", np.array(3.0))]
+    x = n.op("Add", [dense(n.op("Reshape", ["x", "tokens"]), 64, 16, "embed"), "pos"])
+    h = dense(_layernorm(n, x, 16, decomposed), 16, 24, "ff1")
+    inner = n.op("Mul", [n.op("Add", [h, n.op("Mul", [n.op("Pow", [h, "c.three"]), "c.k"])]), "c.s"])
+    h = n.op("Mul", [n.op("Mul", [h, "c.half"]), n.op("Add", [n.op("Tanh", [inner]), "c.one"])])
+    x = n.op("Add", [x, dense(h, 24, 16, "ff2")])
+    n.inits.append(numpy_helper.from_array(np.array([1], np.int64), "token.axis"))
+    y = n.op("ReduceMean", [_layernorm(n, x, 16, decomposed), "token.axis"], keepdims=0)
+    n.inits += [_init("head.w", r.normal(0, 0.4, (classes, 16))), _init("head.b", r.normal(0, .1, classes))]
+    n.nodes.append(helper.make_node("Gemm", [y, "head.w", "head.b"], ["y"], name="head", transB=1))
+    return model(n.nodes, n.inits, [inp("x", ["N", 3, 8, 8])], [inp("y", ["N", classes])], opset=18)

@@ -12,7 +12,8 @@ ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": gr
          "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce,
          "ln_mlp": graphs.ln_mlp, "ln_mlp_op": graphs.ln_mlp_op, "instnorm": graphs.instnorm_cnn,
          "ln_spatial": graphs.ln_spatial, "ln_spatial_c": lambda seed, classes: graphs.ln_spatial(seed, classes, (8, 1, 1)),
-         "ln_mean_out": lambda seed, classes: graphs.ln_spatial(seed, classes, (8, 8, 8), mean_output=True)}
+         "ln_mean_out": lambda seed, classes: graphs.ln_spatial(seed, classes, (8, 8, 8), mean_output=True),
+         "tokens": graphs.token_block, "tokens_ln_op": lambda seed, classes: graphs.token_block(seed, classes, False)}
 
 
 def run_all(model, feeds):

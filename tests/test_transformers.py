@@ -166,3 +166,12 @@ def test_moved_axis():
 def test_token_matmul_rule_does_not_touch_2d():
     graph = prepare(graphs.mlp(0, style="matmul"), 17, "t.onnx")
     assert token_matmul_to_gemm(graph) == 0
+
+
+@pytest.mark.parametrize("decomposed", [True, False])
+def test_token_block_keeps_its_stream_zipped(decomposed):
+    """LayerNorm over the features (decomposed or the op), tanh GELU, a per-token position and a mean
+    over tokens all run per part: nothing is restored, the embedding and ff2 share one matching."""
+    ir = build_ir(graphs.token_block(0, decomposed=decomposed), "t", "t.onnx", 18)
+    assert not ir.spaces.restore
+    assert sorted(len(g) for g in ir.spaces.groups) == [1, 2]
