@@ -146,8 +146,8 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
                extra_keys: tuple[str, ...] = ()
                ) -> tuple[list[onnx.ModelProto], list[ModelIR], list[dict[str, np.ndarray]]]:
     """Load the models and their calibration data, and normalize the models (not yet aligned),
-    all converted to one opset. Dynamic input dims other than the batch are fixed to the
-    calibration data's sizes."""
+    all converted to one opset. Dynamic float input dims other than the batch are fixed to the
+    calibration data's sizes (:func:`io.fix_dynamic_dims`)."""
     protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
     sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
     arrays = []

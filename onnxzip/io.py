@@ -223,16 +223,18 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def fix_dynamic_dims(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose dynamic input dims after the batch take the calibration data's
-    sizes (the batch stays dynamic); ``model`` itself when nothing is dynamic."""
-    dynamic = [vi for vi in model.graph.input if vi.name in arrays and
+    """A copy of ``model`` whose dynamic float input dims after the batch take the calibration
+    data's sizes (the batch stays dynamic); ``model`` itself when nothing is to fix. Integer inputs
+    (token ids, attention masks) keep a dynamic sequence length."""
+    dynamic = [vi for vi in model.graph.input if vi.name in arrays and arrays[vi.name].dtype.kind == "f" and
                any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim[1:])]
     if not dynamic:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    names = {vi.name for vi in dynamic}
     for vi in out.graph.input:
-        if vi.name in arrays:
+        if vi.name in names:
             for d, n in zip(list(vi.type.tensor_type.shape.dim)[1:], arrays[vi.name].shape[1:]):
                 if not d.HasField("dim_value"):
                     d.dim_value = int(n)
