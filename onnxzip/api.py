@@ -13,10 +13,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
-from . import __version__, io, runtime, timing
+from . import __version__, images, io, runtime, timing
 from .align import align
 from .emit import emit_model
 from .errors import InputError, UsageError
+from .images import ImageRecipe
 from .ir import ModelIR, build_ir
 from .merge import MATCHERS
 from .normalize import onnx_opset
@@ -56,6 +57,16 @@ class ZipOptions:
     batch_size: int = 64
     mask_threshold: float = 0.5
     quiet: bool = False
+    image_size: tuple[int, int] | None = None  # image folders as --data: the recipe (onnxzip.images)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    bgr: bool = False
+    layout: str = "nchw"
+    max_samples: int = 256
+
+    def recipe(self) -> ImageRecipe:
+        """How an image folder given as --data becomes a model input."""
+        return ImageRecipe(self.image_size, tuple(self.mean), tuple(self.std), self.bgr, self.layout, self.max_samples)
 
     def check(self, n_models: int) -> None:
         MATCHERS.get(self.matching)
@@ -143,18 +154,25 @@ def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
 
 def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str],
                data: Sequence[str | os.PathLike | dict[str, np.ndarray]] | None = None,
-               extra_keys: tuple[str, ...] = ()
+               extra_keys: tuple[str, ...] = (), recipe: ImageRecipe | None = None
                ) -> tuple[list[onnx.ModelProto], list[ModelIR], list[dict[str, np.ndarray]]]:
     """Load the models and their calibration data, and normalize the models (not yet aligned),
     all converted to one opset. Dynamic float input dims other than the batch are fixed to the
-    calibration data's sizes (:func:`io.fix_dynamic_dims`)."""
+    calibration data's sizes (:func:`io.fix_dynamic_dims`). A folder in ``data`` is read as images
+    with ``recipe`` (:mod:`onnxzip.images`)."""
     protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
     sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
     arrays = []
     for i, d in enumerate(data or []):
         specs = io.input_specs(protos[i])
-        arrays.append(io.load_calibration(d, specs, extra_keys) if isinstance(d, (str, os.PathLike))
-                      else io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
+        if isinstance(d, (str, os.PathLike)) and images.is_image_folder(d):
+            if extra_keys:
+                raise UsageError(f"{d}: an image folder has no labels (--labels needs .npz files)")
+            arrays.append(io.check_calibration(images.load_folder(d, specs, recipe or ImageRecipe()), specs, str(d)))
+        elif isinstance(d, (str, os.PathLike)):
+            arrays.append(io.load_calibration(d, specs, extra_keys))
+        else:
+            arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
         protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
     opset = min(max(onnx_opset(p) for p in protos), MAX_EMIT_OPSET)
     return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
@@ -183,13 +201,16 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
     """:func:`zip_models` after the options are merged; phases timed (:mod:`onnxzip.timing`)."""
     if len(models) < 2:
         raise UsageError("give at least two models")
+    if len(data) == 1:  # one for all
+        data = list(data) * len(models)
     if len(data) != len(models):
-        raise UsageError(f"give one calibration file per model: {len(models)} models, {len(data)} data files")
+        raise UsageError(f"give one calibration file per model, or one for all: {len(models)} models, "
+                         f"{len(data)} data files")
     opts.check(len(models))
     start = time.perf_counter()
     names = task_names(models, opts.names)
     with timing.phase("load"):
-        protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else ())
+        protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
     labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
     if opts.finetune and any(y is None for y in labels):
         raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
@@ -262,7 +283,9 @@ def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opt
     if budgeted:
         options["share"] = None
     inputs = [{"task": n, "model": str(m) if isinstance(m, (str, os.PathLike)) else None, "model_sha256": io.sha256(m),
-               "data": str(d) if isinstance(d, (str, os.PathLike)) else None, "data_sha256": io.sha256(d)}
+               "data": str(d) if isinstance(d, (str, os.PathLike)) else None,
+               "data_sha256": images.folder_sha256(d, opts.recipe()) if isinstance(d, (str, os.PathLike)) and
+               images.is_image_folder(d) else io.sha256(d)}
               for n, m, d in zip(names, models, data)]
     return {"onnxzip_version": __version__, "inputs": inputs, "options": options,
             "metrics_on": "calibration data (the samples the zip was fitted to, not held out)"}

@@ -22,6 +22,35 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(","))
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give H,W (two integers)") from None
+    return h, w
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image folders as --data (PNG/JPEG, read recursively)")
+    g.add_argument("--image-size", type=_size, default=DEFAULTS.image_size, metavar="H,W",
+                   help="resize every image to H,W (default: the model input's static size)")
+    g.add_argument("--mean", type=_floats, default=DEFAULTS.mean, metavar="R,G,B",
+                   help="subtracted per channel from [0, 1] pixels, after --bgr (one value or one per channel)")
+    g.add_argument("--std", type=_floats, default=DEFAULTS.std, metavar="R,G,B",
+                   help="then divided per channel (one value or one per channel)")
+    g.add_argument("--bgr", action="store_true", help="reverse RGB to BGR (models trained on OpenCV reads)")
+    g.add_argument("--layout", choices=["nchw", "nhwc"], default=DEFAULTS.layout, help="the model input's layout")
+    g.add_argument("--max-samples", type=int, default=DEFAULTS.max_samples,
+                   help=f"at most this many images per folder, a seeded random subset (default {DEFAULTS.max_samples})")
+
+
 def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", default=None,
                    help="fraction of each hidden layer's neurons to share, or one per layer group (see "
@@ -79,7 +108,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
                       target_params=args.target_params, max_loss_increase=args.max_loss_increase, labels=args.labels,
                       finetune=args.finetune, cost=args.cost, separate_inputs=args.separate_inputs,
                       device=args.device, batch_size=args.batch_size, mask_threshold=args.mask_threshold,
-                      quiet=args.quiet)
+                      quiet=args.quiet, image_size=args.image_size, mean=args.mean, std=args.std, bgr=args.bgr,
+                      layout=args.layout, max_samples=args.max_samples)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:
@@ -163,6 +193,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, format_bench
+    data = None if not args.data else [io.load_arrays(d) for d in args.data]
+    result = bench(args.model, args.originals, data, provider=args.provider, batch=args.batch, runs=args.runs)
+    print(format_bench(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxzip", description="Zip same-architecture ONNX models into one "
                                      "multi-task model with Multi-Task Zipping.")
@@ -171,11 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zip", help="zip models into one multi-task ONNX model")
     p.add_argument("models", nargs="+", help="ONNX models of the same architecture (one per task)")
-    p.add_argument("--data", nargs="+", required=True, help="calibration .npz per model (keys = input names)")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="calibration data per model, or one for all: .npz (keys = input names), .npy, or a folder "
+                        "of images (see below)")
     p.add_argument("-o", "--output", required=True, help="the zipped model to write")
     p.add_argument("--names", type=_names, default=DEFAULTS.names, help="task names, comma-separated")
     p.add_argument("--report", help="write the report as JSON here")
     _add_zip_options(p)
+    _add_image_options(p)
     p.set_defaults(func=cmd_zip)
 
     p = sub.add_parser("finetune", help="retrain a zipped model lightly on labelled data (one file per task)")
@@ -201,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output name, e.g. digit/logits")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="latency, session memory and bytes of a zipped model against its originals")
+    p.add_argument("model", help="a zipped model (outputs <task>/<name>)")
+    p.add_argument("--originals", nargs="+", required=True, help="the original models, in the zipped model's task order")
+    p.add_argument("--data", nargs="+", help=".npz inputs per original, or one for all (default: random inputs)")
+    p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                   help="ONNX Runtime execution provider; a silent fall-back to CPU is refused")
+    p.add_argument("--batch", type=int, default=32, help="samples per run (default 32)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs of each side (default 50)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="zip the shipped sample models at several sharing levels")
     p.add_argument("--samples", help="samples folder (default: the checkout's samples/)")

@@ -71,3 +71,31 @@ def test_ppocr_orientation_classifiers_align_and_zip():
         assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 1.0
     half = zip_models(paths, data, share=0.5, quiet=True)
     assert sum(row["shared"] for row in half.report["layers"]) > 0
+
+
+@pytest.mark.slow
+def test_ppocr_text_detectors_calibrate_from_a_folder_of_pngs(tmp_path):
+    """The detectors' own recipe (320x320, BGR, ImageNet mean and std) read from PNG files gives the
+    arrays tools/real_data.py computes in numpy, and share 0 reproduces both originals on them."""
+    paths, _ = real_set("ocr_det", 4)
+    import real_data
+    from PIL import Image
+
+    from onnxzip.images import ImageRecipe, load_folder
+    from onnxzip.io import InputSpec
+    images = np.concatenate([real_data.seal_stamps(3, (320, 320), 0), real_data.crops(3, (320, 320), 0)])
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    recipe = dict(image_size=(320, 320), mean=tuple(real_data.IMAGENET_MEAN), std=tuple(real_data.IMAGENET_STD),
+                  bgr=True)
+    got = load_folder(tmp_path, [InputSpec("x", np.dtype(np.float32), (None, 3, None, None))],
+                      ImageRecipe(size=recipe["image_size"], mean=recipe["mean"], std=recipe["std"], bgr=True))["x"]
+    np.testing.assert_allclose(got, real_data.imagenet_bgr(images), atol=1e-5)
+    zero = zip_models(paths, [str(tmp_path)], share=0.0, quiet=True, **recipe)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(zero.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    got_zipped = sess.run(outs, {sess.get_inputs()[0].name: got})
+    for t, ref in enumerate(originals(paths, [{"x": got}] * 2)):
+        assert zero.report["tasks"][t]["verdict"] == "ok"
+        np.testing.assert_allclose(got_zipped[t], ref, atol=1e-3 * max(1.0, np.abs(ref).max()))

@@ -1,0 +1,216 @@
+"""``onnxzip bench``: a zipped model against its originals, side by side, on one execution provider.
+
+Latency: the zipped model's one run (every task's outputs) against the originals run one after
+another on the same inputs, the two sides alternating round by round after warm-up rounds;
+median and 90th percentile. Memory:
+the resident memory that creating the sessions and running them adds to a fresh process that has
+imported ONNX Runtime (each side in its own child process, so neither inherits the other's
+allocations). Bytes: the
+files, external data included.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import io
+from .errors import InputError, UsageError
+from .runtime import onnxruntime
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+@dataclass
+class Side:
+    """One side of the comparison: the zipped model, or the originals."""
+
+    median_ms: float
+    p90_ms: float
+    memory_mb: float
+    bytes: int
+
+
+def open_session(path: str, provider: str):
+    """A session with ONNX Runtime's default options on ``provider``; refuses a fall-back."""
+    ort = onnxruntime()
+    wanted = PROVIDERS[provider]
+    if wanted[0] not in ort.get_available_providers():
+        raise UsageError(f"--provider {provider} needs {wanted[0]}, which this onnxruntime build lacks "
+                         f"(available: {', '.join(ort.get_available_providers())})")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(path, opts, providers=wanted)
+    except Exception as exc:  # ORT raises its own types
+        raise InputError(f"{path}: onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    if sess.get_providers()[0] != wanted[0]:
+        raise UsageError(f"{path}: onnxruntime fell back to {sess.get_providers()[0]} instead of {wanted[0]}; "
+                         "not reporting a CPU run as " + provider)
+    return sess
+
+
+def file_bytes(path: str) -> int:
+    """The model file and the external-data files it names."""
+    total = Path(path).stat().st_size
+    model = onnx.load(path, load_external_data=False)
+    seen = set()
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                total += (Path(path).parent / entry.value).stat().st_size
+    return total
+
+
+def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """``batch`` samples for the model at ``path``: the first of ``data``, or random ones where
+    no data is given (normal floats, zero integers: token id 0); dynamic dims other than the batch
+    need data."""
+    specs = io.input_specs(onnx.load(path, load_external_data=False))
+    if data is not None:
+        arrays = io.check_calibration(dict(data), specs, "--data")
+        n = next(iter(arrays.values())).shape[0]
+        return {k: np.resize(v, (batch,) + v.shape[1:]) if n < batch else v[:batch] for k, v in arrays.items()}
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        if any(d is None for d in s.shape[1:]):
+            raise InputError(f"{path}: input {s.name!r} has a dynamic dimension besides the batch: give --data")
+        shape = (batch,) + tuple(s.shape[1:])
+        out[s.name] = rng.normal(size=shape).astype(s.dtype) if s.dtype.kind == "f" else np.zeros(shape, s.dtype)
+    return out
+
+
+def zipped_inputs(path: str, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The zipped model's feeds: a shared input takes the first task's array, ``<task>/<input>`` its task's."""
+    specs = io.input_specs(onnx.load(path, load_external_data=False))
+    out = {}
+    for s in specs:
+        task, _, name = s.name.partition("/")
+        if name and task in names:
+            out[s.name] = feeds[names.index(task)][name]
+        elif s.name in feeds[0]:
+            out[s.name] = feeds[0][s.name]
+        else:
+            raise InputError(f"{path}: input {s.name!r} matches no input of the originals")
+    return out
+
+
+def task_order(path: str) -> list[str]:
+    """The zipped model's tasks, in the order of its outputs ``<task>/<output>``."""
+    model = onnx.load(path, load_external_data=False)
+    names = []
+    for o in model.graph.output:
+        task = o.name.split("/", 1)[0]
+        if "/" in o.name and task not in names:
+            names.append(task)
+    if not names:
+        raise InputError(f"{path}: not a zipped model (no outputs named <task>/<output>)")
+    return names
+
+
+def _timed(sides: list[list], n: int, warmup: int) -> list[np.ndarray]:
+    """Seconds per round of each side over ``n`` rounds, the sides alternating round by round (so
+    that the machine's load falls on both alike); a side's round calls each of its functions in turn."""
+    for _ in range(warmup):
+        for runs in sides:
+            for f in runs:
+                f()
+    out = [np.empty(n) for _ in sides]
+    for i in range(n):
+        for times, runs in zip(out, sides):
+            start = time.perf_counter()
+            for f in runs:
+                f()
+            times[i] = time.perf_counter() - start
+    return out
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (Linux), else its peak so far."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024.0
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _memory_child(paths: list[str], feeds: list[dict[str, np.ndarray]], provider: str, queue) -> None:
+    """In a fresh process: the resident memory (MB) that loading ``paths`` and running each three
+    times adds (ONNX Runtime's arenas keep what a run needed)."""
+    try:
+        onnxruntime()
+        base = resident_mb()
+        sessions = [open_session(p, provider) for p in paths]
+        for _ in range(3):
+            for s, f in zip(sessions, feeds):
+                s.run(None, f)
+        queue.put(resident_mb() - base)
+    except Exception as exc:  # reported by the parent
+        queue.put(exc)
+
+
+def session_memory(paths: list[str], feeds: list[dict[str, np.ndarray]], provider: str) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(paths, feeds, provider, queue))
+    proc.start()
+    got = queue.get()
+    proc.join()
+    if isinstance(got, Exception):
+        raise got
+    return float(got)
+
+
+def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] | None = None, provider: str = "cpu",
+          batch: int = 32, runs: int = 50, warmup: int = 5) -> dict[str, object]:
+    """Latency, session memory and bytes of ``zipped`` against ``originals`` (in its task order).
+
+    Returns:
+        {"zipped": Side, "originals": Side, "ratios": {latency, memory, bytes}, "tasks", "provider", "batch"}.
+    """
+    if provider not in PROVIDERS:
+        raise UsageError(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    names = task_order(zipped)
+    if len(names) != len(originals):
+        raise UsageError(f"{zipped} holds {len(names)} tasks ({', '.join(names)}); give {len(names)} --originals")
+    if data is not None and len(data) == 1:
+        data = data * len(originals)
+    if data is not None and len(data) != len(originals):
+        raise UsageError(f"give one --data per original, or one for all: {len(originals)} originals, {len(data)} files")
+    feeds = [task_feeds(p, None if data is None else data[i], batch, seed=i) for i, p in enumerate(originals)]
+    zfeeds = zipped_inputs(zipped, names, feeds)
+    zs = open_session(zipped, provider)
+    os_ = [open_session(p, provider) for p in originals]
+    zipped_times, original_times = _timed([[lambda: zs.run(None, zfeeds)],
+                                           [lambda s=s, f=f: s.run(None, f) for s, f in zip(os_, feeds)]], runs, warmup)
+    del zs, os_
+    sides = {}
+    for key, times, paths, fs in (("zipped", zipped_times, [zipped], [zfeeds]),
+                                  ("originals", original_times, originals, feeds)):
+        sides[key] = Side(float(np.median(times) * 1e3), float(np.percentile(times, 90) * 1e3),
+                          session_memory(paths, fs, provider), sum(file_bytes(p) for p in paths))
+    z, o = sides["zipped"], sides["originals"]
+    ratios = {"latency": z.median_ms / o.median_ms, "memory": z.memory_mb / max(o.memory_mb, 1e-9),
+              "bytes": z.bytes / o.bytes}
+    return {"zipped": z, "originals": o, "ratios": ratios, "tasks": names, "provider": provider, "batch": batch,
+            "runs": runs, "cpus": os.cpu_count()}
+
+
+def format_bench(result: dict[str, object]) -> str:
+    z, o, r = result["zipped"], result["originals"], result["ratios"]
+    lines = [f"{result['provider']}, batch {result['batch']}, {result['runs']} timed runs each "
+             f"(tasks: {', '.join(result['tasks'])})",
+             f"{'':<10} {'median ms':>10} {'p90 ms':>10} {'memory MB':>10} {'bytes':>12}"]
+    for label, side in (("zipped", z), ("originals", o)):
+        lines.append(f"{label:<10} {side.median_ms:>10.3f} {side.p90_ms:>10.3f} {side.memory_mb:>10.1f} {side.bytes:>12,}")
+    lines.append(f"latency ratio {r['latency']:.3f}; memory ratio {r['memory']:.3f}; bytes ratio {r['bytes']:.3f}")
+    return "\n".join(lines)
