@@ -167,7 +167,12 @@ def test_bad_options(tmp_path, capsys, flags, message):
 
 
 def test_data_count_mismatch(tmp_path, capsys):
-    fails(capsys, ["zip", *MLP, "--data", CALIB[0], "-o", str(tmp_path / "z.onnx")], "one calibration file per model")
+    fails(capsys, ["zip", *MLP, *MLP[:1], "--data", *CALIB, "-o", str(tmp_path / "z.onnx")],
+          "one calibration file per model, or one for all")
+
+
+def test_one_data_file_for_all(tmp_path, capsys):
+    assert main(["zip", *MLP, "--data", CALIB[0], "-o", str(tmp_path / "z.onnx"), "-q"]) == 0
 
 
 def test_nothing_written_on_error(tmp_path, capsys):
