@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from . import __version__, images, io, runtime, timing
 from .align import align
@@ -27,6 +28,7 @@ from .stats import HESSIANS
 from .budget import BudgetPlanner
 from .fisher import loss_statistics
 from .layercheck import measure_layers
+from .lint import deployment_problems
 from .zipper import ZipPlan, zip_tasks
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,8 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
     with timing.phase("load"):
         protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
     labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
+    for t, ir in enumerate(irs):
+        arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])
     if opts.finetune and any(y is None for y in labels):
         raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
     with timing.phase("load"):
@@ -268,11 +272,32 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
         if "budget" in before:
             result.report["budget"] = before["budget"]
     warn_fidelity(result.report, opts)
+    result.report["deployment_problems"] = deployment_problems(result.model)
     result.report.update(provenance(models, data, names, opts, budgeted="budget" in result.report))
     result.report["options"]["shared_input"] = shared_inputs
     result.report["cost_units"] = "loss" if result.plan.loss_aware else "pre-activation"
     result.report["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray | None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """A model that fixes its batch size B > 1 and holds tensors without the batch on axis 0 (token
+    rows, sequence-first layouts) gets whole batches: the calibration samples past the last multiple
+    of B are left out (with fewer than B, they are repeated up to B), because its stages cannot pad a
+    partial batch. Batch-major models keep every sample (each stage pads its last batch)."""
+    fixed = next((s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None), None)
+    n = next(iter(arrays.values())).shape[0]
+    if fixed is None or fixed <= 1 or n % fixed == 0:
+        return arrays, labels
+    if all(t.shape[0] == fixed for t in ir.graph.tensors().values()
+           if not isinstance(t, gs.Constant) and t.shape and t.dtype is not None and np.dtype(t.dtype).kind == "f"):
+        return arrays, labels
+    m = n - n % fixed if n > fixed else fixed
+    log.warning("task %r: the model fixes its batch at %d: %s", ir.name, fixed,
+                f"{n - m} of its {n} calibration samples are left out" if m < n else f"its {n} samples repeat to {m}")
+    return ({k: np.resize(v, (m,) + v.shape[1:]) for k, v in arrays.items()},
+            None if labels is None else np.resize(labels, m))
 
 
 def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opts: ZipOptions,

@@ -419,7 +419,7 @@ def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part, space: Chan
     if node.op == "Reshape" and slot == 1:
         c = c.copy()
         if space.axis == 1 and reshape_keeps_prefix(node, rank):
-            c[1] = 0 if not int(node.attrs.get("allowzero", 0)) else len(part.channels)
+            c[1] = 0 if not int(node.attrs.get("allowzero", 0)) else len(part.channels) * space.block
         else:  # the channel axis and the ones after it keep their sizes: its entry comes first of them
             c[c.size - (rank - space.axis)] = len(part.channels) * space.block
     elif node.op == "Resize" and slot == 3 and c.size:

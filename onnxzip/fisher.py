@@ -274,8 +274,8 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
         feeds = {}
         for name, x in data.items():
             chunk = x[start:start + batch]
-            if real < batch:  # pad the last batch; padded rows are ignored below
-                chunk = np.concatenate([chunk, np.zeros((batch - real,) + chunk.shape[1:], chunk.dtype)])
+            if real < batch:  # pad the last batch with repeats of its own samples (finite wherever the real
+                chunk = np.resize(chunk, (batch,) + chunk.shape[1:])  # ones are); their seeds are zero
             feeds[name] = chunk
         for name, spec in inputs.items():
             if name not in feeds:
@@ -293,7 +293,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
             s[real:] = 0.0
             feeds[f"adj_{name}"] = s[..., None].astype(np.float32)
         got = sess.run([grads[i] for i in layers], feeds)
-        for i, g in zip(layers, got):  # (the padded samples' gradients are zero: their seeds are)
+        for i, g in zip(layers, got):  # (padded samples, repeats of real ones, have zero seeds: zero gradients)
             g = np.asarray(g[..., 0], np.float64)
             totals[i] += (g ** 2).sum(axis=tuple(a for a in range(g.ndim) if a != 1))  # channels: axis 1
     return {i: t / n for i, t in totals.items()}

@@ -395,8 +395,9 @@ def token_matmul_to_gemm(graph: gs.Graph) -> int:
     a canonical ``Gemm``, and a Reshape back to ``x``'s leading dimensions.
 
     Every leading position becomes a row of the Gemm, so a dense layer's statistics read one sample
-    per token. The Reshape back takes ``x``'s leading dimensions (constants where they are static,
-    else ``Shape(x)``) and ``-1`` for the features.
+    per token. The Reshape back takes ``x``'s leading dimensions: a constant target where at most
+    one of them is dynamic (it becomes -1, the features' count stays), else ``Shape(x)`` and -1 for
+    the features.
     """
     n = 0
     for node in list(graph.nodes):

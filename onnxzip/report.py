@@ -135,6 +135,11 @@ def format_table(report: dict[str, Any]) -> str:
                  f"float noise {eq.get('float_noise', 0):.3g})  [{eq.get('verdict', 'ok')}]")
     for row in report.get("not_shared", []):
         lines.append(f"not shared: {row['layer']}: {row['reason']}")
+    if "deployment_problems" in report:
+        problems = report["deployment_problems"]
+        lines.append("TensorRT-ready (opset <= 20, batch the only dynamic dim, constants folded, standard ops, weights "
+                     "as initializers): " + ("yes" if not problems else
+                                             f"no, {len(problems)} problem(s); first: {problems[0]}"))
     if report.get("phases"):
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report["phases"].items())
                      + f"; peak memory {report.get('peak_rss_mb', 0):.0f} MB")

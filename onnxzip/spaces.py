@@ -39,7 +39,7 @@ UNARY = frozenset({
 POOL = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 #: Elementwise ops of two or more inputs: per channel with constants, joins between zipped tensors.
 BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean"})
-#: Reductions that keep the batch and channel axes when they reduce only axes >= 2.
+#: Reductions: over the channel axis they carry no channels ("reduce"); over other axes they keep them.
 REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 
 
@@ -124,8 +124,8 @@ def channel_rule(node: gs.Node, slot: int, channels: int, axis: int = 1) -> str:
     ``"flatten"``, ``"keep"`` (shape ops that keep the channel axis whole; :func:`moved_axis` says
     where it goes), ``"concat"``, ``"stack"`` (a Concat along another axis), ``"reduce"`` (a
     reduction over the channel axis: its result carries no channels, whatever their order),
-    ``"shape"`` (a Shape that excludes the channel axis), ``"normalize"`` (LayerNormalization from
-    the channel axis on), or ``"restore"``.
+    ``"shape"`` (a Shape: of one part where it leaves out the channel axis, else of the parts
+    joined), ``"normalize"`` (LayerNormalization from the channel axis on), or ``"restore"``.
     """
     op, x = node.op, node.inputs[slot]
     rank = len(x.shape) if x.shape is not None else None
@@ -397,8 +397,9 @@ def _join(node: gs.Node, layout: dict[str, ChannelSpace], ties: _UnionFind, slot
                 return "restore"  # an unzipped operand with channels of its own, but not these
     spaces = [layout[t.name] for t in node.inputs if t.name in layout]
     ref = spaces[0]
-    if any(s.block != ref.block or s.axis != ref.axis or len(s.segments) != len(ref.segments) for s in spaces):
-        return "restore"
+    if any(s.block != ref.block or s.axis != ref.axis or len(s.segments) != len(ref.segments) for s in spaces) or \
+            any(t.shape is None or len(t.shape) != rank for t in node.inputs if t.name in layout):
+        return "restore"  # (operands of other ranks broadcast from the right: (1, C, 1) + (1, C) mixes channels)
     if stack and any(isinstance(t, gs.Constant) for t in node.inputs):
         return "restore"
     for s in spaces[1:]:

@@ -31,6 +31,7 @@ def test_architecture_zips(arch, share):
     onnx.checker.check_model(result.model, full_check=True)
     onnx.shape_inference.infer_shapes(result.model, strict_mode=True)
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
+    assert result.report["deployment_problems"] == []  # TensorRT-ready (onnxzip.lint)
     x = graphs.data(5, (3, 8, 8), n=16)
     got = run_all(result.model, {"x": x})
     for t, m in zip(("a", "b"), models):

@@ -161,3 +161,32 @@ def test_cnn_emitted_graph_computes_each_tasks_hand_built_network():
     fc0 = 5 * (16 + 1) + 2 * (5 * 16 + 5 * (32 + 1))
     head = 2 * 4 * 11
     assert sum(a.size for a in inits.values()) == conv0 + conv1 + fc0 + head
+
+
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_reshape_of_flattened_channels_per_part(allowzero):
+    """Conv -> Flatten (16 features per channel) -> Reshape([4, 64, 1]) -> Flatten -> Gemm: each
+    part's Reshape target counts its channels times their features (allowzero spells it out)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(seed):
+        r = np.random.default_rng(seed)
+        inits = [numpy_helper.from_array(np.asarray(a, dt), n) for n, a, dt in (
+            ("cw", r.normal(0, .3, (4, 3, 3, 3)), np.float32), ("cb", r.normal(0, .1, 4), np.float32),
+            ("t", [4, 64, 1], np.int64), ("w1", r.normal(0, .2, (10, 64)), np.float32),
+            ("b1", r.normal(0, .1, 10), np.float32), ("w2", r.normal(0, .3, (3, 10)), np.float32),
+            ("b2", r.normal(0, .1, 3), np.float32))]
+        nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                 helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+                 helper.make_node("Reshape", ["f", "t"], ["f3"], name="rs", allowzero=allowzero),
+                 helper.make_node("Flatten", ["f3"], ["f2"], name="flat2"),
+                 helper.make_node("Gemm", ["f2", "w1", "b1"], ["h"], name="fc1", transB=1),
+                 helper.make_node("Relu", ["h"], ["hr"], name="relu2"),
+                 helper.make_node("Gemm", ["hr", "w2", "b2"], ["y"], name="fc2", transB=1)]
+        return graphs.model(nodes, inits, [graphs.inp("x", [4, 3, 4, 4])], [graphs.inp("y", [4, 3])])
+    models = [model(1), model(2)]
+    data = [{"x": graphs.data(s, (3, 4, 4), n=16)} for s in (3, 4)]
+    for share in (0.0, 0.5):
+        result = onnxzip.zip_models(models, data, share=share, quiet=True, names=("a", "b"))
+        assert result.report["equivalence_max_abs_diff"] <= 1e-5

@@ -189,3 +189,26 @@ def test_known_outputs_seed_the_reverse_pass_as_a_forward_run_would():
     seeded = neuron_fisher(ir, x, ir.hidden, batch=8, outputs=outputs)
     for i in ir.hidden:
         np.testing.assert_allclose(seeded[i], ran[i], rtol=1e-4)
+
+
+def test_padding_repeats_real_samples():
+    """The last batch is padded with repeats of real samples, not zeros: a model that divides by its
+    input's norm is finite on them (0/0 on a zero sample made every statistic NaN)."""
+    from onnx import helper
+    import onnx_graphsurgeon as gs
+    m = graphs.mlp(0, sizes=(12, 16, 10, 3))
+    m.graph.node.insert(0, helper.make_node("ReduceL2", ["x"], ["nrm"], name="l2", axes=[1], keepdims=1))
+    m.graph.node.insert(1, helper.make_node("Div", ["x", "nrm"], ["xn"], name="div"))
+    for node in m.graph.node:
+        if node.name == "fc0":
+            node.input[0] = "xn"
+        if node.name == "drop":
+            node.input[0] = "sq"
+    m.graph.node.append(helper.make_node("Mul", ["h0_r", "h0_r"], ["sq"], name="sq"))
+    graph = gs.import_onnx(m)
+    graph.toposort()
+    m = gs.export_onnx(graph)
+    ir = build_ir(m, "t", "t.onnx", 17)
+    x = np.abs(graphs.data(0, (12,), n=40)) + 0.1
+    f = neuron_fisher(ir, {"x": x}, [i for i in ir.hidden], batch=32)
+    assert all(np.isfinite(v).all() and (v > 0).any() for v in f.values())

@@ -37,7 +37,7 @@ def test_broadcasts_channels():
 
 def test_an_unzipped_operand_with_channels_is_sliced():
     """Sub(x, y) with y an unzipped tensor that has all of x's channels (in task order) runs per
-    part, y cut to each part's channels (tests/test_emit.py checks the emitted model)."""
+    part, y cut to each part's channels (tests/test_transformers.py checks the emitted model)."""
     from onnx import helper
     m = graphs.mlp(0, sizes=(12, 16, 10, 3))
     relu = next(n for n in m.graph.node if n.op_type == "Relu")

@@ -51,7 +51,7 @@ def test_vit_zips_with_its_residual_stream_tied(exporter):
     models, data = vit_pair(exporter)
     result = zip_models(models, data, share=0.5, quiet=True, names=("digit", "parity"))
     onnx.checker.check_model(result.model, full_check=True)
-    assert result.report["equivalence_max_abs_diff"] <= 1e-4
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4 and result.report["deployment_problems"] == []
     assert result.report["params_after"] < 0.9 * result.report["params_before"]
     proto = onnx.load(models[0])
     ir = build_ir(proto, "a", models[0], onnx_opset(proto))
@@ -80,6 +80,7 @@ def test_bert_share0_reproduces_and_share_half_zips():
     half = zip_models(models, data, share=0.5, quiet=True, names=("a", "b"))
     onnx.checker.check_model(half.model, full_check=True)
     assert half.report["equivalence_max_abs_diff"] <= 1e-4
+    assert half.report["deployment_problems"] == []  # the sequence length of token ids may stay dynamic
     assert half.report["params_after"] < half.report["params_before"]
     ir = build_ir(onnx.load(models[0]), "a", models[0], 17)
     names = [[ir.layers[i].name for i in g] for g in ir.spaces.groups]
@@ -178,3 +179,38 @@ def test_token_block_keeps_its_stream_zipped(decomposed):
     ir = build_ir(graphs.token_block(0, decomposed=decomposed), "t", "t.onnx", 18)
     assert not ir.spaces.restore
     assert sorted(len(g) for g in ir.spaces.groups) == [1, 2]
+
+
+def test_fixed_batch_token_model_uses_whole_batches():
+    """A token-major model that fixes its batch at 4, given 6 samples: later stages cannot be padded
+    (their tensors are token rows), so the zip keeps whole batches and stays exact."""
+    models = []
+    for seed in (0, 1):
+        m = graphs.token_block(seed)
+        m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+        models.append(m)
+    data = [{"x": graphs.data(s, (3, 8, 8), n=6)} for s in (1, 2)]
+    for share in (0.0, 0.5):
+        r = zip_models(models, data, share=share, quiet=True, names=("a", "b"))
+        assert r.report["equivalence_max_abs_diff"] <= 1e-5
+        if share == 0.0:
+            x = data[0]["x"][:4]
+            np.testing.assert_allclose(run(r.model, {"x": x})["a/y"], run(models[0], {"x": x})["y"], atol=1e-5)
+
+
+def test_operands_of_another_rank_are_not_joined():
+    """(N, C, 1) + (N, C) broadcasts from the right into an outer sum over channels: restored."""
+    m = graphs.mlp(0, sizes=(12, 8, 10, 3))
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray([-1], np.int64), "ax1"))
+    m.graph.node.append(helper.make_node("Unsqueeze", [relu.output[0], "ax1"], ["hu"], name="unsq"))
+    m.graph.node.append(helper.make_node("Add", ["hu", relu.output[0]], ["outer"], name="outer"))
+    m.graph.node.append(helper.make_node("ReduceMean", ["outer"], ["mixed"], name="mean", axes=[2], keepdims=0))
+    for node in m.graph.node:
+        if node.name == "drop":
+            node.input[0] = "mixed"
+    graph = gs.import_onnx(m)
+    graph.toposort()
+    m = gs.export_onnx(graph)
+    ir = build_ir(m, "t", "t.onnx", 17)
+    assert "outer" in ir.spaces.restore

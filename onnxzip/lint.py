@@ -1,0 +1,56 @@
+"""What TensorRT (and other deployment runtimes) need of a model, checked without a GPU.
+
+:func:`deployment_problems` lists every way a model falls short: an opset above 20, dynamic
+dimensions other than the batch (integer inputs such as token ids may keep a dynamic sequence
+length), nodes left to compute from constants alone, training-mode or non-standard-domain ops, and
+layer weights that are not initializers.
+"""
+from __future__ import annotations
+
+import onnx
+
+MAX_OPSET = 20
+#: ops that only exist for training, or that TensorRT's ONNX parser does not take
+TRAINING_OPS = frozenset({"Gradient", "Momentum", "Adagrad", "Adam", "SoftmaxCrossEntropyLoss",
+                          "NegativeLogLikelihoodLoss"})
+#: ops whose input slot 1 is a weight
+WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def deployment_problems(model: onnx.ModelProto) -> list[str]:
+    """Every problem found, one line each (empty: the model passes)."""
+    problems = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset > MAX_OPSET:
+        problems.append(f"opset {opset}: TensorRT-safe output keeps opset <= {MAX_OPSET}")
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    for vi in list(graph.input) + list(graph.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = _dims(vi)
+        integer = vi.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        loose = [i for i, d in enumerate(dims) if d is None and i > 0 and not (integer and i == 1)]
+        if loose:
+            problems.append(f"{vi.name!r}: dynamic dimension(s) {loose} besides the batch")
+    for node in graph.node:
+        where = f"node {node.name!r} ({node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{where}: domain {node.domain!r} is not standard ONNX")
+        if node.op_type in TRAINING_OPS:
+            problems.append(f"{where}: a training op")
+        if any(a.name == "training_mode" and a.i for a in node.attribute):
+            problems.append(f"{where}: training_mode is on")
+        if node.op_type == "Constant":
+            problems.append(f"{where}: a Constant node (fold it into an initializer)")
+        named = [i for i in node.input if i]
+        if named and all(i in constants for i in named) and node.op_type not in ("Constant",):
+            problems.append(f"{where}: computes from constants only (fold it)")
+        slot = WEIGHTED.get(node.op_type)
+        if slot is not None and len(node.input) > slot and node.input[slot] not in constants:
+            problems.append(f"{where}: its weight {node.input[slot]!r} is not an initializer")
+    return problems
