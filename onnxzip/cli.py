@@ -11,7 +11,7 @@ from .align import align
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .merge import MATCHERS
 from .plan import parse_share
-from .report import format_table, write_json
+from .report import format_table, write_report
 from .stats import HESSIANS
 from .zipper import group_name
 
@@ -113,7 +113,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:
-        write_json(result.report, args.report)
+        write_report(result.report, args.report)
     if not args.quiet:
         print(format_table(result.report))
         print(f"wrote {args.output} (outputs: {', '.join(o.name for o in result.model.graph.output)})")
@@ -193,6 +193,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    io.check_output_path(args.output, [args.report])
+    try:
+        with open(args.report, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{args.report}: cannot read the JSON report ({exc})") from None
+    if not isinstance(report, dict) or "tasks" not in report:
+        raise InputError(f"{args.report}: not an onnxzip report (no 'tasks')")
+    write_report(report, args.output)
+    if not args.quiet:
+        print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, format_bench
     data = None if not args.data else [io.load_arrays(d) for d in args.data]
@@ -214,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of images (see below)")
     p.add_argument("-o", "--output", required=True, help="the zipped model to write")
     p.add_argument("--names", type=_names, default=DEFAULTS.names, help="task names, comma-separated")
-    p.add_argument("--report", help="write the report as JSON here")
+    p.add_argument("--report", help="write the report here: one self-contained HTML page with plots for .html "
+                                    "(needs matplotlib), else JSON")
     _add_zip_options(p)
     _add_image_options(p)
     p.set_defaults(func=cmd_zip)
@@ -242,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output name, e.g. digit/logits")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="render a JSON report as one self-contained HTML page")
+    p.add_argument("report", help="a report written by 'onnxzip zip --report r.json'")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="latency, session memory and bytes of a zipped model against its originals")
     p.add_argument("model", help="a zipped model (outputs <task>/<name>)")

@@ -163,8 +163,21 @@ def _mb(n: int) -> str:
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``report`` as JSON atomically."""
+    _write(path, json.dumps(report, indent=2) + "\n")
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``report`` atomically: one self-contained HTML page for ``.html``/``.htm``
+    (:mod:`onnxzip.report_html`), else JSON."""
+    if str(path).lower().endswith((".html", ".htm")):
+        from .report_html import render
+        _write(path, render(report))
+    else:
+        write_json(report, path)
+
+
+def _write(path: str | os.PathLike, text: str) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)

@@ -1,0 +1,201 @@
+"""The zip report as one self-contained HTML page: tables and inline SVG plots (matplotlib).
+
+Sections: the result in numbers (parameters, bytes, fidelity per task), per-layer sharing and cost,
+predicted against measured error, the budget's allocation, groups and restore points, the
+deployment lint, timing, and the options and inputs that reproduce the run.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+from typing import Any
+
+from .errors import UsageError
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+.bad { color: #b00; font-weight: bold; } .ok { color: #070; }
+figure { margin: 0.8em 0; } code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("an HTML report needs matplotlib: pip install 'onnxzip[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.clf()
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # inline: no XML prolog
+
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    def cell(v: Any, i: int, tag: str) -> str:
+        cls = ' class="l"' if i < left else ""
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        return f"<{tag}{cls}>{v if isinstance(v, str) and v.startswith('<span') else html.escape(str(v))}</{tag}>"
+    head = "".join(cell(h, i, "th") for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell(v, i, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _layers_plot(plt, layers: list[dict]) -> str:
+    names = [row["name"][-24:] for row in layers]
+    x = range(len(layers))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(layers) + 2), 6.2), sharex=True)
+    ax1.bar(x, [row["neurons"] for row in layers], color="#ccd", label="neurons")
+    ax1.bar(x, [row["shared"] for row in layers], color="#36c", label="shared")
+    ax1.set_ylabel("neurons")
+    ax1.legend(fontsize=8)
+    ax1.set_title("shared neurons per layer")
+    costs = [max(float(row.get("cost") or 0.0), 0.0) for row in layers]
+    ax2.bar(x, costs, color="#c63")
+    if any(c > 0 for c in costs):
+        ax2.set_yscale("log")
+    ax2.set_ylabel("predicted cost")
+    ax2.set_title("cost of the shared neurons (the matching's objective)")
+    ax2.set_xticks(list(x))
+    ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    return _svg(fig)
+
+
+def _error_plot(plt, layers: list[dict], tasks: list[str]) -> str | None:
+    pts = []
+    for row in layers:
+        err = row.get("error") or {}
+        pred, meas, sig = err.get("predicted"), err.get("measured"), err.get("signal")
+        if pred and meas and sig:
+            for t, (p, m, s) in enumerate(zip(pred, meas, sig)):
+                if s and p is not None and m is not None:
+                    pts.append((t, p / s, m / s))
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    for t, name in enumerate(tasks):
+        mine = [(p, m) for tt, p, m in pts if tt == t]
+        ax.scatter([p for p, _ in mine], [m for _, m in mine], s=18, label=name)
+    lo = max(min(min(p, m) for _, p, m in pts), 1e-12)
+    hi = max(max(p, m) for _, p, m in pts)
+    ax.plot([lo, hi], [lo, hi], color="#888", linestyle=":", label="measured = predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted (relative to the signal)")
+    ax.set_ylabel("measured in ONNX Runtime")
+    ax.set_title("per-layer pre-activation error")
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def _tasks_plot(plt, tasks: list[dict]) -> str:
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    names = [t["name"] for t in tasks]
+    values, label = [], "fidelity"
+    for t in tasks:
+        if t.get("top1_agreement") is not None:
+            values.append(t["top1_agreement"])
+            label = "top-1 agreement / mask IoU / 1 - rel. error"
+        elif t.get("mask_iou") is not None:
+            values.append(t["mask_iou"])
+        else:
+            values.append(max(0.0, 1.0 - float(t.get("rel_err") or 0.0)))
+    ax.barh(names, values, color=["#36c" if t.get("verdict") == "ok" else "#c33" for t in tasks])
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel(label)
+    ax.set_title("fidelity of each task against its original")
+    return _svg(fig)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report (as :func:`onnxzip.zip_models` returns it, or read back from its JSON) as HTML."""
+    plt = _pyplot()
+    tasks = report.get("tasks", [])
+    layers = report.get("layers", [])
+    names = [t["name"] for t in tasks]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxzip report</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>onnxzip report: {html.escape(', '.join(names))}</h1>"]
+    pb, pa = report.get("params_before", 0), report.get("params_after", 0)
+    bb, ba = report.get("bytes_before", 0), report.get("bytes_after", 0)
+    parts.append("<h2>Result</h2>" + _table(
+        ["", "before", "after", "kept"],
+        [["parameters", f"{pb:,}", f"{pa:,}", f"{pa / max(pb, 1):.1%}"],
+         ["weight bytes", f"{bb:,}", f"{ba:,}", f"{ba / max(bb, 1):.1%}"]]))
+    rows = []
+    for t in tasks:
+        verdict = t.get("verdict", "")
+        style = "ok" if verdict == "ok" else "bad"
+        rows.append([t["name"], t.get("output", ""), t.get("top1_agreement") if t.get("top1_agreement") is not None
+                     else "-", t.get("mask_iou") if t.get("mask_iou") is not None else "-", t.get("rel_err", 0.0),
+                     t.get("max_abs_diff", 0.0), t.get("loss_increase", "-") if t.get("loss_increase") is not None
+                     else "-", f'<span class="{style}">{html.escape(verdict)}</span>'])
+    parts.append("<p>Each task against its original, measured on the " +
+                 html.escape(str(report.get("metrics_on", "calibration data"))) + ".</p>" +
+                 _table(["task", "output", "top-1 agreement", "mask IoU", "rel. error", "max abs diff",
+                         "loss increase", "verdict"], rows, left=2))
+    if tasks:
+        parts.append(f"<figure>{_tasks_plot(plt, tasks)}</figure>")
+    if layers:
+        parts.append("<h2>Layers</h2>" + f"<figure>{_layers_plot(plt, layers)}</figure>")
+        parts.append(_table(["layer", "kind", "neurons", "shared", "cost", "group"],
+                            [[r["name"], r.get("kind", ""), r["neurons"], r["shared"], float(r.get("cost") or 0.0),
+                              r.get("group", "")] for r in layers], left=2))
+        err = _error_plot(plt, layers, names)
+        if err:
+            parts.append("<h2>Predicted against measured error</h2><p>Per layer and task: the merge's prediction "
+                         "of the pre-activation error, and what ONNX Runtime measured with the layers below zipped "
+                         "(both relative to the original's signal).</p>" + f"<figure>{err}</figure>")
+    budget = report.get("budget")
+    if budget:
+        parts.append("<h2>Budget</h2>" + _table(
+            ["", "value"], [["target parameters", budget.get("target_params") or "-"],
+                            ["max loss increase", budget.get("max_cost") or "-"],
+                            ["predicted loss", budget.get("predicted_cost") or "-"],
+                            ["measured loss", budget.get("measured_loss") or "-"],
+                            ["shared per group", ", ".join(str(c) for c in budget.get("counts", []))],
+                            ["back-off steps", len(budget.get("backoff", []))]]))
+    groups = report.get("groups") or []
+    if groups:
+        parts.append("<h2>Groups (one matching each)</h2>" + _table(
+            ["group", "layers", "shared", "size", "matching s"],
+            [[g, ", ".join(x["layers"]), x.get("shared", ""), " x ".join(str(c) for c in x.get("cost_matrix", [])),
+              x.get("matching_seconds", "")] for g, x in enumerate(groups)], left=2))
+    restored = report.get("restored_at") or []
+    parts.append("<p>Channel order restored before: " + (html.escape(", ".join(restored)) if restored else "nothing")
+                 + ".</p>")
+    for row in report.get("not_shared", []):
+        parts.append(f"<p>Not shared: {html.escape(row['layer'])}: {html.escape(row['reason'])}</p>")
+    eq = report.get("equivalence", {})
+    parts.append("<h2>Checks</h2><p>Equivalence (the zipped model against the per-task zipped networks): max abs "
+                 f"diff {report.get('equivalence_max_abs_diff', 0):.3g}, tolerance {eq.get('tolerance', 0):.3g}, "
+                 f"verdict {html.escape(str(eq.get('verdict', '')))}.</p>")
+    problems = report.get("deployment_problems")
+    if problems is not None:
+        parts.append("<p>TensorRT-ready: " + ("yes" if not problems else "<span class='bad'>no</span><ul>" +
+                     "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>") + "</p>")
+    phases = report.get("phases") or {}
+    if phases:
+        parts.append("<h2>Time</h2>" + _table(["phase", "seconds"], [[k, v] for k, v in phases.items()]) +
+                     f"<p>Peak memory {report.get('peak_rss_mb', 0):.0f} MB; {report.get('seconds', 0):.1f} s in all.</p>")
+    parts.append("<h2>Provenance</h2>" + _table(
+        ["task", "model", "model SHA-256", "data", "data SHA-256"],
+        [[i["task"], i.get("model") or "-", (i.get("model_sha256") or "")[:16], i.get("data") or "-",
+          (i.get("data_sha256") or "")[:16]] for i in report.get("inputs", [])], left=5))
+    parts.append(f"<p>onnxzip {html.escape(str(report.get('onnxzip_version', '')))}; options:</p><pre>"
+                 + html.escape(json.dumps(report.get("options", {}), indent=1)) + "</pre>")
+    parts.append("</body></html>")
+    plt.close("all")
+    return "\n".join(parts)
