@@ -22,7 +22,7 @@ import onnx
 
 from . import io
 from .errors import InputError, UsageError
-from .runtime import onnxruntime
+from .runtime import onnxruntime, require_provider
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -42,9 +42,7 @@ def open_session(path: str, provider: str):
     """A session with ONNX Runtime's default options on ``provider``; refuses a fall-back."""
     ort = onnxruntime()
     wanted = PROVIDERS[provider]
-    if wanted[0] not in ort.get_available_providers():
-        raise UsageError(f"--provider {provider} needs {wanted[0]}, which this onnxruntime build lacks "
-                         f"(available: {', '.join(ort.get_available_providers())})")
+    require_provider(wanted[0], f"--provider {provider}")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:

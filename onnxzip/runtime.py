@@ -27,6 +27,14 @@ def onnxruntime():
     return ort
 
 
+def require_provider(provider: str, what: str) -> None:
+    """A :class:`UsageError` naming ``what`` asked for ``provider`` where this build lacks it."""
+    available = onnxruntime().get_available_providers()
+    if provider not in available:
+        raise UsageError(f"{what} needs {provider}, which this onnxruntime build lacks (available: "
+                         f"{', '.join(available)}); install 'onnxzip[gpu]'")
+
+
 def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = False):
     """An InferenceSession on ``device`` ('cpu' or 'cuda'); refuses a silent fall-back to CPU.
 
@@ -37,9 +45,7 @@ def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = Fal
     if device not in PROVIDERS:
         raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(PROVIDERS)}")
     wanted = PROVIDERS[device]
-    if wanted[0] not in ort.get_available_providers():
-        raise UsageError(f"device {device!r} needs {wanted[0]}, which this onnxruntime build lacks "
-                         f"(available: {', '.join(ort.get_available_providers())}); install 'onnxzip[gpu]'")
+    require_provider(wanted[0], f"device {device!r}")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # Zipping keeps two stage sessions stepping in turn: idle threads spinning for one session took

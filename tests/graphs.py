@@ -359,3 +359,16 @@ def token_block(seed: int, classes: int = 3, decomposed: bool = True) -> onnx.Mo
     n.inits += [_init("head.w", r.normal(0, 0.4, (classes, 16))), _init("head.b", r.normal(0, .1, classes))]
     n.nodes.append(helper.make_node("Gemm", [y, "head.w", "head.b"], ["y"], name="head", transB=1))
     return model(n.nodes, n.inits, [inp("x", ["N", 3, 8, 8])], [inp("y", ["N", classes])], opset=18)
+
+
+def mlp_with_channel_operand(seed: int) -> onnx.ModelProto:
+    """:func:`mlp` (12-16-10-3) whose first hidden layer's output gets Sub(h, x16): x16 a second input
+    with all 16 channels (in task order), not a layer output."""
+    m = mlp(seed, sizes=(12, 16, 10, 3))
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    m.graph.node.append(helper.make_node("Sub", [relu.output[0], "x16"], ["sub"], name="mix"))
+    m.graph.input.append(inp("x16", ["N", 16]))
+    for node in m.graph.node:
+        if node.name == "drop":
+            node.input[0] = "sub"
+    return m

@@ -38,15 +38,7 @@ def test_broadcasts_channels():
 def test_an_unzipped_operand_with_channels_is_sliced():
     """Sub(x, y) with y an unzipped tensor that has all of x's channels (in task order) runs per
     part, y cut to each part's channels (tests/test_transformers.py checks the emitted model)."""
-    from onnx import helper
-    m = graphs.mlp(0, sizes=(12, 16, 10, 3))
-    relu = next(n for n in m.graph.node if n.op_type == "Relu")
-    m.graph.node.append(helper.make_node("Sub", [relu.output[0], "x16"], ["sub"], name="mix"))
-    m.graph.input.append(graphs.inp("x16", ["N", 16]))
-    for node in m.graph.node:
-        if node.name == "drop":
-            node.input[0] = "sub"
-    ir = build_ir(m, "t", "t.onnx", 17)
+    ir = build_ir(graphs.mlp_with_channel_operand(0), "t", "t.onnx", 17)
     assert "mix" not in ir.spaces.restore and "sub" in ir.spaces.layout
 
 

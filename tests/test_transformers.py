@@ -90,16 +90,7 @@ def test_bert_share0_reproduces_and_share_half_zips():
 
 def test_unzipped_operand_with_channels_is_sliced_exactly():
     """Sub(relu, x16): x16 is an input with all 16 channels in task order (tests/test_spaces.py)."""
-    def model(seed):
-        m = graphs.mlp(seed, sizes=(12, 16, 10, 3))
-        relu = next(n for n in m.graph.node if n.op_type == "Relu")
-        m.graph.node.append(helper.make_node("Sub", [relu.output[0], "x16"], ["sub"], name="mix"))
-        m.graph.input.append(graphs.inp("x16", ["N", 16]))
-        for node in m.graph.node:
-            if node.name == "drop":
-                node.input[0] = "sub"
-        return m
-    models = [model(1), model(2)]
+    models = [graphs.mlp_with_channel_operand(1), graphs.mlp_with_channel_operand(2)]
     data = [{"x": graphs.data(3, (12,)), "x16": graphs.data(4, (16,))}] * 2
     for share in (0.0, 0.5):
         result = zip_models(models, data, share=share, quiet=True, names=("a", "b"))
