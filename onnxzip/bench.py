@@ -141,6 +141,15 @@ def resident_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _latencies(a: list[str], a_feeds: list[dict], b: list[str], b_feeds: list[dict], provider: str, runs: int,
+               warmup: int) -> list[np.ndarray]:
+    """Seconds per round of side ``a`` and side ``b`` (each: models run one after another), the
+    sessions open only while they are timed."""
+    sides = [[open_session(p, provider) for p in paths] for paths in (a, b)]
+    calls = [[lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, fs)] for sessions, fs in zip(sides, (a_feeds, b_feeds))]
+    return _timed(calls, runs, warmup)
+
+
 def _memory_child(paths: list[str], feeds: list[dict[str, np.ndarray]], provider: str, queue) -> None:
     """In a fresh process: the resident memory (MB) that loading ``paths`` and running each three
     times adds (ONNX Runtime's arenas keep what a run needed)."""
@@ -186,11 +195,7 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
         raise UsageError(f"give one --data per original, or one for all: {len(originals)} originals, {len(data)} files")
     feeds = [task_feeds(p, None if data is None else data[i], batch, seed=i) for i, p in enumerate(originals)]
     zfeeds = zipped_inputs(zipped, names, feeds)
-    zs = open_session(zipped, provider)
-    os_ = [open_session(p, provider) for p in originals]
-    zipped_times, original_times = _timed([[lambda: zs.run(None, zfeeds)],
-                                           [lambda s=s, f=f: s.run(None, f) for s, f in zip(os_, feeds)]], runs, warmup)
-    del zs, os_
+    zipped_times, original_times = _latencies([zipped], [zfeeds], originals, feeds, provider, runs, warmup)
     sides = {}
     for key, times, paths, fs in (("zipped", zipped_times, [zipped], [zfeeds]),
                                   ("originals", original_times, originals, feeds)):

@@ -167,7 +167,7 @@ def test_cnn_emitted_graph_computes_each_tasks_hand_built_network():
 def test_reshape_of_flattened_channels_per_part(allowzero):
     """Conv -> Flatten (16 features per channel) -> Reshape([4, 64, 1]) -> Flatten -> Gemm: each
     part's Reshape target counts its channels times their features (allowzero spells it out)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     def model(seed):
         r = np.random.default_rng(seed)
