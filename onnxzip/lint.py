@@ -1,8 +1,8 @@
 """What TensorRT (and other deployment runtimes) need of a model, checked without a GPU.
 
 :func:`deployment_problems` lists every way a model falls short: an opset above 20, dynamic
-dimensions other than the batch (integer inputs such as token ids may keep a dynamic sequence
-length), nodes left to compute from constants alone, training-mode or non-standard-domain ops, and
+dimensions other than the batch (integer inputs such as token ids, and the outputs of a model that
+has them, may keep a dynamic sequence length on axis 1), nodes left to compute from constants alone, training-mode or non-standard-domain ops, and
 layer weights that are not initializers.
 """
 from __future__ import annotations
@@ -29,12 +29,16 @@ def deployment_problems(model: onnx.ModelProto) -> list[str]:
         problems.append(f"opset {opset}: TensorRT-safe output keeps opset <= {MAX_OPSET}")
     graph = model.graph
     constants = {t.name for t in graph.initializer}
+    integer = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    sequences = any(vi.type.tensor_type.elem_type in integer and None in _dims(vi)[1:2] for vi in graph.input
+                    if vi.type.HasField("tensor_type"))
     for vi in list(graph.input) + list(graph.output):
         if not vi.type.HasField("tensor_type"):
             continue
         dims = _dims(vi)
-        integer = vi.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-        loose = [i for i, d in enumerate(dims) if d is None and i > 0 and not (integer and i == 1)]
+        # token ids (and what is computed from them, per token) may keep a dynamic sequence on axis 1
+        seq = vi.type.tensor_type.elem_type in integer if vi in graph.input else sequences
+        loose = [i for i, d in enumerate(dims) if d is None and i > 0 and not (seq and i == 1)]
         if loose:
             problems.append(f"{vi.name!r}: dynamic dimension(s) {loose} besides the batch")
     for node in graph.node:

@@ -11,7 +11,7 @@ from conftest import ROOT
 from onnxzip import zip_models
 
 sys.path.insert(0, str(ROOT / "tools"))
-from fetch_real import SETS, model_path  # noqa: E402
+from fetch_real import HF_EXPORTS, SETS, model_path  # noqa: E402
 
 pytestmark = pytest.mark.real
 
@@ -99,3 +99,27 @@ def test_ppocr_text_detectors_calibrate_from_a_folder_of_pngs(tmp_path):
     for t, ref in enumerate(originals(paths, [{"x": got}] * 2)):
         assert zero.report["tasks"][t]["verdict"] == "ok"
         np.testing.assert_allclose(got_zipped[t], ref, atol=1e-3 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.slow
+def test_minilm_sentence_encoder_zipped_with_itself():
+    """all-MiniLM-L6-v2 (real weights, exported by tools/fetch_real.py --sets minilm) zipped with
+    itself: share 0 reproduces it, and so must share 1 (every neuron pairs with its twin at zero
+    cost and the merge returns it): the transformer path on a real HF export at real size."""
+    path = model_path("minilm", "minilm")
+    if "minilm" not in HF_EXPORTS or not path.is_file():
+        pytest.skip("all-MiniLM-L6-v2 not exported (python tools/fetch_real.py --sets minilm)")
+    import onnxruntime as ort
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, (48, 16))
+    ids[:, 0] = 101  # [CLS]
+    mask = np.ones_like(ids)
+    mask[::4, 11:] = 0
+    data = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, data)[0]
+    for share in (0.0, 1.0):
+        r = zip_models([str(path)] * 2, [data, data], share=share, quiet=True, names=("a", "b"))
+        sess = ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        for got in sess.run(["a/last_hidden_state", "b/last_hidden_state"], data):
+            np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
+        assert r.report["deployment_problems"] == []
