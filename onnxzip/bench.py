@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import resource
 import time
+from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,14 @@ def session_memory(paths: list[str], feeds: list[dict[str, np.ndarray]], provide
     queue = ctx.Queue()
     proc = ctx.Process(target=_memory_child, args=(paths, feeds, provider, queue))
     proc.start()
-    got = queue.get()
+    got = None
+    while got is None:  # (a child that dies before it answers must not hang the bench)
+        try:
+            got = queue.get(timeout=1.0)
+        except Empty:
+            if not proc.is_alive() and queue.empty():
+                raise UsageError(f"the memory measurement's child process exited with code {proc.exitcode} "
+                                 "before reporting (run onnxzip bench from a script or the command line)") from None
     proc.join()
     if isinstance(got, Exception):
         raise got
