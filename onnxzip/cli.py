@@ -186,6 +186,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     row = run_budget(samples, options=opts)
     print(f"budget: {row['arch']} pair under --target-params {row['target']}: {row['params_kept']:.1%} kept, shared neurons "
           f"per layer {row['counts']}: " + ", ".join(f"{t} {a:.4f}" for t, a in row["accuracy"].items()))
+    row = run_budget(samples, target=0.75, arch="vit", options=opts)
+    print(f"two vision transformers under --target-params {row['target']}: {row['params_kept']:.1%} kept: "
+          + ", ".join(f"{t} {a:.4f} ({row['original'][t]:.4f})" for t, a in row["accuracy"].items()))
     row = run_detectors(samples, options=opts)
     print(f"three LayerNorm detectors (batch 1) under --target-params {row['target']}: {row['params_kept']:.1%} kept: "
           + ", ".join(f"{t} {a:.4f} ({row['original'][t]:.4f})" for t, a in row["accuracy"].items()))

@@ -61,8 +61,9 @@ def run_budget(samples: Path, target: float = 0.6, arch: str = "cnn", options: Z
     result = zip_models(models, [samples / f"calib_{t}.npz" for t in TASKS], options, names=TASKS,
                         target_params=target)
     acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits") for t, d in zip(TASKS, tests)}
+    base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "logits") for t, m, d in zip(TASKS, models, tests)}
     return {"arch": arch, "target": target, "params_kept": result.report["params_after"] / result.report["params_before"],
-            "accuracy": acc, "counts": result.report["budget"]["counts"]}
+            "accuracy": acc, "original": base, "counts": result.report["budget"]["counts"]}
 
 
 def run_detectors(samples: Path, target: float = 0.5, options: ZipOptions | None = None) -> dict[str, Any]:
