@@ -59,7 +59,7 @@ def open_session(path: str, provider: str):
 def file_bytes(path: str) -> int:
     """The model file and the external-data files it names."""
     total = Path(path).stat().st_size
-    model = onnx.load(path, load_external_data=False)
+    model = io.load_model(path, external=False)
     seen = set()
     for t in model.graph.initializer:
         for entry in t.external_data:
@@ -73,7 +73,7 @@ def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: 
     """``batch`` samples for the model at ``path``: the first of ``data``, or random ones where
     no data is given (normal floats, zero integers: token id 0); dynamic dims other than the batch
     need data."""
-    specs = io.input_specs(onnx.load(path, load_external_data=False))
+    specs = io.input_specs(io.load_model(path, external=False))
     if data is not None:
         arrays = io.check_calibration(dict(data), specs, "--data")
         n = next(iter(arrays.values())).shape[0]
@@ -90,7 +90,7 @@ def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: 
 
 def zipped_inputs(path: str, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The zipped model's feeds: a shared input takes the first task's array, ``<task>/<input>`` its task's."""
-    specs = io.input_specs(onnx.load(path, load_external_data=False))
+    specs = io.input_specs(io.load_model(path, external=False))
     out = {}
     for s in specs:
         task, _, name = s.name.partition("/")
@@ -105,7 +105,7 @@ def zipped_inputs(path: str, names: list[str], feeds: list[dict[str, np.ndarray]
 
 def task_order(path: str) -> list[str]:
     """The zipped model's tasks, in the order of its outputs ``<task>/<output>``."""
-    model = onnx.load(path, load_external_data=False)
+    model = io.load_model(path, external=False)
     names = []
     for o in model.graph.output:
         task = o.name.split("/", 1)[0]
@@ -201,8 +201,11 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
         data = data * len(originals)
     if data is not None and len(data) != len(originals):
         raise UsageError(f"give one --data per original, or one for all: {len(originals)} originals, {len(data)} files")
+    check_originals(zipped, names, originals)
     feeds = [task_feeds(p, None if data is None else data[i], batch, seed=i) for i, p in enumerate(originals)]
     zfeeds = zipped_inputs(zipped, names, feeds)
+    # (random inputs are unlike the calibration data: a lossy zip may differ there whatever the models)
+    agreement = {} if data is None else output_agreement(zipped, names, originals, zfeeds, feeds, provider)
     zipped_times, original_times = _latencies([zipped], [zfeeds], originals, feeds, provider, runs, warmup)
     sides = {}
     for key, times, paths, fs in (("zipped", zipped_times, [zipped], [zfeeds]),
@@ -213,7 +216,44 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
     ratios = {"latency": z.median_ms / o.median_ms, "memory": z.memory_mb / max(o.memory_mb, 1e-9),
               "bytes": z.bytes / o.bytes}
     return {"zipped": z, "originals": o, "ratios": ratios, "tasks": names, "provider": provider, "batch": batch,
-            "runs": runs, "cpus": os.cpu_count()}
+            "runs": runs, "cpus": os.cpu_count(), "rel_err": agreement}
+
+
+def _outputs(model: onnx.ModelProto) -> dict[str, tuple]:
+    return {o.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim[1:])
+            for o in model.graph.output}
+
+
+def check_originals(zipped: str, names: list[str], originals: list[str]) -> None:
+    """Each original must have its task's outputs (names, and sizes where both declare them)."""
+    zipped_outs = _outputs(io.load_model(zipped, external=False))
+    for task, path in zip(names, originals):
+        mine = {k.split("/", 1)[1]: v for k, v in zipped_outs.items() if k.startswith(f"{task}/")}
+        theirs = _outputs(io.load_model(path, external=False))
+        same = set(mine) == set(theirs) and all(
+            a is None or b is None or a == b for k in mine for a, b in zip(mine[k], theirs[k]))
+        if not same:
+            raise UsageError(f"{path}: its outputs {sorted(theirs)} {list(theirs.values())} are not task {task!r}'s "
+                             f"{sorted(mine)} {list(mine.values())}: give --originals in the zipped model's task order "
+                             f"({', '.join(names)})")
+
+
+def output_agreement(zipped: str, names: list[str], originals: list[str], zfeeds: dict, feeds: list[dict],
+                     provider: str) -> dict[str, float]:
+    """Per task: the relative error of the zipped model's outputs against the original's on the
+    bench inputs (a large one says the original is not the model that was zipped, or a lossy zip)."""
+    zs = open_session(zipped, provider)
+    got = dict(zip([o.name for o in zs.get_outputs()], zs.run(None, zfeeds)))
+    out = {}
+    for task, path, f in zip(names, originals, feeds):
+        sess = open_session(path, provider)
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f)))
+        num = sum(float(np.sum((np.asarray(got[f"{task}/{k}"], np.float64) - np.asarray(v, np.float64)) ** 2))
+                  for k, v in ref.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f")
+        den = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in ref.values()
+                  if isinstance(v, np.ndarray) and v.dtype.kind == "f")
+        out[task] = float(np.sqrt(num / max(den, 1e-30)))
+    return out
 
 
 def format_bench(result: dict[str, object]) -> str:
@@ -223,5 +263,10 @@ def format_bench(result: dict[str, object]) -> str:
              f"{'':<10} {'median ms':>10} {'p90 ms':>10} {'memory MB':>10} {'bytes':>12}"]
     for label, side in (("zipped", z), ("originals", o)):
         lines.append(f"{label:<10} {side.median_ms:>10.3f} {side.p90_ms:>10.3f} {side.memory_mb:>10.1f} {side.bytes:>12,}")
+    far = {t: e for t, e in result.get("rel_err", {}).items() if e > 0.5}
+    if far:
+        lines.append("note: on these inputs the zipped model's outputs differ from the originals' by relative error "
+                     + ", ".join(f"{t} {e:.2f}" for t, e in far.items()) + ": check that --originals are the models that "
+                     "were zipped (a lossy zip, or inputs unlike the calibration data, also do this)")
     lines.append(f"latency ratio {r['latency']:.3f}; memory ratio {r['memory']:.3f}; bytes ratio {r['bytes']:.3f}")
     return "\n".join(lines)

@@ -135,10 +135,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for ir in irs:
         print(f"{ir.source}: opset {ir.opset}, inputs "
               + ", ".join(f"{s.name} {tuple('?' if d is None else d for d in s.shape)}" for s in ir.inputs))
-        print(f"  {'layer':<28} {'kind':<6} {'shape':<20} {'neurons':>8}  role")
+        width = max([28] + [len(layer.name) for layer in ir.layers])
+        print(f"  {'layer':<{width}} {'kind':<9} {'shape':<20} {'neurons':>8}  role")
         for i, layer in enumerate(ir.layers):
             role = "hidden (zippable)" if i in ir.hidden else "head (private)"
-            print(f"  {layer.name[:28]:<28} {layer.kind:<6} {str(layer.shape):<20} {layer.neurons:>8}  {role}")
+            print(f"  {layer.name:<{width}} {layer.kind:<9} {str(layer.shape):<20} {layer.neurons:>8}  {role}")
     spaces = irs[0].spaces
     print("layer groups, in --share list order (tied layers share one matching): "
           + "; ".join(f"{g}: {group_name(irs[0], m)}" for g, m in enumerate(spaces.groups)))
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxzipError as exc:
         print(f"onnxzip: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (| head): not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
         print("onnxzip: interrupted", file=sys.stderr)
         return 130

@@ -51,13 +51,14 @@ def sha256(source: str | os.PathLike | onnx.ModelProto | dict[str, np.ndarray]) 
     return h.hexdigest()
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model with its external data; never modifies the file."""
+def load_model(path: str | os.PathLike, external: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with its external data (``external``; else the graph only); never
+    modifies the file."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: {'is a directory' if p.is_dir() else 'no such file'}")
     try:
-        model = onnx.load(str(p), load_external_data=True)
+        model = onnx.load(str(p), load_external_data=external)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: not a readable ONNX model ({first})") from None
@@ -261,7 +262,7 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a ``.npz`` (every key) or ``.npy`` (key ``""``) file."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: no such file")
+        raise InputError(f"{p}: {'is a folder (give a .npz or .npy file here)' if p.is_dir() else 'no such file'}")
     try:
         if p.suffix == ".npy":
             return {"": np.load(p, allow_pickle=False)}

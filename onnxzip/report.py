@@ -87,11 +87,12 @@ def verdict(row: dict[str, Any]) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text summary of a zip report."""
-    lines = [f"{'layer':<28} {'neurons':>8} {'shared':>8} {'cost':>12} {'predicted':>10} {'measured':>10}"]
+    width = max([28] + [len(row["name"]) for row in report["layers"]])
+    lines = [f"{'layer':<{width}} {'neurons':>8} {'shared':>8} {'cost':>12} {'predicted':>10} {'measured':>10}"]
     for row in report["layers"]:
         pred, meas = layer_errors(row)
         cells = ["-" if x is None else f"{x:.3g}" for x in (pred, meas)]
-        lines.append(f"{row['name'][:28]:<28} {row['neurons']:>8} {row['shared']:>8} {row['cost']:>12.4g} "
+        lines.append(f"{row['name']:<{width}} {row['neurons']:>8} {row['shared']:>8} {row['cost']:>12.4g} "
                      f"{cells[0]:>10} {cells[1]:>10}")
     if any("error" in row for row in report["layers"]):
         lines.append("predicted / measured: pre-activation error relative to the signal, summed over tasks; predicted "
@@ -127,6 +128,9 @@ def format_table(report: dict[str, Any]) -> str:
             orders[key] = orders.get(key, 0) + 1
     if orders:
         lines.append("task order chosen (groups): " + "; ".join(f"{k} ({v})" for k, v in orders.items()))
+    if report.get("samples"):
+        lines.append("calibration samples per task: " + ", ".join(
+            f"{t['name']} {n}" for t, n in zip(report["tasks"], report["samples"])))
     if report.get("restored_at"):
         lines.append(f"channel order restored before: {', '.join(report['restored_at'])}")
     eq = report.get("equivalence", {})

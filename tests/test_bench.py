@@ -74,3 +74,32 @@ def test_cli_last_line(zipped, capsys):
     assert rc == 0 and re.fullmatch(r"latency ratio [0-9.]+; memory ratio [0-9.]+; bytes ratio [0-9.]+", out[-1])
     assert np.isclose(float(out[-1].split("bytes ratio ")[1]), os.path.getsize(zipped) /
                       sum(os.path.getsize(p) for p in ORIGINALS), atol=1e-3)
+
+
+def test_originals_in_the_wrong_order_or_missing(zipped, tmp_path, capsys):
+    with pytest.raises(UsageError, match="task order"):
+        bench(zipped, ORIGINALS[::-1], runs=1)
+    assert main(["bench", str(tmp_path / "none.onnx"), "--originals", *ORIGINALS]) == 2
+    assert main(["bench", zipped, "--originals", *ORIGINALS, "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"onnxzip: error: {tmp_path / 'none.onnx'}: no such file",
+                   f"onnxzip: error: {tmp_path}: is a folder (give a .npz or .npy file here)"]
+
+
+def test_a_model_that_was_not_zipped_is_noted(zipped, tmp_path):
+    """The same outputs but random weights: far from the zipped digit task on the calibration images."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxzip.bench import format_bench
+    from onnxzip.io import load_arrays
+    m = onnx.load(ORIGINALS[0])
+    rng = np.random.default_rng(0)
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype.kind == "f":
+            t.CopyFrom(numpy_helper.from_array(rng.normal(size=a.shape).astype(a.dtype), t.name))
+    onnx.save(m, tmp_path / "random.onnx")
+    data = [load_arrays(SAMPLES / "calib_digit.npz")]
+    r = bench(zipped, [str(tmp_path / "random.onnx"), ORIGINALS[1]], data, runs=2, warmup=0)
+    assert r["rel_err"]["digit"] > 0.5 and "check that --originals" in format_bench(r)
+    assert max(bench(zipped, ORIGINALS, data, runs=2, warmup=0)["rel_err"].values()) < 0.5

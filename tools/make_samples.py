@@ -348,7 +348,7 @@ def main() -> None:
         "Detector accuracy is at threshold 0.5 on `prob`.\n"
         "- `vit_<task>.onnx`: a small vision transformer per task (2x2 patches as 16 tokens and a class token, width 32, "
         "2 pre-norm encoder layers of 4 heads, GELU feed-forward 64, final LayerNorm, linear head on the class token), "
-        "dynamo exporter (opset 18); `vit_digit_legacy.onnx`, `vit_parity_legacy.onnx`: the same models, legacy "
+        "dynamo exporter (opset 20); `vit_digit_legacy.onnx`, `vit_parity_legacy.onnx`: the same models, legacy "
         "exporter (opset 17). "
         "Same calibration, test and training files as the other models of each task.\n"
         "- `bert_a.onnx`, `bert_b.onnx`: BERT-style sequence classifiers from a `transformers` config with random "
