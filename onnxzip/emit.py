@@ -323,6 +323,8 @@ class TaskEmitter:
                 elif isinstance(t, gs.Constant) and rule == "keep":
                     inputs.append(self.b.const(_keep_const(node, j, np.asarray(t.values), part, lead.space, rank),
                                                f"{self.prefix}/{t.name}"))
+                elif rule == "keep" and node.op == "Reshape" and j == 1:
+                    inputs.append(self._part_target(t, part, lead.space))
                 elif rule in ("binary", "stack") and not isinstance(t, gs.Constant) and t.name and \
                         not broadcasts_channels(t, rank, lead.space.axis):
                     inputs.append(self._slice(t, rank, part, lead.space))
@@ -334,6 +336,18 @@ class TaskEmitter:
             (name,) = self.b.node(node.op, inputs, _attrs(node), [hint], self.prefix, node.domain)
             parts.append(Part(name, part.channels, shared))
         self.values[out_t.name] = Value(parts, self.ir.spaces.layout.get(out_t.name, lead.space))
+
+    def _part_target(self, t: gs.Tensor, part: Part, space: ChannelSpace) -> str:
+        """A Reshape target computed as Concat(leading dims..., [C]) for one part: its own count last
+        (a -1 there serves every part as it is; see spaces._reshaped_axis)."""
+        maker = t.inputs[0]
+        last = np.asarray(maker.inputs[-1].values).reshape(-1).copy()
+        if last[-1] == -1:
+            return self.tensor(t)
+        last[-1] = len(part.channels) * space.block
+        lead = [self.tensor(x) for x in maker.inputs[:-1]]
+        return self.b.node("Concat", lead + [self.b.const(last, f"{self.prefix}/{t.name}.count")], {"axis": 0},
+                           [f"{t.name}.part"], self.prefix)[0]
 
     def _slice(self, t: gs.Tensor, rank: int, part: Part, space: ChannelSpace) -> str:
         """An unzipped operand of a join (all channels, task order) cut to ``part``'s channels."""
@@ -454,7 +468,7 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
                                                           sorted(irs[0].extra_opsets.items())]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxzip")
     model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 7)
-    return io.infer_shapes(model, strict_mode=True)
+    return io.infer_shapes(model, strict_mode=True, data_prop=True)  # (run-time Reshape targets keep their sizes)
 
 
 def _value_info(name: str, t: gs.Tensor, shape: bool = True) -> onnx.ValueInfoProto:

@@ -395,9 +395,9 @@ def token_matmul_to_gemm(graph: gs.Graph) -> int:
     a canonical ``Gemm``, and a Reshape back to ``x``'s leading dimensions.
 
     Every leading position becomes a row of the Gemm, so a dense layer's statistics read one sample
-    per token. The Reshape back takes ``x``'s leading dimensions: a constant target where at most
-    one of them is dynamic (it becomes -1, the features' count stays), else ``Shape(x)`` and -1 for
-    the features.
+    per token. The Reshape back takes ``x``'s leading dimensions and the feature count: a constant
+    target where at most one of them is dynamic (it becomes -1), else ``Concat(Shape(x)[:-1],
+    [features])`` (so shape inference keeps the feature count; a part of zipped channels gets its own).
     """
     n = 0
     for node in list(graph.nodes):
@@ -444,7 +444,8 @@ def token_matmul_to_gemm(graph: gs.Graph) -> int:
                                         gs.Constant(f"{node.name}.s1", np.asarray([len(lead)]))], [dims]))
             target = gs.Variable(f"{node.name}.target", dtype=np.int64, shape=[len(lead) + 1])
             graph.nodes.append(gs.Node("Concat", f"{node.name}.target_concat", {"axis": 0},
-                                       [dims, gs.Constant(f"{node.name}.minus_one", np.asarray([-1], np.int64))], [target]))
+                                       [dims, gs.Constant(f"{node.name}.features", np.asarray([features], np.int64))],
+                                       [target]))
         graph.nodes.append(gs.Node("Reshape", f"{node.name}.unflatten", {}, [rows, target], [out]))
         n += 1
     return n

@@ -281,12 +281,12 @@ def _reshaped_axis(node: gs.Node, rank: int, axis: int) -> int | None:
     if isinstance(target, gs.Constant):
         t = target.values.reshape(-1).tolist()
         return len(t) - len(tail) if len(t) > len(tail) and t[len(t) - len(tail):] == tail else None
-    # a target computed at run time: only Concat(..., [-1]) with the channels last (the same target
-    # serves every part), its inferred shape deciding
+    # a target computed at run time: only Concat(..., [-1 or the channel count]) with the channels last
+    # (emitted per part with its own count), its inferred shape deciding
     out, maker = node.outputs[0].shape, target.inputs[0] if len(target.inputs) == 1 else None
     last = maker.inputs[-1] if maker is not None and maker.op == "Concat" else None
     if out is None or len(tail) != 1 or not isinstance(last, gs.Constant) or \
-            np.asarray(last.values).reshape(-1).tolist()[-1:] != [-1] or out[-1] != tail[0]:
+            np.asarray(last.values).reshape(-1).tolist()[-1:] not in ([-1], [tail[0]]) or out[-1] != tail[0]:
         return None
     return len(out) - 1
 

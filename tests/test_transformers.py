@@ -205,3 +205,22 @@ def test_operands_of_another_rank_are_not_joined():
     m = gs.export_onnx(graph)
     ir = build_ir(m, "t", "t.onnx", 17)
     assert "outer" in ir.spaces.restore
+
+
+@pytest.mark.parametrize("pair, data, writers", [("gpt2", "calib_gpt2.npz", 4), ("hfvit", "calib_hfvit.npz", 5)])
+def test_more_transformers_pairs(pair, data, writers):
+    """A GPT-2 decoder (Split of the fused Q/K/V, Conv1D as addmm, run-time Reshape targets that end
+    in the feature count) and a transformers ViT (a Conv patch embedding flattened and transposed into
+    tokens): share 0 reproduces them, share 0.5 passes its checks, the residual stream is one group
+    (for the ViT it includes the Conv)."""
+    models = [str(SAMPLES / f"{pair}_{t}.onnx") for t in "ab"]
+    arrays = load_arrays(SAMPLES / data)
+    calib = [{k: v[:48] for k, v in arrays.items()}] * 2
+    feeds = {k: v[48:56] for k, v in arrays.items()}
+    zero = zip_models(models, calib, share=0.0, quiet=True, names=("a", "b"))
+    got = run(zero.model, feeds)
+    for t, m in zip("ab", models):
+        np.testing.assert_allclose(got[f"{t}/logits"], run(m, feeds)["logits"], atol=1e-5)
+    half = zip_models(models, calib, share=0.5, quiet=True, names=("a", "b"))
+    assert half.report["equivalence_max_abs_diff"] <= 1e-5 and half.report["deployment_problems"] == []
+    assert max(len(g) for g in half.report["groups"] and [x["layers"] for x in half.report["groups"]]) == writers

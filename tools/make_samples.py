@@ -168,6 +168,45 @@ def make_berts(out: Path) -> None:
     mask[::3, 8:] = 0
     savez_fixed(out / "calib_bert.npz", input_ids=ids, attention_mask=mask)
     print("bert_a, bert_b: random weights")
+    make_hf_others(out)
+
+
+class _Logits(nn.Module):
+    """A ``transformers`` model with one positional input and its logits as the one output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).logits
+
+
+def make_hf_others(out: Path) -> None:
+    """Two more random-weight ``transformers`` pairs, for structure: a GPT-2 decoder (vocabulary 64,
+    width 32, 2 layers of 4 heads, causal; fused Q/K/V split by a Split op, Conv1D as addmm) and a
+    ViT image classifier (16x16x3 images, 4x4 patches by a Conv, width 32, 2 layers of 4 heads).
+    Legacy exporter at opset 17; calibration ``calib_gpt2.npz`` (``ids``, 10 random tokens) and
+    ``calib_hfvit.npz`` (``pixels``, normal noise)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
+    for tag, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        gpt = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                         attn_implementation="eager")).eval()
+        torch.onnx.export(_Logits(gpt), (torch.randint(0, 64, (2, 10)),), str(out / f"gpt2_{tag}.onnx"), dynamo=False,
+                          opset_version=17, input_names=["ids"], output_names=["logits"],
+                          dynamic_axes={"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
+        torch.manual_seed(seed)
+        vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                                                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                                  num_labels=5, attn_implementation="eager")).eval()
+        torch.onnx.export(_Logits(vit), (torch.randn(2, 3, 16, 16),), str(out / f"hfvit_{tag}.onnx"), dynamo=False,
+                          opset_version=17, input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
+    rng = np.random.default_rng(4)
+    savez_fixed(out / "calib_gpt2.npz", ids=rng.integers(0, 64, (N_CALIB, 10)).astype(np.int64))
+    savez_fixed(out / "calib_hfvit.npz", pixels=rng.normal(size=(64, 3, 16, 16)).astype(np.float32))
+    print("gpt2_a, gpt2_b, hfvit_a, hfvit_b: random weights")
 
 
 def sklearn_mlp(task: str, x: np.ndarray, y: np.ndarray, seed: int, path: Path) -> float:
@@ -355,6 +394,11 @@ def main() -> None:
         "weights (vocabulary 100, width 32, 2 post-norm layers of 4 heads, feed-forward 64, pooler; 3 and 2 classes), "
         "legacy exporter at opset 17, batch and sequence length dynamic; `calib_bert.npz`: 256 random sequences of "
         "12 token ids (`input_ids`) and an `attention_mask` that pads every third one after 8 tokens.\n"
+        "- `gpt2_a.onnx`, `gpt2_b.onnx` (a GPT-2 decoder: vocabulary 64, width 32, 2 layers of 4 heads; output "
+        "`logits` per token) and `hfvit_a.onnx`, `hfvit_b.onnx` (a `transformers` ViT classifier: 16x16x3 images, "
+        "4x4 patches by a Conv, width 32, 2 layers, 5 classes): random weights from `transformers` configs, legacy "
+        "exporter at opset 17; calibration `calib_gpt2.npz` (`ids`: 256 x 10 random tokens) and `calib_hfvit.npz` "
+        "(`pixels`: 64 normal-noise images).\n"
         "- `python tools/make_samples.py --only ln` (or `--only vit`, `--only bert`) remakes only those files and "
         "their README lines.\n\n"
         "Test accuracy of the originals:\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in summary.items()) + "\n"
