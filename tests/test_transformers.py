@@ -223,4 +223,4 @@ def test_more_transformers_pairs(pair, data, writers):
         np.testing.assert_allclose(got[f"{t}/logits"], run(m, feeds)["logits"], atol=1e-5)
     half = zip_models(models, calib, share=0.5, quiet=True, names=("a", "b"))
     assert half.report["equivalence_max_abs_diff"] <= 1e-5 and half.report["deployment_problems"] == []
-    assert max(len(g) for g in half.report["groups"] and [x["layers"] for x in half.report["groups"]]) == writers
+    assert max(len(x["layers"]) for x in half.report["groups"]) == writers
