@@ -8,6 +8,7 @@ import sys
 from . import __version__, io
 from .api import ZipOptions, accuracy_of, finetune_model, load_tasks, task_names, zip_models
 from .align import align
+from .attention import describe_blocks, find_attention
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .merge import MATCHERS
 from .plan import parse_share
@@ -149,6 +150,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               + ", ".join(layers[i].name for i in spaces.followers))
     if spaces.restore:
         print("restored to each task's channel order before: " + ", ".join(sorted(spaces.restore)))
+    for line in describe_blocks(irs[0], find_attention(irs[0])):
+        print(f"attention: {line}")
     if len(irs) < 2:
         return 0
     try:

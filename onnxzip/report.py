@@ -133,6 +133,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"{t['name']} {n}" for t, n in zip(report["tasks"], report["samples"])))
     if report.get("restored_at"):
         lines.append(f"channel order restored before: {', '.join(report['restored_at'])}")
+    if report.get("attention"):
+        lines.append(f"attention blocks ({len(report['attention'])}; heads are not tied: each task's Q/K/V output is "
+                     f"restored to its order before the heads split): " + "; ".join(report["attention"]))
     eq = report.get("equivalence", {})
     lines.append(f"equivalence check (zipped model vs. per-task zipped networks): max abs diff "
                  f"{report['equivalence_max_abs_diff']:.3g} (tolerance {eq.get('tolerance', 0):.3g}, the models' own "

@@ -176,6 +176,9 @@ def render(report: dict[str, Any]) -> str:
     restored = report.get("restored_at") or []
     parts.append("<p>Channel order restored before: " + (html.escape(", ".join(restored)) if restored else "nothing")
                  + ".</p>")
+    if report.get("attention"):
+        parts.append("<p>Attention blocks (heads are not tied):</p><ul>" +
+                     "".join(f"<li>{html.escape(a)}</li>" for a in report["attention"]) + "</ul>")
     for row in report.get("not_shared", []):
         parts.append(f"<p>Not shared: {html.escape(row['layer'])}: {html.escape(row['reason'])}</p>")
     eq = report.get("equivalence", {})

@@ -10,6 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import io, runtime
+from .attention import describe_blocks, find_attention
 from .errors import EquivalenceError
 from .ir import ModelIR, batch_within
 from .report import count_parameters, fidelity, output_loss, verdict
@@ -98,6 +99,7 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
         "not_shared": not_shared(irs, result.plan, opts),
         "groups": groups,
         "restored_at": sorted(irs[0].spaces.restore),
+        "attention": describe_blocks(irs[0], find_attention(irs[0])),
         "samples": [int(next(iter(a.values())).shape[0]) for a in data],
     }
 

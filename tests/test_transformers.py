@@ -224,3 +224,17 @@ def test_more_transformers_pairs(pair, data, writers):
     half = zip_models(models, calib, share=0.5, quiet=True, names=("a", "b"))
     assert half.report["equivalence_max_abs_diff"] <= 1e-5 and half.report["deployment_problems"] == []
     assert max(len(x["layers"]) for x in half.report["groups"]) == writers
+
+
+@pytest.mark.parametrize("model, fused, count", [("bert_a.onnx", False, 2), ("vit_digit.onnx", True, 2),
+                                                 ("vit_digit_legacy.onnx", True, 2), ("gpt2_a.onnx", True, 2),
+                                                 ("hfvit_a.onnx", False, 2), ("cnn_digit.onnx", None, 0)])
+def test_attention_blocks_are_found(model, fused, count):
+    from onnxzip.attention import find_attention
+    proto = onnx.load(str(SAMPLES / model))
+    ir = build_ir(proto, "a", model, onnx_opset(proto))
+    blocks = find_attention(ir)
+    assert len(blocks) == count
+    for b in blocks:
+        assert (b.q == b.k == b.v) == fused and b.out is not None
+        assert b.out > max(b.q, b.k, b.v) and ir.layers[b.out].neurons == ir.layers[b.v].neurons // (3 if fused else 1)
