@@ -151,11 +151,25 @@ def _latencies(a: list[str], a_feeds: list[dict], b: list[str], b_feeds: list[di
     return _timed(calls, runs, warmup)
 
 
+def _warm_up(provider: str) -> None:
+    """Open and run a one-node session: ONNX Runtime's one-time costs (thread pools, kernel
+    registries) are then out of the baseline, not charged to the first model measured."""
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    ort = onnxruntime()
+    ort.InferenceSession(model.SerializeToString(), providers=PROVIDERS[provider]).run(
+        None, {"x": np.zeros(1, np.float32)})
+
+
 def _memory_child(paths: list[str], feeds: list[dict[str, np.ndarray]], provider: str, queue) -> None:
-    """In a fresh process: the resident memory (MB) that loading ``paths`` and running each three
-    times adds (ONNX Runtime's arenas keep what a run needed)."""
+    """In a fresh process: the resident host memory (MB) that loading ``paths`` and running each
+    three times adds (ONNX Runtime's arenas keep what a run needed), after a warm-up session."""
     try:
-        onnxruntime()
+        _warm_up(provider)
         base = resident_mb()
         sessions = [open_session(p, provider) for p in paths]
         for _ in range(3):
@@ -178,7 +192,8 @@ def session_memory(paths: list[str], feeds: list[dict[str, np.ndarray]], provide
         except Empty:
             if not proc.is_alive() and queue.empty():
                 raise UsageError(f"the memory measurement's child process exited with code {proc.exitcode} "
-                                 "before reporting (run onnxzip bench from a script or the command line)") from None
+                                 "before reporting (out of memory? Called from Python, bench() needs an "
+                                 "'if __name__ == \"__main__\":' guard: the child re-imports the calling script)") from None
     proc.join()
     if isinstance(got, Exception):
         raise got
@@ -201,9 +216,13 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
         data = data * len(originals)
     if data is not None and len(data) != len(originals):
         raise UsageError(f"give one --data per original, or one for all: {len(originals)} originals, {len(data)} files")
+    if runs < 1 or batch < 1 or warmup < 0:
+        raise UsageError(f"--runs {runs} and --batch {batch}: give at least 1 of each")
     check_originals(zipped, names, originals)
     feeds = [task_feeds(p, None if data is None else data[i], batch, seed=i) for i, p in enumerate(originals)]
     zfeeds = zipped_inputs(zipped, names, feeds)
+    for f in feeds:  # an input the zipped model shares gets one array: every original reads that one
+        f.update({k: v for k, v in zfeeds.items() if k in f})
     # (random inputs are unlike the calibration data: a lossy zip may differ there whatever the models)
     agreement = {} if data is None else output_agreement(zipped, names, originals, zfeeds, feeds, provider)
     zipped_times, original_times = _latencies([zipped], [zfeeds], originals, feeds, provider, runs, warmup)

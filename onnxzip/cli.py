@@ -42,10 +42,11 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image folders as --data (PNG/JPEG, read recursively)")
     g.add_argument("--image-size", type=_size, default=DEFAULTS.image_size, metavar="H,W",
                    help="resize every image to H,W (default: the model input's static size)")
-    g.add_argument("--mean", type=_floats, default=DEFAULTS.mean, metavar="R,G,B",
-                   help="subtracted per channel from [0, 1] pixels, after --bgr (one value or one per channel)")
-    g.add_argument("--std", type=_floats, default=DEFAULTS.std, metavar="R,G,B",
-                   help="then divided per channel (one value or one per channel)")
+    g.add_argument("--mean", type=_floats, default=DEFAULTS.mean, metavar="C1,C2,C3",
+                   help="subtracted per channel of the model's input from [0, 1] pixels, after --bgr (so B,G,R "
+                        "with --bgr; one value or one per channel)")
+    g.add_argument("--std", type=_floats, default=DEFAULTS.std, metavar="C1,C2,C3",
+                   help="then divided per channel, in the same order (one value or one per channel)")
     g.add_argument("--bgr", action="store_true", help="reverse RGB to BGR (models trained on OpenCV reads)")
     g.add_argument("--layout", choices=["nchw", "nhwc"], default=DEFAULTS.layout, help="the model input's layout")
     g.add_argument("--max-samples", type=int, default=DEFAULTS.max_samples,
@@ -101,6 +102,9 @@ def cmd_zip(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, args.models + args.data)
     if args.report:
         io.check_output_path(args.report, args.models + args.data + [args.output])
+        if str(args.report).lower().endswith((".html", ".htm")):
+            from .report_html import _pyplot
+            _pyplot()  # before the work: a missing matplotlib is said now, not after the zip
     if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
         raise UsageError("give --share or a budget (--target-params / --max-loss-increase), not both")
     opts = ZipOptions(share=DEFAULTS.share if args.share is None else parse_share(args.share), names=args.names,
@@ -210,7 +214,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError(f"{args.report}: cannot read the JSON report ({exc})") from None
     if not isinstance(report, dict) or "tasks" not in report:
         raise InputError(f"{args.report}: not an onnxzip report (no 'tasks')")
-    write_report(report, args.output)
+    try:
+        write_report(report, args.output)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InputError(f"{args.report}: not a complete onnxzip report ({type(exc).__name__}: {exc})") from None
     if not args.quiet:
         print(f"wrote {args.output}")
     return 0

@@ -51,7 +51,8 @@ def is_image_folder(path: str | os.PathLike) -> bool:
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Every PNG/JPEG file under ``folder`` (recursively), sorted by path."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))  # (._x.png, .cache/)
     if not files:
         raise InputError(f"{folder}: no PNG or JPEG images in this folder")
     return files
@@ -71,7 +72,7 @@ def folder_sha256(folder: str | os.PathLike, recipe: ImageRecipe) -> str:
     """SHA-256 of the images a zip reads from ``folder``: their paths (relative) and bytes."""
     h = hashlib.sha256()
     for path in selected_files(folder, recipe):
-        h.update(str(path.relative_to(folder)).encode())
+        h.update(os.fsencode(path.relative_to(folder).as_posix()))
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -103,6 +104,26 @@ def _per_channel(values: tuple[float, ...], c: int, flag: str) -> np.ndarray:
     return np.asarray(values, np.float64).reshape(1, 1, 1, -1)
 
 
+def _pixels(img, c: int, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, c) float64 on [0, 1] for ``size`` (W, H). 8-bit modes convert through Pillow;
+    16-bit grayscale ("I;16...") scales by 65535 and 32-bit ("I", "F") by its own type's range,
+    instead of clipping at 255."""
+    from PIL import Image
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img, np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and a.max(initial=0) <= 1.0:
+            top = 1.0
+        gray = Image.fromarray((a / top).astype(np.float32), mode="F")
+        if gray.size != size:
+            gray = gray.resize(size, Image.BILINEAR)
+        return np.repeat(np.clip(np.asarray(gray, np.float64), 0.0, 1.0)[..., None], c, axis=2)
+    img = img.convert("L" if c == 1 else "RGB")
+    if img.size != size:
+        img = img.resize(size, Image.BILINEAR)
+    return np.asarray(img, np.float64).reshape(size[1], size[0], c) / 255.0
+
+
 def load_folder(folder: str | os.PathLike, specs: list[InputSpec], recipe: ImageRecipe) -> dict[str, np.ndarray]:
     """The calibration batch for a single-image-input model from ``folder``.
 
@@ -110,6 +131,7 @@ def load_folder(folder: str | os.PathLike, specs: list[InputSpec], recipe: Image
         input name -> (N, C, H, W) or (N, H, W, C) float32, N <= ``recipe.max_samples``.
     """
     from PIL import Image, UnidentifiedImageError
+    bomb = getattr(Image, "DecompressionBombError", OSError)
 
     source = str(folder)
     if len(specs) != 1:
@@ -126,11 +148,8 @@ def load_folder(folder: str | os.PathLike, specs: list[InputSpec], recipe: Image
     for i, path in enumerate(files):
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if c == 1 else "RGB")
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                px = np.asarray(img, np.float64).reshape(h, w, c) / 255.0
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+                px = _pixels(img, c, (w, h))
+        except (OSError, UnidentifiedImageError, ValueError, bomb) as exc:
             raise InputError(f"{path}: cannot read the image ({exc})") from None
         if recipe.bgr:
             px = px[..., ::-1]

@@ -8,6 +8,7 @@ layer weights that are not initializers.
 from __future__ import annotations
 
 import onnx
+from onnx import numpy_helper
 
 MAX_OPSET = 20
 #: ops that only exist for training, or that TensorRT's ONNX parser does not take
@@ -19,6 +20,12 @@ WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
 
 def _dims(vi: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def _false(graph: onnx.GraphProto, name: str) -> bool:
+    """Whether ``name`` is an initializer holding false/0."""
+    t = next((t for t in graph.initializer if t.name == name), None)
+    return t is not None and not numpy_helper.to_array(t).any()
 
 
 def deployment_problems(model: onnx.ModelProto) -> list[str]:
@@ -47,8 +54,9 @@ def deployment_problems(model: onnx.ModelProto) -> list[str]:
             problems.append(f"{where}: domain {node.domain!r} is not standard ONNX")
         if node.op_type in TRAINING_OPS:
             problems.append(f"{where}: a training op")
-        if any(a.name == "training_mode" and a.i for a in node.attribute):
-            problems.append(f"{where}: training_mode is on")
+        if any(a.name == "training_mode" and a.i for a in node.attribute) or (
+                node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] and not _false(graph, node.input[2])):
+            problems.append(f"{where}: training_mode is on (or not a constant false)")
         if node.op_type == "Constant":
             problems.append(f"{where}: a Constant node (fold it into an initializer)")
         named = [i for i in node.input if i]

@@ -42,19 +42,28 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]  # inline: no XML prolog
 
 
+class Markup(str):
+    """HTML this module wrote itself (every other cell is escaped)."""
+
+
 def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
     def cell(v: Any, i: int, tag: str) -> str:
         cls = ' class="l"' if i < left else ""
         if isinstance(v, float):
             v = f"{v:.4g}"
-        return f"<{tag}{cls}>{v if isinstance(v, str) and v.startswith('<span') else html.escape(str(v))}</{tag}>"
+        return f"<{tag}{cls}>{v if isinstance(v, Markup) else html.escape(str(v))}</{tag}>"
     head = "".join(cell(h, i, "th") for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell(v, i, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _label(text: str) -> str:
+    """A name as a matplotlib label: no math text (a ``$`` in a layer name is a character)."""
+    return str(text).replace("$", r"\$")
+
+
 def _layers_plot(plt, layers: list[dict]) -> str:
-    names = [row["name"][-24:] for row in layers]
+    names = [_label(row["name"][-24:]) for row in layers]
     x = range(len(layers))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(layers) + 2), 6.2), sharex=True)
     ax1.bar(x, [row["neurons"] for row in layers], color="#ccd", label="neurons")
@@ -87,7 +96,7 @@ def _error_plot(plt, layers: list[dict], tasks: list[str]) -> str | None:
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for t, name in enumerate(tasks):
         mine = [(p, m) for tt, p, m in pts if tt == t]
-        ax.scatter([p for p, _ in mine], [m for _, m in mine], s=18, label=name)
+        ax.scatter([p for p, _ in mine], [m for _, m in mine], s=18, label=_label(name))
     lo = max(min(min(p, m) for _, p, m in pts), 1e-12)
     hi = max(max(p, m) for _, p, m in pts)
     ax.plot([lo, hi], [lo, hi], color="#888", linestyle=":", label="measured = predicted")
@@ -102,7 +111,7 @@ def _error_plot(plt, layers: list[dict], tasks: list[str]) -> str | None:
 
 def _tasks_plot(plt, tasks: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    names = [t["name"] for t in tasks]
+    names = [_label(t["name"]) for t in tasks]
     values, label = [], "fidelity"
     for t in tasks:
         if t.get("top1_agreement") is not None:
@@ -141,7 +150,7 @@ def render(report: dict[str, Any]) -> str:
         rows.append([t["name"], t.get("output", ""), t.get("top1_agreement") if t.get("top1_agreement") is not None
                      else "-", t.get("mask_iou") if t.get("mask_iou") is not None else "-", t.get("rel_err", 0.0),
                      t.get("max_abs_diff", 0.0), t.get("loss_increase", "-") if t.get("loss_increase") is not None
-                     else "-", f'<span class="{style}">{html.escape(verdict)}</span>'])
+                     else "-", Markup(f'<span class="{style}">{html.escape(verdict)}</span>')])
     parts.append("<p>Each task against its original, measured on the " +
                  html.escape(str(report.get("metrics_on", "calibration data"))) + ".</p>" +
                  _table(["task", "output", "top-1 agreement", "mask IoU", "rel. error", "max abs diff",

@@ -103,3 +103,13 @@ def test_a_model_that_was_not_zipped_is_noted(zipped, tmp_path):
     r = bench(zipped, [str(tmp_path / "random.onnx"), ORIGINALS[1]], data, runs=2, warmup=0)
     assert r["rel_err"]["digit"] > 0.5 and "check that --originals" in format_bench(r)
     assert max(bench(zipped, ORIGINALS, data, runs=2, warmup=0)["rel_err"].values()) < 0.5
+
+
+def test_shared_input_compares_like_with_like(zipped, capsys):
+    """One shared input, one data file per original: the originals read the array the zipped model
+    reads, so a share-1 zip is not reported as far from them; --runs 0 is refused."""
+    from onnxzip.io import load_arrays
+    data = [load_arrays(SAMPLES / "calib_digit.npz"), load_arrays(SAMPLES / "calib_parity.npz")]
+    assert max(bench(zipped, ORIGINALS, data, runs=2, warmup=0)["rel_err"].values()) < 0.5
+    assert main(["bench", zipped, "--originals", *ORIGINALS, "--runs", "0"]) == 2
+    assert "--runs 0" in capsys.readouterr().err

@@ -51,6 +51,25 @@ def test_rgb_recipe_bgr_mean_std_nhwc(tmp_path):
     np.testing.assert_allclose(nchw, expect.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-6)
 
 
+def test_resize_keeps_orientation(tmp_path):
+    """A horizontal gradient stays horizontal: height and width are not swapped by the resize."""
+    img = np.tile(np.linspace(0, 255, 12).astype(np.uint8), (6, 1))  # (H 6, W 12), bright to the right
+    write(tmp_path, [img])
+    got = load_folder(tmp_path, spec((None, 1, 3, 6)), ImageRecipe(size=(3, 6)))["image"][0, 0]
+    assert got.shape == (3, 6) and np.all(np.diff(got, axis=1) > 0) and np.allclose(got[0], got[2])
+
+
+def test_sixteen_bit_and_hidden_files(tmp_path):
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "a.png")  # mode I;16
+    (tmp_path / "._a.png").write_bytes(b"resource fork, not an image")  # macOS metadata: skipped
+    (tmp_path / ".cache").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / ".cache" / "b.png")
+    got = load_folder(tmp_path, spec((None, 1, 8, 8)), ImageRecipe())["image"]
+    assert got.shape == (1, 1, 8, 8) and np.allclose(got, 32768 / 65535, atol=1e-4)
+    rgb = load_folder(tmp_path, spec((None, 3, 8, 8)), ImageRecipe())["image"]
+    assert rgb.shape == (1, 3, 8, 8) and np.allclose(rgb, 32768 / 65535, atol=1e-4)
+
+
 def test_resize_and_subset(tmp_path):
     levels = np.arange(10, dtype=np.uint8) * 20
     write(tmp_path, [np.full((16, 12), v, np.uint8) for v in levels], ext="jpg")  # flat images survive JPEG
@@ -96,6 +115,12 @@ def test_cli_zips_from_one_folder_for_all(tmp_path, capsys):
     zipped = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["digit/logits"], {"image": x})[0]
     ref = ort.InferenceSession(str(SAMPLES / "cnn_digit.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(zipped, ref, atol=1e-4)
+    from onnxzip import zip_models  # at share 0.5 the statistics read the pixels: folder and .npz agree
+    kw = dict(share=0.5, quiet=True, names=("digit", "parity"))
+    models = [str(SAMPLES / "cnn_digit.onnx"), str(SAMPLES / "cnn_parity.onnx")]
+    a = zip_models(models, [str(folder)], **kw).report
+    b = zip_models(models, [{"image": digits(64)[:, None] / np.float32(255)}], **kw).report
+    assert [t["rel_err"] for t in a["tasks"]] == pytest.approx([t["rel_err"] for t in b["tasks"]], rel=1e-4)
     (tmp_path / "none").mkdir()
     rc = main(["zip", str(SAMPLES / "cnn_digit.onnx"), str(SAMPLES / "cnn_parity.onnx"), "--data", str(tmp_path / "none"),
                "-o", str(tmp_path / "y.onnx"), "-q"])

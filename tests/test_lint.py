@@ -21,7 +21,9 @@ def test_each_problem_is_named():
     m.graph.node.append(helper.make_node("Add", ["c1", "c2"], ["c3"], name="folded"))
     m.graph.node.append(helper.make_node("Gemm", ["x", "x", "c3"], ["g"], name="computed_weight"))
     m.graph.node.append(helper.make_node("Foo", ["x"], ["f"], name="contrib", domain="com.microsoft"))
-    m.graph.node.append(helper.make_node("Dropout", ["x", "c1", "t"], ["d"], name="train", training_mode=1))
+    m.graph.initializer.extend([numpy_helper.from_array(np.asarray(0.5, np.float32), "ratio"),
+                                numpy_helper.from_array(np.asarray(True), "on")])
+    m.graph.node.append(helper.make_node("Dropout", ["x", "ratio", "on"], ["d"], name="train"))  # opset 12+: an input
     text = "\n".join(deployment_problems(m))
     for what in ("opset 21", "'x': dynamic dimension(s) [1]", "konst", "folded", "computed_weight", "com.microsoft",
                  "training_mode"):

@@ -44,3 +44,16 @@ def test_cli_report_renders_a_json_report(report, tmp_path, capsys):
     assert main(["report", str(tmp_path / "bad.json"), "-o", str(tmp_path / "b.html")]) == 2
     assert "cannot read the JSON report" in capsys.readouterr().err
     assert not (tmp_path / "b.html").exists()
+
+
+def test_names_are_text_not_markup(report, tmp_path):
+    """Layer and task names come from the files: escaped in the page, no math text in the plots."""
+    import copy
+    from onnxzip.report import write_report
+    evil = copy.deepcopy(report)
+    evil["layers"][0]["name"] = "<span><img src=x onerror=alert(1)>"
+    evil["layers"][1]["name"] = "enc/$\\frac{a$/x"
+    evil["tasks"][0]["name"] = "<script>alert(1)</script>"
+    write_report(evil, tmp_path / "sub" / "e.html")  # (a missing folder is made)
+    page = (tmp_path / "sub" / "e.html").read_text()
+    assert "<img src=x" not in page and "<script>alert" not in page and "&lt;span&gt;&lt;img" in page
