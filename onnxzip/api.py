@@ -167,7 +167,7 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
     arrays = []
     for i, d in enumerate(data or []):
         specs = io.input_specs(protos[i])
-        if isinstance(d, (str, os.PathLike)) and images.is_image_folder(d):
+        if images.is_image_folder(d):
             if extra_keys:
                 raise UsageError(f"{d}: an image folder has no labels (--labels needs .npz files)")
             arrays.append(io.check_calibration(images.load_folder(d, specs, recipe or ImageRecipe()), specs, str(d)))
@@ -286,7 +286,7 @@ def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray
     rows, sequence-first layouts) gets whole batches: the calibration samples past the last multiple
     of B are left out (with fewer than B, they are repeated up to B), because its stages cannot pad a
     partial batch. Batch-major models keep every sample (each stage pads its last batch)."""
-    fixed = next((s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None), None)
+    fixed = ir.fixed_batch
     n = next(iter(arrays.values())).shape[0]
     if fixed is None or fixed <= 1 or n % fixed == 0:
         return arrays, labels
@@ -309,8 +309,7 @@ def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opt
         options["share"] = None
     inputs = [{"task": n, "model": str(m) if isinstance(m, (str, os.PathLike)) else None, "model_sha256": io.sha256(m),
                "data": str(d) if isinstance(d, (str, os.PathLike)) else None,
-               "data_sha256": images.folder_sha256(d, opts.recipe()) if isinstance(d, (str, os.PathLike)) and
-               images.is_image_folder(d) else io.sha256(d)}
+               "data_sha256": images.folder_sha256(d, opts.recipe()) if images.is_image_folder(d) else io.sha256(d)}
               for n, m, d in zip(names, models, data)]
     return {"onnxzip_version": __version__, "inputs": inputs, "options": options,
             "metrics_on": "calibration data (the samples the zip was fitted to, not held out)"}

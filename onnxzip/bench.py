@@ -239,8 +239,7 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
 
 
 def _outputs(model: onnx.ModelProto) -> dict[str, tuple]:
-    return {o.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim[1:])
-            for o in model.graph.output}
+    return {o.name: io.static_dims(o)[1:] for o in model.graph.output}
 
 
 def check_originals(zipped: str, names: list[str], originals: list[str]) -> None:

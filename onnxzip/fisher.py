@@ -253,9 +253,8 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     instead of a forward run first. A large model
     takes its statistic from evenly spaced samples only (:func:`fisher_sizes`; a per-neuron average,
     it needs far fewer samples than the Hessians) and runs in smaller batches."""
-    fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
     n, batch = fisher_sizes(ir, next(iter(data.values())).shape[0], batch)
-    batch = fixed[0] if fixed else batch
+    batch = ir.fixed_batch or batch
     total = next(iter(data.values())).shape[0]
     pick = np.linspace(0, total - 1, n).round().astype(int) if n < total else slice(None)  # spread, not the first
     data = {k: v[pick] for k, v in data.items()}

@@ -44,8 +44,9 @@ class ImageRecipe:
             raise UsageError("--std: a channel's std is 0")
 
 
-def is_image_folder(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir()
+def is_image_folder(data: object) -> bool:
+    """Whether a ``--data`` item (a path, or arrays) names a folder of images."""
+    return isinstance(data, (str, os.PathLike)) and Path(data).is_dir()
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

@@ -218,9 +218,13 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits or vi.name in made:
             continue
         t = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims))
+        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), static_dims(vi)))
     return specs
+
+
+def static_dims(vi: onnx.ValueInfoProto) -> tuple[int | None, ...]:
+    """A declared tensor's dimensions: sizes where static, None where named or unknown."""
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
 
 
 def fix_dynamic_dims(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:

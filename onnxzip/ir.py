@@ -77,6 +77,11 @@ class ModelIR:
         return [InputSpec(t.name, np.dtype(t.dtype), _dims(t.shape)) for t in self.graph.inputs]
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The batch size an input pins, or None where the batch is dynamic."""
+        return next((s.shape[0] for s in self.inputs if s.shape and s.shape[0] is not None), None)
+
+    @property
     def hidden(self) -> list[int]:
         """Indices of the layers whose channels reach another layer (zippable)."""
         return self.spaces.hidden

@@ -10,16 +10,14 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
+from .io import static_dims
+
 MAX_OPSET = 20
 #: ops that only exist for training, or that TensorRT's ONNX parser does not take
 TRAINING_OPS = frozenset({"Gradient", "Momentum", "Adagrad", "Adam", "SoftmaxCrossEntropyLoss",
                           "NegativeLogLikelihoodLoss"})
 #: ops whose input slot 1 is a weight
 WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list:
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
 
 
 def _false(graph: onnx.GraphProto, name: str) -> bool:
@@ -37,12 +35,12 @@ def deployment_problems(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
     constants = {t.name for t in graph.initializer}
     integer = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-    sequences = any(vi.type.tensor_type.elem_type in integer and None in _dims(vi)[1:2] for vi in graph.input
+    sequences = any(vi.type.tensor_type.elem_type in integer and None in static_dims(vi)[1:2] for vi in graph.input
                     if vi.type.HasField("tensor_type"))
     for vi in list(graph.input) + list(graph.output):
         if not vi.type.HasField("tensor_type"):
             continue
-        dims = _dims(vi)
+        dims = static_dims(vi)
         # token ids (and what is computed from them, per token) may keep a dynamic sequence on axis 1
         seq = vi.type.tensor_type.elem_type in integer if vi in graph.input else sequences
         loose = [i for i, d in enumerate(dims) if d is None and i > 0 and not (seq and i == 1)]

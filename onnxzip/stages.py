@@ -29,10 +29,9 @@ class StagedNetwork:
 
     def __init__(self, ir: ModelIR, cuts: list[int], device: str = "cpu", batch: int = 64) -> None:
         self.ir, self.device = ir, device
-        fixed = [s.shape[0] for s in ir.inputs if s.shape and s.shape[0] is not None]
         # a model that fixes its batch size runs at that size; others in batches of at most ``batch``
         # samples and STAGE_BYTES of the network's largest tensor
-        self.fixed = fixed[0] if fixed else None
+        self.fixed = ir.fixed_batch
         self.batch = self.fixed or max(1, min(batch, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
         nodes = list(ir.graph.nodes)
         where = {n.name: i for i, n in enumerate(nodes)}
