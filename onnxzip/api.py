@@ -55,6 +55,7 @@ class ZipOptions:
     target_params: float | None = None
     max_loss_increase: float | None = None
     separate_inputs: bool = False
+    favor: str = "size"  # how partly shared layers run: storage once ("size") or one op per task ("speed")
     device: str = "cpu"
     batch_size: int = 64
     mask_threshold: float = 0.5
@@ -81,6 +82,8 @@ class ZipOptions:
             raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
         if self.cost not in ("mtz", "correlation"):
             raise UsageError(f"--cost {self.cost!r}: choose mtz or correlation")
+        if self.favor not in ("size", "speed"):
+            raise UsageError(f"--favor {self.favor!r}: choose size or speed")
         if self.task_order not in ("auto", "given"):
             raise UsageError(f"--task-order {self.task_order!r}: choose auto or given")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -238,7 +241,7 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
                          outputs=references,
                          progress=lambda it, desc: progress(it, desc, opts.quiet))
         with timing.phase("emit"):
-            model = emit_model(irs, plan, names, shared_inputs)
+            model = emit_model(irs, plan, names, shared_inputs, opts.favor)
             if io.is_large(model):
                 with io.on_disk(model) as path:
                     onnx.checker.check_model(path, full_check=True)

@@ -91,6 +91,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
                    help="with 3+ models: try every starting pair and keep the cheapest (auto), or merge in the "
                         "order given")
     p.add_argument("--separate-inputs", action="store_true", help="one input per task even when they agree")
+    p.add_argument("--favor", choices=["size", "speed"], default=DEFAULTS.favor,
+                   help="partly shared layers: store each shared block once, run as blocks plus Adds (size), or "
+                        "run one op per task, storing the shared block in each task (speed)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="calibration batch size")
     p.add_argument("--mask-threshold", type=float, default=DEFAULTS.mask_threshold,
@@ -111,7 +114,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
                       matching=args.matching, hessian=args.hessian, damping=args.damping, compensate=args.compensate,
                       task_order=args.task_order, recover=args.recover, loss_aware=args.loss_aware,
                       target_params=args.target_params, max_loss_increase=args.max_loss_increase, labels=args.labels,
-                      finetune=args.finetune, cost=args.cost, separate_inputs=args.separate_inputs,
+                      finetune=args.finetune, cost=args.cost, separate_inputs=args.separate_inputs, favor=args.favor,
                       device=args.device, batch_size=args.batch_size, mask_threshold=args.mask_threshold,
                       quiet=args.quiet, image_size=args.image_size, mean=args.mean, std=args.std, bgr=args.bgr,
                       layout=args.layout, max_samples=args.max_samples)

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from . import io
+from .fuse import fuse_branches
 from .ir import ModelIR
 from .spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
 from .zipper import LayerZip, ZipPlan, expand_channels
@@ -120,8 +121,8 @@ class TaskEmitter:
     """Replays one task's graph into the builder."""
 
     def __init__(self, b: GraphBuilder, ir: ModelIR, plan: ZipPlan, task: int, prefix: str, shared_inputs: bool,
-                 layer_names: list[str]):
-        self.b, self.ir, self.plan, self.t, self.prefix = b, ir, plan, task, prefix
+                 layer_names: list[str], speed: bool = False):
+        self.b, self.ir, self.plan, self.t, self.prefix, self.speed = b, ir, plan, task, prefix, speed
         self.layer_names = layer_names  # the first task's layer names: shared initializers are named after them
         self.constants = plan.constants[task] if plan.constants else {}  # re-estimated BN statistics
         self.values: dict[str, Value] = {}
@@ -375,7 +376,13 @@ class TaskEmitter:
         hidden = z.layer in self.plan.hidden
         out_name = layer.output
         out_parts = []
-        for r0, r1, rows_shared in ((0, z.shared, True), (z.shared, zw.shape[0], False)):
+        row_blocks = [(0, z.shared, True), (z.shared, zw.shape[0], False)]
+        if self.speed and not (len(terms) == 1 and terms[0][0].shared):
+            # one op per task over the input joined: the shared block is stored again in each task
+            x, _ = self.joined(layer.input)
+            terms = [(Part(x, None, False), np.concatenate([t[1] for t in terms]), False, 0)]
+            row_blocks = [(0, zw.shape[0], False)]
+        for r0, r1, rows_shared in row_blocks:
             if r1 == r0:
                 continue
             tag = "s" if rows_shared else "p"
@@ -442,13 +449,19 @@ def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part, space: Chan
     return c
 
 
-def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool) -> onnx.ModelProto:
+def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool,
+               favor: str = "size") -> onnx.ModelProto:
     """Build the zipped model: one graph, every task's outputs as ``<task>/<output>`` (non-tensor
-    outputs, such as skl2onnx's ZipMap, keep their declared types)."""
+    outputs, such as skl2onnx's ZipMap, keep their declared types).
+
+    ``favor``: "size" stores every shared block once (a partly shared layer runs as blocks plus
+    Adds); "speed" runs a partly shared layer as one op per task over its input joined, storing the
+    shared block in each task. Either way the tasks' parallel ops are then fused (``fuse``).
+    """
     b = GraphBuilder()
     inputs, outputs = [], []
     for t, (ir, name) in enumerate(zip(irs, names)):
-        em = TaskEmitter(b, ir, plan, t, name, shared_inputs, [x.name for x in irs[0].layers])
+        em = TaskEmitter(b, ir, plan, t, name, shared_inputs, [x.name for x in irs[0].layers], favor == "speed")
         em.run()
         if t == 0 or not shared_inputs:
             for inp in ir.graph.inputs:
@@ -468,6 +481,8 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
                                                           sorted(irs[0].extra_opsets.items())]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxzip")
     model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 7)
+    model = io.infer_shapes(model, strict_mode=True, data_prop=True)
+    model, _ = fuse_branches(model)
     return io.infer_shapes(model, strict_mode=True, data_prop=True)  # (run-time Reshape targets keep their sizes)
 
 

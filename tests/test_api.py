@@ -54,10 +54,13 @@ def test_partial_share_is_valid_and_stores_shared_blocks_once():
     assert m.opset_import[0].version <= 20
     inits = {i.name: i for i in m.graph.initializer}
     shared = sorted(n for n in inits if n.startswith("shared/"))
-    assert shared == ["shared//1/Gemm.b_s", "shared//1/Gemm.w_s0", "shared//3/Gemm.b_s", "shared//3/Gemm.w_s0"]
-    # the shared block of layer 1 (150 x 64) on the shared input is computed by one node for both tasks
-    users = [n for n in m.graph.node if "shared//1/Gemm.w_s0" in n.input]
-    assert len(users) == 1 and tuple(inits["shared//1/Gemm.w_s0"].dims) == (150, 64)
+    assert shared == ["shared//1/Gemm.b_s.stacked", "shared//1/Gemm.w_s0.stacked", "shared//3/Gemm.b_s.stacked",
+                      "shared//3/Gemm.w_s0.stacked"]
+    # layer 1 on the shared input is one node for both tasks: its private rows, the shared block
+    # (150 x 64), the other task's private rows, stacked (layer 3's shared block likewise stacks with
+    # the private rows' weights on the same shared input channels)
+    users = [n for n in m.graph.node if "shared//1/Gemm.w_s0.stacked" in n.input]
+    assert len(users) == 1 and tuple(inits["shared//1/Gemm.w_s0.stacked"].dims) == (150 + 2 * 150, 64)
     # parameters: each shared neuron stores its shared-input weights and bias once
     before = result.report["params_before"]
     saved = 150 * (64 + 1) + 50 * (150 + 1)
@@ -70,7 +73,8 @@ def test_full_share_on_a_shared_input_computes_the_prefix_once():
     result = zip_models(sample_models("mlp"), CALIB, share=1.0, names=NAMES, quiet=True)
     ops = [n.op_type for n in result.model.graph.node]
     assert ops.count("Flatten") == 1 and ops.count("Relu") == 2
-    assert ops.count("Gemm") == 4  # two shared hidden layers once, two private heads
+    assert ops.count("Gemm") == 3  # two shared hidden layers once, the two private heads stacked
+    assert ops.count("Split") == 1
     assert [i.name for i in result.model.graph.input] == ["image"]
 
 
