@@ -292,14 +292,17 @@ class TaskEmitter:
             self.values[t.name] = Value([Part(name, None, shared)], None)
         sizes = [len(p.channels) * block for p in value.parts]
         names = [f"{out_t.name}.{'s' if p.shared else 'p'}{n}" for n, p in enumerate(value.parts)]
-        if len(sizes) == 1:
-            outs = [y]
-        elif self.ir.opset >= 13:
-            outs = self.b.node("Split", [y, self.b.const(np.asarray(sizes, np.int64), f"{self.prefix}/split")],
-                               {"axis": value.space.axis}, names, self.prefix)
-        else:
-            outs = self.b.node("Split", [y], {"axis": value.space.axis, "split": sizes}, names, self.prefix)
+        outs = self._split(y, sizes, value.space.axis, names)
         self.values[out_t.name] = Value([Part(o, p.channels, shared) for o, p in zip(outs, value.parts)], value.space)
+
+    def _split(self, y: str, sizes: list[int], axis: int, names: list[str]) -> list[str]:
+        """Tensor ``y`` cut into parts of ``sizes`` along ``axis``."""
+        if len(sizes) == 1:
+            return [y]
+        if self.ir.opset >= 13:
+            return self.b.node("Split", [y, self.b.const(np.asarray(sizes, np.int64), f"{self.prefix}/split")],
+                               {"axis": axis}, names, self.prefix)
+        return self.b.node("Split", [y], {"axis": axis, "split": sizes}, names, self.prefix)
 
     def per_part(self, node: gs.Node, zipped: list[int], rule: str) -> None:
         lead = self.values[node.inputs[zipped[0]].name]
@@ -376,31 +379,48 @@ class TaskEmitter:
         hidden = z.layer in self.plan.hidden
         out_name = layer.output
         out_parts = []
-        row_blocks = [(0, z.shared, True), (z.shared, zw.shape[0], False)]
-        if self.speed and not (len(terms) == 1 and terms[0][0].shared):
-            # one op per task over the input joined: the shared block is stored again in each task
+        n_rows = zw.shape[0]
+        # row blocks (rows, shared): the first task lists its private rows first, the others their
+        # shared rows first, so that with two tasks on a shared input each task's channels are one
+        # contiguous run of the stacked layer's (fuse: private 0, shared, private 1)
+        blocks = [(np.arange(z.shared), True), (np.arange(z.shared, n_rows), False)]
+        if self.t == 0:
+            blocks = blocks[::-1]
+        joined = self.speed and not (len(terms) == 1 and terms[0][0].shared)
+        if joined:  # one op per task over the input joined: the shared block is stored again in each task
             x, _ = self.joined(layer.input)
             terms = [(Part(x, None, False), np.concatenate([t[1] for t in terms]), False, 0)]
-            row_blocks = [(0, zw.shape[0], False)]
-        for r0, r1, rows_shared in row_blocks:
-            if r1 == r0:
+            sizes = [b[0].size for b in blocks if b[0].size]
+            blocks = [(np.concatenate([b[0] for b in blocks]), False)]
+        for sel, rows_shared in blocks:
+            if not sel.size:
                 continue
             tag = "s" if rows_shared else "p"
             exact = not hidden and out_name in self.output_names
             bias = self.b.weight(self._wname(z.layer, f"b_{tag}", rows_shared),
-                                 zw[r0:r1, where[layer.fan_in]].astype(np.float32), rows_shared)
+                                 zw[sel, where[layer.fan_in]].astype(np.float32), rows_shared)
             acc = None
-            live_terms = [x for x in terms if x[1].size]
+            # terms on shared input channels first: they carry the bias, and on an input every task
+            # shares they stack with the other tasks' (fuse); a shared block is named by its place
+            # among the shared input parts, the same in every task
+            live_terms = sorted((x for x in terms if x[1].size), key=lambda x: not x[2])
             for i, (part, pos, cols_shared, n) in enumerate(live_terms):
                 common = rows_shared and cols_shared
-                w = zw[r0:r1][:, pos].reshape((r1 - r0, -1) + layer.shape[2:]).astype(np.float32)
-                wname = self.b.weight(self._wname(z.layer, f"w_{tag}{n}", common), w, common)
+                w = zw[sel][:, pos].reshape((sel.size, -1) + layer.shape[2:]).astype(np.float32)
+                wname = self.b.weight(self._wname(z.layer, f"w_{tag}{i if common else n}", common), w, common)
                 last = i == len(live_terms) - 1
                 hint = out_name if last and not hidden else f"{out_name}.{tag}" if last else f"{out_name}.{tag}{i}"
                 acc = self._term(node, part.tensor, wname, bias if acc is None else acc, hint, exact and last,
                                  first=acc is None)
-            channels = z.rows[self.t][r0:r1]
+            channels = z.rows[self.t][sel]
             out_parts.append(Part(acc, channels if hidden else None, rows_shared))
+        if joined and hidden and len(sizes) > 1:  # parts again, as joins expect (fuse cancels the Split
+            # against the next layer's Concat)
+            rows = out_parts[0].channels
+            first_shared = self.t != 0
+            outs = self._split(out_parts[0].tensor, sizes, 1, [f"{out_name}.{'s' if first_shared else 'p'}",
+                                                               f"{out_name}.{'p' if first_shared else 's'}"])
+            out_parts = [Part(outs[0], rows[:sizes[0]], first_shared), Part(outs[1], rows[sizes[0]:], not first_shared)]
         if hidden:
             self.values[out_name] = Value(out_parts, self.ir.spaces.layout[out_name])
         else:
