@@ -386,7 +386,8 @@ class TaskEmitter:
         blocks = [(np.arange(z.shared), True), (np.arange(z.shared, n_rows), False)]
         if self.t == 0:
             blocks = blocks[::-1]
-        joined = self.speed and not (len(terms) == 1 and terms[0][0].shared)
+        ops = sum(1 for t in terms if t[1].size) * sum(1 for b in blocks if b[0].size)  # in blocks, per task
+        joined = self.speed and ops > 1 and not (len(terms) == 1 and terms[0][0].shared)
         if joined:  # one op per task over the input joined: the shared block is stored again in each task
             x, _ = self.joined(layer.input)
             terms = [(Part(x, None, False), np.concatenate([t[1] for t in terms]), False, 0)]

@@ -4,7 +4,7 @@ For each pair and share: zip (default options), then latency (median, p90), sess
 bytes of the zipped model against the two originals run one after another, on ONNX Runtime's CPU
 provider (or ``--provider``). ``--update`` puts the table into docs/results.md.
 
-    python tools/bench_runtime.py [--pairs cnn,vit,bert] [--shares 0,0.5,1] [--batch 32] [--update]
+    python tools/bench_runtime.py [--pairs cnn,vit,bert] [--shares 0,0.5,1] [--favors size,speed] [--batch 32] [--update]
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="cnn,resnet,vit,bert")
     parser.add_argument("--shares", default="0,0.5,1")
+    parser.add_argument("--favors", default="size,speed", help="zip --favor values to compare")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--provider", default="cpu")
@@ -46,13 +47,15 @@ def main() -> None:
             models, calib, names = PAIRS[pair]
             models = [str(SAMPLES / m) for m in models]
             data = [load_arrays(SAMPLES / c) for c in calib]
-            for share in (float(s) for s in args.shares.split(",")):
-                r = zip_models(models, [str(SAMPLES / c) for c in calib], share=share, quiet=True, names=names)
-                path = Path(tmp) / f"{pair}_{share}.onnx"
+            for share, favor in ((float(s), f) for s in args.shares.split(",") for f in args.favors.split(",")):
+                r = zip_models(models, [str(SAMPLES / c) for c in calib], share=share, quiet=True, names=names,
+                               favor=favor)
+                path = Path(tmp) / f"{pair}_{share}_{favor}.onnx"
                 r.save(path)
                 b = bench(str(path), models, data, provider=args.provider, batch=args.batch, runs=args.runs)
                 z, o, q = b["zipped"], b["originals"], b["ratios"]
-                rows.append(f"| {pair} | {share:.2f} | {r.report['params_after'] / r.report['params_before']:.1%} | "
+                rows.append(f"| {pair} | {share:.2f} | {favor} | {len(r.model.graph.node)} | "
+                            f"{r.report['params_after'] / r.report['params_before']:.1%} | "
                             f"{z.median_ms:.3f} / {o.median_ms:.3f} | {q['latency']:.2f} | "
                             f"{z.memory_mb:.1f} / {o.memory_mb:.1f} | {q['memory']:.2f} | {q['bytes']:.2f} |")
                 print(rows[-1], flush=True)
@@ -61,8 +64,8 @@ def main() -> None:
             f"alternating), {time.strftime('%Y-%m-%d')}; {time.perf_counter() - start:.0f} s. Zipped / originals "
             "(the two run one after another); memory: resident memory that loading and running adds to a fresh "
             "process.\n\n"
-            "| pair | share | params kept | median ms | latency ratio | memory MB | memory ratio | bytes ratio |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
+            "| pair | share | --favor | ops | params kept | median ms | latency ratio | memory MB | memory ratio | "
+            "bytes ratio |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
     print(body)
     if args.update:
         update_section("bench_runtime", "Run-time cost of the zipped samples (onnxzip bench)", body)
