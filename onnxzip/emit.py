@@ -386,13 +386,13 @@ class TaskEmitter:
         blocks = [(np.arange(z.shared), True), (np.arange(z.shared, n_rows), False)]
         if self.t == 0:
             blocks = blocks[::-1]
-        ops = sum(1 for t in terms if t[1].size) * sum(1 for b in blocks if b[0].size)  # in blocks, per task
-        joined = self.speed and ops > 1 and not (len(terms) == 1 and terms[0][0].shared)
-        if joined:  # one op per task over the input joined: the shared block is stored again in each task
+        kept = [b for b in blocks if b[0].size]
+        one_op = self.speed and len(kept) * sum(1 for t in terms if t[1].size) > 1 and \
+            not (len(terms) == 1 and terms[0][0].shared)
+        if one_op:  # one op per task over the input joined: the shared block is stored again in each task
             x, _ = self.joined(layer.input)
             terms = [(Part(x, None, False), np.concatenate([t[1] for t in terms]), False, 0)]
-            sizes = [b[0].size for b in blocks if b[0].size]
-            blocks = [(np.concatenate([b[0] for b in blocks]), False)]
+            blocks = [(np.concatenate([b[0] for b in kept]), False)]
         for sel, rows_shared in blocks:
             if not sel.size:
                 continue
@@ -415,13 +415,11 @@ class TaskEmitter:
                                  first=acc is None)
             channels = z.rows[self.t][sel]
             out_parts.append(Part(acc, channels if hidden else None, rows_shared))
-        if joined and hidden and len(sizes) > 1:  # parts again, as joins expect (fuse cancels the Split
-            # against the next layer's Concat)
-            rows = out_parts[0].channels
-            first_shared = self.t != 0
-            outs = self._split(out_parts[0].tensor, sizes, 1, [f"{out_name}.{'s' if first_shared else 'p'}",
-                                                               f"{out_name}.{'p' if first_shared else 's'}"])
-            out_parts = [Part(outs[0], rows[:sizes[0]], first_shared), Part(outs[1], rows[sizes[0]:], not first_shared)]
+        if one_op and hidden and len(kept) > 1:  # the row blocks' parts again, as joins expect (fuse
+            # cancels the Split against the next layer's Concat)
+            outs = self._split(out_parts[0].tensor, [sel.size for sel, _ in kept], 1,
+                               [f"{out_name}.{'s' if shared else 'p'}" for _, shared in kept])
+            out_parts = [Part(o, z.rows[self.t][sel], shared) for o, (sel, shared) in zip(outs, kept)]
         if hidden:
             self.values[out_name] = Value(out_parts, self.ir.spaces.layout[out_name])
         else:
@@ -502,9 +500,9 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
                                                           sorted(irs[0].extra_opsets.items())]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxzip")
     model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 7)
-    model = io.infer_shapes(model, strict_mode=True, data_prop=True)
-    model, _ = fuse_branches(model)
-    return io.infer_shapes(model, strict_mode=True, data_prop=True)  # (run-time Reshape targets keep their sizes)
+    model = io.infer_shapes(model, strict_mode=True, data_prop=True)  # (run-time Reshape targets keep their sizes)
+    fused, counts = fuse_branches(model, f"{SHARED}/")  # (reads the shapes)
+    return io.infer_shapes(fused, strict_mode=True, data_prop=True) if any(counts.values()) else model
 
 
 def _value_info(name: str, t: gs.Tensor, shape: bool = True) -> onnx.ValueInfoProto:

@@ -21,9 +21,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-#: the emitter's scope for tensors every task shares (emit.SHARED)
-SHARED = "shared/"
-
 #: ops that act on each channel alone (every input: the data, a per-channel or broadcast constant,
 #: or another Split's matching output); Flatten is handled apart
 CHANNELWISE = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "HardSigmoid",
@@ -31,11 +28,13 @@ CHANNELWISE = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "
                "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten"}
 
 
-def fuse_branches(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Return the model with parallel branches fused, and the rewrite counts per rule."""
+def fuse_branches(model: onnx.ModelProto, common: str | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Return the model with parallel branches fused (unchanged if nothing fuses), and the rewrite
+    counts per rule. ``common``: the name prefix of tensors every task shares; stacked siblings put
+    those between the first one's and the rest (two tasks: each task's channels one contiguous run)."""
     graph = gs.import_onnx(model)
     counts = {"siblings": 0, "pushdown": 0, "concat": 0}
-    f = _Fuser(graph)
+    f = _Fuser(graph, common)
     rules = (("concat", f.concat), ("pushdown", f.pushdown), ("siblings", f.siblings))
     progress = True
     while progress:
@@ -86,8 +85,8 @@ def _output_order(graph: gs.Graph) -> list[gs.Node]:
 
 
 class _Fuser:
-    def __init__(self, graph: gs.Graph):
-        self.g = graph
+    def __init__(self, graph: gs.Graph, common: str | None):
+        self.g, self.common = graph, common
         self.opset = graph.opset
         self.outputs = {t.name for t in graph.outputs}
         self.n = 0
@@ -178,8 +177,8 @@ class _Fuser:
         return None if x.shape is None else [x.shape[0], int(idx.size), *x.shape[2:]]
 
     def _dense(self, node: gs.Node) -> tuple | None:
-        """A stackable Conv/Gemm: (op, attributes, weight shape) when its weight and bias are
-        constants that belong to it alone; else None."""
+        """A stackable Conv/Gemm: (op, attributes, weight shape, number of constant inputs) when its
+        weight and bias are constants that belong to it alone; else None."""
         if node.op not in ("Conv", "Gemm") or len(node.outputs) != 1:
             return None
         consts = node.inputs[1:]
@@ -211,7 +210,7 @@ class _Fuser:
                     groups[(key[0], key[1], key[2][1:], key[3])].append(node)  # (bias or not: no zeros stored)
             for nodes in groups.values():
                 if len(nodes) > 1:
-                    common = [n for n in nodes if n.outputs[0].name.startswith(SHARED)]
+                    common = [n for n in nodes if self.common and n.outputs[0].name.startswith(self.common)]
                     own = [n for n in nodes if n not in common]
                     nodes = own[:1] + common + own[1:]  # two tasks: each one's channels a contiguous slice
                     base = (common or own)[0]  # stacked weights are named after the shared block's
@@ -237,11 +236,7 @@ class _Fuser:
                         len(u.inputs) != len(first.inputs) for u in users):
                 continue
             x = split.inputs[0]
-            rank = len(x.shape) if x.shape is not None else None
-            if rank is None:
-                continue
-            inputs = [self._joined(split, sizes, [u.inputs[j] for u in users], rank) for j in range(len(first.inputs))]
-            if any(i is None for i in inputs):
+            if x.shape is None:
                 continue
             out_sizes = sizes
             if first.op == "Flatten":
@@ -249,14 +244,21 @@ class _Fuser:
                 if int(first.attrs.get("axis", 1)) != 1 or not all(isinstance(d, int) for d in rest):
                     continue
                 out_sizes = [s * int(np.prod(rest)) for s in sizes]
+            slots = [self._joined(split, sizes, [u.inputs[j] for u in users], len(x.shape))
+                     for j in range(len(first.inputs))]
+            if any(slot is None for slot in slots):
+                continue
+            # (a Slice or Gather is built only now that every slot joins: a failed try leaves no node)
+            inputs = [self._source_channels(*slot, "operand") if isinstance(slot, tuple) else slot for slot in slots]
             y = self._node(first.op, dict(first.attrs), inputs, "pushdown", self._stacked([u.outputs[0] for u in users]))
             self._split(y, out_sizes, [u.outputs[0] for u in users])
             return True
         return False
 
-    def _joined(self, split: gs.Node, sizes: list[int], ins: list[gs.Tensor], rank: int) -> gs.Tensor | None:
-        """One input slot of the Split's users, joined: the Split's input, channels of one other
-        tensor (the tensor, a Slice or a Gather), or per-channel / broadcast constants."""
+    def _joined(self, split: gs.Node, sizes: list[int], ins: list[gs.Tensor],
+                rank: int) -> gs.Tensor | tuple[gs.Variable, np.ndarray] | None:
+        """One input slot of the Split's users, joined: the Split's input, per-channel / broadcast
+        constants, or (source, channels) of one other tensor (built by ``_source_channels``)."""
         if all(t is o for t, o in zip(ins, split.outputs)):
             return split.inputs[0]
         if all(t is ins[0] for t in ins) and not isinstance(ins[0], gs.Constant) and not ins[0].name:
@@ -275,7 +277,7 @@ class _Fuser:
         picks = [self._selection(t) for t in ins]  # channels of one tensor: it, a Slice or a Gather of it
         if all(p is not None for p in picks) and len({id(p[0]) for p in picks}) == 1 and \
                 all(p[1].size == n for p, n in zip(picks, sizes)):
-            return self._source_channels(picks[0][0], np.concatenate([p[1] for p in picks]), "operand")
+            return picks[0][0], np.concatenate([p[1] for p in picks])
         return None
 
     def concat(self) -> bool:
