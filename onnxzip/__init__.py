@@ -2,8 +2,16 @@
 __version__ = "0.1.0"  # before the imports below: the report records it
 
 from .api import ZipOptions, ZipResult, accuracy_of, finetune_model, zip_models  # noqa: E402
-from .errors import (EquivalenceError, InputError, InternalError, MismatchError, NumericalError,  # noqa: E402
-                     OnnxzipError, UnsupportedOpError, UsageError)
+from .errors import (  # noqa: E402
+                     EquivalenceError,
+                     InputError,
+                     InternalError,
+                     MismatchError,
+                     NumericalError,
+                     OnnxzipError,
+                     UnsupportedOpError,
+                     UsageError,
+)
 
 __all__ = ["zip_models", "finetune_model", "ZipOptions", "ZipResult", "accuracy_of", "OnnxzipError", "InputError",
            "MismatchError", "UnsupportedOpError", "NumericalError", "UsageError", "EquivalenceError", "InternalError"]

@@ -14,22 +14,24 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import __version__, images, io, runtime, timing
-from .align import align
-from .emit import emit_model
+from . import __version__, images, timing
+from .calibrate import runtime
+from .calibrate.fisher import loss_statistics
+from .calibrate.stats import HESSIANS
+from .check.layers import measure_layers
+from .check.verify import reference_outputs, verify, warn_fidelity, zipped_feeds
+from .emit.model import emit_model
 from .errors import InputError, UsageError
+from .graph import io
+from .graph.align import align
+from .graph.ir import ModelIR, build_ir
+from .graph.lint import deployment_problems
+from .graph.normalize import onnx_opset
 from .images import ImageRecipe
-from .ir import ModelIR, build_ir
-from .merge import MATCHERS
-from .normalize import onnx_opset
-from .plan import Budget
-from .verify import reference_outputs, verify, warn_fidelity, zipped_feeds
-from .stats import HESSIANS
-from .budget import BudgetPlanner
-from .fisher import loss_statistics
-from .layercheck import measure_layers
-from .lint import deployment_problems
-from .zipper import ZipPlan, zip_tasks
+from .sharing.budget import BudgetPlanner
+from .sharing.loop import ZipPlan, zip_tasks
+from .sharing.merge import MATCHERS
+from .sharing.plan import Budget
 
 log = logging.getLogger(__name__)
 MAX_EMIT_OPSET = 20
@@ -323,12 +325,12 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     """Zip under ``--target-params`` / ``--max-loss-increase``, measured, not only predicted.
 
     The per-group counts come from predicted costs (one pass over the originals). After the zip,
-    each task's fidelity and loss increase (:func:`onnxzip.report.output_loss`) are measured on the
-    calibration data. Where a task is degraded or collapsed (:func:`onnxzip.report.verdict`) the
+    each task's fidelity and loss increase (:func:`onnxzip.check.fidelity.output_loss`) are measured on the
+    calibration data. Where a task is degraded or collapsed (:func:`onnxzip.check.fidelity.verdict`) the
     prediction did not hold: the budget is loosened (half the way to keeping everything; the
     costliest slots per parameter go first) and the zip redone, at most ``MAX_BACKOFF`` times.
     The report's ``budget.backoff`` lists every try with its predicted cost (the costs' units) and
-    measured output loss (:func:`onnxzip.report.output_loss`: not the same units; for reading).
+    measured output loss (:func:`onnxzip.check.fidelity.output_loss`: not the same units; for reading).
     """
     fisher = loss_statistics(irs, arrays, labels, opts.device, outputs) if opts.loss_aware else None
     with timing.phase("budget"):

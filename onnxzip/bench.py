@@ -14,16 +14,16 @@ import multiprocessing
 import os
 import resource
 import time
-from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import onnx
 
-from . import io
+from .calibrate.runtime import onnxruntime, require_provider
 from .errors import InputError, UsageError
-from .runtime import onnxruntime, require_provider
+from .graph import io
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}

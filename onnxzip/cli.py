@@ -5,16 +5,18 @@ import argparse
 import logging
 import sys
 
-from . import __version__, io
+from . import __version__
 from .api import ZipOptions, accuracy_of, finetune_model, load_tasks, task_names, zip_models
-from .align import align
-from .attention import describe_blocks, find_attention
+from .calibrate.stats import HESSIANS
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
-from .merge import MATCHERS
-from .plan import parse_share
-from .report import format_table, write_report
-from .stats import HESSIANS
-from .zipper import group_name
+from .graph import io
+from .graph.align import align
+from .graph.attention import describe_blocks, find_attention
+from .report.files import write_report
+from .report.terminal import format_table
+from .sharing.loop import group_name
+from .sharing.merge import MATCHERS
+from .sharing.plan import parse_share
 
 DEFAULTS = ZipOptions()
 
@@ -106,7 +108,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
     if args.report:
         io.check_output_path(args.report, args.models + args.data + [args.output])
         if str(args.report).lower().endswith((".html", ".htm")):
-            from .report_html import _pyplot
+            from .report.page import _pyplot
             _pyplot()  # before the work: a missing matplotlib is said now, not after the zip
     if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
         raise UsageError("give --share or a budget (--target-params / --max-loss-increase), not both")

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import io
 from .api import ZipOptions, accuracy_of, zip_models
 from .errors import InputError
+from .graph import io
 
 TASKS = ("digit", "parity")
 ARCHS = ("mlp", "cnn", "resnet")

@@ -15,9 +15,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import io, runtime
+from .calibrate import runtime
+from .calibrate.fisher import _ad
 from .errors import InputError, UsageError
-from .fisher import _ad
+from .graph import io
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UsageError
-from .io import InputSpec
+from .graph.io import InputSpec
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 

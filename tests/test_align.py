@@ -1,10 +1,10 @@
+import graphs
 import numpy as np
 import pytest
 
-import graphs
-from onnxzip.align import align
 from onnxzip.errors import MismatchError
-from onnxzip.ir import build_ir
+from onnxzip.graph.align import align
+from onnxzip.graph.ir import build_ir
 
 
 def ir(m, name="t"):

@@ -1,11 +1,11 @@
+import graphs
 import numpy as np
 import onnx
 import pytest
-
-import graphs
 from conftest import SAMPLES
+
 from onnxzip import ZipOptions, accuracy_of, zip_models
-from onnxzip.io import load_arrays
+from onnxzip.graph.io import load_arrays
 
 NAMES = ("digit", "parity")
 CALIB = [SAMPLES / "calib_digit.npz", SAMPLES / "calib_parity.npz"]
@@ -162,9 +162,9 @@ def test_conv_attributes_and_no_bias_zip_exactly(attrs, hessian):
 
 
 def test_too_large_hessian_is_a_clear_error(monkeypatch):
-    import onnxzip.zipper
+    import onnxzip.sharing.loop
     from onnxzip import UsageError
-    monkeypatch.setattr(onnxzip.zipper, "available_memory", lambda: 2 * 301 ** 2 * 8 * 6 * 2 - 1)
+    monkeypatch.setattr(onnxzip.sharing.loop, "available_memory", lambda: 2 * 301 ** 2 * 8 * 6 * 2 - 1)
     with pytest.raises(UsageError, match=r"layer '/3/Gemm' has 300 weights per neuron.*--share list with 0"):
         zip_models(sample_models("mlp"), CALIB, share=0.5, quiet=True)
     result = zip_models(sample_models("mlp"), CALIB, share=(0.5, 0.0), quiet=True)  # the way out it names
@@ -222,7 +222,7 @@ def test_correlation_matching_baseline():
 
 
 def test_equivalence_tells_rounding_from_a_structural_mismatch():
-    from onnxzip.verify import check_equivalence
+    from onnxzip.check.verify import check_equivalence
     from onnxzip.errors import EquivalenceError
     rng = np.random.default_rng(0)
     ref = rng.uniform(0, 1, (8, 1, 16, 16))
@@ -312,7 +312,7 @@ def test_nothing_shared_says_why(caplog):
 
 
 def test_a_collapsed_task_is_said_loudly(caplog):
-    from onnxzip.verify import warn_fidelity
+    from onnxzip.check.verify import warn_fidelity
     report = {"tasks": [{"name": "general", "verdict": "collapsed", "mask_iou": 0.0, "fired": 0.0,
                          "top1_agreement": None, "rel_err": 1.0}], "layers": [{"shared": 3}], "not_shared": []}
     with caplog.at_level("WARNING"):
@@ -321,8 +321,8 @@ def test_a_collapsed_task_is_said_loudly(caplog):
 
 
 def test_a_normalization_that_changes_the_model_is_a_bug_not_noise():
+    from onnxzip.check.verify import float_noise
     from onnxzip.errors import EquivalenceError
-    from onnxzip.verify import float_noise
     o = np.linspace(0, 1, 50)
     assert float_noise(o + 1e-6, o, "x") == pytest.approx(1e-6)
     with pytest.raises(EquivalenceError, match="normalized model differs from the original file by 0.3"):
@@ -330,8 +330,8 @@ def test_a_normalization_that_changes_the_model_is_a_bug_not_noise():
 
 
 def test_output_kinds_from_the_graph():
-    from onnxzip.ir import build_ir
-    from onnxzip.verify import output_kind
+    from onnxzip.check.verify import output_kind
+    from onnxzip.graph.ir import build_ir
     ir = build_ir(graphs.ln_mlp(0), "t", "t.onnx", 18)  # ends in a Sigmoid
     assert output_kind(ir, "y", np.zeros((4, 3))) == "scores"
     ir = build_ir(graphs.mlp(0), "t", "t.onnx", 17)
@@ -384,7 +384,7 @@ def test_progress_lines_without_a_terminal(monkeypatch, capsys):
 
 
 def test_tasks_on_the_same_samples_share_one_run_of_the_zipped_model():
-    from onnxzip.verify import data_groups
+    from onnxzip.check.verify import data_groups
     x, y = graphs.data(1, (12,)), graphs.data(2, (12,))
     assert data_groups([{"x": x}, {"x": x.copy()}, {"x": y}]) == [[0, 1], [2]]
     assert data_groups([{"x": x}, {"z": x}]) == [[0], [1]]

@@ -1,12 +1,12 @@
 """Each architecture zips: share 0 reproduces every task, other shares give valid models that pass
 the built-in equivalence check (the zipped model against each task's zipped network)."""
+import graphs
 import numpy as np
 import onnx
 import pytest
 
-import graphs
 from onnxzip import zip_models
-from onnxzip.ir import build_ir
+from onnxzip.graph.ir import build_ir
 
 ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet,
          "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce,
@@ -31,7 +31,7 @@ def test_architecture_zips(arch, share):
     onnx.checker.check_model(result.model, full_check=True)
     onnx.shape_inference.infer_shapes(result.model, strict_mode=True)
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
-    assert result.report["deployment_problems"] == []  # TensorRT-ready (onnxzip.lint)
+    assert result.report["deployment_problems"] == []  # TensorRT-ready (onnxzip.graph.lint)
     x = graphs.data(5, (3, 8, 8), n=16)
     got = run_all(result.model, {"x": x})
     for t, m in zip(("a", "b"), models):

@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLES
+
 from onnxzip import zip_models
 from onnxzip.bench import bench, file_bytes, task_feeds, zipped_inputs
 from onnxzip.cli import main
@@ -90,8 +90,9 @@ def test_a_model_that_was_not_zipped_is_noted(zipped, tmp_path):
     """The same outputs but random weights: far from the zipped digit task on the calibration images."""
     import onnx
     from onnx import numpy_helper
+
     from onnxzip.bench import format_bench
-    from onnxzip.io import load_arrays
+    from onnxzip.graph.io import load_arrays
     m = onnx.load(ORIGINALS[0])
     rng = np.random.default_rng(0)
     for t in m.graph.initializer:
@@ -108,7 +109,7 @@ def test_a_model_that_was_not_zipped_is_noted(zipped, tmp_path):
 def test_shared_input_compares_like_with_like(zipped, capsys):
     """One shared input, one data file per original: the originals read the array the zipped model
     reads, so a share-1 zip is not reported as far from them; --runs 0 is refused."""
-    from onnxzip.io import load_arrays
+    from onnxzip.graph.io import load_arrays
     data = [load_arrays(SAMPLES / "calib_digit.npz"), load_arrays(SAMPLES / "calib_parity.npz")]
     assert max(bench(zipped, ORIGINALS, data, runs=2, warmup=0)["rel_err"].values()) < 0.5
     assert main(["bench", zipped, "--originals", *ORIGINALS, "--runs", "0"]) == 2

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-
 from conftest import SAMPLES
+
 from onnxzip.cli import main
 
 MLP = [str(SAMPLES / "mlp_digit.onnx"), str(SAMPLES / "mlp_parity.onnx")]

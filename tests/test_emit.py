@@ -7,11 +7,11 @@ put back in its own neuron order by hand and run through a numpy forward pass (n
 pooling and flatten); onnxruntime on the emitted graph must give the same outputs, and the graph
 must store the shared block once.
 """
+import graphs
 import numpy as np
 import pytest
 from onnx import numpy_helper
 
-import graphs
 import onnxzip
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-
 from conftest import SAMPLES
+
 from onnxzip import zip_models
-from onnxzip.io import load_arrays
+from onnxzip.graph.io import load_arrays
 
 CALIB = [SAMPLES / "calib_digit.npz", SAMPLES / "calib_parity.npz"]
 

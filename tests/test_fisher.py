@@ -1,11 +1,11 @@
 """Loss gradients through ONNX Runtime (onnx-ad), checked against a small vector-Jacobian oracle."""
+import graphs
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-import graphs
-from onnxzip.fisher import _seed, gradient_model, neuron_fisher
-from onnxzip.ir import build_ir
+from onnxzip.calibrate.fisher import _seed, gradient_model, neuron_fisher
+from onnxzip.graph.ir import build_ir
 
 
 def mlp_vjp(m, x, v):
@@ -41,7 +41,8 @@ def test_reverse_graph_matches_the_vjp_oracle(sizes):
 
 def test_transposes_of_unit_axes_become_reshapes_and_others_stay():
     from onnx import TensorProto, helper
-    from onnxzip.fisher import _unit_transposes_as_reshapes
+
+    from onnxzip.calibrate.fisher import _unit_transposes_as_reshapes
     nodes = [helper.make_node("Transpose", ["x"], ["a"], perm=[2, 0, 1]),  # (2, 3, 1) -> (1, 2, 3): a reshape
              helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1])]  # (1, 2, 3) -> (1, 3, 2): moves data
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 1])],
@@ -89,7 +90,7 @@ def test_empty_optional_inputs_survive_every_graph():
     """Resize's unused roi given as "" stays "" in the normalized graph, the stage models, the
     gradient model and the zipped model."""
     from onnxzip import zip_models
-    from onnxzip.stages import StagedNetwork
+    from onnxzip.calibrate.stages import StagedNetwork
 
     def resizes(model):
         return [list(n.input) for n in model.graph.node if n.op_type == "Resize"]
@@ -162,7 +163,7 @@ def test_saturated_detector_is_seeded_at_its_logit():
 def test_loss_statistics_fall_back_only_where_onnx_ad_lacks_a_rule(monkeypatch, caplog):
     import onnx_ad
 
-    from onnxzip import fisher
+    from onnxzip.calibrate import fisher
     irs = [build_ir(graphs.mlp(s), f"t{s}", "t.onnx", 17) for s in (0, 1)]
     data = [{"x": graphs.data(s, (12,))} for s in (0, 1)]
 
@@ -180,7 +181,7 @@ def test_loss_statistics_fall_back_only_where_onnx_ad_lacks_a_rule(monkeypatch, 
 
 
 def test_known_outputs_seed_the_reverse_pass_as_a_forward_run_would():
-    from onnxzip.runtime import run, session
+    from onnxzip.calibrate.runtime import run, session
     model = graphs.cnn(4)
     ir = build_ir(model, "t", "t.onnx", 17)
     x = {"x": graphs.data(5, (3, 8, 8), n=21)}
@@ -194,8 +195,8 @@ def test_known_outputs_seed_the_reverse_pass_as_a_forward_run_would():
 def test_padding_repeats_real_samples():
     """The last batch is padded with repeats of real samples, not zeros: a model that divides by its
     input's norm is finite on them (0/0 on a zero sample made every statistic NaN)."""
-    from onnx import helper
     import onnx_graphsurgeon as gs
+    from onnx import helper
     m = graphs.mlp(0, sizes=(12, 16, 10, 3))
     m.graph.node.insert(0, helper.make_node("ReduceL2", ["x"], ["nrm"], name="l2", axes=[1], keepdims=1))
     m.graph.node.insert(1, helper.make_node("Div", ["x", "nrm"], ["xn"], name="div"))

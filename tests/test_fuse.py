@@ -1,4 +1,4 @@
-"""onnxzip.fuse: each rewrite against the unfused graph run in ONNX Runtime (the oracle)."""
+"""onnxzip.emit.fuse: each rewrite against the unfused graph run in ONNX Runtime (the oracle)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxzip import zip_models
-from onnxzip.fuse import fuse_branches
-from onnxzip.runtime import onnxruntime
+from onnxzip.calibrate.runtime import onnxruntime
+from onnxzip.emit.fuse import fuse_branches
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 RNG = np.random.default_rng(0)

@@ -1,13 +1,13 @@
 """Image folders as calibration data: pixels against numpy computed from the same bytes."""
 import numpy as np
 import pytest
+from conftest import SAMPLES
 from PIL import Image
 
-from conftest import SAMPLES
 from onnxzip.cli import main
 from onnxzip.errors import InputError, UsageError
+from onnxzip.graph.io import InputSpec, load_arrays
 from onnxzip.images import ImageRecipe, load_folder
-from onnxzip.io import InputSpec, load_arrays
 
 
 def spec(shape, name="image"):

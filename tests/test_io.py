@@ -1,13 +1,13 @@
 import sys
 
+import graphs
 import numpy as np
 import onnx
 import pytest
 
-import graphs
 from onnxzip import UsageError, zip_models
-from onnxzip.io import InputSpec, load_calibration, load_model, save_model
-from onnxzip.runtime import onnxruntime, session
+from onnxzip.calibrate.runtime import onnxruntime, session
+from onnxzip.graph.io import InputSpec, load_calibration, load_model, save_model
 
 
 def test_external_data_models_load_and_zip(tmp_path):
@@ -66,7 +66,8 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
 
 def test_pruned_model_keeps_only_what_its_outputs_need():
     from onnx import TensorProto, helper, numpy_helper
-    from onnxzip.io import pruned
+
+    from onnxzip.graph.io import pruned
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), n) for n in ("wa", "wb")]
     nodes = [helper.make_node("MatMul", ["x", "wa"], ["ha"]), helper.make_node("Relu", ["ha"], ["a"]),

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import ROOT, SAMPLES
-from onnxzip import io, zip_models
-from onnxzip.runtime import run, session
+
+from onnxzip import zip_models
+from onnxzip.calibrate.runtime import run, session
+from onnxzip.graph import io
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -25,7 +26,7 @@ def _external(model_path: Path, out: Path) -> Path:
 
 
 def test_large_model_paths_on_the_samples(tmp_path, monkeypatch):
-    from onnxzip import runtime
+    from onnxzip.calibrate import runtime
     monkeypatch.setattr(io, "LARGE_BYTES", 1000)
     monkeypatch.setattr(runtime, "FILE_BYTES", 1000)
     models = [_external(SAMPLES / f"cnn_{t}.onnx", tmp_path / f"{t}.onnx") for t in ("digit", "parity")]

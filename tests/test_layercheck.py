@@ -1,8 +1,8 @@
 """The independent merge check: layer errors measured in ORT against the merge's prediction."""
 import numpy as np
 import pytest
-
 from conftest import SAMPLES
+
 from onnxzip import zip_models
 from onnxzip.errors import EquivalenceError
 
@@ -34,7 +34,7 @@ def test_a_wrong_layer_statistic_is_caught(monkeypatch):
     would make it) leaves the emitted graph consistent with the plan, so only the measurement in
     ORT can see it. (Natural images make many other bugs, such as mirrored or shifted patches,
     nearly invisible: their statistics are translation invariant.)"""
-    from onnxzip import stats
+    from onnxzip.calibrate import stats
     real = stats.patches
 
     def scaled(layer, x):

@@ -1,4 +1,5 @@
-"""The numeric core stays free of ONNX; nothing imports the CLI."""
+"""The layout keeps the pipeline's direction: the numeric core free of ONNX, ONNX Runtime in one
+room, nothing importing the CLI, and no subpackage importing a later stage."""
 import ast
 from pathlib import Path
 
@@ -6,31 +7,55 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "onnxzip"
 NUMERIC_OK = {"numpy", "scipy", "__future__", "typing", "dataclasses", "itertools", "math"}
+#: the stages in pipeline order: a subpackage imports only itself and those before it
+STAGES = ["graph", "calibrate", "sharing", "emit", "check", "report"]
 
 
 def imports(path: Path) -> set[str]:
+    """Absolute names of what ``path`` imports (relative imports resolved against the package)."""
+    here = path.relative_to(PKG.parent).with_suffix("").parts[:-1]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            out.update(a.name.split(".")[0] for a in node.names)
+            out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            out.add("." + (node.module or "") if node.level else node.module.split(".")[0])
+            base = here[:len(here) - node.level + 1] if node.level else ()
+            module = ".".join(base + ((node.module,) if node.module else ()))
+            out.update(f"{module}.{a.name}" for a in node.names) if not node.module else out.add(module)
     return out
 
 
-@pytest.mark.parametrize("module", ["merge.py", "plan.py", "lowrank.py", "spool.py"])
+def modules() -> list[Path]:
+    return sorted(PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", ["sharing/merge.py", "sharing/plan.py", "sharing/lowrank.py",
+                                    "sharing/offsets.py", "calibrate/spool.py"])
 def test_numeric_core_imports_only_numpy_and_scipy(module):
-    bad = {m for m in imports(PKG / module) if m not in NUMERIC_OK | {"os", "shutil", "tempfile", "pathlib"}
-           and m not in (".errors", ".registry", ".lowrank")}
+    bad = {m for m in imports(PKG / module) if m.split(".")[0] not in NUMERIC_OK | {"os", "shutil", "tempfile",
+                                                                                   "pathlib"}
+           and m not in ("onnxzip.errors", "onnxzip.registry", "onnxzip.sharing.lowrank")}
     assert bad == set(), f"{module} imports {bad}"
 
 
 def test_nothing_imports_the_cli():
-    for path in PKG.glob("*.py"):
+    for path in modules():
         if path.name not in ("cli.py", "__main__.py"):
-            assert ".cli" not in imports(path), path.name
+            assert not any(m.startswith("onnxzip.cli") for m in imports(path)), path
 
 
 def test_onnxruntime_is_imported_in_runtime_only():
-    users = sorted(p.name for p in PKG.glob("*.py") if "onnxruntime" in imports(p))
-    assert users == ["normalize.py", "runtime.py"]  # normalize only probes it for constant folding
+    users = sorted(str(p.relative_to(PKG)) for p in modules() if "onnxruntime" in {m.split(".")[0]
+                                                                                   for m in imports(p)})
+    assert users == ["calibrate/runtime.py", "graph/normalize.py"]  # normalize only probes it for folding
+
+
+def test_subpackages_import_only_earlier_stages():
+    for path in modules():
+        parts = path.relative_to(PKG).parts
+        if len(parts) < 2:
+            continue
+        allowed = set(STAGES[:STAGES.index(parts[0]) + 1])
+        for m in imports(path):
+            if m.startswith("onnxzip.") and m.split(".")[1] in STAGES:
+                assert m.split(".")[1] in allowed, f"{path.relative_to(PKG)} imports {m}"

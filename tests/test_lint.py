@@ -1,9 +1,9 @@
 """The deployment lint finds each kind of problem in a model built to have it."""
+import graphs
 import numpy as np
 from onnx import helper, numpy_helper
 
-import graphs
-from onnxzip.lint import deployment_problems
+from onnxzip.graph.lint import deployment_problems
 
 
 def test_a_clean_model_passes():

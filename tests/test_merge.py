@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxzip.merge import MATCHERS, damp, match_greedy, match_optimal, pair_costs, schur, zip_layer
+from onnxzip.sharing.merge import MATCHERS, damp, match_greedy, match_optimal, pair_costs, schur, zip_layer
 
 
 def spd(rng, d, rank=None):
@@ -171,7 +171,7 @@ def test_matchers_registry():
 
 
 def test_split_costs_are_each_tasks_error_at_the_merged_optimum():
-    from onnxzip.merge import split_costs
+    from onnxzip.sharing.merge import split_costs
     rng = np.random.default_rng(8)
     d = 6
     h_a, h_b = spd(rng, d), spd(rng, d)
@@ -185,7 +185,7 @@ def test_split_costs_are_each_tasks_error_at_the_merged_optimum():
 
 
 def test_loss_weights_steer_the_matching():
-    from onnxzip.merge import match_tasks
+    from onnxzip.sharing.merge import match_tasks
     rng = np.random.default_rng(9)
     a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
     s = [np.eye(4), np.eye(4)]
@@ -206,7 +206,7 @@ def test_loss_weights_steer_the_matching():
 
 @pytest.mark.parametrize("ns", [5, 3])
 def test_merge_rows_of_three_tasks_is_the_stacked_least_squares_minimum(ns):
-    from onnxzip.merge import merge_rows
+    from onnxzip.sharing.merge import merge_rows
     rng = np.random.default_rng(10)
     d, k = 5, 3
     hs = [spd(rng, d) for _ in range(3)]
@@ -230,7 +230,8 @@ def test_merge_rows_of_three_tasks_is_the_stacked_least_squares_minimum(ns):
 def test_merge_rows_cost_against_a_numeric_minimiser():
     """The no-private-columns case against scipy's general-purpose minimiser (no algebra at all)."""
     from scipy.optimize import minimize
-    from onnxzip.merge import merge_rows
+
+    from onnxzip.sharing.merge import merge_rows
     rng = np.random.default_rng(11)
     ns = 3
     ss = [spd(rng, ns) for _ in range(3)]
@@ -244,7 +245,7 @@ def test_merge_rows_cost_against_a_numeric_minimiser():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_two_task_optimal_matching_reaches_the_brute_force_optimum(seed):
-    from onnxzip.merge import match_tasks
+    from onnxzip.sharing.merge import match_tasks
     rng = np.random.default_rng(100 + seed)
     ns, n_a, n_b = 3, int(rng.integers(3, 5)), int(rng.integers(3, 5))
     ss = [spd(rng, ns), spd(rng, ns)]
@@ -272,7 +273,7 @@ BEST_ORDER_FACTOR = 2.0
 
 @pytest.mark.parametrize("seed", range(6))
 def test_three_task_matching_is_bounded_below_by_the_brute_force_optimum(seed):
-    from onnxzip.merge import match_tasks
+    from onnxzip.sharing.merge import match_tasks
     rng = np.random.default_rng(200 + seed)
     ns, n, k = 3, 4, 1 + seed % 3
     ss = [spd(rng, ns) for _ in range(3)]
@@ -290,7 +291,7 @@ def test_three_task_matching_is_bounded_below_by_the_brute_force_optimum(seed):
 
 
 def test_pair_costs_keep_their_precision_for_nearly_equal_neurons():
-    from onnxzip.merge import _all_pairs
+    from onnxzip.sharing.merge import _all_pairs
     rng = np.random.default_rng(11)
     a = rng.normal(size=(6, 40)) * 10
     b = a + rng.normal(size=a.shape) * 1e-6  # near-copies: b_i is a_i changed in the 7th digit

@@ -1,12 +1,12 @@
+import graphs
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
-import graphs
 from onnxzip.errors import InputError, UnsupportedOpError
-from onnxzip.ir import build_ir
-from onnxzip.normalize import prepare
+from onnxzip.graph.ir import build_ir
+from onnxzip.graph.normalize import prepare
 
 
 def normalized_matches(m: onnx.ModelProto, x: np.ndarray, opset: int = 17):
@@ -186,7 +186,7 @@ def test_constant_reshapes_and_shape_targets_fold(constant_nodes):
 def test_constant_reshape_of_bias_matches_an_initializer_bias():
     """Two exporters of one architecture (SE bias as a (1, C, 1, 1) initializer vs (C,) + Reshape,
     weights as initializers vs Constant nodes) normalize to one form and align."""
-    from onnxzip.align import align
+    from onnxzip.graph.align import align
     a = build_ir(_se_net(0, constant_nodes=False, bias_4d=True), "a", "a.onnx", 17)
     b = build_ir(_se_net(1, constant_nodes=True), "b", "b.onnx", 17)
     assert [n.op for n in a.graph.nodes] == [n.op for n in b.graph.nodes]
@@ -208,7 +208,7 @@ def _reshape_net(target_nodes, target: str = "t", data_shape=("N", 4, 2, 3)) -> 
     ("shape_attr", [0, 4, -1]),      # Shape(x, end=2) (opset 15)
 ])
 def test_reshape_targets_from_shapes_become_constants(style, expect):
-    from onnxzip.normalize import fold_reshape_shapes
+    from onnxzip.graph.normalize import fold_reshape_shapes
     tail = helper.make_node("Concat", ["head", "minus_one"], ["t"], name="concat", axis=0)
     if style == "slice":
         nodes = [helper.make_node("Shape", ["r"], ["s"], name="shape"),
@@ -233,7 +233,7 @@ def test_reshape_targets_from_shapes_become_constants(style, expect):
 
 def test_reshape_target_from_another_tensors_dynamic_dim_is_kept():
     """A dynamic dim of another tensor, or at another position, cannot become a 0 (copy)."""
-    from onnxzip.normalize import fold_reshape_shapes
+    from onnxzip.graph.normalize import fold_reshape_shapes
     nodes = [helper.make_node("Shape", ["r"], ["s"], name="shape"),
              helper.make_node("Slice", ["s", "zero", "one"], ["b"], name="slice"),
              helper.make_node("Concat", ["minus_one", "b"], ["t"], name="concat", axis=0)]
@@ -257,7 +257,7 @@ def test_wrongly_declared_output_rank_is_inferred_again():
 def test_conv_strides_may_differ_between_tasks():
     """Stride, padding and dilation only say where a kernel is applied (e.g. a text-line classifier that
     halves only the height): layers still correspond neuron for neuron, each task keeps its own."""
-    from onnxzip.align import align
+    from onnxzip.graph.align import align
     a = build_ir(_se_net(0, constant_nodes=False), "a", "a.onnx", 17)
     b = build_ir(_se_net(1, constant_nodes=False, stride=(2, 1)), "b", "b.onnx", 17)
     a, b = align([a, b])

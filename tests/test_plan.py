@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from onnxzip.errors import UsageError
-from onnxzip.plan import Budget, allocate, parse_share, shared_counts
+from onnxzip.sharing.plan import Budget, allocate, parse_share, shared_counts
 
 
 def test_parse_and_count_shares():

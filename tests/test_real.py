@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from onnxzip import zip_models
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -81,8 +81,8 @@ def test_ppocr_text_detectors_calibrate_from_a_folder_of_pngs(tmp_path):
     import real_data
     from PIL import Image
 
+    from onnxzip.graph.io import InputSpec
     from onnxzip.images import ImageRecipe, load_folder
-    from onnxzip.io import InputSpec
     images = np.concatenate([real_data.seal_stamps(3, (320, 320), 0), real_data.crops(3, (320, 320), 0)])
     for i, img in enumerate(images):
         Image.fromarray(img).save(tmp_path / f"{i}.png")

@@ -3,7 +3,7 @@ import numpy as np
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from onnxzip.report import fidelity, output_loss, verdict
+from onnxzip.check.fidelity import fidelity, output_loss, verdict
 
 
 def test_mask_iou_and_fired_against_hand_counts():

@@ -3,8 +3,8 @@ import json
 import re
 
 import pytest
-
 from conftest import SAMPLES
+
 from onnxzip import zip_models
 from onnxzip.cli import main
 
@@ -21,7 +21,7 @@ def report():
 
 def test_zip_writes_html_and_json(report, tmp_path, capsys):
     out = tmp_path / "r.html"
-    from onnxzip.report import write_report
+    from onnxzip.report.files import write_report
     write_report(report, out)
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
@@ -49,7 +49,8 @@ def test_cli_report_renders_a_json_report(report, tmp_path, capsys):
 def test_names_are_text_not_markup(report, tmp_path):
     """Layer and task names come from the files: escaped in the page, no math text in the plots."""
     import copy
-    from onnxzip.report import write_report
+
+    from onnxzip.report.files import write_report
     evil = copy.deepcopy(report)
     evil["layers"][0]["name"] = "<span><img src=x onerror=alert(1)>"
     evil["layers"][1]["name"] = "enc/$\\frac{a$/x"

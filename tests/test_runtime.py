@@ -1,11 +1,11 @@
 """Sessions: a user's file that ORT refuses is an input error; a graph onnxzip built is a bug."""
+import graphs
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
-import graphs
-from onnxzip import runtime
+from onnxzip.calibrate import runtime
 from onnxzip.errors import InputError, InternalError
 
 

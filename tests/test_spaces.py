@@ -1,9 +1,9 @@
 """Channel spaces on known graphs: which tensors carry which layer's channels, and what is restored."""
+import graphs
 import onnx_graphsurgeon as gs
 
-import graphs
-from onnxzip.ir import build_ir
-from onnxzip.spaces import broadcasts_channels
+from onnxzip.graph.ir import build_ir
+from onnxzip.graph.spaces import broadcasts_channels
 
 
 def test_decomposed_layernorm_keeps_the_channels_zipped():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from onnxzip import spool as spool_mod
-from onnxzip.spool import Batches, Spool
+from onnxzip.calibrate import spool as spool_mod
+from onnxzip.calibrate.spool import Batches, Spool
 
 
 def test_batches_round_trip_in_memory_and_on_disk():

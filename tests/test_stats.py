@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from graphs import inp, model, run
 from onnx import helper
 
-from graphs import inp, model, run
-from onnxzip.ir import Layer
-from onnxzip.stats import Accumulator, expand_conv_hessian, layer_hessian, patches
+from onnxzip.calibrate.stats import Accumulator, expand_conv_hessian, layer_hessian, patches
+from onnxzip.graph.ir import Layer
 
 
 def conv_layer(c_in, c_out, kernel, **attrs):
@@ -66,7 +66,7 @@ F32 = dict(rtol=2e-5, atol=1e-6)
 def test_accumulator_streams_the_exact_mean(dtype, rtol, monkeypatch):
     """float64 rows give the float64 mean; float32 rows (activations) are multiplied in float32 and
     summed in float64 over chunks (here several chunks): float32 rounding, no more."""
-    monkeypatch.setattr("onnxzip.stats.CHUNK", 40)
+    monkeypatch.setattr("onnxzip.calibrate.stats.CHUNK", 40)
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(1000, 7)) + 3.0).astype(dtype)
     acc = Accumulator(7)
@@ -158,7 +158,7 @@ def test_nan_statistics_are_a_clear_error():
 
 
 def test_cross_moment_refit_reproduces_the_reference_pre_activations():
-    from onnxzip.stats import cross_moments
+    from onnxzip.calibrate.stats import cross_moments
     rng = np.random.default_rng(6)
     dense = Layer("fc", "dense", "x", "y", "w", "b", (3, 5))
     x_ref = rng.normal(size=(400, 5))
@@ -176,7 +176,7 @@ def test_cross_moment_refit_reproduces_the_reference_pre_activations():
 
 
 def test_channel_cross_moments_against_explicit_loops():
-    from onnxzip.stats import cross_moments
+    from onnxzip.calibrate.stats import cross_moments
     rng = np.random.default_rng(7)
     layer = conv_layer(2, 3, (3, 3), pads=[1, 1, 1, 1])
     x = rng.normal(size=(2, 2, 4, 4)).astype(np.float32)
@@ -190,7 +190,7 @@ def test_channel_cross_moments_against_explicit_loops():
 
 
 def test_exact_conv_cross_moments_against_explicit_patch_loops():
-    from onnxzip.stats import cross_moments
+    from onnxzip.calibrate.stats import cross_moments
     rng = np.random.default_rng(17)
     layer = conv_layer(2, 3, (3, 3), pads=[1, 1, 1, 1], strides=[2, 2])
     x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
@@ -203,7 +203,7 @@ def test_exact_conv_cross_moments_against_explicit_patch_loops():
 
 
 def test_normalized_weights_floor_small_variances_at_a_thousandth_of_the_median():
-    from onnxzip.stats import normalized_weights
+    from onnxzip.calibrate.stats import normalized_weights
     z = np.array([[0.0, 0.0, 0.0, 0.0],  # variance 0: floored
                   [1.0, -1.0, 1.0, -1.0],  # 1 (the median)
                   [2.0, -2.0, 2.0, -2.0],  # 4
@@ -214,7 +214,7 @@ def test_normalized_weights_floor_small_variances_at_a_thousandth_of_the_median(
 
 
 def test_sample_weighted_hessian_and_cross_moments_against_a_direct_sum():
-    from onnxzip.stats import cross_moments, layer_hessian, normalized_weights
+    from onnxzip.calibrate.stats import cross_moments, layer_hessian, normalized_weights
     rng = np.random.default_rng(0)
     layer = Layer("fc", "dense", "x", "y", "w", "b", (3, 5))
     x, x_ref = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
@@ -232,8 +232,8 @@ def test_sample_weighted_hessian_and_cross_moments_against_a_direct_sum():
 
 
 def test_statistics_of_large_maps_read_a_seeded_subset_of_rows(monkeypatch):
-    from onnxzip import stats
-    from onnxzip.stats import row_fraction
+    from onnxzip.calibrate import stats
+    from onnxzip.calibrate.stats import row_fraction
     rng = np.random.default_rng(8)
     layer = conv_layer(3, 2, (3, 3), pads=[1, 1, 1, 1])
     x = rng.normal(size=(20, 3, 16, 16)) + 0.5

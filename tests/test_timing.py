@@ -20,6 +20,7 @@ def test_phases_add_wall_time_inside_record_only():
 
 def test_a_zip_reports_its_phases_and_peak_memory():
     import graphs
+
     from onnxzip import zip_models
     result = zip_models([graphs.mlp(0), graphs.mlp(1)], [{"x": graphs.data(s, (12,))} for s in (0, 1)],
                         share=0.5, quiet=True)

@@ -5,20 +5,19 @@ pass the checker and its own equivalence check, and stay close to the originals.
 stream must be one matching group; the fused or split Q/K/V projections are restored to task order
 before the head reshape (onnxzip does not tie heads).
 """
+import graphs
 import numpy as np
 import onnx
-import pytest
-
 import onnx_graphsurgeon as gs
+import pytest
+from conftest import SAMPLES
 from onnx import helper, numpy_helper
 
-import graphs
-from conftest import SAMPLES
 from onnxzip import zip_models
-from onnxzip.io import load_arrays
-from onnxzip.ir import build_ir
-from onnxzip.normalize import fold_reshape_shapes, normalize, onnx_opset, prepare, token_matmul_to_gemm
-from onnxzip.spaces import moved_axis
+from onnxzip.graph.io import load_arrays
+from onnxzip.graph.ir import build_ir
+from onnxzip.graph.normalize import fold_reshape_shapes, normalize, onnx_opset, prepare, token_matmul_to_gemm
+from onnxzip.graph.spaces import moved_axis
 
 VIT = {"dynamo": ("vit_digit.onnx", "vit_parity.onnx"), "legacy": ("vit_digit_legacy.onnx", "vit_parity_legacy.onnx")}
 
@@ -230,7 +229,7 @@ def test_more_transformers_pairs(pair, data, writers):
                                                  ("vit_digit_legacy.onnx", True, 2), ("gpt2_a.onnx", True, 2),
                                                  ("hfvit_a.onnx", False, 2), ("cnn_digit.onnx", None, 0)])
 def test_attention_blocks_are_found(model, fused, count):
-    from onnxzip.attention import find_attention
+    from onnxzip.graph.attention import find_attention
     proto = onnx.load(str(SAMPLES / model))
     ir = build_ir(proto, "a", model, onnx_opset(proto))
     blocks = find_attention(ir)

@@ -1,13 +1,13 @@
 """The layer loop: the recovery refit against a numeric least-squares solve; end to end, the zip's
 invariance to a model's neuron order and the re-estimated BatchNorm statistics, against ORT."""
+import graphs
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-import graphs
 import onnxzip
-from onnxzip.zipper import refit
+from onnxzip.sharing.loop import refit
 
 
 def test_refit_is_the_regularized_least_squares_solution_toward_the_original_row():
@@ -144,9 +144,9 @@ def ancestors(model, output):
 def test_offset_basis_zips_as_the_dense_per_channel_statistic_does(monkeypatch, make, shape, compensate):
     """Per-channel conv statistics worked block by block in the offset basis give the merge the dense
     (C K + 1)^2 form gives (the oracle), weights, costs and predictions alike."""
-    from onnxzip import zipper
     from onnxzip.api import load_tasks
-    from onnxzip.align import align
+    from onnxzip.graph.align import align
+    from onnxzip.sharing import loop as zipper
     _, irs, data = load_tasks([make(1), make(2)], ["a", "b"], [{"x": graphs.data(s, shape, n=48)} for s in (3, 4)])
     irs = align(irs)
 

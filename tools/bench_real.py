@@ -27,8 +27,9 @@ from fetch_real import SETS, model_path  # noqa: E402
 from results import update_section  # noqa: E402
 
 from onnxzip import zip_models  # noqa: E402
-from onnxzip import io, runtime  # noqa: E402
-from onnxzip.verify import zipped_feeds  # noqa: E402
+from onnxzip.calibrate import runtime  # noqa: E402
+from onnxzip.check.verify import zipped_feeds  # noqa: E402
+from onnxzip.graph import io  # noqa: E402
 
 SAMPLES = ROOT.parent / "samples"
 LN_TASKS = ("zero", "seven", "small")

@@ -15,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import update_section  # tools/results.py
+
 from onnxzip import zip_models
 from onnxzip.bench import bench
-from onnxzip.io import load_arrays
-from results import update_section  # tools/results.py
+from onnxzip.graph.io import load_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

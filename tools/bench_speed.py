@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from results import update_section  # tools/results.py
 
 from onnxzip import zip_models
-from onnxzip.runtime import session
-from results import update_section  # tools/results.py
+from onnxzip.calibrate.runtime import session
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVS = (64, 64, "pool", 128, 128, "pool", 256, 256, "pool")
@@ -126,7 +126,7 @@ def small(args: argparse.Namespace) -> None:
 
 def _floor(paths: list[str], data: str, batch: int) -> dict:
     """Child process: ORT alone runs both originals over the calibration set."""
-    from onnxzip.runtime import run, session
+    from onnxzip.calibrate.runtime import run, session
     from onnxzip.timing import peak_rss_mb
     x = dict(np.load(data))
     start = time.perf_counter()

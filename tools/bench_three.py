@@ -15,9 +15,10 @@ import platform
 import time
 from pathlib import Path
 
-from onnxzip import ZipOptions, accuracy_of, zip_models
-from onnxzip.io import load_arrays
 from results import update_section  # tools/results.py
+
+from onnxzip import ZipOptions, accuracy_of, zip_models
+from onnxzip.graph.io import load_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

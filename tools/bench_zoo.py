@@ -17,10 +17,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from results import update_section  # noqa: E402  (tools/results.py)
 from test_exporters import FAST_ZOO, SLOW_ZOO, randomized  # noqa: E402  (the tests' model maker)
 
 from onnxzip import zip_models  # noqa: E402
-from results import update_section  # noqa: E402  (tools/results.py)
 
 
 def main() -> None:

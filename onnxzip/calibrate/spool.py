@@ -1,6 +1,6 @@
 """The calibration set's tensors at a cut of the network, batch by batch, in memory or on disk.
 
-Zipping walks the network stage by stage (:mod:`onnxzip.stages`); between two stages, every
+Zipping walks the network stage by stage (:mod:`onnxzip.calibrate.stages`); between two stages, every
 sample's live tensors must be kept somewhere. A :class:`Batches` holds them as a list of batches;
 a :class:`Spool` keeps batches in memory while their total stays under its memory budget and
 writes the rest to ``.npy`` files in a temporary folder (read back one batch at a time), so the

@@ -6,12 +6,12 @@ from typing import Callable
 
 import numpy as np
 
-from .ir import ModelIR
+from ..calibrate.spool import Batches, Spool
+from ..calibrate.stages import StagedNetwork
+from ..graph.ir import ModelIR
+from ..graph.spaces import ALIGNED, PRIVATE
+from .loop import Zipper
 from .plan import Budget, allocate
-from .spaces import ALIGNED, PRIVATE
-from .spool import Batches, Spool
-from .stages import StagedNetwork
-from .zipper import Zipper
 
 
 def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.ndarray], np.ndarray]:
@@ -76,7 +76,7 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper:
 
 class BudgetPlanner:
     """Predicted slot costs of every group from one pass over the original networks, turned into
-    shared counts for any :class:`~onnxzip.plan.Budget` (so backing off needs no second pass)."""
+    shared counts for any :class:`~onnxzip.sharing.plan.Budget` (so backing off needs no second pass)."""
 
     def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, *, matching: str,
                  hessian: str, damping: float, compensate: bool, task_order: str, device: str, batch: int) -> None:

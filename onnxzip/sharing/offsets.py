@@ -1,6 +1,6 @@
 """Per-channel conv statistics in the offset basis, where they are block diagonal (pure numpy).
 
-The per-channel statistic of a conv with ``K`` kernel offsets (:func:`onnxzip.stats.expand_conv_hessian`)
+The per-channel statistic of a conv with ``K`` kernel offsets (:func:`onnxzip.calibrate.stats.expand_conv_hessian`)
 is ``H = kron(B, I_K) + u v'`` over the weight columns (channel-major, offsets inner, bias last),
 with ``B = Hc_cc - m_x m_y'``, ``u = [m_x (x) 1_K; 1]`` and ``v = [m_y (x) 1_K; 1]``. Take ``Q``
 (K, K) orthogonal with ``Q[:, 0] = 1/sqrt(K)`` and give every neuron's per-channel kernel ``W``

@@ -22,10 +22,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from . import io, runtime
-from .timing import phase
-from .errors import UsageError
-from .ir import ModelIR, activation_bytes, batch_within
+from ..errors import UsageError
+from ..graph import io
+from ..graph.ir import ModelIR, activation_bytes, batch_within
+from ..timing import phase
+from . import runtime
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
 
 def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str,
                     outputs: list[dict[str, np.ndarray]] | None = None) -> list[dict[int, np.ndarray]] | None:
-    """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.fisher`), or None
+    """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.calibrate.fisher`), or None
     (with a warning) where the reverse-mode graph cannot be built. ``outputs``: per task, its
     outputs on its data, when known (:func:`neuron_fisher`)."""
     layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]

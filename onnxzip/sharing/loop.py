@@ -1,6 +1,6 @@
 """The bottom-up layer loop: statistics -> match and merge -> next stage, for N tasks.
 
-Every task's network is run stage by stage (:mod:`onnxzip.stages`) with the layers already zipped
+Every task's network is run stage by stage (:mod:`onnxzip.calibrate.stages`) with the layers already zipped
 in place, so the Hessians of layer ``l`` come from the network as zipped below ``l`` and each node
 sees the calibration set once.
 
@@ -8,7 +8,7 @@ Weights are handled as 2-D matrices: a layer of ``n`` neurons and fan-in ``d`` i
 the bias as the last column (ONNX order: channel-major, kernel offsets inner). Zipped order puts
 the shared rows first and the columns as ``[shared inputs, bias | private inputs]``.
 
-Layers tied into one group (:mod:`onnxzip.spaces`: residual joins) share one matching, chosen when
+Layers tied into one group (:mod:`onnxzip.graph.spaces`: residual joins) share one matching, chosen when
 the group's first layer comes up from the summed costs of the group's layers whose inputs are
 already available (computed and fixed); the group's later layers follow that matching and merge
 their own rows with their own Hessians. Depthwise convs follow their input's matching.
@@ -25,31 +25,48 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy.linalg import cho_solve
 
+from ..calibrate.fisher import loss_statistics
+from ..calibrate.spool import Batches, Spool
+from ..calibrate.stages import StagedNetwork
+from ..calibrate.stats import (
+    cross_moments,
+    depthwise_hessians,
+    exact_rows,
+    is_exact,
+    is_offset,
+    layer_hessian,
+    normalized_weights,
+    row_fraction,
+)
+from ..errors import InternalError, UsageError
+from ..graph.ir import Layer, ModelIR
+from ..graph.spaces import ALIGNED, PRIVATE
+from ..timing import phase
 from . import offsets
-from .errors import InternalError, UsageError
-from .fisher import loss_statistics
-from .ir import Layer, ModelIR
 from .lowrank import basis, wide_blocks, woodbury_refit
-from .merge import (MATCHERS, cholesky, damp, damping_of, match_tasks, merge_followers, merge_rows, relative_damping,
-                    task_blocks)
+from .merge import (
+    MATCHERS,
+    cholesky,
+    damp,
+    damping_of,
+    match_tasks,
+    merge_followers,
+    merge_rows,
+    relative_damping,
+    task_blocks,
+)
 from .plan import counts_given, shared_counts
-from .spaces import ALIGNED, PRIVATE
-from .spool import Batches, Spool
-from .stages import StagedNetwork
-from .timing import phase
-from .stats import (cross_moments, depthwise_hessians, exact_rows, is_exact, is_offset, layer_hessian,
-                    normalized_weights, row_fraction)
 
 log = logging.getLogger(__name__)
 #: a dense layer with more inputs than this, seen on fewer samples than it has inputs, keeps its
-#: statistic as the input rows (H = R'R / n: low rank, :mod:`onnxzip.lowrank`), never as d x d
+#: statistic as the input rows (H = R'R / n: low rank, :mod:`onnxzip.sharing.lowrank`), never as d x d
 LOWRANK_MIN = 4096
 #: (d + 1)^2 float64 matrices a dense statistic needs at once per task (H, G, damped, reordered, blocks)
 HESSIAN_COPIES = 6
 #: the original networks' outputs are kept for this many calibration samples (the first ones): the
-#: float noise of the normalized graph against the original file (:func:`onnxzip.verify.float_noise`)
+#: float noise of the normalized graph against the original file (:func:`onnxzip.check.verify.float_noise`)
 NOISE_SAMPLES = 64
-#: per-channel conv statistics are worked in the offset basis (:mod:`onnxzip.offsets`); False: as
+#: per-channel conv statistics are worked in the offset basis (:mod:`onnxzip.sharing.offsets`); False: as
 #: dense (C K + 1)^2 matrices (the same numbers, O((C K)^3) work: the oracle in tests)
 OFFSET_BASIS = True
 
@@ -76,7 +93,7 @@ class WideRows:
     lam: float = 0.0  # the damping, once damped
 
     def damping(self, rel: float) -> float:
-        """``rel`` times the mean diagonal of H (as :func:`onnxzip.merge.damping_of`)."""
+        """``rel`` times the mean diagonal of H (as :func:`onnxzip.sharing.merge.damping_of`)."""
         return relative_damping(float(np.square(self.rows).sum()) / self.rows.size, rel)
 
 
@@ -94,7 +111,7 @@ class Part:
 
 @dataclass
 class OffsetProblem:
-    """A per-channel conv's problem (:mod:`onnxzip.offsets`): component 0 with the bias, columns
+    """A per-channel conv's problem (:mod:`onnxzip.sharing.offsets`): component 0 with the bias, columns
     ``[shared channels, bias | private channels]``, and components 1 .. K-1, ``[shared | private]``."""
 
     kernel: int
@@ -298,7 +315,7 @@ class Zipper:
             is_wide(self.irs[0].layers[li], self.samples)
 
     def offset(self, li: int) -> bool:
-        """Whether layer ``li``'s problem is worked in the offset basis (:mod:`onnxzip.offsets`)."""
+        """Whether layer ``li``'s problem is worked in the offset basis (:mod:`onnxzip.sharing.offsets`)."""
         return OFFSET_BASIS and is_offset(self.irs[0].layers[li], self.estimator)
 
     def fits(self, li: int) -> bool:
@@ -317,7 +334,7 @@ class Zipper:
 
     def sample_weights(self, li: int, task: int, x_ref: Batches) -> np.ndarray | None:
         """For a dense layer read by a LayerNorm over its channels: each sample weighted by 1 / the
-        variance of the layer's original output on it (:func:`onnxzip.stats.normalized_weights`), so
+        variance of the layer's original output on it (:func:`onnxzip.calibrate.stats.normalized_weights`), so
         costs and merges measure the error that survives the normalization. None elsewhere."""
         ir = self.irs[task]
         layer = ir.layers[li]
@@ -360,7 +377,7 @@ class Zipper:
         return self._problems[li]
 
     def blocks(self, li: int, live: list[Batches]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per task, the Schur blocks (:func:`onnxzip.merge.task_blocks`) of layer ``li``'s problem:
+        """Per task, the Schur blocks (:func:`onnxzip.sharing.merge.task_blocks`) of layer ``li``'s problem:
         factorized once for choosing the matching and merging."""
         if li not in self._blocks:
             mats, hs, _, ns = self.problem(li, live)
@@ -692,12 +709,12 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, *, m
         irs: the tasks (aligned: same layers in the same order).
         data: per task, the calibration arrays by input name.
         share: fraction of each group's neurons to share (float or one per group), or neuron counts
-            per group (from :class:`onnxzip.budget.BudgetPlanner`).
+            per group (from :class:`onnxzip.sharing.budget.BudgetPlanner`).
         matching, hessian, damping, compensate, task_order: see ``ZipOptions``.
         recover: refit every layer's targets (and the heads) by least squares to reproduce the
             original pre-activations. (The original networks run alongside, stage by stage, either
             way: every hidden layer's zipped pre-activation is measured against the original's.)
-        loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.fisher`);
+        loss_aware: weight every neuron's cost by its loss-gradient statistic (:mod:`onnxzip.calibrate.fisher`);
             ``fisher`` gives them when already computed (:func:`loss_statistics`); ``outputs``, per
             task the original network's outputs on ``data`` when known, seed them.
         labels: per task, class labels of the calibration samples (the empirical Fisher) or None.

@@ -23,11 +23,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from . import io
+from ..graph import io
+from ..graph.ir import ModelIR
+from ..graph.spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
+from ..sharing.loop import LayerZip, ZipPlan, expand_channels
 from .fuse import fuse_branches
-from .ir import ModelIR
-from .spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
-from .zipper import LayerZip, ZipPlan, expand_channels
 
 SHARED = "shared"
 

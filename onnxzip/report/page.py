@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import io, runtime
-from .attention import describe_blocks, find_attention
-from .errors import EquivalenceError
-from .ir import ModelIR, batch_within
-from .report import count_parameters, fidelity, output_loss, verdict
-from .zipper import ZipPlan
+from ..calibrate import runtime
+from ..errors import EquivalenceError
+from ..graph import io
+from ..graph.attention import describe_blocks, find_attention
+from ..graph.ir import ModelIR, batch_within
+from ..sharing.loop import ZipPlan
+from .fidelity import count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:
-    from .api import ZipOptions, ZipResult
+    from ..api import ZipOptions, ZipResult
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)
@@ -45,7 +46,7 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     merged weights, as run stage by stage) within a float tolerance calibrated on the model itself
     (:func:`check_equivalence`); with nothing shared it must reproduce the original models. A
     structural mismatch is a bug: :class:`EquivalenceError`. Each task's fidelity against its
-    original is measured and judged (:func:`onnxzip.report.verdict`). ``references``: the
+    original is measured and judged (:func:`onnxzip.check.fidelity.verdict`). ``references``: the
     original files' outputs (:func:`reference_outputs`); the float noise compares them with the
     original networks' as the zipper ran them (normalized, stage by stage: ``plan.originals``).
     """

@@ -19,9 +19,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import NumericalError, UsageError
-from .ir import Layer
-from .registry import Registry
+from ..errors import NumericalError, UsageError
+from ..graph.ir import Layer
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def is_exact(layer: Layer, method: str) -> bool:
 
 def is_offset(layer: Layer, method: str) -> bool:
     """Whether ``method`` takes the per-channel statistic of a conv with more than one kernel
-    offset: a Hessian with the structure :mod:`onnxzip.offsets` works in."""
+    offset: a Hessian with the structure :mod:`onnxzip.sharing.offsets` works in."""
     return layer.kind == "conv" and layer.kernel > 1 and (
         method == "channel" or (method == "auto" and not _auto_exact(layer)))
 

@@ -8,16 +8,16 @@ complements, sums, products and inverses over one task or several all have the f
 
 with P (d, r) an orthonormal basis shared by every task's matrix (the span of all tasks' rows)
 and K (r, r): the isotropic part lam I acts on the rest of the space. :class:`LowRank` holds such a
-matrix and does the algebra :mod:`onnxzip.merge` needs (``+``, ``@`` with dense matrices and with
+matrix and does the algebra :mod:`onnxzip.sharing.merge` needs (``+``, ``@`` with dense matrices and with
 each other, ``.T``, :func:`solve`) without a d x d array: the VGG-16 fc6 (25,088 inputs) pair costs
 and merges in r <= 2n dimensions.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, LinAlgError
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
-from .errors import NumericalError
+from ..errors import NumericalError
 
 
 class LowRank:
@@ -128,7 +128,7 @@ def basis(*rows: np.ndarray, tol: float = 1e-10) -> np.ndarray:
 
 def wide_blocks(rows: np.ndarray, lam: float, ns: int, basis_s: np.ndarray, compensate: bool = True
                 ) -> tuple[LowRank, Factored]:
-    """:func:`onnxzip.merge.task_blocks` of ``H = rows' rows / n + lam I`` without forming H.
+    """:func:`onnxzip.sharing.merge.task_blocks` of ``H = rows' rows / n + lam I`` without forming H.
 
     Args:
         rows: (n, d) the task's input rows (bias column included), columns in zipped order.
@@ -153,7 +153,7 @@ def wide_blocks(rows: np.ndarray, lam: float, ns: int, basis_s: np.ndarray, comp
 
 
 def woodbury_refit(rows: np.ndarray, ref_rows: np.ndarray, a: np.ndarray, lam: float) -> np.ndarray:
-    """:func:`onnxzip.zipper.refit` for a wide layer: ``(H + lam I)^-1 (G a' + lam a')``, transposed,
+    """:func:`onnxzip.sharing.loop.refit` for a wide layer: ``(H + lam I)^-1 (G a' + lam a')``, transposed,
     with H = R'R/n, G = R'Q/n (R, Q: (n, d) rows of the zipped and the original input), never
     forming a d x d matrix. a: (m, d) rows to refit."""
     n = rows.shape[0]

@@ -4,7 +4,7 @@ The graph is cut before each hidden layer. Stage ``j`` holds the nodes from cut 
 ``j + 1`` (the prefix before the first cut is stage 0; the last stage ends at the graph outputs).
 Each stage becomes a small ONNX model whose inputs are the tensors alive at its start, so the
 calibration set passes through every node exactly once while the layers below are being zipped.
-Stages run batch by batch over :class:`~onnxzip.spool.Batches` (in memory or spooled to disk).
+Stages run batch by batch over :class:`~onnxzip.calibrate.spool.Batches` (in memory or spooled to disk).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..graph.ir import ModelIR, largest_tensor_bytes
+from ..timing import phase
 from . import runtime
-from .ir import ModelIR, largest_tensor_bytes
 from .spool import Batches
-from .timing import phase
 
 #: a stage batch holds at most this many bytes of the network's largest tensor (its memory: the
 #: batch's inputs, outputs and ONNX Runtime's buffers are a few times that)

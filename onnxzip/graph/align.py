@@ -6,9 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
-from .errors import MismatchError
+from ..errors import MismatchError
 from .ir import ModelIR, reorder
-
 
 _DEFAULTS = {"auto_pad": "NOTSET", "group": 1, "ceil_mode": 0, "storage_order": 0, "count_include_pad": 0}
 #: Conv attributes that only say where the kernel is applied (how the spatial grid is sampled), not

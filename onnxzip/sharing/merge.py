@@ -22,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, LinAlgError
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.optimize import linear_sum_assignment
 
-from .errors import NumericalError
+from ..errors import NumericalError
+from ..registry import Registry
 from .lowrank import LowRank, solve
-from .registry import Registry
 
 #: Matchers: ``(C: (nA, nB) float64 costs, k) -> (ia (k,), ib (k,))`` one-to-one pairs.
 MATCHERS: Registry = Registry("matching method")
@@ -188,7 +188,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
                ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Merge matched rows of every task into one shared block.
 
-    Hessians and blocks may be :class:`onnxzip.lowrank.LowRank` (wide layers): the same algebra.
+    Hessians and blocks may be :class:`onnxzip.sharing.lowrank.LowRank` (wide layers): the same algebra.
 
     Args:
         mats: per task (k, d): the rows to merge, in slot order, columns ``[shared (ns) | private]``.

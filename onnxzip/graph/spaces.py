@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .errors import UnsupportedOpError
+from ..errors import UnsupportedOpError
 
 log = logging.getLogger(__name__)
 ALIGNED, PRIVATE = -2, -1

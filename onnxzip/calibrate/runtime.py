@@ -7,8 +7,8 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from . import io
-from .errors import InputError, InternalError, UsageError
+from ..errors import InputError, InternalError, UsageError
+from ..graph import io
 
 log = logging.getLogger(__name__)
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}

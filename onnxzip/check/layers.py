@@ -1,9 +1,9 @@
 """The merge checked independently: each zipped layer's pre-activation error, measured in ONNX Runtime.
 
-The equivalence check (:mod:`onnxzip.verify`) proves that the emitted graph computes what the
+The equivalence check (:mod:`onnxzip.check.verify`) proves that the emitted graph computes what the
 zipper planned. This proves the plan itself: while zipping, every stage of each task's network runs
 in ONNX Runtime twice, with the zipped weights on the zipped network's tensors and with the
-original weights on the original's (:meth:`onnxzip.stages.StagedNetwork.run_pair`), and every
+original weights on the original's (:meth:`onnxzip.calibrate.stages.StagedNetwork.run_pair`), and every
 hidden layer's two pre-activations are compared on the calibration data. The error is the mean over
 samples and positions of the squared difference summed over the layer's neurons, the units of the
 zipper's statistics, and ``signal`` the same mean of the original's squared pre-activation.
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import EquivalenceError
-from .ir import ModelIR
-from .zipper import ZipPlan
+from ..errors import EquivalenceError
+from ..graph.ir import ModelIR
+from ..sharing.loop import ZipPlan
 
 CHECK_RTOL = 2e-2  # measured vs predicted, relative, where the prediction is exact (float32 runs)
 CHECK_FLOOR = 1e-8  # ... plus this fraction of the layer's signal (float32 rounding of both runs)

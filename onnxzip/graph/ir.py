@@ -1,8 +1,8 @@
 """The intermediate representation: one :class:`ModelIR` per task.
 
-A ``ModelIR`` owns a normalized onnx-graphsurgeon graph (edited only by :mod:`onnxzip.normalize`),
+A ``ModelIR`` owns a normalized onnx-graphsurgeon graph (edited only by :mod:`onnxzip.graph.normalize`),
 a networkx index of it (read only), its :class:`Layer` records and its channel spaces
-(:mod:`onnxzip.spaces`).
+(:mod:`onnxzip.graph.spaces`).
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import InputError, UnsupportedOpError
+from ..errors import InputError, UnsupportedOpError
 from .io import InputSpec, infer_shapes
 from .normalize import normalize, prepare
 from .spaces import Spaces, check_supported, is_depthwise, trace
+
 
 @dataclass(frozen=True)
 class Layer:

@@ -23,8 +23,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 
+from ..errors import InputError, UnsupportedOpError
 from . import io
-from .errors import InputError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
 Pass = Callable[[gs.Graph], int]

@@ -1,0 +1,1 @@
+"""Proof: the equivalence check, fidelity against the originals, the per-layer merge check."""

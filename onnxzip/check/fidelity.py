@@ -1,0 +1,82 @@
+"""How well each task's zipped network reproduces its original: fidelity, output loss, verdict; sizes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def count_parameters(tensors: list[onnx.TensorProto] | list[np.ndarray]) -> tuple[int, int]:
+    """(float parameters, bytes of all given tensors)."""
+    params = nbytes = 0
+    for t in tensors:
+        a = numpy_helper.to_array(t) if isinstance(t, onnx.TensorProto) else np.asarray(t)
+        nbytes += a.nbytes
+        if a.dtype.kind == "f":
+            params += a.size
+    return params, nbytes
+
+
+#: a task whose measured fidelity falls below these has collapsed (printed as a warning)
+COLLAPSE = {"top1_agreement": 0.5, "mask_iou": 0.5, "rel_err": 0.5}
+#: ... and below these it is degraded (said in the table)
+DEGRADED = {"top1_agreement": 0.9, "mask_iou": 0.9, "rel_err": 0.1}
+
+
+def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5, kind: str = "values"
+             ) -> dict[str, float | None]:
+    """How well ``zipped`` reproduces ``original`` (one output, samples first, any shape).
+
+    Always: relative error ||z - o|| / ||o|| and the max abs difference. ``kind`` "classifier"
+    (class axis 1): top-1 agreement. "scores" (detector scores, probability maps): masks at
+    ``threshold`` compared, as IoU over all elements (1 where both are empty), and ``fired``: zipped
+    positives / original positives (None where the original has none).
+    """
+    z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
+    rel = float(np.linalg.norm(z - o) / max(np.linalg.norm(o), 1e-30))
+    out: dict[str, float | None] = {"rel_err": rel, "top1_agreement": None, "mask_iou": None, "fired": None,
+                                    "max_abs_diff": float(np.max(np.abs(z - o))) if z.size else 0.0}
+    if kind == "classifier" and o.ndim >= 2 and o.shape[1] > 1:
+        out["top1_agreement"] = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1)))
+    elif kind == "scores":
+        mz, mo = z > threshold, o > threshold
+        union = np.count_nonzero(mz | mo)
+        out["mask_iou"] = float(np.count_nonzero(mz & mo) / union) if union else 1.0
+        out["fired"] = float(np.count_nonzero(mz) / np.count_nonzero(mo)) if mo.any() else None
+    return out
+
+
+def output_loss(zipped: np.ndarray, original: np.ndarray) -> float:
+    """The measured loss increase per sample of one output (N, ...): for class scores (N, C>1) the
+    mean KL(original || zipped) of the class distributions (softmax of logits) in nats, else
+    1/2 mean_samples sum_elements (z - o)^2 (the Gauss-Newton loss of a random projection)."""
+    z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
+    n = max(o.shape[0], 1) if o.ndim else 1
+    if o.ndim == 2 and o.shape[1] > 1:
+        p, q = _distribution(o), _distribution(z)
+        return float(np.mean(np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12))), axis=1)))
+    return float(0.5 * np.sum((z - o) ** 2) / n)
+
+
+def _distribution(y: np.ndarray) -> np.ndarray:
+    """Rows that are probabilities as they are; logits through a softmax."""
+    if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+        return y
+    e = np.exp(y - y.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """'ok', 'degraded' or 'collapsed' from a task's fidelity row (the decision metric where there
+    is one: top-1 agreement or mask IoU; else the relative error)."""
+    for key in ("top1_agreement", "mask_iou"):
+        if row.get(key) is not None:
+            if row[key] < COLLAPSE[key] or (key == "mask_iou" and row.get("fired") == 0.0):
+                return "collapsed"
+            return "degraded" if row[key] < DEGRADED[key] else "ok"
+    rel = row.get("rel_err")
+    if rel is None:
+        return "ok"
+    return "collapsed" if rel > COLLAPSE["rel_err"] else "degraded" if rel > DEGRADED["rel_err"] else "ok"

@@ -1,0 +1,1 @@
+"""The zipped graph: emitting each task's layers and fusing side-by-side ops."""

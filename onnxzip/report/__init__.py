@@ -1,0 +1,1 @@
+"""The report: its records, the terminal summary, JSON and the HTML page."""
