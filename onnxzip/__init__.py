@@ -1,7 +1,8 @@
 """onnxzip: zip several same-architecture ONNX models into one multi-task model (Multi-Task Zipping)."""
 __version__ = "0.1.0"  # before the imports below: the report records it
 
-from .api import ZipOptions, ZipResult, accuracy_of, finetune_model, zip_models  # noqa: E402
+from .api import ZipResult, accuracy_of, finetune_model, zip_models  # noqa: E402
+from .options import ZipOptions  # noqa: E402
 from .errors import (  # noqa: E402
                      EquivalenceError,
                      InputError,

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -17,7 +17,6 @@ import onnx_graphsurgeon as gs
 from . import __version__, images, timing
 from .calibrate import runtime
 from .calibrate.fisher import loss_statistics
-from .calibrate.stats import HESSIANS
 from .check.layers import measure_layers
 from .check.verify import reference_outputs, verify, warn_fidelity, zipped_feeds
 from .emit.model import emit_model
@@ -25,81 +24,16 @@ from .errors import InputError, UsageError
 from .graph import io
 from .graph.align import align
 from .graph.ir import ModelIR, build_ir
-from .graph.lint import deployment_problems
+from .graph.lint import MAX_OPSET, deployment_problems
 from .graph.normalize import onnx_opset
 from .images import ImageRecipe
 from .sharing.budget import BudgetPlanner
-from .sharing.loop import ZipPlan, zip_tasks
-from .sharing.merge import MATCHERS
-from .sharing.plan import Budget
+from .sharing.loop import zip_tasks
+from .options import ZipOptions
+from .sharing.plan import Budget, ZipPlan
 
 log = logging.getLogger(__name__)
-MAX_EMIT_OPSET = 20
 MAX_BACKOFF = 3  # a budget's zip is loosened at most this many times when it measures worse than predicted
-
-
-@dataclass(frozen=True)
-class ZipOptions:
-    """Every ``onnxzip zip`` flag, with the same defaults."""
-
-    share: float | tuple[float, ...] = 0.5
-    names: tuple[str, ...] | None = None
-    matching: str = "optimal"
-    hessian: str = "auto"
-    damping: float = 1e-2
-    compensate: bool = True
-    task_order: str = "auto"
-    recover: bool = True
-    loss_aware: bool = True
-    labels: str | None = None
-    finetune: int = 0
-    cost: str = "mtz"
-    target_params: float | None = None
-    max_loss_increase: float | None = None
-    separate_inputs: bool = False
-    favor: str = "size"  # how partly shared layers run: storage once ("size") or one op per task ("speed")
-    device: str = "cpu"
-    batch_size: int = 64
-    mask_threshold: float = 0.5
-    quiet: bool = False
-    image_size: tuple[int, int] | None = None  # image folders as --data: the recipe (onnxzip.images)
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    bgr: bool = False
-    layout: str = "nchw"
-    max_samples: int = 256
-
-    def recipe(self) -> ImageRecipe:
-        """How an image folder given as --data becomes a model input."""
-        return ImageRecipe(self.image_size, tuple(self.mean), tuple(self.std), self.bgr, self.layout, self.max_samples)
-
-    def check(self, n_models: int) -> None:
-        MATCHERS.get(self.matching)
-        HESSIANS.get(self.hessian)
-        if self.damping < 0:
-            raise UsageError(f"--damping {self.damping}: must be >= 0")
-        if self.target_params is not None and not 0.0 < self.target_params <= 1.0:
-            raise UsageError(f"--target-params {self.target_params}: give a fraction in (0, 1]")
-        if self.max_loss_increase is not None and self.max_loss_increase < 0:
-            raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
-        if self.cost not in ("mtz", "correlation"):
-            raise UsageError(f"--cost {self.cost!r}: choose mtz or correlation")
-        if self.favor not in ("size", "speed"):
-            raise UsageError(f"--favor {self.favor!r}: choose size or speed")
-        if self.task_order not in ("auto", "given"):
-            raise UsageError(f"--task-order {self.task_order!r}: choose auto or given")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
-        if self.names is not None:
-            if len(self.names) != n_models:
-                raise UsageError(f"--names gives {len(self.names)} names for {n_models} models")
-            for n in self.names:
-                if not re.fullmatch(r"[A-Za-z0-9_.\-]+", n):
-                    raise UsageError(f"--names: {n!r} is not a valid task name (letters, digits, _ . -)")
-            if len(set(self.names)) != len(self.names):
-                raise UsageError("--names: task names must differ")
 
 
 @dataclass
@@ -181,7 +115,7 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
         else:
             arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
         protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
-    opset = min(max(onnx_opset(p) for p in protos), MAX_EMIT_OPSET)
+    opset = min(max(onnx_opset(p) for p in protos), MAX_OPSET)
     return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
 
 
@@ -195,7 +129,7 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
         data: per model, calibration arrays (a ``.npz``/``.npy`` path or a dict input name -> (N, ...)).
         options: a :class:`ZipOptions`; keyword overrides (e.g. ``share=0.5``) replace its fields.
     """
-    opts = ZipOptions(**{**asdict(options or ZipOptions()), **overrides})
+    opts = replace(options or ZipOptions(), **overrides)
     with timing.record() as phases:
         result = _zip(models, data, opts)
     result.report["phases"] = {k: round(v, 3) for k, v in phases.items()}
@@ -236,12 +170,8 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
     del protos  # (the normalized graphs hold the weights from here on)
 
     def zip_once(share, fisher=None, loss_aware: bool = opts.loss_aware) -> ZipResult:
-        plan = zip_tasks(irs, arrays, share, labels=labels, cost=opts.cost, matching=opts.matching,
-                         hessian=opts.hessian, damping=opts.damping, compensate=opts.compensate,
-                         task_order=opts.task_order, recover=opts.recover, loss_aware=loss_aware,
-                         device=opts.device, batch=opts.batch_size, fisher=fisher,
-                         outputs=references,
-                         progress=lambda it, desc: progress(it, desc, opts.quiet))
+        plan = zip_tasks(irs, arrays, share, replace(opts, loss_aware=loss_aware), labels=labels, fisher=fisher,
+                         outputs=references, progress=lambda it, desc: progress(it, desc, opts.quiet))
         with timing.phase("emit"):
             model = emit_model(irs, plan, names, shared_inputs, opts.favor)
             if io.is_large(model):
@@ -309,7 +239,7 @@ def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opt
                budgeted: bool) -> dict[str, Any]:
     """What reproduces a zip: onnxzip's version, every input's SHA-256 and every option (a budget's
     zip shares what the budget chose: ``share`` is then None and the report's ``budget.counts`` says)."""
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items() if k != "quiet"}
+    options = opts.as_report()
     if budgeted:
         options["share"] = None
     inputs = [{"task": n, "model": str(m) if isinstance(m, (str, os.PathLike)) else None, "model_sha256": io.sha256(m),
@@ -334,9 +264,7 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     """
     fisher = loss_statistics(irs, arrays, labels, opts.device, outputs) if opts.loss_aware else None
     with timing.phase("budget"):
-        planner = BudgetPlanner(irs, arrays, fisher, matching=opts.matching, hessian=opts.hessian, damping=opts.damping,
-                                compensate=opts.compensate, task_order=opts.task_order, device=opts.device,
-                                batch=opts.batch_size)
+        planner = BudgetPlanner(irs, arrays, fisher, opts)
     budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
     while True:
         counts, predicted = planner.allocate(budget)

@@ -6,7 +6,8 @@ import logging
 import sys
 
 from . import __version__
-from .api import ZipOptions, accuracy_of, finetune_model, load_tasks, task_names, zip_models
+from .api import accuracy_of, finetune_model, load_tasks, task_names, zip_models
+from .options import ZipOptions
 from .calibrate.stats import HESSIANS
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .graph import io
@@ -14,7 +15,9 @@ from .graph.align import align
 from .graph.attention import describe_blocks, find_attention
 from .report.files import write_report
 from .report.terminal import format_table
-from .sharing.loop import group_name
+from .sharing.layout import group_name
+from .emit.model import FORMS
+from .sharing.match import COSTS, ORDERS
 from .sharing.merge import MATCHERS
 from .sharing.plan import parse_share
 
@@ -70,7 +73,7 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-loss-increase", type=float, default=DEFAULTS.max_loss_increase,
                    help="automatic budgets: share the cheapest neurons until the predicted loss increase "
                         "(per sample, in the costs' units) would pass this")
-    p.add_argument("--cost", choices=["mtz", "correlation"], default=DEFAULTS.cost,
+    p.add_argument("--cost", choices=COSTS.names(), default=DEFAULTS.cost,
                    help="pairing cost: MTZ's Hessian costs, or output correlation on shared samples "
                         "(ZipIt!-style baseline)")
     p.add_argument("--matching", choices=MATCHERS.names(), default=DEFAULTS.matching,
@@ -89,11 +92,11 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-recover", dest="recover", action="store_false",
                    help="do not refit layers and heads to reproduce the original pre-activations (the paper's "
                         "targets: the original weights)")
-    p.add_argument("--task-order", choices=["auto", "given"], default=DEFAULTS.task_order,
+    p.add_argument("--task-order", choices=ORDERS.names(), default=DEFAULTS.task_order,
                    help="with 3+ models: try every starting pair and keep the cheapest (auto), or merge in the "
                         "order given")
     p.add_argument("--separate-inputs", action="store_true", help="one input per task even when they agree")
-    p.add_argument("--favor", choices=["size", "speed"], default=DEFAULTS.favor,
+    p.add_argument("--favor", choices=FORMS.names(), default=DEFAULTS.favor,
                    help="partly shared layers: store each shared block once, run as blocks plus Adds (size), or "
                         "run one op per task, storing the shared block in each task (speed)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
@@ -112,14 +115,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
             _pyplot()  # before the work: a missing matplotlib is said now, not after the zip
     if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
         raise UsageError("give --share or a budget (--target-params / --max-loss-increase), not both")
-    opts = ZipOptions(share=DEFAULTS.share if args.share is None else parse_share(args.share), names=args.names,
-                      matching=args.matching, hessian=args.hessian, damping=args.damping, compensate=args.compensate,
-                      task_order=args.task_order, recover=args.recover, loss_aware=args.loss_aware,
-                      target_params=args.target_params, max_loss_increase=args.max_loss_increase, labels=args.labels,
-                      finetune=args.finetune, cost=args.cost, separate_inputs=args.separate_inputs, favor=args.favor,
-                      device=args.device, batch_size=args.batch_size, mask_threshold=args.mask_threshold,
-                      quiet=args.quiet, image_size=args.image_size, mean=args.mean, std=args.std, bgr=args.bgr,
-                      layout=args.layout, max_samples=args.max_samples)
+    opts = ZipOptions.from_args(args, share=DEFAULTS.share if args.share is None else parse_share(args.share))
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from .api import ZipOptions, accuracy_of, zip_models
+from .api import accuracy_of, zip_models
+from .options import ZipOptions
 from .errors import InputError
 from .graph import io
 

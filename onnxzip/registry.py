@@ -1,4 +1,5 @@
-"""A tiny named registry for interchangeable methods (matchers, Hessian estimators)."""
+"""A tiny named registry for interchangeable methods (matchers, Hessian estimators, costs, task orders,
+layer forms). The registry owns its names: callers ask it, never compare a method's name."""
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
@@ -16,12 +17,17 @@ class Registry(Generic[F]):
         self._items: dict[str, F] = {}
 
     def register(self, name: str) -> Callable[[F], F]:
+        """A decorator that registers the function under ``name``."""
         def wrap(fn: F) -> F:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._items[name] = fn
+            self.add(name, fn)
             return fn
         return wrap
+
+    def add(self, name: str, item: F) -> None:
+        """Register ``item`` (a function, or a record of one family) under ``name``."""
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._items[name] = item
 
     def get(self, name: str) -> F:
         try:

@@ -162,9 +162,9 @@ def test_conv_attributes_and_no_bias_zip_exactly(attrs, hessian):
 
 
 def test_too_large_hessian_is_a_clear_error(monkeypatch):
-    import onnxzip.sharing.loop
+    import onnxzip.sharing.problem
     from onnxzip import UsageError
-    monkeypatch.setattr(onnxzip.sharing.loop, "available_memory", lambda: 2 * 301 ** 2 * 8 * 6 * 2 - 1)
+    monkeypatch.setattr(onnxzip.sharing.problem, "available_memory", lambda: 2 * 301 ** 2 * 8 * 6 * 2 - 1)
     with pytest.raises(UsageError, match=r"layer '/3/Gemm' has 300 weights per neuron.*--share list with 0"):
         zip_models(sample_models("mlp"), CALIB, share=0.5, quiet=True)
     result = zip_models(sample_models("mlp"), CALIB, share=(0.5, 0.0), quiet=True)  # the way out it names

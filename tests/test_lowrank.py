@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from onnxzip.sharing.loop import refit
+from onnxzip.sharing.problem import refit
 from onnxzip.sharing.lowrank import LowRank, basis, solve, wide_blocks, woodbury_refit
 from onnxzip.sharing.merge import damp, damping_of, merge_rows, pair_costs, schur, split_costs
 
@@ -76,14 +76,14 @@ def test_woodbury_refit_equals_the_dense_refit():
 def test_a_wide_dense_layer_zips_as_with_its_dense_hessian(monkeypatch):
     """The sample MLP seen on 40 samples (fewer than its 64 inputs): the low-rank path must give
     the zip the dense path gives (float32 products there: agreement to about 1e-5)."""
-    import onnxzip.sharing.loop
+    import onnxzip.sharing.problem
     from onnxzip import zip_models
     from onnxzip.graph.io import load_arrays
     from tests.conftest import SAMPLES
     models = [SAMPLES / "mlp_digit.onnx", SAMPLES / "mlp_parity.onnx"]
     data = [{"image": load_arrays(SAMPLES / f"calib_{t}.npz")["image"][:40]} for t in ("digit", "parity")]
     dense = zip_models(models, data, share=0.5, quiet=True)
-    monkeypatch.setattr(onnxzip.sharing.loop, "LOWRANK_MIN", 32)
+    monkeypatch.setattr(onnxzip.sharing.problem, "LOWRANK_MIN", 32)
     wide = zip_models(models, data, share=0.5, quiet=True)
     assert [r["shared"] for r in wide.report["layers"]] == [r["shared"] for r in dense.report["layers"]]
     for a, b in zip(dense.model.graph.initializer, wide.model.graph.initializer):
@@ -96,11 +96,11 @@ def test_a_wide_dense_layer_zips_as_with_its_dense_hessian(monkeypatch):
 def test_tasks_with_different_sample_counts_take_one_path(monkeypatch):
     """Whether a layer is wide is decided once, from the fewest samples (here 40 < 65 inputs + bias
     for one task, 100 for the other)."""
-    import onnxzip.sharing.loop
+    import onnxzip.sharing.problem
     from onnxzip import zip_models
     from onnxzip.graph.io import load_arrays
     from tests.conftest import SAMPLES
-    monkeypatch.setattr(onnxzip.sharing.loop, "LOWRANK_MIN", 32)
+    monkeypatch.setattr(onnxzip.sharing.problem, "LOWRANK_MIN", 32)
     models = [SAMPLES / "mlp_digit.onnx", SAMPLES / "mlp_parity.onnx"]
     data = [{"image": load_arrays(SAMPLES / f"calib_{t}.npz")["image"][:n]} for t, n in (("digit", 40), ("parity", 100))]
     result = zip_models(models, data, share=0.5, quiet=True)

@@ -7,7 +7,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxzip
-from onnxzip.sharing.loop import refit
+from onnxzip.sharing.problem import refit
 
 
 def test_refit_is_the_regularized_least_squares_solution_toward_the_original_row():
@@ -146,13 +146,14 @@ def test_offset_basis_zips_as_the_dense_per_channel_statistic_does(monkeypatch, 
     (C K + 1)^2 form gives (the oracle), weights, costs and predictions alike."""
     from onnxzip.api import load_tasks
     from onnxzip.graph.align import align
-    from onnxzip.sharing import loop as zipper
+    from onnxzip.options import ZipOptions
+    from onnxzip.sharing.loop import zip_tasks
     _, irs, data = load_tasks([make(1), make(2)], ["a", "b"], [{"x": graphs.data(s, shape, n=48)} for s in (3, 4)])
     irs = align(irs)
 
     def plan(offset: bool):
-        monkeypatch.setattr(zipper, "OFFSET_BASIS", offset)
-        return zipper.zip_tasks(irs, data, 0.5, hessian="channel", compensate=compensate, loss_aware=compensate)
+        opts = ZipOptions(hessian="channel", compensate=compensate, loss_aware=compensate, offset_basis=offset)
+        return zip_tasks(irs, data, 0.5, opts)
 
     got, want = plan(True), plan(False)
     assert any(irs[0].layers[i].kernel > 1 for i in got.hidden)

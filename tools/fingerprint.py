@@ -7,6 +7,7 @@ change and compare:
 
     python tools/fingerprint.py -o before.json          # on the old commit
     python tools/fingerprint.py -o after.json --compare before.json
+    python tools/fingerprint.py -o real.json --cases mlp-0 --real   # with the real models of fetch_real.py
 
 Identical hashes mean identical models, byte for byte; a report number that differs is listed.
 """
@@ -68,6 +69,14 @@ CASES = {
     "gpt2-0.5": _case("gpt2", tasks=("a", "b"), calib="calib_gpt2.npz", share=0.5),
     "hfvit-0.5": _case("hfvit", tasks=("a", "b"), calib="calib_hfvit.npz", share=0.5),
 }
+#: real models of tools/fetch_real.py (``--real``; their inputs from tools/real_data.py, as bench_real's)
+REAL = {
+    "real-sk_mlp5-0.5": ("sk_mlp5", {"share": 0.5}),
+    "real-sk_mlp6-target": ("sk_mlp6", {"target_params": 0.75}),
+    "real-ocr_cls-0.5": ("ocr_cls", {"share": 0.5}),
+    "real-ocr_cls-target": ("ocr_cls", {"target_params": 0.9}),
+    "real-ocr_det-0.5": ("ocr_det", {"share": 0.5}),
+}
 
 
 def _plain(value):
@@ -83,10 +92,20 @@ def _plain(value):
     return value
 
 
+def _real(name: str) -> tuple[list[str], list[dict], tuple[str, ...], dict]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_real import load_set  # tools/bench_real.py: the same calibration arrays
+    models, tasks, calib, _ = load_set(REAL[name][0])
+    return models, calib, tuple(tasks), REAL[name][1]
+
+
 def run(name: str) -> dict:
-    models, calib, tasks, options = CASES[name]
-    result = zip_models([SAMPLES / m for m in models], [SAMPLES / c for c in calib], names=tasks, quiet=True,
-                        **options)
+    if name in REAL:
+        models, calib, tasks, options = _real(name)
+    else:
+        models, calib, tasks, options = CASES[name]
+        models, calib = [SAMPLES / m for m in models], [SAMPLES / c for c in calib]
+    result = zip_models(models, calib, names=tasks, quiet=True, **options)
     return {"model_sha256": hashlib.sha256(result.model.SerializeToString()).hexdigest(),
             "report": _plain(result.report)}
 
@@ -107,10 +126,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--real", action="store_true", help="also the real models' cases (tools/fetch_real.py)")
     parser.add_argument("--compare", help="an earlier output to compare with")
     args = parser.parse_args()
     out = {}
-    for name in args.cases.split(","):
+    for name in args.cases.split(",") + (list(REAL) if args.real else []):
         started = time.perf_counter()
         out[name] = run(name)
         print(f"{name}: {out[name]['model_sha256'][:12]} ({time.perf_counter() - started:.1f} s)", flush=True)

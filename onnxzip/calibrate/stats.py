@@ -26,11 +26,21 @@ from ..registry import Registry
 
 @dataclass(frozen=True)
 class HessianEstimator:
-    """``rows(layer, x) -> (m, r)``: rows to accumulate from a batch ``x`` of the layer input;
-    ``finish(layer, h) -> (fan_in + 1, fan_in + 1)``: the full Hessian from the (r + 1)^2 mean."""
+    """``rows(layer, x) -> (m, r)``: rows to accumulate from a batch ``x`` of the layer input (None:
+    the estimator reads no data); ``finish(layer, h) -> (fan_in + 1, fan_in + 1)``: the full Hessian
+    from the (r + 1)^2 mean; ``exact(layer)``: whether that is the exact second moment of the input
+    rows; ``offset(layer)``: whether it is a per-channel conv statistic with more than one kernel
+    offset, the structure :mod:`onnxzip.sharing.offsets` works in."""
 
     rows: Callable[[Layer, np.ndarray], np.ndarray] | None
     finish: Callable[[Layer, np.ndarray], np.ndarray]
+    exact: Callable[[Layer], bool]
+    offset: Callable[[Layer], bool]
+
+    @property
+    def uses_data(self) -> bool:
+        """Whether the statistic comes from the calibration data (``identity`` does not)."""
+        return self.rows is not None
 
 
 HESSIANS: Registry = Registry("Hessian estimator")
@@ -181,19 +191,14 @@ def _auto_exact(layer: Layer) -> bool:
     return layer.kind == "dense" or layer.fan_in + 1 <= AUTO_EXACT_MAX
 
 
-def is_exact(layer: Layer, method: str) -> bool:
-    """Whether ``method``'s statistic for ``layer`` is the exact second moment of its input rows
-    (the per-channel one is exact only for dense layers and 1x1 kernels; identity never is)."""
-    if method == "exact" or (method == "auto" and _auto_exact(layer)):
-        return True
-    return method in ("auto", "channel") and (layer.kind == "dense" or layer.kernel == 1)
+def _channel_exact(layer: Layer) -> bool:
+    """The per-channel statistic is exact only for dense layers and 1x1 kernels."""
+    return layer.kind == "dense" or layer.kernel == 1
 
 
-def is_offset(layer: Layer, method: str) -> bool:
-    """Whether ``method`` takes the per-channel statistic of a conv with more than one kernel
-    offset: a Hessian with the structure :mod:`onnxzip.sharing.offsets` works in."""
-    return layer.kind == "conv" and layer.kernel > 1 and (
-        method == "channel" or (method == "auto" and not _auto_exact(layer)))
+def _channel_offset(layer: Layer) -> bool:
+    """A conv with more than one kernel offset under the per-channel statistic."""
+    return layer.kind == "conv" and layer.kernel > 1
 
 
 def _auto_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -204,10 +209,19 @@ def _finish_auto(layer: Layer, h: np.ndarray) -> np.ndarray:
     return h if _auto_exact(layer) else _finish_channel(layer, h)
 
 
-HESSIANS.register("auto")(HessianEstimator(_auto_rows, _finish_auto))
-HESSIANS.register("channel")(HessianEstimator(channel_rows, _finish_channel))
-HESSIANS.register("exact")(HessianEstimator(exact_rows, _finish_exact))
-HESSIANS.register("identity")(HessianEstimator(None, _finish_identity))
+def _never(layer: Layer) -> bool:
+    return False
+
+
+def _always(layer: Layer) -> bool:
+    return True
+
+
+HESSIANS.add("auto", HessianEstimator(_auto_rows, _finish_auto, lambda layer: _auto_exact(layer) or _channel_exact(layer),
+                                      lambda layer: not _auto_exact(layer) and _channel_offset(layer)))
+HESSIANS.add("channel", HessianEstimator(channel_rows, _finish_channel, _channel_exact, _channel_offset))
+HESSIANS.add("exact", HessianEstimator(exact_rows, _finish_exact, _always, _never))
+HESSIANS.add("identity", HessianEstimator(None, _finish_identity, _never, _never))
 
 
 def _pieces(layer: Layer, est: HessianEstimator, x: np.ndarray | Iterable[np.ndarray],
@@ -252,7 +266,7 @@ def layer_hessian(layer: Layer, x: np.ndarray | Iterable[np.ndarray], method: st
     ``sample_weights`` (N,), dense layers only: a weighted mean over the samples (see
     :func:`normalized_weights`). ``fraction``: of the rows, a seeded random subset (:func:`row_fraction`).
     ``expand=False``: the mean of the estimator's rows as it is (a per-channel conv statistic stays
-    (C + 1)^2; see :func:`is_offset`).
+    (C + 1)^2; see :attr:`HessianEstimator.offset`).
 
     Returns:
         (fan_in + 1, fan_in + 1) float64, bias last.

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import EquivalenceError
 from ..graph.ir import ModelIR
-from ..sharing.loop import ZipPlan
+from ..sharing.plan import ZipPlan
 
 CHECK_RTOL = 2e-2  # measured vs predicted, relative, where the prediction is exact (float32 runs)
 CHECK_FLOOR = 1e-8  # ... plus this fraction of the layer's signal (float32 rounding of both runs)

@@ -14,11 +14,12 @@ from ..errors import EquivalenceError
 from ..graph import io
 from ..graph.attention import describe_blocks, find_attention
 from ..graph.ir import ModelIR, batch_within
-from ..sharing.loop import ZipPlan
+from ..sharing.plan import ZipPlan
 from .fidelity import count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:
-    from ..api import ZipOptions, ZipResult
+    from ..api import ZipResult
+    from ..options import ZipOptions
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)

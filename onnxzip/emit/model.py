@@ -25,11 +25,17 @@ from onnx import helper, numpy_helper
 
 from ..graph import io
 from ..graph.ir import ModelIR
+from ..registry import Registry
 from ..graph.spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
-from ..sharing.loop import LayerZip, ZipPlan, expand_channels
+from ..sharing.layout import expand_channels, row_blocks
+from ..sharing.plan import LayerZip, ZipPlan
 from .fuse import fuse_branches
 
 SHARED = "shared"
+#: how a partly shared layer runs, by ``--favor``: whether as one op per task over its input joined
+FORMS: Registry = Registry("layer form")
+FORMS.add("size", False)  # shared-block op plus private-block ops and Adds: each shared block stored once
+FORMS.add("speed", True)  # one op per task: the shared block stored again in each task
 
 
 @dataclass
@@ -379,13 +385,7 @@ class TaskEmitter:
         hidden = z.layer in self.plan.hidden
         out_name = layer.output
         out_parts = []
-        n_rows = zw.shape[0]
-        # row blocks (rows, shared): the first task lists its private rows first, the others their
-        # shared rows first, so that with two tasks on a shared input each task's channels are one
-        # contiguous run of the stacked layer's (fuse: private 0, shared, private 1)
-        blocks = [(np.arange(z.shared), True), (np.arange(z.shared, n_rows), False)]
-        if self.t == 0:
-            blocks = blocks[::-1]
+        blocks = row_blocks(z.shared, zw.shape[0], self.t)  # (fuse: private 0, shared, private 1)
         kept = [b for b in blocks if b[0].size]
         one_op = self.speed and len(kept) * sum(1 for t in terms if t[1].size) > 1 and \
             not (len(terms) == 1 and terms[0][0].shared)
@@ -480,7 +480,7 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
     b = GraphBuilder()
     inputs, outputs = [], []
     for t, (ir, name) in enumerate(zip(irs, names)):
-        em = TaskEmitter(b, ir, plan, t, name, shared_inputs, [x.name for x in irs[0].layers], favor == "speed")
+        em = TaskEmitter(b, ir, plan, t, name, shared_inputs, [x.name for x in irs[0].layers], FORMS.get(favor))
         em.run()
         if t == 0 or not shared_inputs:
             for inp in ir.graph.inputs:

@@ -2,16 +2,22 @@
 and the parameters one more shared neuron saves."""
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..calibrate.spool import Batches, Spool
 from ..calibrate.stages import StagedNetwork
 from ..graph.ir import ModelIR
-from ..graph.spaces import ALIGNED, PRIVATE
-from .loop import Zipper
+from ..graph.spaces import ALIGNED
+from .layout import input_segments
+from .loop import Context, samples_of
+from .match import decide
 from .plan import Budget, allocate
+
+if TYPE_CHECKING:
+    from ..options import ZipOptions
 
 
 def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.ndarray], np.ndarray]:
@@ -23,22 +29,10 @@ def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.nd
     """
     ir, n_extra = irs[0], len(irs) - 1
     group_of = {i: g for g, m in enumerate(groups) for i in m}
-    spaces = ir.spaces
-
-    def segments(layer) -> list[tuple[int, int, int]]:
-        """(group or ALIGNED/PRIVATE, channels, columns per channel) of the layer's input."""
-        if layer.input in spaces.private:
-            return [(PRIVATE, layer.fan_in, 1)]
-        space = spaces.layout.get(layer.input)
-        if space is None:
-            return [(ALIGNED, layer.fan_in, 1)]
-        pc = space.block * layer.kernel
-        return [(seg.layer if seg.layer < 0 else group_of[seg.layer], seg.count, pc) for seg in space.segments]
-
-    inputs = {i: segments(ir.layers[i]) for g in groups for i in g}
+    inputs = {i: input_segments(ir, ir.layers[i], group_of) for g in groups for i in g}
     consumers = [(group_of[i], g, pc) for i, segs in inputs.items() for g, _, pc in segs if g >= 0]
-    followers = [(g, ir.layers[i].kernel + 1) for i in spaces.followers
-                 for g, _, _ in segments(ir.layers[i]) if g >= 0]
+    followers = [(g, ir.layers[i].kernel + 1) for i in ir.spaces.followers
+                 for g, _, _ in input_segments(ir, ir.layers[i], group_of) if g >= 0]
 
     def saving(k: np.ndarray) -> np.ndarray:
         out = np.zeros(len(groups))
@@ -54,35 +48,34 @@ def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.nd
     return saving
 
 
-def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], zipper: "Zipper", device: str, batch: int
+def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, opts: ZipOptions
                   ) -> list[np.ndarray]:
     """Every group's slot costs if everything were shared, on the original networks (one pass)."""
-    zipper.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in zipper.groups]
-    zipper.samples = min(next(iter(d.values())).shape[0] for d in data)
+    ctx = Context.new(irs, 1.0, replace(opts, recover=False, cost="mtz"), fisher, samples_of(data))
+    m = ctx.matchings
+    m.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in m.groups]
     hidden = irs[0].hidden
-    nets = [StagedNetwork(ir, hidden, device, batch) for ir in irs]
+    nets = [StagedNetwork(ir, hidden, opts.device, opts.batch_size) for ir in irs]
     with Spool() as spool:
         live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
         for j, li in enumerate(hidden):
-            g = zipper.group_of.get(li)
-            if g is not None and g not in zipper.rows:
-                zipper.decide(g, live)
-            zipper.forget()
+            g = m.group_of.get(li)
+            if g is not None and g not in m.rows:
+                decide(ctx, g, live)
+            ctx.problems.forget()
             old, live = live, [net.run_stage(j + 1, lv, {}) for net, lv in zip(nets, live)]
             for b in old:
                 b.drop()
-    return [zipper.slot_costs.get(g, np.zeros(0)) for g in range(len(zipper.groups))]
+    return [m.slot_costs.get(g, np.zeros(0)) for g in range(len(m.groups))]
 
 
 class BudgetPlanner:
     """Predicted slot costs of every group from one pass over the original networks, turned into
     shared counts for any :class:`~onnxzip.sharing.plan.Budget` (so backing off needs no second pass)."""
 
-    def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, *, matching: str,
-                 hessian: str, damping: float, compensate: bool, task_order: str, device: str, batch: int) -> None:
-        planner = Zipper(irs, 1.0, matching, hessian, damping, compensate, task_order, False, fisher)
-        self.costs = predict_costs(irs, data, planner, device, batch)
-        self.saving = saving_model(irs, planner.groups)
+    def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, opts: ZipOptions) -> None:
+        self.costs = predict_costs(irs, data, fisher, opts)
+        self.saving = saving_model(irs, irs[0].spaces.groups)
         self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
                          for i in range(len(ir.layers)))
 

@@ -1,7 +1,8 @@
-"""How many neurons each hidden layer shares (pure Python/numpy)."""
+"""The plan: how many neurons each hidden layer group shares, and what the layer loop decided for
+every layer (:class:`LayerZip`, :class:`ZipPlan`), the record emit and the checks read (numpy only)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -81,3 +82,54 @@ def shared_counts(share: float | Sequence[float], neurons: Sequence[int], names:
         if not 0.0 <= f <= 1.0:
             raise UsageError(f"--share {f} for {name!r} is outside [0, 1]")
     return [int(round(f * n)) for f, n in zip(fractions, neurons)]
+
+
+@dataclass
+class LayerZip:
+    """One layer of the zipped model, for every task.
+
+    ``rows[t]`` gives, per zipped row, the task's original neuron index; ``cols[t]`` per zipped
+    column the original column index (``fan_in`` is the bias). ``weights[t]`` (n, d + 1) is in
+    zipped order and ``weights[t][:shared, :ns]`` is the same for every task. A depthwise
+    ``follower`` keeps rows in original order; its shared channels are those of its input.
+    """
+
+    layer: int
+    shared: int
+    ns: int
+    rows: list[np.ndarray]
+    cols: list[np.ndarray]
+    weights: list[np.ndarray]
+    costs: np.ndarray
+    follower: bool = False
+    #: per task, the mean over samples and positions of the summed squared pre-activation change the
+    #: merge makes to the layer's targets, from the undamped statistic (None: not a merged layer)
+    predicted: list[float] | None = None
+    #: whether ``predicted`` is the exact pre-activation error against the original network: the
+    #: layer's input is the original one in every task and its statistic is exact (not per-channel)
+    checkable: bool = False
+    #: the fraction of the layer's input rows (samples x positions) its statistics read
+    rows_read: float = 1.0
+
+    @property
+    def neurons(self) -> int:
+        return self.weights[0].shape[0]
+
+
+@dataclass
+class ZipPlan:
+    """Every layer's zip (hidden layers and private heads) and the zipped tasks' outputs."""
+
+    layers: dict[int, LayerZip]
+    hidden: list[int]
+    outputs: list[dict[str, np.ndarray]]  # per task, on the calibration data
+    groups: list[list[int]] = field(default_factory=list)
+    orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
+    loss_aware: bool = False  # costs are in loss units
+    constants: list[dict[str, np.ndarray]] = field(default_factory=list)  # per task: re-estimated BN statistics
+    #: per task, the original (normalized) network's float outputs on the first ``NOISE_SAMPLES``
+    #: calibration samples as run stage by stage (against the original file: the float noise)
+    originals: list[dict[str, np.ndarray]] = field(default_factory=list)
+    #: hidden layer -> per task (error, signal): the zipped network's pre-activation against the
+    #: original's, measured in ONNX Runtime on the calibration data (:meth:`StagedNetwork.run_pair`)
+    measured: dict[int, list[tuple[float, float]]] = field(default_factory=dict)

@@ -1,0 +1,93 @@
+"""The options of a zip: every ``onnxzip zip`` flag, one frozen record passed whole to each stage."""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .calibrate.stats import HESSIANS
+from .emit.model import FORMS
+from .errors import UsageError
+from .images import ImageRecipe
+from .sharing.match import COSTS, ORDERS
+from .sharing.merge import MATCHERS
+
+#: fields that say how a zip runs, not what it makes: left out of the report's options
+HOW = ("quiet", "offset_basis")
+
+
+@dataclass(frozen=True)
+class ZipOptions:
+    """Every ``onnxzip zip`` flag, with the same defaults. Each stage reads the fields it needs."""
+
+    share: float | tuple[float, ...] = 0.5
+    names: tuple[str, ...] | None = None
+    matching: str = "optimal"  # MATCHERS
+    hessian: str = "auto"  # HESSIANS
+    damping: float = 1e-2
+    compensate: bool = True
+    task_order: str = "auto"  # ORDERS
+    recover: bool = True
+    loss_aware: bool = True
+    labels: str | None = None
+    finetune: int = 0
+    cost: str = "mtz"  # COSTS
+    target_params: float | None = None
+    max_loss_increase: float | None = None
+    separate_inputs: bool = False
+    favor: str = "size"  # FORMS: how partly shared layers run, storage once or one op per task
+    device: str = "cpu"
+    batch_size: int = 64
+    mask_threshold: float = 0.5
+    quiet: bool = False
+    image_size: tuple[int, int] | None = None  # image folders as --data: the recipe (onnxzip.images)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    bgr: bool = False
+    layout: str = "nchw"
+    max_samples: int = 256
+    #: per-channel conv statistics worked in the offset basis (:mod:`onnxzip.sharing.offsets`); False:
+    #: as dense (C K + 1)^2 matrices, the same numbers with O((C K)^3) work (the oracle in tests)
+    offset_basis: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **given: Any) -> ZipOptions:
+        """The options a parsed command line names (fields it lacks keep their defaults)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**values, **given})
+
+    def recipe(self) -> ImageRecipe:
+        """How an image folder given as --data becomes a model input."""
+        return ImageRecipe(self.image_size, tuple(self.mean), tuple(self.std), self.bgr, self.layout, self.max_samples)
+
+    def as_report(self) -> dict[str, Any]:
+        """The options as the report records them (lists for tuples; without :data:`HOW`)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in HOW}
+
+    def check(self, n_models: int) -> None:
+        """Raise :class:`UsageError` for a value no stage can take."""
+        MATCHERS.get(self.matching)
+        HESSIANS.get(self.hessian)
+        if self.damping < 0:
+            raise UsageError(f"--damping {self.damping}: must be >= 0")
+        if self.target_params is not None and not 0.0 < self.target_params <= 1.0:
+            raise UsageError(f"--target-params {self.target_params}: give a fraction in (0, 1]")
+        if self.max_loss_increase is not None and self.max_loss_increase < 0:
+            raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
+        for flag, registry, value in (("--cost", COSTS, self.cost), ("--favor", FORMS, self.favor),
+                                      ("--task-order", ORDERS, self.task_order)):
+            if value not in registry:
+                raise UsageError(f"{flag} {value!r}: choose {' or '.join(registry.names())}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.names is not None:
+            if len(self.names) != n_models:
+                raise UsageError(f"--names gives {len(self.names)} names for {n_models} models")
+            for n in self.names:
+                if not re.fullmatch(r"[A-Za-z0-9_.\-]+", n):
+                    raise UsageError(f"--names: {n!r} is not a valid task name (letters, digits, _ . -)")
+            if len(set(self.names)) != len(self.names):
+                raise UsageError("--names: task names must differ")

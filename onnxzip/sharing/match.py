@@ -1,0 +1,115 @@
+"""Choosing each group's shared slots: which neuron of every task goes into which slot.
+
+Layers tied into one group (:mod:`onnxzip.graph.spaces`: residual joins) share one matching,
+chosen when the group's first layer comes up from the summed costs of the group's layers whose
+inputs are already available; the group's later layers follow it. ``COSTS`` names how pairs are
+costed, ``ORDERS`` in which order three or more tasks are merged.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..calibrate.spool import Batches
+from ..calibrate.stats import exact_rows
+from ..errors import UsageError
+from ..registry import Registry
+from ..timing import phase
+from .merge import MATCHERS, match_tasks
+from .problem import OffsetProblem
+
+if TYPE_CHECKING:
+    from .loop import Context
+
+#: ``decide(ctx, group, live, sizes)``: sets ``ctx.matchings``' rows and slot costs of the group
+COSTS: Registry[Callable[["Context", int, list[Batches], list[int]], None]] = Registry("pairing cost")
+#: ``orders(n_tasks) -> [task order, ...]``: the merge orders to try (the cheapest is kept)
+ORDERS: Registry[Callable[[int], list[list[int]]]] = Registry("task order")
+
+
+@ORDERS.register("given")
+def _given(n_tasks: int) -> list[list[int]]:
+    return [list(range(n_tasks))]
+
+
+@ORDERS.register("auto")
+def _every_starting_pair(n_tasks: int) -> list[list[int]]:
+    if n_tasks <= 2:
+        return _given(n_tasks)
+    return [[a, b] + [t for t in range(n_tasks) if t not in (a, b)] for a, b in itertools.combinations(range(n_tasks), 2)]
+
+
+def check_tasks(cost: str, n_tasks: int) -> None:
+    """Raise :class:`UsageError` where the pairing cost cannot take ``n_tasks`` tasks."""
+    COSTS.get(cost)
+    if cost == "correlation" and n_tasks != 2:
+        raise UsageError("correlation matching zips two models")
+
+
+def decide(ctx: Context, g: int, live: list[Batches]) -> None:
+    """Choose group ``g``'s shared slots (:data:`COSTS` ``ctx.opts.cost``)."""
+    m = ctx.matchings
+    sizes = [ir.layers[m.groups[g][0]].neurons for ir in ctx.irs]
+    if m.k[g] == 0:
+        m.rows[g] = [np.arange(n) for n in sizes]
+        return
+    COSTS.get(ctx.opts.cost)(ctx, g, live, sizes)
+
+
+@COSTS.register("mtz")
+def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int]) -> None:
+    """MTZ: the summed Hessian pair costs of the group's available layers, matched optimally (or
+    as ``ctx.opts.matching`` says) for every task order tried; the cheapest order is kept."""
+    m, problems = ctx.matchings, ctx.problems
+    k = m.k[g]
+    members = []
+    for li in m.groups[g]:
+        if not m.decided(ctx.irs[0], li) or any(ir.layers[li].input not in lv for ir, lv in zip(ctx.irs, live)):
+            continue
+        p = problems.problem(li, live)
+        blocks = problems.blocks(li, live)
+        if isinstance(p.mats, OffsetProblem):  # each component a member: the costs add up
+            members.extend(([x[j][:, :part.ns] for x in part.mats], [s for s, _ in part_blocks], ctx.loss_weights(li))
+                           for part, part_blocks in zip(p.mats.parts, blocks) for j in range(part.count))
+            continue
+        members.append(([x[:, :p.ns] for x in p.mats], [s for s, _ in blocks], ctx.loss_weights(li)))
+    orders = ORDERS.get(ctx.opts.task_order)(len(ctx.irs))
+    started = time.perf_counter()
+    with phase("matching"):
+        results = [(match_tasks(members, k, ctx.opts.matching, o), o) for o in orders]
+    (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
+    m.slot_costs[g] = np.sort(cost)
+    m.orders[g] = {"order": [ctx.irs[t].name for t in order], "costed_layers": len(members),
+                   "costs": {"-".join(ctx.irs[t].name for t in o[:2]): float(c.sum()) for (_, c), o in results},
+                   "cost_matrix": sizes, "shared": k, "matching_seconds": round(time.perf_counter() - started, 3)}
+    m.rows[g] = [np.concatenate([r, np.setdiff1d(np.arange(n), r)]).astype(np.int64) for r, n in zip(rows, sizes)]
+
+
+@COSTS.register("correlation")
+def _by_correlation(ctx: Context, g: int, live: list[Batches], sizes: list[int]) -> None:
+    """ZipIt!-style matching: pair the neurons whose outputs correlate best on the same inputs
+    (both tasks run the same calibration samples; see :func:`onnxzip.api.zip_models`)."""
+    m = ctx.matchings
+    li = m.groups[g][0]
+    layers = [ir.layers[li] for ir in ctx.irs]
+    mats = [ir.weights(layer) for ir, layer in zip(ctx.irs, layers)]
+    sums: list = [0.0, 0.0, 0.0, 0.0, 0.0]  # sum y_a, y_b, y_a^2, y_b^2, y_a' y_b
+    n = 0
+    for xa, xb in zip(live[0].column(layers[0].input), live[1].column(layers[1].input)):
+        ya, yb = (exact_rows(layer, x).astype(np.float64) @ w.reshape(w.shape[0], -1).T.astype(np.float64) + b
+                  for layer, x, (w, b) in zip(layers, (xa, xb), mats))
+        for i, v in enumerate((ya.sum(0), yb.sum(0), (ya ** 2).sum(0), (yb ** 2).sum(0), ya.T @ yb)):
+            sums[i] = sums[i] + v
+        n += ya.shape[0]
+    mean_a, mean_b = sums[0] / n, sums[1] / n
+    std_a = np.sqrt(np.maximum(sums[2] / n - mean_a ** 2, 0.0)) + 1e-12
+    std_b = np.sqrt(np.maximum(sums[3] / n - mean_b ** 2, 0.0)) + 1e-12
+    corr = (sums[4] / n - np.outer(mean_a, mean_b)) / np.outer(std_a, std_b)
+    ia, ib = MATCHERS.get(ctx.opts.matching)(1.0 - corr, m.k[g])
+    order = np.argsort(1.0 - corr[ia, ib], kind="stable")
+    m.slot_costs[g] = np.sort(1.0 - corr[ia, ib])
+    m.rows[g] = [np.concatenate([r[order], np.setdiff1d(np.arange(size), r)]).astype(np.int64)
+                 for r, size in ((ia, sizes[0]), (ib, sizes[1]))]
