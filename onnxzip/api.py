@@ -30,6 +30,7 @@ from .images import ImageRecipe
 from .sharing.budget import BudgetPlanner
 from .sharing.loop import zip_tasks
 from .options import ZipOptions
+from .report.records import BudgetRecord, BudgetTry, FinetuneRecord, InputRecord, ZipReport
 from .sharing.plan import Budget, ZipPlan
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,18 @@ MAX_BACKOFF = 3  # a budget's zip is loosened at most this many times when it me
 
 @dataclass
 class ZipResult:
-    """The zipped model, its report, and the task names (output ``<task>/<name>``)."""
+    """The zipped model, its report (typed: ``summary``; as JSON: ``report``), and the task names
+    (outputs ``<task>/<name>``)."""
 
     model: onnx.ModelProto
-    report: dict[str, Any]
+    summary: ZipReport | None
     names: list[str]
     plan: ZipPlan = field(repr=False)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The report as JSON-ready values (the keys the README's ``--report`` lists)."""
+        return self.summary.to_dict()
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically."""
@@ -132,8 +139,8 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     opts = replace(options or ZipOptions(), **overrides)
     with timing.record() as phases:
         result = _zip(models, data, opts)
-    result.report["phases"] = {k: round(v, 3) for k, v in phases.items()}
-    result.report["peak_rss_mb"] = round(timing.peak_rss_mb(), 1)
+    result.summary.phases = {k: round(v, 3) for k, v in phases.items()}
+    result.summary.peak_rss_mb = round(timing.peak_rss_mb(), 1)
     return result
 
 
@@ -179,13 +186,13 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
                     onnx.checker.check_model(path, full_check=True)
             else:
                 onnx.checker.check_model(model, full_check=True)
-        result = ZipResult(model, {}, names, plan)
+        result = ZipResult(model, None, names, plan)
         with timing.phase("verify"):
-            result.report = verify(result, irs, arrays, opts, references)
+            result.summary = verify(result, irs, arrays, opts, references)
         with timing.phase("layer check"):
             errors = measure_layers(plan, irs, names)
-        for row, err in zip(result.report["layers"], errors):
-            row["error"] = err
+        for row, err in zip(result.summary.layers, errors):
+            row.error = err
         return result
 
     if opts.target_params is not None or opts.max_loss_increase is not None:
@@ -198,20 +205,17 @@ def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
         with timing.phase("finetune"):
             result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
                                           quiet=opts.quiet)
-        before = result.report
-        result.report = verify(result, irs, arrays, opts, references, check=False)  # fine-tuned: fidelity only
-        result.report.update(equivalence_max_abs_diff=before["equivalence_max_abs_diff"],
-                             equivalence=before["equivalence"],
-                             finetune={"steps": opts.finetune, "seconds": round(time.perf_counter() - tuned, 3),
-                                       "tasks_before": before["tasks"]})
-        if "budget" in before:
-            result.report["budget"] = before["budget"]
-    warn_fidelity(result.report, opts)
-    result.report["deployment_problems"] = deployment_problems(result.model)
-    result.report.update(provenance(models, data, names, opts, budgeted="budget" in result.report))
-    result.report["options"]["shared_input"] = shared_inputs
-    result.report["cost_units"] = "loss" if result.plan.loss_aware else "pre-activation"
-    result.report["seconds"] = round(time.perf_counter() - start, 3)
+        before = result.summary
+        result.summary = verify(result, irs, arrays, opts, references, check=False)  # fine-tuned: fidelity only
+        result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
+        result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
+    report = result.summary
+    warn_fidelity(report, opts)
+    report.deployment_problems = deployment_problems(result.model)
+    provenance(report, models, data, names, opts)
+    report.options["shared_input"] = shared_inputs
+    report.cost_units = "loss" if result.plan.loss_aware else "pre-activation"
+    report.seconds = round(time.perf_counter() - start, 3)
     return result
 
 
@@ -235,19 +239,20 @@ def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray
             None if labels is None else np.resize(labels, m))
 
 
-def provenance(models: Sequence[Any], data: Sequence[Any], names: list[str], opts: ZipOptions,
-               budgeted: bool) -> dict[str, Any]:
-    """What reproduces a zip: onnxzip's version, every input's SHA-256 and every option (a budget's
-    zip shares what the budget chose: ``share`` is then None and the report's ``budget.counts`` says)."""
-    options = opts.as_report()
-    if budgeted:
-        options["share"] = None
-    inputs = [{"task": n, "model": str(m) if isinstance(m, (str, os.PathLike)) else None, "model_sha256": io.sha256(m),
-               "data": str(d) if isinstance(d, (str, os.PathLike)) else None,
-               "data_sha256": images.folder_sha256(d, opts.recipe()) if images.is_image_folder(d) else io.sha256(d)}
-              for n, m, d in zip(names, models, data)]
-    return {"onnxzip_version": __version__, "inputs": inputs, "options": options,
-            "metrics_on": "calibration data (the samples the zip was fitted to, not held out)"}
+def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], names: list[str],
+               opts: ZipOptions) -> None:
+    """What reproduces a zip, into ``report``: onnxzip's version, every input's SHA-256 and every
+    option (a budget's zip shares what the budget chose: ``share`` is then None and the report's
+    ``budget.counts`` says)."""
+    report.options = opts.as_report()
+    if report.budget is not None:
+        report.options["share"] = None
+    report.inputs = [InputRecord(n, str(m) if isinstance(m, (str, os.PathLike)) else None, io.sha256(m),
+                                 str(d) if isinstance(d, (str, os.PathLike)) else None,
+                                 images.folder_sha256(d, opts.recipe()) if images.is_image_folder(d) else io.sha256(d))
+                     for n, m, d in zip(names, models, data)]
+    report.onnxzip_version = __version__
+    report.metrics_on = "calibration data (the samples the zip was fitted to, not held out)"
 
 
 def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], labels: list, opts: ZipOptions,
@@ -269,25 +274,24 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     while True:
         counts, predicted = planner.allocate(budget)
         result = zip_once(counts, fisher, loss_aware=fisher is not None)
-        tasks = result.report["tasks"]
-        measured = sum(t.get("loss_increase") or 0.0 for t in tasks)
-        fits = all(t.get("verdict", "ok") == "ok" for t in tasks)
-        tries.append({"target_params": budget.target_params, "max_cost": budget.max_cost, "counts": counts,
-                      "predicted_cost": predicted, "measured_loss": measured,
-                      "params_kept": result.report["params_after"] / result.report["params_before"], "fits": fits})
+        report = result.summary
+        measured = sum(t.loss_increase or 0.0 for t in report.tasks)
+        fits = all((t.verdict or "ok") == "ok" for t in report.tasks)
+        verdicts = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks)
+        tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
+                               report.params_after / report.params_before, fits))
         if fits or not any(counts):
             break
         if len(tries) > MAX_BACKOFF:
             log.warning("the budget still measures worse than predicted after %d tries (%s); kept as it is",
-                        len(tries), ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks))
+                        len(tries), verdicts)
             break
         log.warning("the budget's zip measures worse than its prediction (%s at %.1f%% kept): backing off",
-                    ", ".join(f"{t['name']} {t.get('verdict')}" for t in tasks), 100 * tries[-1]["params_kept"])
+                    verdicts, 100 * tries[-1].params_kept)
         budget = Budget(None if budget.target_params is None else (1 + budget.target_params) / 2,
                         None if budget.max_cost is None else budget.max_cost / 2)
-    result.report["budget"] = {"counts": counts, "predicted_cost": predicted, "target_params": opts.target_params,
-                               "max_cost": opts.max_loss_increase, "measured_loss": measured,
-                               "backoff": tries if len(tries) > 1 else []}
+    result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, opts.max_loss_increase, measured,
+                                         tries if len(tries) > 1 else [])
     return result
 
 

@@ -14,6 +14,7 @@ from .graph import io
 from .graph.align import align
 from .graph.attention import describe_blocks, find_attention
 from .report.files import write_report
+from .report.records import ZipReport
 from .report.terminal import format_table
 from .sharing.layout import group_name
 from .emit.model import FORMS
@@ -119,9 +120,9 @@ def cmd_zip(args: argparse.Namespace) -> int:
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:
-        write_report(result.report, args.report)
+        write_report(result.summary, args.report)
     if not args.quiet:
-        print(format_table(result.report))
+        print(format_table(result.summary))
         print(f"wrote {args.output} (outputs: {', '.join(o.name for o in result.model.graph.output)})")
     return 0
 
@@ -216,7 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not isinstance(report, dict) or "tasks" not in report:
         raise InputError(f"{args.report}: not an onnxzip report (no 'tasks')")
     try:
-        write_report(report, args.output)
+        write_report(ZipReport.from_dict(report), args.output)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise InputError(f"{args.report}: not a complete onnxzip report ({type(exc).__name__}: {exc})") from None
     if not args.quiet:

@@ -3,7 +3,7 @@ import numpy as np
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from onnxzip.check.fidelity import fidelity, output_loss, verdict
+from onnxzip.check.fidelity import Fidelity, fidelity, output_loss, verdict
 
 
 def test_mask_iou_and_fired_against_hand_counts():
@@ -11,7 +11,7 @@ def test_mask_iou_and_fired_against_hand_counts():
     z = np.array([[0.9, 0.2, 0.6, 0.0], [0.2, 0.7, 0.7, 0.1]])[:, None, :]
     row = fidelity(z, o, kind="scores")
     # original positives: (0,0),(0,1),(1,1),(1,2); zipped: (0,0),(0,2),(1,1),(1,2): 3 common, 5 in the union
-    assert row["mask_iou"] == 3 / 5 and row["fired"] == 1.0 and row["top1_agreement"] is None
+    assert row.mask_iou == 3 / 5 and row.fired == 1.0 and row.top1_agreement is None
     assert verdict(row) == "degraded"
 
 
@@ -19,8 +19,8 @@ def test_a_detector_that_never_fires_has_collapsed():
     o = np.array([[0.9], [0.1], [0.95], [0.0]])
     z = np.array([[0.4], [0.1], [0.45], [0.0]])
     row = fidelity(z, o, kind="scores")
-    assert row["mask_iou"] == 0.0 and row["fired"] == 0.0 and verdict(row) == "collapsed"
-    assert fidelity(o * 0.0, o * 0.0, kind="scores")["mask_iou"] == 1.0  # nothing to find, nothing found
+    assert row.mask_iou == 0.0 and row.fired == 0.0 and verdict(row) == "collapsed"
+    assert fidelity(o * 0.0, o * 0.0, kind="scores").mask_iou == 1.0  # nothing to find, nothing found
 
 
 def test_top1_agreement_and_relative_error():
@@ -29,9 +29,9 @@ def test_top1_agreement_and_relative_error():
     z = o.copy()
     z[:10] = z[:10, ::-1]
     row = fidelity(z, o, kind="classifier")
-    assert row["top1_agreement"] == np.mean(z.argmax(1) == o.argmax(1))
-    assert np.isclose(row["rel_err"], np.sqrt(((z - o) ** 2).sum() / (o ** 2).sum()))
-    assert verdict({"rel_err": 0.7}) == "collapsed" and verdict({"rel_err": 0.05}) == "ok"
+    assert row.top1_agreement == np.mean(z.argmax(1) == o.argmax(1))
+    assert np.isclose(row.rel_err, np.sqrt(((z - o) ** 2).sum() / (o ** 2).sum()))
+    assert verdict(Fidelity(0.7, 1.0)) == "collapsed" and verdict(Fidelity(0.05, 1.0)) == "ok"
 
 
 def test_output_loss_is_the_mean_kl_for_classifiers():
@@ -51,4 +51,4 @@ def test_regression_values_in_unit_range_are_judged_by_their_error_not_by_masks(
     rng = np.random.default_rng(2)
     o = rng.uniform(0, 0.45, (30, 1))
     row = fidelity(np.full_like(o, 0.2), o)  # kind "values": no threshold makes this look fine
-    assert row["mask_iou"] is None and row["rel_err"] > 0.4 and verdict(row) == "degraded"
+    assert row.mask_iou is None and row.rel_err > 0.4 and verdict(row) == "degraded"

@@ -7,6 +7,7 @@ from conftest import SAMPLES
 
 from onnxzip import zip_models
 from onnxzip.cli import main
+from onnxzip.report.records import ZipReport
 
 pytest.importorskip("matplotlib")
 
@@ -22,7 +23,7 @@ def report():
 def test_zip_writes_html_and_json(report, tmp_path, capsys):
     out = tmp_path / "r.html"
     from onnxzip.report.files import write_report
-    write_report(report, out)
+    write_report(ZipReport.from_dict(report), out)
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert page.count("<svg") >= 3  # tasks, layers, predicted vs measured
@@ -55,6 +56,16 @@ def test_names_are_text_not_markup(report, tmp_path):
     evil["layers"][0]["name"] = "<span><img src=x onerror=alert(1)>"
     evil["layers"][1]["name"] = "enc/$\\frac{a$/x"
     evil["tasks"][0]["name"] = "<script>alert(1)</script>"
-    write_report(evil, tmp_path / "sub" / "e.html")  # (a missing folder is made)
+    write_report(ZipReport.from_dict(evil), tmp_path / "sub" / "e.html")  # (a missing folder is made)
     page = (tmp_path / "sub" / "e.html").read_text()
     assert "<img src=x" not in page and "<script>alert" not in page and "&lt;span&gt;&lt;img" in page
+
+
+def test_the_json_report_reads_back_as_the_same_records(report):
+    """JSON -> records -> JSON keeps every key and value (the report's schema is its records)."""
+    text = json.dumps(report)
+    again = ZipReport.from_dict(json.loads(text)).to_dict()
+    assert json.loads(json.dumps(again)) == json.loads(text)
+    assert set(report) >= {"tasks", "layers", "params_before", "params_after", "bytes_before", "bytes_after",
+                           "equivalence", "equivalence_max_abs_diff", "not_shared", "groups", "samples", "budget",
+                           "deployment_problems", "options", "inputs", "cost_units", "seconds", "phases"}

@@ -1,11 +1,13 @@
 """How well each task's zipped network reproduces its original: fidelity, output loss, verdict; sizes."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from ..report.records import TaskRow
 
 
 def count_parameters(tensors: list[onnx.TensorProto] | list[np.ndarray]) -> tuple[int, int]:
@@ -25,26 +27,35 @@ COLLAPSE = {"top1_agreement": 0.5, "mask_iou": 0.5, "rel_err": 0.5}
 DEGRADED = {"top1_agreement": 0.9, "mask_iou": 0.9, "rel_err": 0.1}
 
 
-def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5, kind: str = "values"
-             ) -> dict[str, float | None]:
+@dataclass
+class Fidelity:
+    """How well one output reproduces its original: relative error, max abs difference, and where
+    they apply top-1 agreement (class scores) or mask IoU and ``fired`` (scores, probability maps)."""
+
+    rel_err: float
+    max_abs_diff: float
+    top1_agreement: float | None = None
+    mask_iou: float | None = None
+    fired: float | None = None  # zipped positives / original positives (None where the original has none)
+
+
+def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5, kind: str = "values") -> Fidelity:
     """How well ``zipped`` reproduces ``original`` (one output, samples first, any shape).
 
     Always: relative error ||z - o|| / ||o|| and the max abs difference. ``kind`` "classifier"
     (class axis 1): top-1 agreement. "scores" (detector scores, probability maps): masks at
-    ``threshold`` compared, as IoU over all elements (1 where both are empty), and ``fired``: zipped
-    positives / original positives (None where the original has none).
+    ``threshold`` compared, as IoU over all elements (1 where both are empty), and ``fired``.
     """
     z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
-    rel = float(np.linalg.norm(z - o) / max(np.linalg.norm(o), 1e-30))
-    out: dict[str, float | None] = {"rel_err": rel, "top1_agreement": None, "mask_iou": None, "fired": None,
-                                    "max_abs_diff": float(np.max(np.abs(z - o))) if z.size else 0.0}
+    out = Fidelity(float(np.linalg.norm(z - o) / max(np.linalg.norm(o), 1e-30)),
+                   float(np.max(np.abs(z - o))) if z.size else 0.0)
     if kind == "classifier" and o.ndim >= 2 and o.shape[1] > 1:
-        out["top1_agreement"] = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1)))
+        out.top1_agreement = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1)))
     elif kind == "scores":
         mz, mo = z > threshold, o > threshold
         union = np.count_nonzero(mz | mo)
-        out["mask_iou"] = float(np.count_nonzero(mz & mo) / union) if union else 1.0
-        out["fired"] = float(np.count_nonzero(mz) / np.count_nonzero(mo)) if mo.any() else None
+        out.mask_iou = float(np.count_nonzero(mz & mo) / union) if union else 1.0
+        out.fired = float(np.count_nonzero(mz) / np.count_nonzero(mo)) if mo.any() else None
     return out
 
 
@@ -68,15 +79,16 @@ def _distribution(y: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def verdict(row: dict[str, Any]) -> str:
-    """'ok', 'degraded' or 'collapsed' from a task's fidelity row (the decision metric where there
-    is one: top-1 agreement or mask IoU; else the relative error)."""
+def verdict(row: Fidelity | TaskRow) -> str:
+    """'ok', 'degraded' or 'collapsed' from a task's fidelity (the decision metric where there is
+    one: top-1 agreement or mask IoU; else the relative error)."""
     for key in ("top1_agreement", "mask_iou"):
-        if row.get(key) is not None:
-            if row[key] < COLLAPSE[key] or (key == "mask_iou" and row.get("fired") == 0.0):
+        value = getattr(row, key)
+        if value is not None:
+            if value < COLLAPSE[key] or (key == "mask_iou" and row.fired == 0.0):
                 return "collapsed"
-            return "degraded" if row[key] < DEGRADED[key] else "ok"
-    rel = row.get("rel_err")
+            return "degraded" if value < DEGRADED[key] else "ok"
+    rel = row.rel_err
     if rel is None:
         return "ok"
     return "collapsed" if rel > COLLAPSE["rel_err"] else "degraded" if rel > DEGRADED["rel_err"] else "ok"

@@ -16,17 +16,16 @@ layers passed on, and both are reported for reading.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import EquivalenceError
 from ..graph.ir import ModelIR
+from ..report.records import LayerError
 from ..sharing.plan import ZipPlan
 
 CHECK_RTOL = 2e-2  # measured vs predicted, relative, where the prediction is exact (float32 runs)
 CHECK_FLOOR = 1e-8  # ... plus this fraction of the layer's signal (float32 rounding of both runs)
 
 
-def measure_layers(plan: ZipPlan, irs: list[ModelIR], names: list[str]) -> list[dict[str, Any]]:
+def measure_layers(plan: ZipPlan, irs: list[ModelIR], names: list[str]) -> list[LayerError]:
     """Per hidden layer (the report's order): per task the predicted and measured error and the
     signal; raises :class:`EquivalenceError` where an exact prediction is not met."""
     rows = []
@@ -34,7 +33,7 @@ def measure_layers(plan: ZipPlan, irs: list[ModelIR], names: list[str]) -> list[
         z = plan.layers[li]
         err = [e for e, _ in plan.measured[li]]
         signal = [s for _, s in plan.measured[li]]
-        row = {"predicted": z.predicted, "measured": err, "signal": signal, "exact": z.checkable}
+        row = LayerError(z.predicted, err, signal, z.checkable)
         if z.checkable:
             for t, (p, e, s) in enumerate(zip(z.predicted, err, signal)):
                 if abs(e - p) > CHECK_RTOL * p + CHECK_FLOOR * s:

@@ -3,6 +3,7 @@ then each task's fidelity against its original, measured and judged, and the rep
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..graph import io
 from ..graph.attention import describe_blocks, find_attention
 from ..graph.ir import ModelIR, batch_within
 from ..sharing.plan import ZipPlan
+from ..report.records import Equivalence, GroupRow, LayerRow, NotShared, TaskRow, ZipReport
 from .fidelity import count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: l
 
 
 def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarray]], opts: ZipOptions,
-           references: list[dict[str, Any]], check: bool = True) -> dict[str, Any]:
+           references: list[dict[str, Any]], check: bool = True) -> ZipReport:
     """Run the zipped model on every task's calibration data and build the report.
 
     The zipped model must reproduce the per-task zipped networks (the original graphs with the
@@ -60,10 +62,9 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
     tasks = []
-    for t, (ir, arrays, name, original) in enumerate(zip(irs, data, result.names, references)):
+    for t, (ir, name, original) in enumerate(zip(irs, result.names, references)):
         normalized = result.plan.originals[t] if result.plan.originals else {}
-        row: dict[str, Any] = {"name": name, "rel_err": None, "top1_agreement": None, "mask_iou": None,
-                               "max_abs_diff": None, "loss_increase": 0.0}
+        row = TaskRow(name)
         for o in ir.outputs:
             z, ref, orig = (as_array(x) for x in (got[f"{name}/{o}"], result.plan.outputs[t][o], original[o]))
             if z is None or z.dtype.kind != "f":
@@ -77,43 +78,33 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
                 diff, tol, ok = check_equivalence(z, orig, noise, f"{where}: with nothing shared the zipped model "
                                                   "differs from the original", check)
                 checks.append((diff, tol, noise, ok))
-            if row["rel_err"] is None:
-                row.update(fidelity(z, orig, opts.mask_threshold, output_kind(ir, o, orig)), output=o)
-            row["loss_increase"] += output_loss(z, orig)
-        if row["rel_err"] is not None:
-            row["verdict"] = verdict(row)
+            if not row.measured:
+                row = replace(row, output=o, **asdict(fidelity(z, orig, opts.mask_threshold, output_kind(ir, o, orig))))
+            row.loss_increase += output_loss(z, orig)
+        if row.measured:
+            row.verdict = verdict(row)
         tasks.append(row)
     worst = [c[3] for c in checks]
-    equivalence = {"max_abs_diff": max((c[0] for c in checks), default=0.0),
-                   "tolerance": max((c[1] for c in checks), default=0.0),
-                   "float_noise": max((c[2] for c in checks), default=0.0),
-                   "verdict": next((v for v in ("mismatch", "rounding") if v in worst), "ok") if check else "not checked"}
+    equivalence = Equivalence(max((c[0] for c in checks), default=0.0), max((c[1] for c in checks), default=0.0),
+                              max((c[2] for c in checks), default=0.0),
+                              next((v for v in ("mismatch", "rounding") if v in worst), "ok") if check else "not checked")
     before = [count_parameters([np.asarray(t.values) for t in ir.graph.tensors().values()
                                 if isinstance(t, gs.Constant)]) for ir in irs]
     after = count_parameters(list(result.model.graph.initializer))
     layers, groups = _layer_rows(irs[0], result.plan)
-    return {
-        "tasks": tasks, "layers": layers,
-        "params_before": sum(p for p, _ in before), "params_after": after[0],
-        "bytes_before": sum(b for _, b in before), "bytes_after": after[1],
-        "equivalence_max_abs_diff": equivalence["max_abs_diff"],
-        "equivalence": equivalence,
-        "not_shared": not_shared(irs, result.plan, opts),
-        "groups": groups,
-        "restored_at": sorted(irs[0].spaces.restore),
-        "attention": describe_blocks(irs[0], find_attention(irs[0])),
-        "samples": [int(next(iter(a.values())).shape[0]) for a in data],
-    }
+    return ZipReport(tasks, layers, sum(p for p, _ in before), after[0], sum(b for _, b in before), after[1],
+                     equivalence, not_shared(irs, result.plan, opts), groups, sorted(irs[0].spaces.restore),
+                     describe_blocks(irs[0], find_attention(irs[0])),
+                     [int(next(iter(a.values())).shape[0]) for a in data])
 
 
-def _layer_rows(ir: ModelIR, plan: ZipPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _layer_rows(ir: ModelIR, plan: ZipPlan) -> tuple[list[LayerRow], list[GroupRow]]:
     """The report's rows per hidden layer (sharing and cost) and per tied group (or chosen order)."""
     group_of = {i: g for g, members in enumerate(plan.groups) for i in members}
-    layers = [{"name": ir.layers[i].name, "kind": ir.layers[i].kind, "neurons": plan.layers[i].neurons,
-               "shared": plan.layers[i].shared, "cost": float(plan.layers[i].costs.sum()), "group": group_of.get(i),
-               "rows_read": round(plan.layers[i].rows_read, 4)}
+    layers = [LayerRow(ir.layers[i].name, ir.layers[i].kind, plan.layers[i].neurons, plan.layers[i].shared,
+                       float(plan.layers[i].costs.sum()), group_of.get(i), round(plan.layers[i].rows_read, 4))
               for i in plan.hidden]
-    groups = [{"layers": [ir.layers[i].name for i in members], **plan.orders.get(g, {})}
+    groups = [GroupRow([ir.layers[i].name for i in members], plan.orders.get(g))
               for g, members in enumerate(plan.groups) if len(members) > 1 or g in plan.orders]
     return layers, groups
 
@@ -183,7 +174,7 @@ def output_kind(ir: ModelIR, name: str, value: np.ndarray) -> str:
     return "values"
 
 
-def not_shared(irs: list[ModelIR], plan: ZipPlan, opts: ZipOptions) -> list[dict[str, str]]:
+def not_shared(irs: list[ModelIR], plan: ZipPlan, opts: ZipOptions) -> list[NotShared]:
     """Why layers share nothing: one row per hidden layer with no shared neuron, and the layers
     that are never zippable."""
     ir = irs[0]
@@ -201,12 +192,11 @@ def not_shared(irs: list[ModelIR], plan: ZipPlan, opts: ZipOptions) -> list[dict
         else:
             reason = f"share {fractions[g] if g is not None and g < len(fractions) else '?'} of " \
                      f"{ir.layers[i].neurons} neurons rounds to none"
-        rows.append({"layer": ir.layers[i].name, "reason": reason})
+        rows.append(NotShared(ir.layers[i].name, reason))
     for i in sorted(ir.spaces.plain):
-        rows.append({"layer": ir.layers[i].name, "reason": "grouped convolution on restored channels: replayed as an "
-                     "ordinary op"})
+        rows.append(NotShared(ir.layers[i].name, "grouped convolution on restored channels: replayed as an ordinary op"))
     if not plan.hidden:
-        rows.append({"layer": "-", "reason": "no layer's channels reach another layer (only heads: nothing to share)"})
+        rows.append(NotShared("-", "no layer's channels reach another layer (only heads: nothing to share)"))
     return rows
 
 
@@ -272,18 +262,18 @@ def zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def warn_fidelity(report: dict[str, Any], opts: ZipOptions) -> None:
+def warn_fidelity(report: ZipReport, opts: ZipOptions) -> None:
     """Say loudly when a task collapsed, and when nothing could be shared although sharing was asked."""
-    for row in report["tasks"]:
-        if row.get("verdict") == "collapsed":
-            fired = "" if row.get("fired") is None else f" (fires {row['fired']:.0%} as often)"
-            what = (f"top-1 agreement {row['top1_agreement']:.3f}" if row.get("top1_agreement") is not None else
-                    f"mask IoU {row['mask_iou']:.3f}{fired}" if row.get("mask_iou") is not None
-                    else f"relative error {row['rel_err']:.3g}")
+    for row in report.tasks:
+        if row.verdict == "collapsed":
+            fired = "" if row.fired is None else f" (fires {row.fired:.0%} as often)"
+            what = (f"top-1 agreement {row.top1_agreement:.3f}" if row.top1_agreement is not None else
+                    f"mask IoU {row.mask_iou:.3f}{fired}" if row.mask_iou is not None
+                    else f"relative error {row.rel_err:.3g}")
             log.warning("task %r COLLAPSED against its original on the calibration data: %s; share less (a lower "
-                        "--share or --target-params, or 0 for the layer groups that cost most)", row["name"], what)
+                        "--share or --target-params, or 0 for the layer groups that cost most)", row.name, what)
     asked = opts.target_params is not None or opts.max_loss_increase is not None or \
         any(f > 0 for f in (opts.share if isinstance(opts.share, tuple) else (opts.share,)))
-    if asked and not any(layer["shared"] for layer in report["layers"]):
-        reasons = "; ".join(f"{r['layer']}: {r['reason']}" for r in report["not_shared"]) or "no zippable layer"
+    if asked and not any(layer.shared for layer in report.layers):
+        reasons = "; ".join(f"{r.layer}: {r.reason}" for r in report.not_shared) or "no zippable layer"
         log.warning("nothing is shared: %s", reasons)

@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+
+from .records import ZipReport
 
 
-def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
+def write_json(report: ZipReport, path: str | os.PathLike) -> None:
     """Write ``report`` as JSON atomically."""
-    _write(path, json.dumps(report, indent=2) + "\n")
+    _write(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+def write_report(report: ZipReport, path: str | os.PathLike) -> None:
     """Write ``report`` atomically: one self-contained HTML page for ``.html``/``.htm``
     (:mod:`onnxzip.report.page`), else JSON."""
     if str(path).lower().endswith((".html", ".htm")):

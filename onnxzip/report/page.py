@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..errors import UsageError
+from .records import LayerRow, TaskRow, ZipReport
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -62,16 +63,16 @@ def _label(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _layers_plot(plt, layers: list[dict]) -> str:
-    names = [_label(row["name"][-24:]) for row in layers]
+def _layers_plot(plt, layers: list[LayerRow]) -> str:
+    names = [_label(row.name[-24:]) for row in layers]
     x = range(len(layers))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(layers) + 2), 6.2), sharex=True)
-    ax1.bar(x, [row["neurons"] for row in layers], color="#ccd", label="neurons")
-    ax1.bar(x, [row["shared"] for row in layers], color="#36c", label="shared")
+    ax1.bar(x, [row.neurons for row in layers], color="#ccd", label="neurons")
+    ax1.bar(x, [row.shared for row in layers], color="#36c", label="shared")
     ax1.set_ylabel("neurons")
     ax1.legend(fontsize=8)
     ax1.set_title("shared neurons per layer")
-    costs = [max(float(row.get("cost") or 0.0), 0.0) for row in layers]
+    costs = [max(float(row.cost or 0.0), 0.0) for row in layers]
     ax2.bar(x, costs, color="#c63")
     if any(c > 0 for c in costs):
         ax2.set_yscale("log")
@@ -82,13 +83,12 @@ def _layers_plot(plt, layers: list[dict]) -> str:
     return _svg(fig)
 
 
-def _error_plot(plt, layers: list[dict], tasks: list[str]) -> str | None:
+def _error_plot(plt, layers: list[LayerRow], tasks: list[str]) -> str | None:
     pts = []
     for row in layers:
-        err = row.get("error") or {}
-        pred, meas, sig = err.get("predicted"), err.get("measured"), err.get("signal")
-        if pred and meas and sig:
-            for t, (p, m, s) in enumerate(zip(pred, meas, sig)):
+        err = row.error
+        if err and err.predicted and err.measured and err.signal:
+            for t, (p, m, s) in enumerate(zip(err.predicted, err.measured, err.signal)):
                 if s and p is not None and m is not None:
                     pts.append((t, p / s, m / s))
     if not pts:
@@ -109,105 +109,123 @@ def _error_plot(plt, layers: list[dict], tasks: list[str]) -> str | None:
     return _svg(fig)
 
 
-def _tasks_plot(plt, tasks: list[dict]) -> str:
+def _tasks_plot(plt, tasks: list[TaskRow]) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    names = [_label(t["name"]) for t in tasks]
+    names = [_label(t.name) for t in tasks]
     values, label = [], "fidelity"
     for t in tasks:
-        if t.get("top1_agreement") is not None:
-            values.append(t["top1_agreement"])
+        if t.top1_agreement is not None:
+            values.append(t.top1_agreement)
             label = "top-1 agreement / mask IoU / 1 - rel. error"
-        elif t.get("mask_iou") is not None:
-            values.append(t["mask_iou"])
+        elif t.mask_iou is not None:
+            values.append(t.mask_iou)
         else:
-            values.append(max(0.0, 1.0 - float(t.get("rel_err") or 0.0)))
-    ax.barh(names, values, color=["#36c" if t.get("verdict") == "ok" else "#c33" for t in tasks])
+            values.append(max(0.0, 1.0 - float(t.rel_err or 0.0)))
+    ax.barh(names, values, color=["#36c" if t.verdict == "ok" else "#c33" for t in tasks])
     ax.set_xlim(0, 1.0)
     ax.set_xlabel(label)
     ax.set_title("fidelity of each task against its original")
     return _svg(fig)
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: ZipReport) -> str:
     """The report (as :func:`onnxzip.zip_models` returns it, or read back from its JSON) as HTML."""
     plt = _pyplot()
-    tasks = report.get("tasks", [])
-    layers = report.get("layers", [])
-    names = [t["name"] for t in tasks]
+    names = [t.name for t in report.tasks]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxzip report</title>"
              f"<style>{STYLE}</style></head><body>",
              f"<h1>onnxzip report: {html.escape(', '.join(names))}</h1>"]
-    pb, pa = report.get("params_before", 0), report.get("params_after", 0)
-    bb, ba = report.get("bytes_before", 0), report.get("bytes_after", 0)
-    parts.append("<h2>Result</h2>" + _table(
-        ["", "before", "after", "kept"],
-        [["parameters", f"{pb:,}", f"{pa:,}", f"{pa / max(pb, 1):.1%}"],
-         ["weight bytes", f"{bb:,}", f"{ba:,}", f"{ba / max(bb, 1):.1%}"]]))
-    rows = []
-    for t in tasks:
-        verdict = t.get("verdict", "")
-        style = "ok" if verdict == "ok" else "bad"
-        rows.append([t["name"], t.get("output", ""), t.get("top1_agreement") if t.get("top1_agreement") is not None
-                     else "-", t.get("mask_iou") if t.get("mask_iou") is not None else "-", t.get("rel_err", 0.0),
-                     t.get("max_abs_diff", 0.0), t.get("loss_increase", "-") if t.get("loss_increase") is not None
-                     else "-", Markup(f'<span class="{style}">{html.escape(verdict)}</span>')])
-    parts.append("<p>Each task against its original, measured on the " +
-                 html.escape(str(report.get("metrics_on", "calibration data"))) + ".</p>" +
-                 _table(["task", "output", "top-1 agreement", "mask IoU", "rel. error", "max abs diff",
-                         "loss increase", "verdict"], rows, left=2))
-    if tasks:
-        parts.append(f"<figure>{_tasks_plot(plt, tasks)}</figure>")
-    if layers:
-        parts.append("<h2>Layers</h2>" + f"<figure>{_layers_plot(plt, layers)}</figure>")
-        parts.append(_table(["layer", "kind", "neurons", "shared", "cost", "group"],
-                            [[r["name"], r.get("kind", ""), r["neurons"], r["shared"], float(r.get("cost") or 0.0),
-                              r.get("group", "")] for r in layers], left=2))
-        err = _error_plot(plt, layers, names)
-        if err:
-            parts.append("<h2>Predicted against measured error</h2><p>Per layer and task: the merge's prediction "
-                         "of the pre-activation error, and what ONNX Runtime measured with the layers below zipped "
-                         "(both relative to the original's signal).</p>" + f"<figure>{err}</figure>")
-    budget = report.get("budget")
-    if budget:
-        parts.append("<h2>Budget</h2>" + _table(
-            ["", "value"], [["target parameters", budget.get("target_params") or "-"],
-                            ["max loss increase", budget.get("max_cost") or "-"],
-                            ["predicted loss", budget.get("predicted_cost") or "-"],
-                            ["measured loss", budget.get("measured_loss") or "-"],
-                            ["shared per group", ", ".join(str(c) for c in budget.get("counts", []))],
-                            ["back-off steps", len(budget.get("backoff", []))]]))
-    groups = report.get("groups") or []
-    if groups:
-        parts.append("<h2>Groups (one matching each)</h2>" + _table(
-            ["group", "layers", "shared", "size", "matching s"],
-            [[g, ", ".join(x["layers"]), x.get("shared", ""), " x ".join(str(c) for c in x.get("cost_matrix", [])),
-              x.get("matching_seconds", "")] for g, x in enumerate(groups)], left=2))
-    restored = report.get("restored_at") or []
-    parts.append("<p>Channel order restored before: " + (html.escape(", ".join(restored)) if restored else "nothing")
-                 + ".</p>")
-    if report.get("attention"):
-        parts.append("<p>Attention blocks (heads are not tied):</p><ul>" +
-                     "".join(f"<li>{html.escape(a)}</li>" for a in report["attention"]) + "</ul>")
-    for row in report.get("not_shared", []):
-        parts.append(f"<p>Not shared: {html.escape(row['layer'])}: {html.escape(row['reason'])}</p>")
-    eq = report.get("equivalence", {})
-    parts.append("<h2>Checks</h2><p>Equivalence (the zipped model against the per-task zipped networks): max abs "
-                 f"diff {report.get('equivalence_max_abs_diff', 0):.3g}, tolerance {eq.get('tolerance', 0):.3g}, "
-                 f"verdict {html.escape(str(eq.get('verdict', '')))}.</p>")
-    problems = report.get("deployment_problems")
-    if problems is not None:
-        parts.append("<p>TensorRT-ready: " + ("yes" if not problems else "<span class='bad'>no</span><ul>" +
-                     "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>") + "</p>")
-    phases = report.get("phases") or {}
-    if phases:
-        parts.append("<h2>Time</h2>" + _table(["phase", "seconds"], [[k, v] for k, v in phases.items()]) +
-                     f"<p>Peak memory {report.get('peak_rss_mb', 0):.0f} MB; {report.get('seconds', 0):.1f} s in all.</p>")
-    parts.append("<h2>Provenance</h2>" + _table(
-        ["task", "model", "model SHA-256", "data", "data SHA-256"],
-        [[i["task"], i.get("model") or "-", (i.get("model_sha256") or "")[:16], i.get("data") or "-",
-          (i.get("data_sha256") or "")[:16]] for i in report.get("inputs", [])], left=5))
-    parts.append(f"<p>onnxzip {html.escape(str(report.get('onnxzip_version', '')))}; options:</p><pre>"
-                 + html.escape(json.dumps(report.get("options", {}), indent=1)) + "</pre>")
+    parts += _result(plt, report) + _layers(plt, report) + _budget_and_structure(report) + _checks_and_time(report)
     parts.append("</body></html>")
     plt.close("all")
     return "\n".join(parts)
+
+
+def _result(plt, report: ZipReport) -> list[str]:
+    pb, pa, bb, ba = report.params_before, report.params_after, report.bytes_before, report.bytes_after
+    parts = ["<h2>Result</h2>" + _table(
+        ["", "before", "after", "kept"],
+        [["parameters", f"{pb:,}", f"{pa:,}", f"{pa / max(pb, 1):.1%}"],
+         ["weight bytes", f"{bb:,}", f"{ba:,}", f"{ba / max(bb, 1):.1%}"]])]
+    rows = []
+    for t in report.tasks:
+        verdict = t.verdict or ""
+        style = "ok" if verdict == "ok" else "bad"
+        rows.append([t.name, t.output or "", _or_dash(t.top1_agreement), _or_dash(t.mask_iou), t.rel_err or 0.0,
+                     t.max_abs_diff or 0.0, _or_dash(t.loss_increase),
+                     Markup(f'<span class="{style}">{html.escape(verdict)}</span>')])
+    parts.append("<p>Each task against its original, measured on the " +
+                 html.escape(str(report.metrics_on or "calibration data")) + ".</p>" +
+                 _table(["task", "output", "top-1 agreement", "mask IoU", "rel. error", "max abs diff",
+                         "loss increase", "verdict"], rows, left=2))
+    if report.tasks:
+        parts.append(f"<figure>{_tasks_plot(plt, report.tasks)}</figure>")
+    return parts
+
+
+def _or_dash(value: Any) -> Any:
+    return "-" if value is None else value
+
+
+def _layers(plt, report: ZipReport) -> list[str]:
+    layers = report.layers
+    if not layers:
+        return []
+    parts = ["<h2>Layers</h2>" + f"<figure>{_layers_plot(plt, layers)}</figure>",
+             _table(["layer", "kind", "neurons", "shared", "cost", "group"],
+                    [[r.name, r.kind, r.neurons, r.shared, float(r.cost or 0.0), "" if r.group is None else r.group]
+                     for r in layers], left=2)]
+    err = _error_plot(plt, layers, [t.name for t in report.tasks])
+    if err:
+        parts.append("<h2>Predicted against measured error</h2><p>Per layer and task: the merge's prediction "
+                     "of the pre-activation error, and what ONNX Runtime measured with the layers below zipped "
+                     "(both relative to the original's signal).</p>" + f"<figure>{err}</figure>")
+    return parts
+
+
+def _budget_and_structure(report: ZipReport) -> list[str]:
+    parts = []
+    budget = report.budget
+    if budget:
+        parts.append("<h2>Budget</h2>" + _table(
+            ["", "value"], [["target parameters", budget.target_params or "-"],
+                            ["max loss increase", budget.max_cost or "-"],
+                            ["predicted loss", budget.predicted_cost or "-"],
+                            ["measured loss", budget.measured_loss or "-"],
+                            ["shared per group", ", ".join(str(c) for c in budget.counts)],
+                            ["back-off steps", len(budget.backoff)]]))
+    if report.groups:
+        parts.append("<h2>Groups (one matching each)</h2>" + _table(
+            ["group", "layers", "shared", "size", "matching s"],
+            [[g, ", ".join(x.layers), x.choice.shared if x.choice else "",
+              " x ".join(str(c) for c in x.choice.cost_matrix) if x.choice else "",
+              x.choice.matching_seconds if x.choice else ""] for g, x in enumerate(report.groups)], left=2))
+    restored = report.restored_at
+    parts.append("<p>Channel order restored before: " + (html.escape(", ".join(restored)) if restored else "nothing")
+                 + ".</p>")
+    if report.attention:
+        parts.append("<p>Attention blocks (heads are not tied):</p><ul>" +
+                     "".join(f"<li>{html.escape(a)}</li>" for a in report.attention) + "</ul>")
+    for row in report.not_shared:
+        parts.append(f"<p>Not shared: {html.escape(row.layer)}: {html.escape(row.reason)}</p>")
+    return parts
+
+
+def _checks_and_time(report: ZipReport) -> list[str]:
+    eq = report.equivalence
+    parts = ["<h2>Checks</h2><p>Equivalence (the zipped model against the per-task zipped networks): max abs "
+             f"diff {eq.max_abs_diff:.3g}, tolerance {eq.tolerance:.3g}, verdict {html.escape(str(eq.verdict))}.</p>"]
+    problems = report.deployment_problems
+    if problems is not None:
+        parts.append("<p>TensorRT-ready: " + ("yes" if not problems else "<span class='bad'>no</span><ul>" +
+                     "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>") + "</p>")
+    if report.phases:
+        parts.append("<h2>Time</h2>" + _table(["phase", "seconds"], [[k, v] for k, v in report.phases.items()]) +
+                     f"<p>Peak memory {report.peak_rss_mb or 0:.0f} MB; {report.seconds or 0:.1f} s in all.</p>")
+    parts.append("<h2>Provenance</h2>" + _table(
+        ["task", "model", "model SHA-256", "data", "data SHA-256"],
+        [[i.task, i.model or "-", (i.model_sha256 or "")[:16], i.data or "-", (i.data_sha256 or "")[:16]]
+         for i in report.inputs or []], left=5))
+    parts.append(f"<p>onnxzip {html.escape(str(report.onnxzip_version or ''))}; options:</p><pre>"
+                 + html.escape(json.dumps(report.options or {}, indent=1)) + "</pre>")
+    return parts

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InternalError
 from ..graph.ir import Layer, ModelIR
 from ..graph.spaces import ALIGNED, PRIVATE
+from ..report.records import GroupChoice
 from .plan import LayerZip
 
 
@@ -90,7 +91,7 @@ class Matchings:
     k: list[int]  # per group, the slots to share
     rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # group -> per task (n,) neuron order
     slot_costs: dict[int, np.ndarray] = field(default_factory=dict)  # group -> each shared slot's cost, ascending
-    orders: dict[int, dict] = field(default_factory=dict)  # group -> the task order chosen and what it cost
+    orders: dict[int, GroupChoice] = field(default_factory=dict)  # group -> the task order chosen, what it cost
 
     def __post_init__(self) -> None:
         self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}

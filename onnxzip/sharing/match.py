@@ -17,6 +17,7 @@ from ..calibrate.spool import Batches
 from ..calibrate.stats import exact_rows
 from ..errors import UsageError
 from ..registry import Registry
+from ..report.records import GroupChoice
 from ..timing import phase
 from .merge import MATCHERS, match_tasks
 from .problem import OffsetProblem
@@ -82,9 +83,9 @@ def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int
         results = [(match_tasks(members, k, ctx.opts.matching, o), o) for o in orders]
     (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
     m.slot_costs[g] = np.sort(cost)
-    m.orders[g] = {"order": [ctx.irs[t].name for t in order], "costed_layers": len(members),
-                   "costs": {"-".join(ctx.irs[t].name for t in o[:2]): float(c.sum()) for (_, c), o in results},
-                   "cost_matrix": sizes, "shared": k, "matching_seconds": round(time.perf_counter() - started, 3)}
+    m.orders[g] = GroupChoice([ctx.irs[t].name for t in order], len(members),
+                              {"-".join(ctx.irs[t].name for t in o[:2]): float(c.sum()) for (_, c), o in results},
+                              sizes, k, round(time.perf_counter() - started, 3))
     m.rows[g] = [np.concatenate([r, np.setdiff1d(np.arange(n), r)]).astype(np.int64) for r, n in zip(rows, sizes)]
 
 

@@ -3,11 +3,14 @@ every layer (:class:`LayerZip`, :class:`ZipPlan`), the record emit and the check
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..report.records import GroupChoice
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class ZipPlan:
     hidden: list[int]
     outputs: list[dict[str, np.ndarray]]  # per task, on the calibration data
     groups: list[list[int]] = field(default_factory=list)
-    orders: dict[int, dict] = field(default_factory=dict)  # group -> task order chosen and costs per order
+    #: group -> the task order chosen and the costs per order (:class:`onnxzip.report.records.GroupChoice`)
+    orders: dict[int, GroupChoice] = field(default_factory=dict)
     loss_aware: bool = False  # costs are in loss units
     constants: list[dict[str, np.ndarray]] = field(default_factory=list)  # per task: re-estimated BN statistics
     #: per task, the original (normalized) network's float outputs on the first ``NOISE_SAMPLES``

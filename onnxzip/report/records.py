@@ -1,0 +1,262 @@
+"""The zip report as typed records: each stage fills its part, the renderers read attributes, and
+:meth:`ZipReport.to_dict` serializes it once (the JSON keys of the README's ``--report`` list).
+
+The records are the vocabulary every stage writes into: any subpackage may import this module
+(it imports nothing of onnxzip's).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+#: a field left out of the JSON while it is None (keys the report has only where they apply)
+OPTIONAL = {"optional": True}
+
+
+def _opt(default: Any = None) -> Any:
+    return field(default=default, metadata=OPTIONAL)
+
+
+def to_plain(value: Any) -> Any:
+    """Records, lists and dicts as JSON-ready values (optional fields that are None left out; a
+    record with its own ``to_dict`` says what it holds)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)
+                if not (f.metadata.get("optional") and getattr(value, f.name) is None)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass
+class LayerError:
+    """One hidden layer's pre-activation error per task (mean over samples and positions of the
+    squared error summed over neurons): the merge's ``predicted`` one, the one ``measured`` in ONNX
+    Runtime, the original's ``signal``; ``exact``: the prediction had to match the measurement."""
+
+    predicted: list[float] | None
+    measured: list[float]
+    signal: list[float]
+    exact: bool = False
+
+
+@dataclass
+class LayerRow:
+    """One hidden layer: its neurons, how many are shared, their summed cost (the costs' units)."""
+
+    name: str
+    kind: str
+    neurons: int
+    shared: int
+    cost: float
+    group: int | None = None
+    rows_read: float = 1.0  # the fraction of its input rows (samples x positions) its statistics read
+    error: LayerError | None = _opt()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerRow:
+        err = d.get("error")
+        return cls(**{**_known(cls, d), "error": LayerError(**_known(LayerError, err)) if err else None})
+
+
+@dataclass
+class TaskRow:
+    """One task against its original on the calibration data (:mod:`onnxzip.check.fidelity`):
+    the metrics of its first float output (None where they do not apply) and the verdict."""
+
+    name: str
+    rel_err: float | None = None
+    top1_agreement: float | None = None
+    mask_iou: float | None = None
+    max_abs_diff: float | None = None
+    loss_increase: float | None = 0.0  # summed over the task's float outputs
+    fired: float | None = None  # detectors: zipped positives / original positives
+    output: str | None = None  # the output the metrics are of
+    verdict: str | None = None  # ok / degraded / collapsed; None: no float output to judge
+
+    @property
+    def measured(self) -> bool:
+        """Whether the task has a float output its fidelity was measured on."""
+        return self.rel_err is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``fired``, ``output`` and ``verdict`` only for a measured task."""
+        skip = () if self.measured else ("fired", "output", "verdict")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskRow:
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Equivalence:
+    """The emitted model against the per-task zipped networks (:func:`onnxzip.check.verify.check_equivalence`)."""
+
+    max_abs_diff: float = 0.0
+    tolerance: float = 0.0
+    float_noise: float = 0.0
+    verdict: str = "ok"  # ok / rounding / mismatch / not checked
+
+
+@dataclass
+class NotShared:
+    """A layer that shares nothing, and why."""
+
+    layer: str
+    reason: str
+
+
+@dataclass
+class GroupChoice:
+    """How a group's matching was chosen (the MTZ costs): the task order kept, the layers costed,
+    the total cost of each starting pair tried, the cost matrix's size per task, the slots shared."""
+
+    order: list[str]
+    costed_layers: int
+    costs: dict[str, float]
+    cost_matrix: list[int]
+    shared: int
+    matching_seconds: float
+
+
+@dataclass
+class GroupRow:
+    """A matched group of tied layers (or a single layer whose task order was chosen)."""
+
+    layers: list[str]
+    choice: GroupChoice | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), **(to_plain(self.choice) if self.choice else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupRow:
+        choice = _known(GroupChoice, d)
+        return cls(list(d["layers"]), GroupChoice(**choice) if len(choice) == len(fields(GroupChoice)) else None)
+
+
+@dataclass
+class BudgetTry:
+    """One zip under a budget: what it asked, the counts, the predicted cost and measured loss."""
+
+    target_params: float | None
+    max_cost: float | None
+    counts: list[int]
+    predicted_cost: float
+    measured_loss: float
+    params_kept: float
+    fits: bool  # every task measured ok
+
+
+@dataclass
+class BudgetRecord:
+    """The budget's outcome: the counts kept, their predicted cost (the costs' units) and measured
+    output loss (:func:`onnxzip.check.fidelity.output_loss`), and every try when it backed off."""
+
+    counts: list[int]
+    predicted_cost: float
+    target_params: float | None
+    max_cost: float | None
+    measured_loss: float
+    backoff: list[BudgetTry] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BudgetRecord:
+        return cls(**{**_known(cls, d), "backoff": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("backoff", [])]})
+
+
+@dataclass
+class FinetuneRecord:
+    """Light retraining after the zip: its steps, seconds and each task's fidelity before it."""
+
+    steps: int
+    seconds: float
+    tasks_before: list[TaskRow]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneRecord:
+        return cls(d["steps"], d["seconds"], [TaskRow.from_dict(t) for t in d["tasks_before"]])
+
+
+@dataclass
+class InputRecord:
+    """One model and its calibration data, with their SHA-256."""
+
+    task: str
+    model: str | None
+    model_sha256: str | None
+    data: str | None
+    data_sha256: str | None
+
+
+@dataclass
+class ZipReport:
+    """Everything a zip reports. ``check`` fills the measurements, the API the rest."""
+
+    tasks: list[TaskRow]
+    layers: list[LayerRow]
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    equivalence: Equivalence = field(default_factory=Equivalence)
+    not_shared: list[NotShared] = field(default_factory=list)
+    groups: list[GroupRow] = field(default_factory=list)
+    restored_at: list[str] = field(default_factory=list)
+    attention: list[str] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)  # calibration samples per task
+    budget: BudgetRecord | None = _opt()
+    finetune: FinetuneRecord | None = _opt()
+    deployment_problems: list[str] | None = _opt()
+    onnxzip_version: str | None = _opt()
+    inputs: list[InputRecord] | None = _opt()
+    options: dict[str, Any] | None = _opt()  # every option (the flag names), as given
+    metrics_on: str | None = _opt()
+    cost_units: str | None = _opt()  # "loss" or "pre-activation"
+    seconds: float | None = _opt()
+    phases: dict[str, float] | None = _opt()  # seconds per phase
+    peak_rss_mb: float | None = _opt()
+
+    @property
+    def equivalence_max_abs_diff(self) -> float:
+        return self.equivalence.max_abs_diff
+
+    @property
+    def params_kept(self) -> float:
+        return self.params_after / max(self.params_before, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values, with the keys the README lists."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not (f.metadata.get("optional") and value is None):
+                out[f.name] = to_plain(value)
+            if f.name == "equivalence":
+                out["equivalence_max_abs_diff"] = value.max_abs_diff
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ZipReport:
+        """A report read back from its JSON (:meth:`to_dict`); without ``tasks``, a KeyError; sizes
+        and lists it lacks read as zero and empty."""
+        sizes = {k: 0 for k in ("params_before", "params_after", "bytes_before", "bytes_after")}
+        fixed = {"tasks": [TaskRow.from_dict(t) for t in d["tasks"]],
+                 "layers": [LayerRow.from_dict(r) for r in d.get("layers", [])],
+                 "equivalence": Equivalence(**_known(Equivalence, d.get("equivalence") or {})),
+                 "not_shared": [NotShared(**r) for r in d.get("not_shared", [])],
+                 "groups": [GroupRow.from_dict(g) for g in d.get("groups", [])],
+                 "budget": BudgetRecord.from_dict(d["budget"]) if d.get("budget") else None,
+                 "finetune": FinetuneRecord.from_dict(d["finetune"]) if d.get("finetune") else None,
+                 "inputs": [InputRecord(**_known(InputRecord, i)) for i in d["inputs"]] if "inputs" in d else None}
+        return cls(**{**sizes, **_known(cls, d), **fixed})
