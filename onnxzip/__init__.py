@@ -2,7 +2,6 @@
 __version__ = "0.1.0"  # before the imports below: the report records it
 
 from .api import ZipResult, accuracy_of, finetune_model, zip_models  # noqa: E402
-from .options import ZipOptions  # noqa: E402
 from .errors import (  # noqa: E402
                      EquivalenceError,
                      InputError,
@@ -13,6 +12,7 @@ from .errors import (  # noqa: E402
                      UnsupportedOpError,
                      UsageError,
 )
+from .options import ZipOptions  # noqa: E402
 
 __all__ = ["zip_models", "finetune_model", "ZipOptions", "ZipResult", "accuracy_of", "OnnxzipError", "InputError",
            "MismatchError", "UnsupportedOpError", "NumericalError", "UsageError", "EquivalenceError", "InternalError"]

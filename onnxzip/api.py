@@ -27,10 +27,10 @@ from .graph.ir import ModelIR, build_ir
 from .graph.lint import MAX_OPSET, deployment_problems
 from .graph.normalize import onnx_opset
 from .images import ImageRecipe
-from .sharing.budget import BudgetPlanner
-from .sharing.loop import zip_tasks
 from .options import ZipOptions
 from .report.records import BudgetRecord, BudgetTry, FinetuneRecord, InputRecord, ZipReport
+from .sharing.budget import BudgetPlanner
+from .sharing.loop import zip_tasks
 from .sharing.plan import Budget, ZipPlan
 
 log = logging.getLogger(__name__)

@@ -7,17 +7,17 @@ import sys
 
 from . import __version__
 from .api import accuracy_of, finetune_model, load_tasks, task_names, zip_models
-from .options import ZipOptions
 from .calibrate.stats import HESSIANS
+from .emit.model import FORMS
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .graph import io
 from .graph.align import align
 from .graph.attention import describe_blocks, find_attention
+from .options import ZipOptions
 from .report.files import write_report
 from .report.records import ZipReport
 from .report.terminal import format_table
 from .sharing.layout import group_name
-from .emit.model import FORMS
 from .sharing.match import COSTS, ORDERS
 from .sharing.merge import MATCHERS
 from .sharing.plan import parse_share

@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .api import accuracy_of, zip_models
-from .options import ZipOptions
 from .errors import InputError
 from .graph import io
+from .options import ZipOptions
 
 TASKS = ("digit", "parity")
 ARCHS = ("mlp", "cnn", "resnet")

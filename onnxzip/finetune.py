@@ -15,8 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .calibrate import runtime
-from .calibrate.fisher import _ad
+from .calibrate import autodiff, runtime
 from .errors import InputError, UsageError
 from .graph import io
 
@@ -44,8 +43,8 @@ def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto,
     del m.graph.value_info[:]
     m = io.infer_shapes(m)
     outputs = [o.name for o in m.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
-    reverse = _ad().reverse(m, inputs=names, outputs=outputs, layout="onnx")
-    grads = {n: f"adj_{n}" for n in names}
+    reverse = autodiff.reverse(m, names, outputs)
+    grads = {n: autodiff.adjoint(n) for n in names}
     missing = [g for g in grads.values() if g not in {o.name for o in reverse.graph.output}]
     if missing:
         raise UsageError(f"onnx-ad gave no gradient output {missing[0]!r}")
@@ -69,7 +68,7 @@ def finetune(model: onnx.ModelProto, tasks: list[str], data: list[dict[str, np.n
     m1 = {n: np.zeros_like(v) for n, v in values.items()}
     m2 = {n: np.zeros_like(v) for n, v in values.items()}
     inputs = {i.name: i for i in sess.get_inputs() if i.name not in values}
-    seeds = [n for n in inputs if n.startswith("adj_")]
+    seeds = [n for n in inputs if autodiff.is_adjoint(n)]
     rng = np.random.default_rng(seed)
     for step in progress(range(1, steps + 1), "fine-tuning"):
         total = {n: np.zeros_like(v) for n, v in values.items()}
@@ -79,7 +78,7 @@ def finetune(model: onnx.ModelProto, tasks: list[str], data: list[dict[str, np.n
             for name, spec in inputs.items():
                 if name in x:
                     feeds[name] = x[name][idx]
-                elif not name.startswith("adj_"):
+                elif not autodiff.is_adjoint(name):
                     shape = [batch] + [d if isinstance(d, int) else 1 for d in spec.shape[1:]]
                     feeds[name] = np.zeros(shape, np.float32)
             logits = sess.run([out], {**feeds, **{s: np.zeros(_shape(inputs[s], batch), np.float32) for s in seeds}})[0]
@@ -87,7 +86,7 @@ def finetune(model: onnx.ModelProto, tasks: list[str], data: list[dict[str, np.n
             p /= p.sum(axis=1, keepdims=True)
             g = (p - np.eye(p.shape[1])[y[idx]]) / batch
             for s in seeds:
-                feeds[s] = (g[..., None] if s == f"adj_{out}" else np.zeros(_shape(inputs[s], batch))).astype(np.float32)
+                feeds[s] = (g[..., None] if s == autodiff.adjoint(out) else np.zeros(_shape(inputs[s], batch))).astype(np.float32)
             got = sess.run([grads[n] for n in names], feeds)
             for n, gr in zip(names, got):
                 total[n] += gr[..., 0]

@@ -42,7 +42,7 @@ def test_reverse_graph_matches_the_vjp_oracle(sizes):
 def test_transposes_of_unit_axes_become_reshapes_and_others_stay():
     from onnx import TensorProto, helper
 
-    from onnxzip.calibrate.fisher import _unit_transposes_as_reshapes
+    from onnxzip.calibrate.autodiff import unit_transposes_as_reshapes
     nodes = [helper.make_node("Transpose", ["x"], ["a"], perm=[2, 0, 1]),  # (2, 3, 1) -> (1, 2, 3): a reshape
              helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1])]  # (1, 2, 3) -> (1, 3, 2): moves data
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 1])],
@@ -50,7 +50,7 @@ def test_transposes_of_unit_axes_become_reshapes_and_others_stay():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    assert _unit_transposes_as_reshapes(model) == 1
+    assert unit_transposes_as_reshapes(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Reshape", "Transpose"]
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     for g, w in zip(got, want):

@@ -20,31 +20,15 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..errors import UsageError
 from ..graph import io
 from ..graph.ir import ModelIR, activation_bytes, batch_within
 from ..timing import phase
-from . import runtime
+from . import autodiff, runtime
 
 log = logging.getLogger(__name__)
-
-
-def _ad():
-    try:
-        import onnx_ad
-    except ImportError:
-        raise UsageError("loss-aware statistics need onnx-ad: pip install onnx-ad") from None
-    return onnx_ad
-
-
-def _unsupported() -> type[Exception]:
-    """onnx-ad's error for an op it has no reverse rule for."""
-    try:
-        return _ad().UnsupportedOperator
-    except UsageError:
-        return UsageError
 
 
 def gradient_model(ir: ModelIR, layers: list[int], batch: int, sample: dict[str, np.ndarray] | None = None
@@ -61,7 +45,7 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int, sample: dict[str,
     for inp in model.graph.input:
         if inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = batch
-    weights = _weights_as_inputs(model)  # (shape inference and onnx-ad never copy the weights' data)
+    weights = autodiff.weights_as_inputs(model)  # (shape inference and onnx-ad never copy the weights' data)
     model = io.infer_shapes(model)
     shapes = {vi.name: vi.type.tensor_type for vi in list(model.graph.value_info) + list(model.graph.output)}
     outs = [ir.layers[i].output for i in layers]
@@ -91,104 +75,12 @@ def gradient_model(ir: ModelIR, layers: list[int], batch: int, sample: dict[str,
     seeded = _seed_logits(model, seeded, shapes)
     if not seeded:
         raise UsageError(f"{ir.source}: no float output to take loss gradients from")
-    reverse = _ad().reverse(model, inputs=list(deltas.values()), outputs=seeded, layout="onnx")
-    _unit_transposes_as_reshapes(reverse)
-    _restore_weights(reverse, weights)
-    _spell_required_inputs(reverse, ir.opset)
+    reverse = autodiff.reverse_for_one_seed(model, list(deltas.values()), seeded, ir.opset, weights)
     grads = {}
     names = [o.name for o in reverse.graph.output]
     for i, delta in deltas.items():
         grads[i] = next(n for n in names if n.endswith(delta) and n != delta)
     return reverse, grads, seeded
-
-
-#: initializers with more elements than this travel through the reverse-graph build as graph inputs
-WEIGHT_INPUT_MIN = 4096
-
-
-def _weights_as_inputs(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Turn ``model``'s large float initializers into graph inputs (in place) and return them: the
-    reverse graph is built around their names and shapes, and gets them back after
-    (:func:`_restore_weights`). Building it around the data took minutes for VGG-16."""
-    moved, kept = [], []
-    for t in model.graph.initializer:
-        big = t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) > WEIGHT_INPUT_MIN
-        (moved if big else kept).append(t)
-    if moved:
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-        model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
-    return moved
-
-
-def _restore_weights(model: onnx.ModelProto, weights: list[onnx.TensorProto]) -> None:
-    """The inverse of :func:`_weights_as_inputs` on the reverse graph (in place)."""
-    names = {t.name for t in weights}
-    inputs = [i for i in model.graph.input if i.name not in names]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    model.graph.initializer.extend(weights)
-
-
-def _unit_transposes_as_reshapes(model: onnx.ModelProto) -> int:
-    """Rewrite the Transposes of a reverse graph that only move axes of size 1 (onnx-ad's trailing
-    seed axis, one seed here) as Reshapes: the same values, no copy (ONNX Runtime copied every
-    activation map twice per layer for them). Shapes from shape inference; where one is not
-    fully known the Transpose stays. Returns the number rewritten."""
-    for inp in model.graph.input:  # one seed direction (see neuron_fisher)
-        dims = inp.type.tensor_type.shape.dim
-        if inp.name.startswith("adj_") and dims and dims[-1].HasField("dim_param"):
-            dims[-1].dim_value = 1
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if vi.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    n = 0
-    for node in model.graph.node:
-        shape = shapes.get(node.input[0]) if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") else None
-        if shape is None:
-            continue
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(shape)))[::-1])
-        if [p for p in perm if shape[p] != 1] != [i for i in range(len(shape)) if shape[i] != 1]:
-            continue  # moves data
-        target = f"{node.output[0]}.onnxzip_shape"
-        model.graph.initializer.append(numpy_helper.from_array(np.array([shape[p] for p in perm], np.int64), target))
-        node.op_type = "Reshape"
-        del node.attribute[:]
-        node.input.append(target)
-        n += 1
-    return n
-
-
-#: the name of the empty float tensor that stands for an input "not given" where an op requires one
-EMPTY = "onnxzip.empty_float"
-
-
-def _spell_required_inputs(model: onnx.ModelProto, opset: int) -> int:
-    """Give the Resize nodes of a reverse graph the inputs their opset requires.
-
-    onnx-ad's Resize rule probes the node's own interpolation with new Resize nodes that leave
-    ``roi`` (and, with ``sizes``, ``scales``) out as ``""``: opset 13's spelling. Before opset 13
-    those inputs are required (an empty tensor means "not given"), and ONNX Runtime refuses the
-    graph ("input 1 is marked single but has an empty string"). Empty optional inputs where the
-    opset allows them stay as they are.
-
-    Returns:
-        the number of nodes changed.
-    """
-    n = 0
-    for node in model.graph.node:
-        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or "" not in list(node.input)[1:3]:
-            continue
-        if not 11 <= opset < 13:  # (onnx-ad does not differentiate opset 10's Resize(X, scales) at all)
-            continue
-        if not any(i.name == EMPTY for i in model.graph.initializer):
-            model.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), EMPTY))
-        node.input[:] = [EMPTY if i in (1, 2) and name == "" else name for i, name in enumerate(node.input)]
-        n += 1
-    return n
 
 
 def _seed(y: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:
@@ -280,7 +172,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
         for name, spec in inputs.items():
             if name not in feeds:
                 shape = [batch if d is None or isinstance(d, str) else d for d in spec.shape]
-                if name.startswith("adj_"):
+                if autodiff.is_adjoint(name):
                     shape[-1] = 1  # one seed direction
                 feeds[name] = np.zeros(shape, np.float32)
         if known is None:
@@ -291,7 +183,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
             lab = None if labels is None else np.resize(labels[start:start + batch], batch)
             s = _seed(y, rng, lab) if name in ir.outputs else rng.normal(size=y.shape)  # logits: projected
             s[real:] = 0.0
-            feeds[f"adj_{name}"] = s[..., None].astype(np.float32)
+            feeds[autodiff.adjoint(name)] = s[..., None].astype(np.float32)
         got = sess.run([grads[i] for i in layers], feeds)
         for i, g in zip(layers, got):  # (padded samples, repeats of real ones, have zero seeds: zero gradients)
             g = np.asarray(g[..., 0], np.float64)
@@ -309,7 +201,7 @@ def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], label
         with phase("fisher"):
             return [neuron_fisher(ir, d, layers, device=device, labels=y, outputs=o)
                     for ir, d, y, o in zip(irs, data, labels or [None] * len(irs), outputs or [None] * len(irs))]
-    except (UsageError, _unsupported()) as exc:  # no float output, or onnx-ad lacks a rule for an op
+    except (UsageError, autodiff.Unsupported) as exc:  # no float output, or onnx-ad lacks a rule for an op
         log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None

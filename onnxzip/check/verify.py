@@ -15,8 +15,8 @@ from ..errors import EquivalenceError
 from ..graph import io
 from ..graph.attention import describe_blocks, find_attention
 from ..graph.ir import ModelIR, batch_within
-from ..sharing.plan import ZipPlan
 from ..report.records import Equivalence, GroupRow, LayerRow, NotShared, TaskRow, ZipReport
+from ..sharing.plan import ZipPlan
 from .fidelity import count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from onnx import helper, numpy_helper
 
 from ..graph import io
 from ..graph.ir import ModelIR
-from ..registry import Registry
 from ..graph.spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
+from ..registry import Registry
 from ..sharing.layout import expand_channels, row_blocks
 from ..sharing.plan import LayerZip, ZipPlan
 from .fuse import fuse_branches
