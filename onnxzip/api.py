@@ -1,134 +1,42 @@
-"""The public pipeline: load -> normalize -> align -> calibrate/zip -> emit -> verify/report."""
+"""The public pipeline: load -> normalize -> align -> calibrate/zip -> emit -> verify/report.
+
+``zip_models`` runs it: :func:`onnxzip.tasks.prepare` (load, normalize, align, the originals' outputs),
+then :func:`zip_once` (the layer loop, emit, checks) or :func:`zip_within_budget` (several, measured),
+then :func:`retrain` where asked, then the report's lint and provenance."""
 from __future__ import annotations
 
 import logging
 import os
-import re
-import sys
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from . import __version__, images, timing
 from .calibrate import runtime
 from .calibrate.fisher import loss_statistics
 from .check.layers import measure_layers
-from .check.verify import reference_outputs, verify, warn_fidelity, zipped_feeds
+from .check.verify import verify, warn_fidelity, zipped_feeds
 from .emit.model import emit_model
 from .errors import InputError, UsageError
 from .graph import io
-from .graph.align import align
-from .graph.ir import ModelIR, build_ir
-from .graph.lint import MAX_OPSET, deployment_problems
-from .graph.normalize import onnx_opset
-from .images import ImageRecipe
+from .graph.lint import deployment_problems
 from .options import ZipOptions
+from .progress import progress
 from .report.records import BudgetRecord, BudgetTry, FinetuneRecord, InputRecord, ZipReport
+from .result import ZipResult
 from .sharing.budget import BudgetPlanner
-from .sharing.loop import zip_tasks
-from .sharing.plan import Budget, ZipPlan
+from .sharing.loop import Fisher, zip_tasks
+from .sharing.plan import Budget
+from .tasks import Data, Models, Tasks, prepare
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 3  # a budget's zip is loosened at most this many times when it measures worse than predicted
 
 
-@dataclass
-class ZipResult:
-    """The zipped model, its report (typed: ``summary``; as JSON: ``report``), and the task names
-    (outputs ``<task>/<name>``)."""
-
-    model: onnx.ModelProto
-    summary: ZipReport | None
-    names: list[str]
-    plan: ZipPlan = field(repr=False)
-
-    @property
-    def report(self) -> dict[str, Any]:
-        """The report as JSON-ready values (the keys the README's ``--report`` lists)."""
-        return self.summary.to_dict()
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model atomically."""
-        io.save_model(self.model, path)
-
-    def inputs_for(self, task: int, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Map a task's input arrays (by original name) to the zipped model's input names."""
-        names = {i.name for i in self.model.graph.input}
-        return {(k if k in names else f"{self.names[task]}/{k}"): v for k, v in data.items()
-                if k in names or f"{self.names[task]}/{k}" in names}
-
-
-#: without a terminal, a progress line at most this often (seconds)
-PROGRESS_EVERY = 5.0
-
-
-def progress(items: Iterable, desc: str, quiet: bool) -> Iterable:
-    """Progress on stderr unless ``quiet``: a bar on a terminal, else a line every few seconds
-    (``desc i/n, elapsed, ETA``), so that a slow run can be told from a hung one in a log."""
-    if quiet:
-        return items
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        return tqdm(items, desc=desc, leave=False)
-    return _progress_lines(list(items), desc)
-
-
-def _progress_lines(items: list, desc: str) -> Iterable:
-    start = last = time.perf_counter()
-    for i, item in enumerate(items):
-        now = time.perf_counter()
-        if i and now - last >= PROGRESS_EVERY:
-            eta = (now - start) / i * (len(items) - i)
-            print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s, about {eta:.0f} s to go", file=sys.stderr,
-                  flush=True)
-            last = now
-        yield item
-
-
-def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
-    if given:
-        return list(given)
-    names = []
-    for i, m in enumerate(models):
-        stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(m).stem) if isinstance(m, (str, os.PathLike)) else f"task{i}"
-        names.append(stem if stem not in names else f"{stem}_{i}")
-    return names
-
-
-def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str],
-               data: Sequence[str | os.PathLike | dict[str, np.ndarray]] | None = None,
-               extra_keys: tuple[str, ...] = (), recipe: ImageRecipe | None = None
-               ) -> tuple[list[onnx.ModelProto], list[ModelIR], list[dict[str, np.ndarray]]]:
-    """Load the models and their calibration data, and normalize the models (not yet aligned),
-    all converted to one opset. Dynamic float input dims other than the batch are fixed to the
-    calibration data's sizes (:func:`io.fix_dynamic_dims`). A folder in ``data`` is read as images
-    with ``recipe`` (:mod:`onnxzip.images`)."""
-    protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
-    sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
-    arrays = []
-    for i, d in enumerate(data or []):
-        specs = io.input_specs(protos[i])
-        if images.is_image_folder(d):
-            if extra_keys:
-                raise UsageError(f"{d}: an image folder has no labels (--labels needs .npz files)")
-            arrays.append(io.check_calibration(images.load_folder(d, specs, recipe or ImageRecipe()), specs, str(d)))
-        elif isinstance(d, (str, os.PathLike)):
-            arrays.append(io.load_calibration(d, specs, extra_keys))
-        else:
-            arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
-        protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
-    opset = min(max(onnx_opset(p) for p in protos), MAX_OPSET)
-    return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
-
-
-def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
-               data: Sequence[str | os.PathLike | dict[str, np.ndarray]],
-               options: ZipOptions | None = None, **overrides: Any) -> ZipResult:
+def zip_models(models: Models, data: Data, options: ZipOptions | None = None, **overrides: Any) -> ZipResult:
     """Zip same-architecture models into one multi-task model.
 
     Args:
@@ -144,99 +52,61 @@ def zip_models(models: Sequence[str | os.PathLike | onnx.ModelProto],
     return result
 
 
-def _zip(models: Sequence[str | os.PathLike | onnx.ModelProto],
-         data: Sequence[str | os.PathLike | dict[str, np.ndarray]], opts: ZipOptions) -> ZipResult:
+def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     """:func:`zip_models` after the options are merged; phases timed (:mod:`onnxzip.timing`)."""
-    if len(models) < 2:
-        raise UsageError("give at least two models")
-    if len(data) == 1:  # one for all
-        data = list(data) * len(models)
-    if len(data) != len(models):
-        raise UsageError(f"give one calibration file per model, or one for all: {len(models)} models, "
-                         f"{len(data)} data files")
-    opts.check(len(models))
     start = time.perf_counter()
-    names = task_names(models, opts.names)
-    with timing.phase("load"):
-        protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
-    labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
-    for t, ir in enumerate(irs):
-        arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])
-    if opts.finetune and any(y is None for y in labels):
-        raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
-    with timing.phase("load"):
-        irs = align(irs)
-    if opts.cost == "correlation":  # correlations need the same samples through every task
-        if any(set(a) != set(arrays[0]) or any(a[k].shape[1:] != arrays[0][k].shape[1:] for k in a) for a in arrays):
-            raise UsageError("--cost correlation needs tasks with the same inputs")
-        common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
-        arrays = [common] * len(arrays)
-    shared_inputs = not opts.separate_inputs and _same_inputs(irs)
-    with timing.phase("originals"):
-        references = reference_outputs(protos, irs, arrays, opts)  # once, however many zips a budget takes
-    del protos  # (the normalized graphs hold the weights from here on)
-
-    def zip_once(share, fisher=None, loss_aware: bool = opts.loss_aware) -> ZipResult:
-        plan = zip_tasks(irs, arrays, share, replace(opts, loss_aware=loss_aware), labels=labels, fisher=fisher,
-                         outputs=references, progress=lambda it, desc: progress(it, desc, opts.quiet))
-        with timing.phase("emit"):
-            model = emit_model(irs, plan, names, shared_inputs, opts.favor)
-            if io.is_large(model):
-                with io.on_disk(model) as path:
-                    onnx.checker.check_model(path, full_check=True)
-            else:
-                onnx.checker.check_model(model, full_check=True)
-        result = ZipResult(model, None, names, plan)
-        with timing.phase("verify"):
-            result.summary = verify(result, irs, arrays, opts, references)
-        with timing.phase("layer check"):
-            errors = measure_layers(plan, irs, names)
-        for row, err in zip(result.summary.layers, errors):
-            row.error = err
-        return result
-
+    tasks = prepare(models, data, opts)
     if opts.target_params is not None or opts.max_loss_increase is not None:
-        result = zip_within_budget(irs, arrays, labels, opts, zip_once, references)
+        result = zip_within_budget(tasks, opts)
     else:
-        result = zip_once(opts.share)
+        result = zip_once(tasks, opts, opts.share)
     if opts.finetune:
-        tuned = time.perf_counter()
-        train = [{**a, "label": y} for a, y in zip(arrays, labels)]
-        with timing.phase("finetune"):
-            result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
-                                          quiet=opts.quiet)
-        before = result.summary
-        result.summary = verify(result, irs, arrays, opts, references, check=False)  # fine-tuned: fidelity only
-        result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
-        result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
+        retrain(result, tasks, opts)
     report = result.summary
     warn_fidelity(report, opts)
     report.deployment_problems = deployment_problems(result.model)
-    provenance(report, models, data, names, opts)
-    report.options["shared_input"] = shared_inputs
+    provenance(report, models, data, tasks.names, opts)
+    report.options["shared_input"] = tasks.shared_inputs
     report.cost_units = "loss" if result.plan.loss_aware else "pre-activation"
     report.seconds = round(time.perf_counter() - start, 3)
     return result
 
 
-def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray | None
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """A model that fixes its batch size B > 1 and holds tensors without the batch on axis 0 (token
-    rows, sequence-first layouts) gets whole batches: the calibration samples past the last multiple
-    of B are left out (with fewer than B, they are repeated up to B), because its stages cannot pad a
-    partial batch. Batch-major models keep every sample (each stage pads its last batch)."""
-    fixed = ir.fixed_batch
-    n = next(iter(arrays.values())).shape[0]
-    if fixed is None or fixed <= 1 or n % fixed == 0:
-        return arrays, labels
-    if all(t.shape[0] == fixed for t in ir.graph.tensors().values()
-           if not isinstance(t, gs.Constant) and t.shape and t.dtype is not None and np.dtype(t.dtype).kind == "f"):
-        return arrays, labels
-    m = n - n % fixed if n > fixed else fixed
-    log.warning("task %r: the model fixes its batch at %d: %s", ir.name, fixed,
-                f"{n - m} of its {n} calibration samples are left out" if m < n else f"its {n} samples repeat to {m}")
-    return ({k: np.resize(v, (m,) + v.shape[1:]) for k, v in arrays.items()},
-            None if labels is None else np.resize(labels, m))
+def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None) -> ZipResult:
+    """One zip at ``share`` (fractions, or counts per group from a budget), emitted and checked.
+    ``fisher``: the loss weights when a budget computed them already."""
+    irs, arrays, names = tasks.irs, tasks.arrays, tasks.names
+    plan = zip_tasks(irs, arrays, share, opts, labels=tasks.labels, fisher=fisher, outputs=tasks.references,
+                     progress=lambda it, desc: progress(it, desc, opts.quiet))
+    with timing.phase("emit"):
+        model = emit_model(irs, plan, names, tasks.shared_inputs, opts.favor)
+        if io.is_large(model):
+            with io.on_disk(model) as path:
+                onnx.checker.check_model(path, full_check=True)
+        else:
+            onnx.checker.check_model(model, full_check=True)
+    result = ZipResult(model, None, names, plan)
+    with timing.phase("verify"):
+        result.summary = verify(result, irs, arrays, opts, tasks.references)
+    with timing.phase("layer check"):
+        errors = measure_layers(plan, irs, names)
+    for row, err in zip(result.summary.layers, errors):
+        row.error = err
+    return result
+
+
+def retrain(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
+    """``--finetune``: light retraining with the tasks' labels; the report measures fidelity again
+    and keeps the equivalence check and the budget of the zip it started from."""
+    tuned = time.perf_counter()
+    train = [{**a, "label": y} for a, y in zip(tasks.arrays, tasks.labels)]
+    with timing.phase("finetune"):
+        result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
+                                      quiet=opts.quiet)
+    before = result.summary
+    result.summary = verify(result, tasks.irs, tasks.arrays, opts, tasks.references, check=False)  # fidelity only
+    result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
+    result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
 
 
 def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], names: list[str],
@@ -255,8 +125,7 @@ def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], na
     report.metrics_on = "calibration data (the samples the zip was fitted to, not held out)"
 
 
-def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], labels: list, opts: ZipOptions,
-                      zip_once: Callable[..., ZipResult], outputs: list[dict[str, Any]] | None = None) -> ZipResult:
+def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     """Zip under ``--target-params`` / ``--max-loss-increase``, measured, not only predicted.
 
     The per-group counts come from predicted costs (one pass over the originals). After the zip,
@@ -267,13 +136,15 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     The report's ``budget.backoff`` lists every try with its predicted cost (the costs' units) and
     measured output loss (:func:`onnxzip.check.fidelity.output_loss`: not the same units; for reading).
     """
-    fisher = loss_statistics(irs, arrays, labels, opts.device, outputs) if opts.loss_aware else None
+    irs, arrays = tasks.irs, tasks.arrays
+    fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references) if opts.loss_aware else None
     with timing.phase("budget"):
         planner = BudgetPlanner(irs, arrays, fisher, opts)
+    each = replace(opts, loss_aware=fisher is not None)
     budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
     while True:
         counts, predicted = planner.allocate(budget)
-        result = zip_once(counts, fisher, loss_aware=fisher is not None)
+        result = zip_once(tasks, each, counts, fisher)
         report = result.summary
         measured = sum(t.loss_increase or 0.0 for t in report.tasks)
         fits = all((t.verdict or "ok") == "ok" for t in report.tasks)
@@ -293,11 +164,6 @@ def zip_within_budget(irs: list[ModelIR], arrays: list[dict[str, np.ndarray]], l
     result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, opts.max_loss_increase, measured,
                                          tries if len(tries) > 1 else [])
     return result
-
-
-def _same_inputs(irs: list[ModelIR]) -> bool:
-    first = [(s.name, s.dtype, s.shape[1:]) for s in irs[0].inputs]
-    return all([(s.name, s.dtype, s.shape[1:]) for s in ir.inputs] == first for ir in irs[1:])
 
 
 def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | dict[str, np.ndarray]],

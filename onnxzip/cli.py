@@ -6,7 +6,7 @@ import logging
 import sys
 
 from . import __version__
-from .api import accuracy_of, finetune_model, load_tasks, task_names, zip_models
+from .api import accuracy_of, finetune_model, zip_models
 from .calibrate.stats import HESSIANS
 from .emit.model import FORMS
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
@@ -21,6 +21,7 @@ from .sharing.layout import group_name
 from .sharing.match import COSTS, ORDERS
 from .sharing.merge import MATCHERS
 from .sharing.plan import parse_share
+from .tasks import load_tasks, task_names
 
 DEFAULTS = ZipOptions()
 

@@ -1,3 +1,5 @@
+import itertools
+
 import graphs
 import numpy as np
 import onnx
@@ -106,26 +108,95 @@ def test_generated_cnns_zip_and_verify(kwargs, share):
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
 
 
+def floats(model: onnx.ModelProto) -> int:
+    """Float parameters among a model's initializers, counted by hand."""
+    return sum(onnx.numpy_helper.to_array(i).size for i in model.graph.initializer
+               if i.data_type == onnx.TensorProto.FLOAT)
+
+
+def dense_rows(model: onnx.ModelProto, reads: str) -> np.ndarray:
+    """Every neuron (row: its weights as y = x W' reads them) of the Gemm/MatMul nodes reading ``reads``."""
+    inits = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    rows = []
+    for node in model.graph.node:
+        if node.op_type not in ("Gemm", "MatMul") or node.input[0] != reads:
+            continue
+        w = inits[node.input[1]]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert not attrs.get("transA", 0)
+        rows.append(w.T if node.op_type == "MatMul" or not attrs.get("transB", 0) else w)
+        rows[-1] = rows[-1] * attrs.get("alpha", 1.0)
+    return np.concatenate(rows)
+
+
+def _neuron_of(row: np.ndarray, original: np.ndarray) -> int | None:
+    """The original neuron (row) equal to ``row`` within float32 rounding, or None."""
+    hit = np.flatnonzero(np.abs(original - row).max(axis=1) < 1e-6)
+    return int(hit[0]) if len(hit) else None
+
+
 @pytest.mark.parametrize("style", ["gemm_t", "matmul"])
 def test_mlp_styles_and_per_layer_shares(style):
+    """share (0.25, 1.0) of MLP 12-16-10-3 gives round(0.25 * 16) = 4 and 10 shared neurons. Counted by
+    hand in the emitted model: fc0's stored rows are task A's own 12 private rows (its original
+    neurons, read through transB/alpha or a MatMul), B's 12 and 4 merged ones equal to neither; the
+    float parameters are 2 x 411 less 4 x (12 + 1) (shared fc0 neurons) less 10 x (4 + 1) (shared fc1
+    neurons' weights on fc0's 4 shared channels and bias): 720, the only (k0, k1) giving that count."""
     models = [graphs.mlp(1, style=style), graphs.mlp(2, style="gemm")]
     data = [{"x": graphs.data(5, (12,))}, {"x": graphs.data(6, (12,))}]
     result = zip_models(models, data, share=(0.25, 1.0), quiet=True, matching="greedy")
     assert [row["shared"] for row in result.report["layers"]] == [4, 10]
+    assert [floats(m) for m in models] == [411, 411]
+    assert floats(result.model) == 2 * 411 - 4 * 13 - 10 * 5 == result.report["params_after"]
+    assert [(k0, k1) for k0 in range(17) for k1 in range(11) if k0 * 13 + k1 * (k0 + 1) == 102] == [(4, 10)]
+    stored = dense_rows(result.model, "x")
+    originals = [dense_rows(m, "x") for m in models]
+    assert stored.shape == (2 * 16 - 4, 12)
+    own = [[_neuron_of(row, o) for row in stored] for o in originals]
+    for t in range(2):
+        found = [i for i in own[t] if i is not None]
+        assert len(found) == len(set(found)) == 12  # 12 distinct original neurons of the task, unchanged
+    merged = [r for r, (a, b) in enumerate(zip(*own)) if a is None and b is None]
+    assert len(merged) == 4
 
 
-def test_exact_hessian_and_dead_neurons():
-    m1, m2 = graphs.cnn(5), graphs.cnn(6)
-    for m in (m1, m2):  # kill half the first conv's channels: bias -100 -> relu output always 0
-        b = next(i for i in m.graph.initializer if i.name == "t0")
-        v = onnx.numpy_helper.to_array(b).copy()
-        v[:3] = -100.0
-        b.CopyFrom(onnx.numpy_helper.from_array(v, "t0"))
+def _kill(m: onnx.ModelProto, channel: int) -> onnx.ModelProto:
+    """conv0's ``channel`` dead: zero weights, bias, BatchNorm mean and shift: its (folded)
+    pre-activation is exactly 0 everywhere, and so is every downstream statistic of it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    for init in out.graph.initializer:
+        if init.name in ("cw0", "cb0", "m0", "t0"):
+            v = onnx.numpy_helper.to_array(init).copy()
+            v[channel] = 0.0
+            init.CopyFrom(onnx.numpy_helper.from_array(v, init.name))
+    return out
+
+
+@pytest.mark.parametrize("hessian", ["exact", "channel"])
+def test_exact_hessian_and_dead_neurons(hessian):
+    """A dead conv0 channel in each task (channel 1 of A, 4 of B): two all-zero neurons merge at no
+    cost, so sharing one conv0 neuron pairs exactly them and the zipped model computes both originals
+    (ONNX Runtime) though the next layer's statistics have all-zero rows and columns. At share 0.75
+    the report's fidelity equals the relative error recomputed in numpy from ONNX Runtime runs."""
+    models = [_kill(graphs.cnn(5), 1), _kill(graphs.cnn(6), 4)]
     data = [{"x": graphs.data(7, (3, 8, 8))}, {"x": graphs.data(8, (3, 8, 8))}]
-    for hessian in ("exact", "channel"):
-        result = zip_models([m1, m2], data, share=0.75, hessian=hessian, quiet=True)
-        assert all(np.isfinite(layer["cost"]) for layer in result.report["layers"])
-        assert all(np.isfinite(t["rel_err"]) for t in result.report["tasks"])
+    one = zip_models(models, data, share=(1 / 6, 0.0, 0.0), hessian=hessian, quiet=True, names=("a", "b"))
+    assert [row["shared"] for row in one.report["layers"]] == [1, 0, 0]
+    assert one.report["layers"][0]["cost"] == pytest.approx(0.0, abs=1e-12)
+    x = graphs.data(9, (3, 8, 8))
+    got = outputs(one.model, {"x": x})
+    for t, m in zip(("a", "b"), models):
+        want = outputs(m, {"x": x})["y"]
+        np.testing.assert_allclose(got[f"{t}/y"], want, rtol=0, atol=1e-5 * np.abs(want).max())
+    three = zip_models(models, data, share=0.75, hessian=hessian, quiet=True, names=("a", "b"))
+    assert all(np.isfinite(layer["cost"]) for layer in three.report["layers"])
+    for row, m, d in zip(three.report["tasks"], models, data):
+        z = outputs(three.model, d)[f"{row['name']}/y"].astype(np.float64)
+        o = outputs(m, d)["y"].astype(np.float64)
+        assert np.isfinite(z).all()
+        assert row["rel_err"] == pytest.approx(np.linalg.norm(z - o) / np.linalg.norm(o), rel=1e-4)
+        assert row["top1_agreement"] == np.mean(z.argmax(axis=1) == o.argmax(axis=1))
 
 
 def test_accuracy_on_samples_at_half_sharing():
@@ -211,12 +282,44 @@ def test_zip_with_labels_and_finetune():
         zip_models(sample_models("cnn"), CALIB, share=1.0, quiet=True, finetune=10)
 
 
+def _with_output(m: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return out
+
+
+def test_correlation_matching_pairs_as_brute_force_on_the_activations():
+    """ZipIt!-style baseline on two small CNNs, share 0.5 of conv0's 6 channels: the 3 pairs chosen are
+    the ones of least summed (1 - Pearson correlation), found by brute force over every set of 3
+    one-to-one pairs, the correlations computed in numpy from conv0's pre-activations (its BatchNorm's
+    output) of both originals, run in ONNX Runtime on both tasks' calibration samples together."""
+    models = [graphs.cnn(1), graphs.cnn(2)]
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8), n=48)}]
+    result = zip_models(models, data, share=(0.5, 0.0, 0.0), quiet=True, cost="correlation", hessian="identity",
+                        recover=False, loss_aware=False)
+    assert result.report["samples"] == [64 + 48, 64 + 48]  # both tasks run both calibration sets
+    x = np.concatenate([d["x"] for d in data])
+    acts = [outputs(_with_output(m, "bn0"), {"x": x})["bn0"].transpose(0, 2, 3, 1).reshape(-1, 6).astype(np.float64)
+            for m in models]
+    a, b = ((v - v.mean(axis=0)) / v.std(axis=0) for v in acts)
+    cost = 1.0 - a.T @ b / len(a)
+    best = min(((ia, ib) for ia in itertools.combinations(range(6), 3) for ib in itertools.permutations(range(6), 3)),
+               key=lambda p: sum(cost[i, j] for i, j in zip(*p)))
+    layer = result.plan.layers[0]  # rows[t][:shared]: each task's original neurons, shared slots first
+    chosen = set(zip(layer.rows[0][:layer.shared].tolist(), layer.rows[1][:layer.shared].tolist()))
+    assert layer.shared == 3 and chosen == set(zip(*best))
+
+
 def test_correlation_matching_baseline():
     result = zip_models(sample_models("cnn"), CALIB, share=0.5, names=NAMES, quiet=True, cost="correlation",
                         hessian="identity", recover=False, loss_aware=False)
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
-    assert result.report["samples"] == [512, 512]  # both tasks run both calibration sets
-    with pytest.raises(Exception, match="correlation matching zips two models"):
+    n = [len(np.load(c)["image"]) for c in CALIB]
+    assert result.report["samples"] == [sum(n), sum(n)] == [512, 512]  # both tasks run both calibration sets
+    assert [row["shared"] for row in result.report["layers"]] == [8, 16, 60, 42]
+    from onnxzip import UsageError
+    with pytest.raises(UsageError, match="^correlation matching zips two models$"):
         zip_models(sample_models("cnn") + [SAMPLES / "cnn_mod3.onnx"], CALIB + [SAMPLES / "calib_mod3.npz"],
                    share=0.5, quiet=True, cost="correlation")
 
@@ -313,8 +416,9 @@ def test_nothing_shared_says_why(caplog):
 
 def test_a_collapsed_task_is_said_loudly(caplog):
     from onnxzip.check.verify import warn_fidelity
-    report = {"tasks": [{"name": "general", "verdict": "collapsed", "mask_iou": 0.0, "fired": 0.0,
-                         "top1_agreement": None, "rel_err": 1.0}], "layers": [{"shared": 3}], "not_shared": []}
+    from onnxzip.report.records import LayerRow, TaskRow, ZipReport
+    report = ZipReport([TaskRow("general", rel_err=1.0, mask_iou=0.0, fired=0.0, verdict="collapsed")],
+                       [LayerRow("fc", "dense", 8, 3, 0.0)], 1, 1, 1, 1)
     with caplog.at_level("WARNING"):
         warn_fidelity(report, ZipOptions(share=1.0))
     assert "task 'general' COLLAPSED" in caplog.text and "mask IoU 0.000 (fires 0% as often)" in caplog.text
@@ -365,22 +469,26 @@ def test_report_records_what_reproduces_the_zip():
 
 
 def test_the_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
+    """The snippet zips the sample CNNs at share 0.5 and prints params_after: by hand, the originals'
+    floats less, per hidden layer, round(0.5 n) shared neurons' weights on the previous layer's shared
+    channels and bias, stored once (8 x (9 + 1), 16 x (8 x 9 + 1), 60 x (16 x 4 + 1), 42 x (60 + 1));
+    the saved file holds that many, and its test accuracy (numpy argmax of ONNX Runtime's logits) is
+    within 2 points of each original's."""
     readme = (SAMPLES.parent / "README.md").read_text()
     snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(SAMPLES.parent)
     exec(compile(snippet.replace('"zipped.onnx"', repr(str(tmp_path / "zipped.onnx"))), "README.md", "exec"), {})
-    assert (tmp_path / "zipped.onnx").exists() and "params" not in capsys.readouterr().err
-
-
-def test_progress_lines_without_a_terminal(monkeypatch, capsys):
-    from onnxzip import api
-    monkeypatch.setattr(api, "PROGRESS_EVERY", 0.0)
-    assert list(api.progress(range(4), "zipping layers", quiet=False)) == [0, 1, 2, 3]
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(",")[0] for line in lines] == [f"onnxzip: zipping layers {i}/4" for i in (1, 2, 3)]
-    assert all("s to go" in line for line in lines)
-    assert list(api.progress(range(4), "zipping layers", quiet=True)) == [0, 1, 2, 3]
-    assert capsys.readouterr().err == ""
+    out, err = capsys.readouterr()
+    assert "params" not in err
+    saved = onnx.load(str(tmp_path / "zipped.onnx"))
+    originals = [onnx.load(str(p)) for p in sample_models("cnn")]
+    by_hand = sum(floats(m) for m in originals) - (8 * 10 + 16 * 73 + 60 * 65 + 42 * 61)
+    assert int(out.split()[0]) == floats(saved) == by_hand
+    for t, m in zip(NAMES, originals):
+        d = load_arrays(SAMPLES / f"test_{t}.npz")
+        zipped = np.mean(outputs(saved, {"image": d["image"]})[f"{t}/logits"].argmax(axis=1) == d["label"])
+        original = np.mean(outputs(m, {"image": d["image"]})["logits"].argmax(axis=1) == d["label"])
+        assert zipped >= original - 0.02
 
 
 def test_tasks_on_the_same_samples_share_one_run_of_the_zipped_model():

@@ -1,12 +1,16 @@
-"""Each architecture zips: share 0 reproduces every task, other shares give valid models that pass
-the built-in equivalence check (the zipped model against each task's zipped network)."""
+"""Each architecture zips: share 0 reproduces every task; at other shares each task's output is its
+original ONNX graph run in ONNX Runtime with the task's zipped weights put in by hand, and at share 1
+the zipped model's parameters are counted by hand."""
 import graphs
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, numpy_helper
 
 from onnxzip import zip_models
+from onnxzip.graph.align import align
 from onnxzip.graph.ir import build_ir
+from onnxzip.tasks import load_tasks
 
 ARCHS = {"resnet": graphs.resnet, "inception": graphs.inception, "mobilenet": graphs.mobilenet,
          "plain_bn": graphs.plain_bn, "shape_ops": graphs.shape_ops, "reshape_reduce": graphs.reshape_reduce,
@@ -22,6 +26,98 @@ def run_all(model, feeds):
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
+def floats(model, names=None) -> int:
+    """Float parameters among a model's initializers (or those named), counted by hand."""
+    return sum(numpy_helper.to_array(i).size for i in model.graph.initializer
+               if i.data_type == TensorProto.FLOAT and (names is None or i.name in names))
+
+
+def effective(z, task: int, shape) -> tuple[np.ndarray, np.ndarray]:
+    """A task's zipped layer in its original neuron and column order, from the plan's documented
+    LayerZip fields (rows[t], cols[t]: the original index of each zipped row and column, bias last)."""
+    full = np.full(z.weights[task].shape, np.nan)
+    full[np.ix_(z.rows[task], z.cols[task])] = z.weights[task]
+    assert not np.isnan(full).any()
+    return full[:, :-1].reshape((full.shape[0],) + tuple(shape[1:])), full[:, -1]
+
+
+def with_weights(model: onnx.ModelProto, layers, weights, constants) -> onnx.ModelProto:
+    """The original ONNX graph with each layer's weights replaced by hand: Conv and Gemm (transB=1)
+    initializers as they are, a MatMul's transposed and its Add's bias; a BatchNormalization right
+    after a Conv (folded into the zipped weights) set to the identity; ``constants`` (re-estimated
+    statistics of kept BatchNormalizations) by name."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    readers = {}
+    for node in m.graph.node:
+        for x in node.input:
+            readers.setdefault(x, []).append(node)
+
+    def put(name, value):
+        inits[name].CopyFrom(numpy_helper.from_array(
+            np.asarray(value, np.float32).reshape(tuple(inits[name].dims)), name))
+
+    for layer, (w, b) in zip(layers, weights):
+        node = next(n for n in m.graph.node if n.name == layer.name)
+        if node.op_type == "Conv":
+            put(node.input[1], w)
+            put(node.input[2], b)
+            after = readers.get(node.output[0], [])
+            if len(after) == 1 and after[0].op_type == "BatchNormalization":
+                bn = after[0]
+                eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+                c = w.shape[0]
+                for name, v in zip(bn.input[1:], (np.ones(c), np.zeros(c), np.zeros(c), np.full(c, 1 - eps))):
+                    put(name, v)
+        elif node.op_type == "Gemm":
+            assert {(a.name, a.i) for a in node.attribute} == {("transB", 1)}
+            put(node.input[1], w)
+            put(node.input[2], b)
+        else:
+            assert node.op_type == "MatMul", node.op_type
+            put(node.input[1], w.T)
+            (add,) = readers[node.output[0]]
+            put(next(x for x in add.input if x in inits), b)
+    for name, value in constants.items():
+        put(name, value)
+    return m
+
+
+def folded(model: onnx.ModelProto) -> set[str]:
+    """The parameters of BatchNormalizations that directly follow a Conv (folded into it)."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    return {x for n in model.graph.node if n.op_type == "BatchNormalization"
+            and getattr(made_by.get(n.input[0]), "op_type", None) == "Conv" for x in n.input[1:]}
+
+
+def layer_params(model: onnx.ModelProto, count: int) -> set[str]:
+    """The weights and biases of the first ``count`` layers (Conv, Gemm, MatMul + its Add)."""
+    inits = {i.name for i in model.graph.initializer}
+    readers = {}
+    for node in model.graph.node:
+        for x in node.input:
+            readers.setdefault(x, []).append(node)
+    names = set()
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits]
+    for node in layers[:count]:
+        names |= {x for x in node.input[1:] if x in inits}
+        if node.op_type == "MatMul":
+            names |= {x for add in readers[node.output[0]] for x in add.input if x in inits}
+    return names
+
+
+def distinct_constants(models, layer_names) -> int:
+    """Floats in the models' other initializers, each distinct value (shape and bytes) once."""
+    seen = {}
+    for m, skip in zip(models, layer_names):
+        for i in m.graph.initializer:
+            if i.data_type == TensorProto.FLOAT and i.name not in skip:
+                a = numpy_helper.to_array(i)
+                seen[(a.shape, a.tobytes())] = a.size
+    return sum(seen.values())
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_architecture_zips(arch, share):
@@ -30,17 +126,34 @@ def test_architecture_zips(arch, share):
     result = zip_models(models, data, share=share, quiet=True, names=("a", "b"))
     onnx.checker.check_model(result.model, full_check=True)
     onnx.shape_inference.infer_shapes(result.model, strict_mode=True)
-    assert result.report["equivalence_max_abs_diff"] <= 1e-4
     assert result.report["deployment_problems"] == []  # TensorRT-ready (onnxzip.graph.lint)
+    assert result.report["equivalence_max_abs_diff"] <= 1e-4  # (the built-in check, beside the oracle below)
     x = graphs.data(5, (3, 8, 8), n=16)
     got = run_all(result.model, {"x": x})
-    for t, m in zip(("a", "b"), models):
-        ref = run_all(m, {"x": x})["y"]
-        assert got[f"{t}/y"].shape == ref.shape and np.isfinite(got[f"{t}/y"]).all()
+    _, irs, _ = load_tasks(models, ["a", "b"], data)
+    irs = align(irs)
+    for t, (name, m) in enumerate(zip(("a", "b"), models)):
         if share == 0.0:
-            np.testing.assert_allclose(got[f"{t}/y"], ref, atol=1e-5)
+            oracle = m
+        else:  # the task's original graph carrying its zipped weights, run in ONNX Runtime
+            layers = irs[t].layers
+            weights = [effective(result.plan.layers[i], t, layer.shape) for i, layer in enumerate(layers)]
+            oracle = with_weights(m, layers, weights, result.plan.constants[t])
+        for out, ref in run_all(oracle, {"x": x}).items():
+            scale = max(np.abs(ref).max(), 1.0)
+            np.testing.assert_allclose(got[f"{name}/{out}"], ref, rtol=0, atol=(1e-5 if share == 0 else 2e-5) * scale)
+    hidden = len(result.report["layers"])
+    assert [row["shared"] for row in result.report["layers"]] == \
+        [round(share * irs[0].layers[i].neurons) for i in irs[0].hidden]
+    if share == 1.0:  # by hand: every hidden layer stored once, the heads and per-task constants per task,
+        # BatchNormalizations after a Conv folded away, a constant equal in both tasks stored once
+        once = layer_params(models[0], hidden)
+        heads = sum(floats(m, layer_params(m, hidden + 1) - layer_params(m, hidden)) for m in models)
+        assert floats(result.model) == floats(models[0], once) + heads + distinct_constants(
+            models, [layer_params(m, hidden + 1) | folded(m) for m in models]), arch
+        assert floats(result.model) == result.report["params_after"]
     if share > 0:
-        assert result.report["params_after"] < result.report["params_before"]
+        assert floats(result.model) < sum(floats(m) - floats(m, folded(m)) for m in models)
 
 
 def layer_names(ir, members):
@@ -88,7 +201,7 @@ def test_three_tasks_with_different_heads():
     assert [o.name for o in result.model.graph.output] == ["a/y", "b/y", "c/y"]
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
     orders = result.plan.orders
-    assert orders and all(len(o["costs"]) == 3 for o in orders.values())  # every starting pair tried
+    assert orders and all(len(o.costs) == 3 for o in orders.values())  # every starting pair tried
     # oracle: each starting pair zipped on its own with --task-order given; the first group sees the
     # same inputs in every run, so its cost per order is comparable, and auto must take the cheapest
     first = min(orders)
@@ -97,10 +210,10 @@ def test_three_tasks_with_different_heads():
         names = tuple("abc"[i] for i in perm)
         run = zip_models([models[i] for i in perm], [data[i] for i in perm], share=0.5, quiet=True, names=names,
                          task_order="given")
-        given[f"{names[0]}-{names[1]}"] = sum(run.plan.orders[first]["costs"].values())
-    for pair, cost in orders[first]["costs"].items():
+        given[f"{names[0]}-{names[1]}"] = sum(run.plan.orders[first].costs.values())
+    for pair, cost in orders[first].costs.items():
         assert cost == pytest.approx(given[pair], rel=1e-6)
-    assert "-".join(orders[first]["order"][:2]) == min(given, key=given.get)
+    assert "-".join(orders[first].order[:2]) == min(given, key=given.get)
     zero = zip_models(models, data, share=0.0, quiet=True, names=("a", "b", "c"))
     x = graphs.data(7, (3, 8, 8))
     got = run_all(zero.model, {"x": x})

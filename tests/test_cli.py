@@ -51,10 +51,49 @@ def test_zip_prints_a_table(tmp_path, capsys):
     assert "/1/Gemm" in out and "parameters" in out and "equivalence check" in out
 
 
-def test_inspect(capsys):
-    assert main(["inspect", *MLP]) == 0
+def walk_layers(path):
+    """An independent walk of the ONNX graph: every Conv/Gemm node with an initializer weight, in node
+    order, as (name, kind, weight shape, neurons); the last one is the head."""
+    m = onnx.load(str(path))
+    inits = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    rows = []
+    for node in m.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in inits:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "Gemm":  # the weight as stored is (neurons, inputs)
+                assert {**dict(transA=0, alpha=1.0, beta=1.0), **attrs} == dict(transA=0, transB=1, alpha=1.0, beta=1.0)
+            shape = inits[node.input[1]]
+            rows.append((node.name, "conv" if node.op_type == "Conv" else "dense", shape, shape[0]))
+    return rows
+
+
+def table(out, path):
+    """The layer rows ``inspect`` printed for one model: (name, kind, shape, neurons, role)."""
+    lines = out.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(f"{path}: "))) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        name, kind, rest = line.split(None, 2)
+        shape, rest = rest.split(")", 1)
+        neurons, role = rest.split(None, 1)
+        rows.append((name, kind, tuple(int(v) for v in shape.strip("( ").split(",")), int(neurons), role))
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_inspect(capsys, arch):
+    paths = [str(SAMPLES / f"{arch}_{t}.onnx") for t in ("digit", "parity")]
+    assert main(["inspect", *paths]) == 0
     out = capsys.readouterr().out
-    assert "hidden (zippable)" in out and "head (private)" in out and "aligned: same architecture, 2" in out
+    for path in paths:
+        want = walk_layers(path)
+        roles = ["hidden (zippable)"] * (len(want) - 1) + ["head (private)"]
+        assert table(out, path) == [w + (r,) for w, r in zip(want, roles)]
+    hidden = len(walk_layers(paths[0])) - 1
+    assert f"aligned: same architecture, {hidden} zippable hidden layers" in out.splitlines()
+    assert (hidden, arch) in ((2, "mlp"), (4, "cnn"))
     assert main(["inspect", MLP[0], str(SAMPLES / "cnn_digit.onnx")]) == 1
     assert "NOT aligned" in capsys.readouterr().out
 
@@ -64,11 +103,24 @@ def test_eval(capsys):
     assert "top-1 accuracy 0.9" in capsys.readouterr().out
 
 
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\nmlp ") == 5 and out.count("\ncnn ") == 5 and out.count("\nresnet ") == 5
-    assert "three CNNs in one model" in out and "under --target-params 0.6" in out
+def test_demo_runs(tmp_path):
+    """One row of the demo (CI runs the whole ``onnxzip demo``): the MLP pair at share 0 keeps every
+    parameter and each task's test accuracy equals its original's, both computed here as the numpy
+    argmax of ONNX Runtime's logits on the held-out test images."""
+    import onnxruntime as ort
+
+    from onnxzip import InputError, ZipOptions
+    from onnxzip.demo import run_demo, samples_dir
+    (row,) = run_demo(samples_dir(None), shares=(0.0,), archs=("mlp",), options=ZipOptions(quiet=True))
+    assert (row["arch"], row["share"], row["params_kept"]) == ("mlp", 0.0, 1.0)
+    for t in ("digit", "parity"):
+        test = np.load(SAMPLES / f"test_{t}.npz")
+        sess = ort.InferenceSession(str(SAMPLES / f"mlp_{t}.onnx"), providers=["CPUExecutionProvider"])
+        acc = float(np.mean(sess.run(["logits"], {"image": test["image"]})[0].argmax(axis=1) == test["label"]))
+        assert row["original"][t] == acc and row["accuracy"][t] == acc
+    assert row["original"]["digit"] > 0.9 and row["original"]["parity"] > 0.9
+    with pytest.raises(InputError, match="no onnxzip samples here"):
+        samples_dir(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------- bad input: exit 2, one line

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxzip import EquivalenceError, ZipOptions, zip_models
-from onnxzip.api import load_tasks
+from onnxzip.tasks import load_tasks
 from onnxzip.check import verify as V
 from onnxzip.graph.align import align
 from onnxzip.graph.ir import build_ir

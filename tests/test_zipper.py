@@ -144,7 +144,7 @@ def ancestors(model, output):
 def test_offset_basis_zips_as_the_dense_per_channel_statistic_does(monkeypatch, make, shape, compensate):
     """Per-channel conv statistics worked block by block in the offset basis give the merge the dense
     (C K + 1)^2 form gives (the oracle), weights, costs and predictions alike."""
-    from onnxzip.api import load_tasks
+    from onnxzip.tasks import load_tasks
     from onnxzip.graph.align import align
     from onnxzip.options import ZipOptions
     from onnxzip.sharing.loop import zip_tasks

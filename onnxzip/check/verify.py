@@ -20,8 +20,8 @@ from ..sharing.plan import ZipPlan
 from .fidelity import count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:
-    from ..api import ZipResult
     from ..options import ZipOptions
+    from ..result import ZipResult
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)

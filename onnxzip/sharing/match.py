@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -25,8 +26,20 @@ from .problem import OffsetProblem
 if TYPE_CHECKING:
     from .loop import Context
 
-#: ``decide(ctx, group, live, sizes)``: sets ``ctx.matchings``' rows and slot costs of the group
-COSTS: Registry[Callable[["Context", int, list[Batches], list[int]], None]] = Registry("pairing cost")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A way to cost neuron pairs. ``decide(ctx, group, live, sizes)`` sets the group's rows and
+    slot costs in ``ctx.matchings``; ``same_samples``: every task must run the same calibration
+    samples; ``tasks``: the number of tasks it can zip (None: any)."""
+
+    decide: Callable[[Context, int, list[Batches], list[int]], None]
+    same_samples: bool = False
+    tasks: int | None = None
+
+
+COSTS: Registry[Cost] = Registry("pairing cost")
 #: ``orders(n_tasks) -> [task order, ...]``: the merge orders to try (the cheapest is kept)
 ORDERS: Registry[Callable[[int], list[list[int]]]] = Registry("task order")
 
@@ -45,9 +58,9 @@ def _every_starting_pair(n_tasks: int) -> list[list[int]]:
 
 def check_tasks(cost: str, n_tasks: int) -> None:
     """Raise :class:`UsageError` where the pairing cost cannot take ``n_tasks`` tasks."""
-    COSTS.get(cost)
-    if cost == "correlation" and n_tasks != 2:
-        raise UsageError("correlation matching zips two models")
+    tasks = COSTS.get(cost).tasks
+    if tasks is not None and n_tasks != tasks:
+        raise UsageError(f"{cost} matching zips {'two' if tasks == 2 else tasks} models")
 
 
 def decide(ctx: Context, g: int, live: list[Batches]) -> None:
@@ -57,10 +70,9 @@ def decide(ctx: Context, g: int, live: list[Batches]) -> None:
     if m.k[g] == 0:
         m.rows[g] = [np.arange(n) for n in sizes]
         return
-    COSTS.get(ctx.opts.cost)(ctx, g, live, sizes)
+    COSTS.get(ctx.opts.cost).decide(ctx, g, live, sizes)
 
 
-@COSTS.register("mtz")
 def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int]) -> None:
     """MTZ: the summed Hessian pair costs of the group's available layers, matched optimally (or
     as ``ctx.opts.matching`` says) for every task order tried; the cheapest order is kept."""
@@ -89,10 +101,9 @@ def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int
     m.rows[g] = [np.concatenate([r, np.setdiff1d(np.arange(n), r)]).astype(np.int64) for r, n in zip(rows, sizes)]
 
 
-@COSTS.register("correlation")
 def _by_correlation(ctx: Context, g: int, live: list[Batches], sizes: list[int]) -> None:
     """ZipIt!-style matching: pair the neurons whose outputs correlate best on the same inputs
-    (both tasks run the same calibration samples; see :func:`onnxzip.api.zip_models`)."""
+    (both tasks run the same calibration samples; see :func:`onnxzip.tasks.prepare`)."""
     m = ctx.matchings
     li = m.groups[g][0]
     layers = [ir.layers[li] for ir in ctx.irs]
@@ -114,3 +125,7 @@ def _by_correlation(ctx: Context, g: int, live: list[Batches], sizes: list[int])
     m.slot_costs[g] = np.sort(1.0 - corr[ia, ib])
     m.rows[g] = [np.concatenate([r[order], np.setdiff1d(np.arange(size), r)]).astype(np.int64)
                  for r, size in ((ia, sizes[0]), (ib, sizes[1]))]
+
+
+COSTS.add("mtz", Cost(_by_hessian_costs))
+COSTS.add("correlation", Cost(_by_correlation, same_samples=True, tasks=2))

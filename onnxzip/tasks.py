@@ -1,0 +1,137 @@
+"""The tasks of a zip: models and calibration data loaded, checked, normalized and aligned, and
+the original files' outputs on the data (the same for every zip a budget makes)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import images, timing
+from .check.verify import reference_outputs
+from .errors import UsageError
+from .graph import io
+from .graph.align import align
+from .graph.ir import ModelIR, build_ir
+from .graph.lint import MAX_OPSET
+from .graph.normalize import onnx_opset
+from .images import ImageRecipe
+from .options import ZipOptions
+from .sharing.match import COSTS
+
+log = logging.getLogger(__name__)
+
+Models = Sequence["str | os.PathLike | onnx.ModelProto"]
+Data = Sequence["str | os.PathLike | dict[str, np.ndarray]"]
+
+
+@dataclass
+class Tasks:
+    """Everything a zip reads of its inputs."""
+
+    names: list[str]
+    irs: list[ModelIR]  # normalized and aligned
+    arrays: list[dict[str, np.ndarray]]  # per task, the calibration inputs by input name
+    labels: list[np.ndarray | None]  # per task, class labels (``--labels``) or None
+    references: list[dict[str, Any]]  # per task, the original file's outputs on ``arrays``
+    shared_inputs: bool  # one input for all tasks in the zipped model
+
+
+def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
+    """Check the arguments, load and align the tasks, and run the original files once."""
+    if len(models) < 2:
+        raise UsageError("give at least two models")
+    if len(data) == 1:  # one for all
+        data = list(data) * len(models)
+    if len(data) != len(models):
+        raise UsageError(f"give one calibration file per model, or one for all: {len(models)} models, "
+                         f"{len(data)} data files")
+    opts.check(len(models))
+    names = task_names(models, opts.names)
+    with timing.phase("load"):
+        protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
+    labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
+    for t, ir in enumerate(irs):
+        arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])
+    if opts.finetune and any(y is None for y in labels):
+        raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
+    with timing.phase("load"):
+        irs = align(irs)
+    if COSTS.get(opts.cost).same_samples:  # (correlations need the same samples through every task)
+        if any(set(a) != set(arrays[0]) or any(a[k].shape[1:] != arrays[0][k].shape[1:] for k in a) for a in arrays):
+            raise UsageError(f"--cost {opts.cost} needs tasks with the same inputs")
+        common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+        arrays = [common] * len(arrays)
+    shared_inputs = not opts.separate_inputs and same_inputs(irs)
+    with timing.phase("originals"):
+        references = reference_outputs(protos, irs, arrays, opts)
+    return Tasks(names, irs, arrays, labels, references, shared_inputs)
+
+
+def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
+    """The tasks' names: as given, else the models' file stems (made unique)."""
+    if given:
+        return list(given)
+    names = []
+    for i, m in enumerate(models):
+        stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(m).stem) if isinstance(m, (str, os.PathLike)) else f"task{i}"
+        names.append(stem if stem not in names else f"{stem}_{i}")
+    return names
+
+
+def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: list[str],
+               data: Sequence[str | os.PathLike | dict[str, np.ndarray]] | None = None,
+               extra_keys: tuple[str, ...] = (), recipe: ImageRecipe | None = None
+               ) -> tuple[list[onnx.ModelProto], list[ModelIR], list[dict[str, np.ndarray]]]:
+    """Load the models and their calibration data, and normalize the models (not yet aligned),
+    all converted to one opset. Dynamic float input dims other than the batch are fixed to the
+    calibration data's sizes (:func:`io.fix_dynamic_dims`). A folder in ``data`` is read as images
+    with ``recipe`` (:mod:`onnxzip.images`)."""
+    protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
+    sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
+    arrays = []
+    for i, d in enumerate(data or []):
+        specs = io.input_specs(protos[i])
+        if images.is_image_folder(d):
+            if extra_keys:
+                raise UsageError(f"{d}: an image folder has no labels (--labels needs .npz files)")
+            arrays.append(io.check_calibration(images.load_folder(d, specs, recipe or ImageRecipe()), specs, str(d)))
+        elif isinstance(d, (str, os.PathLike)):
+            arrays.append(io.load_calibration(d, specs, extra_keys))
+        else:
+            arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
+        protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
+    opset = min(max(onnx_opset(p) for p in protos), MAX_OPSET)
+    return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
+
+
+def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray | None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """A model that fixes its batch size B > 1 and holds tensors without the batch on axis 0 (token
+    rows, sequence-first layouts) gets whole batches: the calibration samples past the last multiple
+    of B are left out (with fewer than B, they are repeated up to B), because its stages cannot pad a
+    partial batch. Batch-major models keep every sample (each stage pads its last batch)."""
+    fixed = ir.fixed_batch
+    n = next(iter(arrays.values())).shape[0]
+    if fixed is None or fixed <= 1 or n % fixed == 0:
+        return arrays, labels
+    if all(t.shape[0] == fixed for t in ir.graph.tensors().values()
+           if not isinstance(t, gs.Constant) and t.shape and t.dtype is not None and np.dtype(t.dtype).kind == "f"):
+        return arrays, labels
+    m = n - n % fixed if n > fixed else fixed
+    log.warning("task %r: the model fixes its batch at %d: %s", ir.name, fixed,
+                f"{n - m} of its {n} calibration samples are left out" if m < n else f"its {n} samples repeat to {m}")
+    return ({k: np.resize(v, (m,) + v.shape[1:]) for k, v in arrays.items()},
+            None if labels is None else np.resize(labels, m))
+
+
+def same_inputs(irs: list[ModelIR]) -> bool:
+    """Whether every task declares the same inputs (names, types, shapes past the batch)."""
+    first = [(s.name, s.dtype, s.shape[1:]) for s in irs[0].inputs]
+    return all([(s.name, s.dtype, s.shape[1:]) for s in ir.inputs] == first for ir in irs[1:])
