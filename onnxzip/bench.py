@@ -21,13 +21,9 @@ from queue import Empty
 import numpy as np
 import onnx
 
-from .calibrate.runtime import onnxruntime, require_provider
+from .calibrate import runtime
 from .errors import InputError, UsageError
 from .graph import io
-
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
-
 
 @dataclass
 class Side:
@@ -41,19 +37,7 @@ class Side:
 
 def open_session(path: str, provider: str):
     """A session with ONNX Runtime's default options on ``provider``; refuses a fall-back."""
-    ort = onnxruntime()
-    wanted = PROVIDERS[provider]
-    require_provider(wanted[0], f"--provider {provider}")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(path, opts, providers=wanted)
-    except Exception as exc:  # ORT raises its own types
-        raise InputError(f"{path}: onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
-    if sess.get_providers()[0] != wanted[0]:
-        raise UsageError(f"{path}: onnxruntime fell back to {sess.get_providers()[0]} instead of {wanted[0]}; "
-                         "not reporting a CPU run as " + provider)
-    return sess
+    return runtime.session(path, provider, lean=False, what=path)
 
 
 def file_bytes(path: str) -> int:
@@ -160,9 +144,7 @@ def _warm_up(provider: str) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    ort = onnxruntime()
-    ort.InferenceSession(model.SerializeToString(), providers=PROVIDERS[provider]).run(
-        None, {"x": np.zeros(1, np.float32)})
+    runtime.session(model, provider, built=True, lean=False).run(None, {"x": np.zeros(1, np.float32)})
 
 
 def _memory_child(paths: list[str], feeds: list[dict[str, np.ndarray]], provider: str, queue) -> None:
@@ -207,8 +189,9 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
     Returns:
         {"zipped": Side, "originals": Side, "ratios": {latency, memory, bytes}, "tasks", "provider", "batch"}.
     """
-    if provider not in PROVIDERS:
-        raise UsageError(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    if provider not in runtime.PROVIDERS:
+        raise UsageError(f"--provider {provider!r}: choose one of {', '.join(runtime.PROVIDERS)}")
+    runtime.require_provider(runtime.PROVIDERS[provider][0], f"--provider {provider}")
     names = task_order(zipped)
     if len(names) != len(originals):
         raise UsageError(f"{zipped} holds {len(names)} tasks ({', '.join(names)}); give {len(names)} --originals")

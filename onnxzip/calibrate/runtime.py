@@ -11,7 +11,9 @@ from ..errors import InputError, InternalError, UsageError
 from ..graph import io
 
 log = logging.getLogger(__name__)
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+#: device -> the providers a session asks for, the first one required (``tensorrt``: ``onnxzip bench`` only)
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 #: a model with more bytes of weights than this reaches ONNX Runtime through a temporary file, not
 #: as one serialized string beside the model and ONNX Runtime's own copy (past protobuf's 2 GB: always)
 FILE_BYTES = 256 << 20
@@ -35,24 +37,30 @@ def require_provider(provider: str, what: str) -> None:
                          f"{', '.join(available)}); install 'onnxzip[gpu]'")
 
 
-def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = False):
-    """An InferenceSession on ``device`` ('cpu' or 'cuda'); refuses a silent fall-back to CPU.
+def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = False, *, lean: bool = True,
+            what: str | None = None):
+    """An InferenceSession on ``device`` (:data:`PROVIDERS`); refuses a silent fall-back to CPU.
 
     ``built``: the graph is one onnxzip made (a stage, a reverse graph, the zipped model); if ONNX
     Runtime refuses it, that is a bug (:class:`InternalError`), not a problem with the user's file.
+    ``lean``: the options onnxzip's own runs use (no memory arena, no spinning threads); False:
+    ONNX Runtime's defaults, as a deployment runs them (``onnxzip bench``). ``what``: the file or
+    flag that asked, for messages.
     """
     ort = onnxruntime()
     if device not in PROVIDERS:
         raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(PROVIDERS)}")
     wanted = PROVIDERS[device]
-    require_provider(wanted[0], f"device {device!r}")
+    require_provider(wanted[0], what or f"device {device!r}")
+    where = f"{what}: " if what else ""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    # Zipping keeps two stage sessions stepping in turn: idle threads spinning for one session took
-    # the cores from the other (+50% time on 2 cores), and each session's memory arena kept its
-    # largest batch (a ResNet-50's stages: 2.9 GB peak with arenas, 2.1 GB without, no slower).
-    opts.enable_cpu_mem_arena = False
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if lean:
+        # Zipping keeps two stage sessions stepping in turn: idle threads spinning for one session took
+        # the cores from the other (+50% time on 2 cores), and each session's memory arena kept its
+        # largest batch (a ResNet-50's stages: 2.9 GB peak with arenas, 2.1 GB without, no slower).
+        opts.enable_cpu_mem_arena = False
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         if not isinstance(model, str) and io.weight_bytes(model) > FILE_BYTES:
             with io.on_disk(model) as path:
@@ -63,9 +71,10 @@ def session(model: onnx.ModelProto | str, device: str = "cpu", built: bool = Fal
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         if built:
             raise InternalError(f"onnxruntime refuses a graph onnxzip built: {exc}") from exc
-        raise InputError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{where}onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     if sess.get_providers()[0] != wanted[0]:
-        raise UsageError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of {wanted[0]}")
+        raise UsageError(f"{where}onnxruntime fell back to {sess.get_providers()[0]} instead of {wanted[0]}; "
+                         f"not reporting a {sess.get_providers()[0]} run as {device}")
     return sess
 
 

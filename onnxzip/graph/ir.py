@@ -69,11 +69,6 @@ class ModelIR:
     output_types: dict[str, onnx.TypeProto] = field(default_factory=dict)  # as the source file declares them
 
     @property
-    def tensor_outputs(self) -> list[str]:
-        """Graph outputs that are tensors (not e.g. skl2onnx's ZipMap sequences of maps)."""
-        return [n for n in self.outputs if n not in self.output_types or self.output_types[n].HasField("tensor_type")]
-
-    @property
     def inputs(self) -> list[InputSpec]:
         return [InputSpec(t.name, np.dtype(t.dtype), _dims(t.shape)) for t in self.graph.inputs]
 
@@ -95,9 +90,6 @@ class ModelIR:
         """The layer's (W, b) as stored: W of ``layer.shape``, b (out,)."""
         t = self.graph.tensors()
         return np.asarray(t[layer.weight].values), np.asarray(t[layer.bias].values)
-
-    def node(self, name: str) -> gs.Node:
-        return self.index.nodes[name]["node"]
 
     def to_onnx(self) -> onnx.ModelProto:
         """The normalized graph as a model (for running; the graph itself is not changed)."""

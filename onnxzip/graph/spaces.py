@@ -81,9 +81,6 @@ class Spaces:
     plain: set[int] = field(default_factory=set)  # layers replayed as ordinary ops (grouped/depthwise convs)
     normalized: set[int] = field(default_factory=set)  # layers whose output a per-sample channel norm reads
 
-    def group_of(self, layer: int) -> int:
-        return next(g for g, members in enumerate(self.groups) if layer in members)
-
 
 class _UnionFind:
     def __init__(self) -> None:

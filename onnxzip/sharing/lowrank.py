@@ -82,9 +82,6 @@ class LowRank:
         """The (d, d) matrix (for tests and small cases)."""
         return self.lam * np.eye(self.shape[0]) + self.P @ self.K @ self.P.T
 
-    def diag_mean(self) -> float:
-        return self.lam + float(np.einsum("ij,jk,ik->", self.P, self.K, self.P)) / self.shape[0]
-
 
 class Factored:
     """A (p, q) matrix kept as ``L @ M @ R`` (L (p, r), M (r, s), R (s, q)); ``x @ F`` and ``F.T``."""

@@ -19,8 +19,6 @@ minimiser, a closed-form improvement over keeping the private weights unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.optimize import linear_sum_assignment
@@ -278,44 +276,3 @@ def merge_followers(mats: list[np.ndarray], hs: list[np.ndarray]) -> tuple[np.nd
     w = np.linalg.solve(total, sum(np.einsum("kij,kj->ki", h, m)[..., None] for h, m in zip(hs, mats)))[..., 0]
     costs = sum(0.5 * ((w - m)[:, None, :] @ h @ (w - m)[:, :, None])[:, 0, 0] for h, m in zip(hs, mats))
     return w, costs
-
-
-@dataclass
-class LayerMerge:
-    """The result of zipping one layer of two tasks.
-
-    Pairs are sorted by cost. ``shared`` holds the merged first ``ns`` columns; ``private_a``/
-    ``private_b`` the compensated private columns of the shared rows.
-    """
-
-    ia: np.ndarray  # (k,) int
-    ib: np.ndarray  # (k,) int
-    costs: np.ndarray  # (k,) float64
-    shared: np.ndarray  # (k, ns)
-    private_a: np.ndarray  # (k, d - ns)
-    private_b: np.ndarray  # (k, d - ns)
-
-
-def zip_layer(a: np.ndarray, b: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, ns: int, k: int,
-              matching: str = "optimal", compensate: bool = True) -> LayerMerge:
-    """Match ``k`` neuron pairs of A and B and merge them.
-
-    Args:
-        a: (nA, d) A's neurons (rows), columns ``[shared (ns) | private]``, bias among the shared.
-        b: (nB, d) B's neurons, same columns.
-        h_a, h_b: (d, d) float64 positive definite Hessians (already damped), same column order.
-        ns: number of leading shared columns; k: pairs to share; matching: a :data:`MATCHERS` name.
-        compensate: re-solve the private columns (Schur complement). False is the paper's rule:
-            merge with the shared block of H alone and keep the private columns unchanged.
-    """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    s_a, _ = task_blocks(h_a, ns, compensate)
-    s_b, _ = task_blocks(h_b, ns, compensate)
-    c = pair_costs(a[:, :ns], b[:, :ns], s_a, s_b)
-    if not np.isfinite(c).all():
-        raise NumericalError("non-finite sharing costs: the calibration statistics hold NaN or Inf")
-    ia, ib = MATCHERS.get(matching)(c, k)
-    order = np.lexsort((ia, c[ia, ib]))
-    ia, ib = ia[order], ib[order]
-    w, (p_a, p_b), costs = merge_rows([a[ia], b[ib]], [h_a, h_b], ns, compensate)
-    return LayerMerge(ia, ib, costs, w, p_a, p_b)
