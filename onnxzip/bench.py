@@ -25,6 +25,7 @@ from .calibrate import runtime
 from .errors import InputError, UsageError
 from .graph import io
 
+
 @dataclass
 class Side:
     """One side of the comparison: the zipped model, or the originals."""

@@ -49,7 +49,7 @@ def test_nothing_imports_the_cli():
 def test_onnxruntime_is_imported_in_runtime_only():
     users = sorted(str(p.relative_to(PKG)) for p in modules() if "onnxruntime" in {m.split(".")[0]
                                                                                    for m in imports(p)})
-    assert users == ["calibrate/runtime.py", "graph/normalize.py"]  # normalize only probes it for folding
+    assert users == ["calibrate/runtime.py", "graph/normalize/fold.py"]  # fold only probes it for folding
 
 
 def test_the_records_import_nothing_of_onnxzip():
