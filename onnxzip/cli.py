@@ -8,7 +8,7 @@ import sys
 from . import __version__
 from .api import accuracy_of, finetune_model, zip_models
 from .calibrate.stats import HESSIANS
-from .emit.model import FORMS
+from .emit.layers import FORMS
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .graph import io
 from .graph.align import align

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .calibrate.stats import HESSIANS
-from .emit.model import FORMS
+from .emit.layers import FORMS
 from .errors import UsageError
 from .images import ImageRecipe
 from .sharing.match import COSTS, ORDERS
