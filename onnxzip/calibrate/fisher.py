@@ -25,6 +25,7 @@ from onnx import helper
 from ..errors import UsageError
 from ..graph import io
 from ..graph.ir import ModelIR, activation_bytes, batch_within
+from ..graph.spaces import LAYER_AXIS
 from ..timing import phase
 from . import autodiff, runtime
 
@@ -187,7 +188,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
         got = sess.run([grads[i] for i in layers], feeds)
         for i, g in zip(layers, got):  # (padded samples, repeats of real ones, have zero seeds: zero gradients)
             g = np.asarray(g[..., 0], np.float64)
-            totals[i] += (g ** 2).sum(axis=tuple(a for a in range(g.ndim) if a != 1))  # channels: axis 1
+            totals[i] += (g ** 2).sum(axis=tuple(a for a in range(g.ndim) if a != LAYER_AXIS))  # per channel
     return {i: t / n for i, t in totals.items()}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import NumericalError, UsageError
 from ..graph.ir import Layer
+from ..graph.spaces import LAYER_AXIS
 from ..registry import Registry
 
 
@@ -100,7 +101,7 @@ def channel_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
     """Dense: x (N, d). Conv: x (N, C, *spatial) -> (N*positions, C)."""
     if layer.kind == "dense":
         return x.reshape(x.shape[0], -1)
-    return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    return np.moveaxis(x, LAYER_AXIS, -1).reshape(-1, x.shape[LAYER_AXIS])
 
 
 def expand_conv_hessian(hc: np.ndarray, kernel: int) -> np.ndarray:
@@ -324,7 +325,7 @@ def depthwise_hessians(layer: Layer, x: np.ndarray | Iterable[np.ndarray], metho
                for i in range(0, chunk.shape[0], batch)):
         xb = np.asarray(xb, np.float64)
         if method == "channel":
-            rows = np.moveaxis(xb, 1, -1).reshape(-1, c, 1)
+            rows = np.moveaxis(xb, LAYER_AXIS, -1).reshape(-1, c, 1)
         else:
             rows = patches(wide, xb).reshape(-1, c, k)
         ones = np.ones(rows.shape[:2] + (1,))

@@ -2,7 +2,7 @@
 
 On a shared input the emitter writes a partly shared layer as one op for the shared rows and one per
 task for its private rows; ONNX Runtime pays per op, and each part then runs its own activation and
-pooling. This pass rewrites the graph until nothing changes (channels on axis 1 throughout):
+pooling. This pass rewrites the graph until nothing changes (channels on the layer axis throughout, :data:`onnxzip.graph.spaces.LAYER_AXIS`):
 
 * **siblings**: Conv (or Gemm) ops on the same input -> one op over the filters stacked, then Split;
 * **pushdown**: the same channel-wise op on every output of a Split -> the op on the Split's input
@@ -20,6 +20,8 @@ from collections import defaultdict
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
+from ..graph.spaces import LAYER_AXIS
 
 #: ops that act on each channel alone (every input: the data, a per-channel or broadcast constant,
 #: or another Split's matching output); Flatten is handled apart
@@ -115,10 +117,10 @@ class _Fuser:
             for node in list(t.inputs):
                 node.outputs.clear()
         if self.opset >= 13:
-            node = gs.Node("Split", self._name("split"), {"axis": 1},
+            node = gs.Node("Split", self._name("split"), {"axis": LAYER_AXIS},
                            [x, self._const(np.asarray(sizes, np.int64), "sizes")], list(outs))
         else:
-            node = gs.Node("Split", self._name("split"), {"axis": 1, "split": list(sizes)}, [x], list(outs))
+            node = gs.Node("Split", self._name("split"), {"axis": LAYER_AXIS, "split": list(sizes)}, [x], list(outs))
         self.g.nodes.append(node)
 
     def _node(self, op: str, attrs: dict, inputs: list, hint: str, shape: list | None = None) -> gs.Variable:
@@ -127,26 +129,28 @@ class _Fuser:
         return out
 
     def _sizes(self, node: gs.Node) -> list[int] | None:
-        """Channel counts of an axis-1 Split's outputs, if static."""
-        if node.op != "Split" or int(node.attrs.get("axis", 0)) != 1:
+        """Channel counts of an layer-axis Split's outputs, if static."""
+        if node.op != "Split" or int(node.attrs.get("axis", 0)) != LAYER_AXIS:
             return None
         if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
             return [int(v) for v in np.asarray(node.inputs[1].values).reshape(-1)]
         if "split" in node.attrs:
             return [int(v) for v in node.attrs["split"]]
-        dims = [t.shape[1] if t.shape and len(t.shape) > 1 else None for t in node.outputs]
+        dims = [t.shape[LAYER_AXIS] if t.shape and len(t.shape) > LAYER_AXIS else None for t in node.outputs]
         return dims if all(isinstance(d, int) for d in dims) else None
 
     @staticmethod
     def _stacked(ts: list[gs.Tensor]) -> list | None:
-        """The shape of tensors ``ts`` joined on axis 1 (None where unknown)."""
-        if ts[0].shape is None or len(ts[0].shape) < 2:
+        """The shape of tensors ``ts`` joined on the layer axis (None where unknown)."""
+        if ts[0].shape is None or len(ts[0].shape) <= LAYER_AXIS:
             return None
-        dims = [t.shape[1] if t.shape is not None and len(t.shape) > 1 else None for t in ts]
-        return [ts[0].shape[0], sum(dims) if all(isinstance(d, int) for d in dims) else None, *ts[0].shape[2:]]
+        dims = [t.shape[LAYER_AXIS] if t.shape is not None and len(t.shape) > LAYER_AXIS else None for t in ts]
+        shape = list(ts[0].shape)
+        return shape[:LAYER_AXIS] + [sum(dims) if all(isinstance(d, int) for d in dims) else None] + \
+            shape[LAYER_AXIS + 1:]
 
     def _selection(self, t: gs.Tensor) -> tuple[gs.Variable, np.ndarray] | None:
-        """``t`` as channels ``idx`` of a source tensor: an output of an axis-1 Split, or a Concat of such."""
+        """``t`` as channels ``idx`` of a source tensor: an output of an layer-axis Split, or a Concat of such."""
         if isinstance(t, gs.Constant) or len(t.inputs) != 1:
             return None
         node = t.inputs[0]
@@ -155,7 +159,7 @@ class _Fuser:
             i = node.outputs.index(t)
             start = sum(sizes[:i])
             return node.inputs[0], np.arange(start, start + sizes[i])
-        if node.op == "Concat" and int(node.attrs.get("axis", 0)) == 1 and len(node.inputs) > 1:
+        if node.op == "Concat" and int(node.attrs.get("axis", 0)) == LAYER_AXIS and len(node.inputs) > 1:
             picks = [self._selection(x) for x in node.inputs]
             if all(p is not None for p in picks) and len({id(p[0]) for p in picks}) == 1:
                 return picks[0][0], np.concatenate([p[1] for p in picks])
@@ -163,13 +167,13 @@ class _Fuser:
 
     def _source_channels(self, x: gs.Variable, idx: np.ndarray, hint: str) -> gs.Variable:
         """Channels ``idx`` of ``x``: ``x`` itself, a Slice, or a Gather."""
-        total = x.shape[1] if x.shape and len(x.shape) > 1 else None
+        total = x.shape[LAYER_AXIS] if x.shape and len(x.shape) > LAYER_AXIS else None
         if isinstance(total, int) and idx.size == total and np.array_equal(idx, np.arange(total)):
             return x
         if np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
             c = [self._const(np.asarray([v], np.int64), "slice") for v in (idx[0], idx[0] + idx.size, 1)]
             return self._node("Slice", {}, [x, c[0], c[1], c[2], c[2]], hint, self._picked(x, idx))
-        return self._node("Gather", {"axis": 1}, [x, self._const(idx.astype(np.int64), "idx")], hint,
+        return self._node("Gather", {"axis": LAYER_AXIS}, [x, self._const(idx.astype(np.int64), "idx")], hint,
                           self._picked(x, idx))
 
     @staticmethod
@@ -240,8 +244,8 @@ class _Fuser:
                 continue
             out_sizes = sizes
             if first.op == "Flatten":
-                rest = x.shape[2:]
-                if int(first.attrs.get("axis", 1)) != 1 or not all(isinstance(d, int) for d in rest):
+                rest = x.shape[LAYER_AXIS + 1:]
+                if int(first.attrs.get("axis", 1)) != LAYER_AXIS or not all(isinstance(d, int) for d in rest):
                     continue
                 out_sizes = [s * int(np.prod(rest)) for s in sizes]
             slots = [self._joined(split, sizes, [u.inputs[j] for u in users], len(x.shape))
@@ -267,7 +271,7 @@ class _Fuser:
             cs = [np.asarray(t.values) for t in ins]
             if any(c.ndim != cs[0].ndim for c in cs) or cs[0].ndim > rank:
                 return None
-            axis = cs[0].ndim - (rank - 1)  # the constants' axis aligned with the channels, if any
+            axis = cs[0].ndim - (rank - LAYER_AXIS)  # the constants' axis aligned with the channels, if any
             if axis < 0 or all(c.shape[axis] == 1 for c in cs):
                 return ins[0] if all(np.array_equal(c, cs[0]) for c in cs) else None
             rest = [c.shape[:axis] + c.shape[axis + 1:] for c in cs]
@@ -282,14 +286,14 @@ class _Fuser:
 
     def concat(self) -> bool:
         for node in self.g.nodes:
-            if node.op != "Concat" or int(node.attrs.get("axis", 0)) != 1 or not node.outputs or \
+            if node.op != "Concat" or int(node.attrs.get("axis", 0)) != LAYER_AXIS or not node.outputs or \
                     node.outputs[0].name in self.outputs:
                 continue
             pick = self._selection(node.outputs[0])
             if pick is None:
                 continue
             src, idx = pick
-            total = src.shape[1] if src.shape and len(src.shape) > 1 else None
+            total = src.shape[LAYER_AXIS] if src.shape and len(src.shape) > LAYER_AXIS else None
             if not isinstance(total, int) or not idx.size:
                 continue
             out = node.outputs[0]

@@ -42,6 +42,12 @@ BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "S
 #: Reductions: over the channel axis they carry no channels ("reduce"); over other axes they keep them.
 REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 
+#: the axis on which Conv, Gemm, BatchNormalization, pooling and Flatten read and write channels (the
+#: ONNX ops fix it: NCHW maps, (rows, features) matrices). Every layer's input and output carries its
+#: channels there; a channel space elsewhere (after a Transpose, in token-major tensors) says its own
+#: axis (:attr:`ChannelSpace.axis`).
+LAYER_AXIS = 1
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -55,7 +61,7 @@ class Segment:
 class ChannelSpace:
     segments: tuple[Segment, ...]
     block: int = 1
-    axis: int = 1  # the tensor axis that holds the channels (non-negative)
+    axis: int = LAYER_AXIS  # the tensor axis that holds the channels (non-negative)
 
     @property
     def channels(self) -> int:
@@ -99,7 +105,7 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def channel_dim(c: np.ndarray, rank: int, axis: int = 1) -> int | None:
+def channel_dim(c: np.ndarray, rank: int, axis: int = LAYER_AXIS) -> int | None:
     """The size of a constant's axis aligned with axis ``axis`` of a rank-``rank`` tensor under
     broadcasting (None if absent)."""
     a = c.ndim - (rank - axis)
@@ -114,7 +120,7 @@ def is_depthwise(node: gs.Node) -> bool:
         and w.values.shape[0] == g
 
 
-def channel_rule(node: gs.Node, slot: int, channels: int, axis: int = 1) -> str:
+def channel_rule(node: gs.Node, slot: int, channels: int, axis: int = LAYER_AXIS) -> str:
     """How ``node`` treats the channels of its input ``slot`` (``channels`` wide, on ``axis``).
 
     Returns ``"layer"``, ``"follower"``, ``"unary"``, ``"pool"``, ``"binary"``, ``"affine"``,
@@ -126,8 +132,9 @@ def channel_rule(node: gs.Node, slot: int, channels: int, axis: int = 1) -> str:
     """
     op, x = node.op, node.inputs[slot]
     rank = len(x.shape) if x.shape is not None else None
-    if axis != 1 and (op in ("Conv", "Gemm", "Flatten", "BatchNormalization", "InstanceNormalization") or op in POOL):
-        return "restore"  # these read channels on axis 1 only
+    if axis != LAYER_AXIS and (op in ("Conv", "Gemm", "Flatten", "BatchNormalization", "InstanceNormalization")
+                               or op in POOL):
+        return "restore"  # these read channels on the layer axis only
     if op in ("Conv", "Gemm") and slot == 0 and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
         if op == "Gemm" or int(node.attrs.get("group", 1)) == 1:
             return "layer"
