@@ -65,3 +65,10 @@ def test_subpackages_import_only_earlier_stages():
         for m in imports(path):
             if m.startswith("onnxzip.") and m.split(".")[1] in STAGES and m != RECORDS:
                 assert m.split(".")[1] in allowed, f"{path.relative_to(PKG)} imports {m}"
+
+
+def test_sharing_imports_no_onnx():
+    """What to share is decided on arrays: graphs run only through calibrate's stages."""
+    for path in sorted((PKG / "sharing").glob("*.py")):
+        bad = {m for m in imports(path) if m.split(".")[0] in ("onnx", "onnx_graphsurgeon", "onnxruntime")}
+        assert not bad, f"{path.name} imports {bad}"

@@ -89,6 +89,9 @@ class Spaces:
 
 
 class _UnionFind:
+    """Union-find over layer indices whose root is a group's smallest member (groups are numbered
+    and named by it; networkx.utils.UnionFind roots at the larger set instead)."""
+
     def __init__(self) -> None:
         self.parent: dict[int, int] = {}
 

@@ -32,7 +32,7 @@ from .layers import (
     reshape_to_flatten,
     token_matmul_to_gemm,
 )
-from .prepare import MAX_OPSET, MIN_OPSET, drop_initializer_inputs, name_nodes, onnx_opset, prepare
+from .prepare import READ_OPSETS, drop_initializer_inputs, name_nodes, onnx_opset, prepare
 from .weights import fold_batchnorm, fold_scaler, unalias_weights
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def normalize(graph: gs.Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> dic
     return counts
 
 
-__all__ = ["DEFAULT_PASSES", "MAX_OPSET", "MIN_OPSET", "Pass", "add_conv_bias", "canonicalize_gemm", "drop_initializer_inputs",
+__all__ = ["DEFAULT_PASSES", "READ_OPSETS", "Pass", "add_conv_bias", "canonicalize_gemm", "drop_initializer_inputs",
            "fold_batchnorm", "fold_constants", "fold_reshape_shapes", "fold_scaler", "infer_shapes", "matmul_add_to_gemm",
            "name_nodes", "normalize", "onnx_opset", "prepare", "reduce_mean_to_pool", "remove_identities",
            "reshape_to_flatten", "token_matmul_to_gemm", "unalias_weights"]

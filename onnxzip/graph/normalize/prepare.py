@@ -14,7 +14,8 @@ from .. import io
 log = logging.getLogger(__name__)
 
 
-MIN_OPSET, MAX_OPSET = 9, 21
+#: the default-domain opsets onnxzip reads (what it writes is capped by :data:`onnxzip.graph.lint.MAX_OPSET`)
+READ_OPSETS = (9, 21)
 
 
 KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -34,8 +35,8 @@ def prepare(model: onnx.ModelProto, opset: int, source: str) -> gs.Graph:
         source: the file name, for messages.
     """
     own = onnx_opset(model)
-    if not MIN_OPSET <= own <= MAX_OPSET:
-        raise InputError(f"{source}: opset {own} is not supported (onnxzip reads opset {MIN_OPSET} to {MAX_OPSET})")
+    if not READ_OPSETS[0] <= own <= READ_OPSETS[1]:
+        raise InputError(f"{source}: opset {own} is not supported (onnxzip reads opset {READ_OPSETS[0]} to {READ_OPSETS[1]})")
     for node in model.graph.node:
         if node.domain not in KNOWN_DOMAINS:
             raise UnsupportedOpError(f"{source}: node {node.name!r} ({node.domain}:{node.op_type}) is a custom-domain "
