@@ -29,7 +29,7 @@ from .report.records import BudgetRecord, BudgetTry, FinetuneRecord, InputRecord
 from .result import ZipResult
 from .sharing.budget import BudgetPlanner
 from .sharing.loop import Fisher, zip_tasks
-from .sharing.plan import Budget
+from .sharing.plan import Budget, Counts
 from .tasks import Data, Models, Tasks, prepare
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
     while True:
         counts, predicted = planner.allocate(budget)
-        result = zip_once(tasks, each, counts, fisher)
+        result = zip_once(tasks, each, Counts(counts), fisher)
         report = result.summary
         measured = sum(t.loss_increase or 0.0 for t in report.tasks)
         fits = all((t.verdict or "ok") == "ok" for t in report.tasks)
@@ -186,13 +186,14 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
     feeds, ys, outs = [], [], []
     for task, d in zip(tasks, data):
         arrays = io.load_arrays(d) if isinstance(d, (str, os.PathLike)) else dict(d)
+        source = str(d) if isinstance(d, (str, os.PathLike)) else task
         if labels not in arrays:
-            raise InputError(f"{d if isinstance(d, (str, os.PathLike)) else task}: no labels key {labels!r}")
+            raise InputError(f"{source}: no labels key {labels!r}")
         out = next((o for o, tt in types.items() if o.startswith(f"{task}/") and len(tt.shape.dim) == 2
                     and tt.shape.dim[1].dim_value > 1), None)
         if out is None:
             raise UsageError(f"task {task!r} has no classifier output (N, classes) to train")
-        ys.append(check_labels(arrays.pop(labels), types[out].shape.dim[1].dim_value, str(d)))
+        ys.append(check_labels(arrays.pop(labels), types[out].shape.dim[1].dim_value, source))
         feeds.append({(k if k in names else f"{task}/{k}"): v for k, v in arrays.items()
                       if k in names or f"{task}/{k}" in names})
         outs.append(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .api import accuracy_of, finetune_model, zip_models
@@ -234,8 +235,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: ``onnxzip: error: ...`` and exit code 2 (``--help``
+    shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.split()[1:]
+        self.exit(2, f"onnxzip: error: {' '.join(command) + ': ' if command else ''}{message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxzip", description="Zip same-architecture ONNX models into one "
+    parser = _Parser(prog="onnxzip", description="Zip same-architecture ONNX models into one "
                                      "multi-task model with Multi-Task Zipping.")
     parser.add_argument("--version", action="version", version=f"onnxzip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

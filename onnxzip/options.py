@@ -51,6 +51,10 @@ class ZipOptions:
     #: as dense (C K + 1)^2 matrices, the same numbers with O((C K)^3) work (the oracle in tests)
     offset_basis: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.share, list):  # (a list reads as the tuple it means: frozen, hashable)
+            object.__setattr__(self, "share", tuple(self.share))
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, **given: Any) -> ZipOptions:
         """The options a parsed command line names (fields it lacks keep their defaults)."""

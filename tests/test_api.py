@@ -160,8 +160,6 @@ def test_mlp_styles_and_per_layer_shares(style):
     assert len(merged) == 4
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="share as a list of fractions crashes in warn_fidelity "
-                   "('>' between list and int), a TypeError instead of a zip or a UsageError")
 def test_per_layer_shares_as_a_list():
     models = [graphs.mlp(1), graphs.mlp(2)]
     data = [{"x": graphs.data(5, (12,))}, {"x": graphs.data(6, (12,))}]
@@ -169,8 +167,6 @@ def test_per_layer_shares_as_a_list():
     assert [row["shared"] for row in result.report["layers"]] == [8, 5]  # round(0.5 x 16), round(0.5 x 10)
 
 
-@pytest.mark.xfail(strict=True, reason="a tuple of ints is taken as neuron counts (the budget's internal form): "
-                   "share=(1, 0), meant as fractions, shares 1 neuron of fc0 instead of all 16, silently")
 def test_per_layer_shares_written_as_integers_are_fractions():
     models = [graphs.mlp(1), graphs.mlp(2)]
     data = [{"x": graphs.data(5, (12,))}, {"x": graphs.data(6, (12,))}]

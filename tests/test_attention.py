@@ -331,9 +331,6 @@ def test_hand_built_gated_query_as_second_operand_is_found():
     assert find_attention(build_ir(m, "a", "a.onnx", 17)) == [AttentionBlock(q=1, k=0, v=2, out=3)]
 
 
-@pytest.mark.xfail(strict=True, reason="_producer_layer follows only the first non-constant input of a "
-                   "pass-through op: Mul(gate, q) with a computed gate loses the Q layer (Mul(q, gate) is found), "
-                   "so the block is dropped although the graph is the same attention")
 def test_hand_built_gated_query_as_first_operand_is_found():
     m, _ = attention(5, gate="first")  # q = Mul(gate, q_pre): the same product, operands swapped
     assert Walker(m).blocks() == [("lin_b", "lin_a", "lin_c", "out")]

@@ -219,8 +219,6 @@ def test_finetune_model_usage_errors():
         finetune_model(model, [{"x": xs[0], "y": ys[0]}, data[1]], labels="y", steps=1)
 
 
-@pytest.mark.xfail(strict=True, reason="labels out of range in in-memory data: the message holds str() of the "
-                   "whole dict (its arrays, over several lines) instead of naming the task")
 def test_bad_in_memory_labels_are_one_line_naming_the_task():
     model = tiny_zip(0.0)
     xs, _ = labelled(8)

@@ -157,8 +157,6 @@ def test_cli_refuses_an_unknown_favor_with_exit_code_2(tmp_path, capsys):
     assert "--favor" in lines[-1] and "'fast'" in lines[-1] and "size" in lines[-1] and "speed" in lines[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="argparse refuses --favor fast (its choices) with the whole 17-line usage "
-                   "before 'onnxzip zip: error: argument --favor: ...', not one 'onnxzip: error:' line")
 def test_cli_refuses_an_unknown_favor_in_one_line(tmp_path, capsys):
     code, lines = favor_fast(tmp_path, capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("onnxzip: error: ") and "--favor" in lines[0]

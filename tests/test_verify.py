@@ -232,13 +232,10 @@ def test_zipped_feeds_gives_zeros_for_the_other_tasks_inputs():
     np.testing.assert_array_equal(out[0], x)
 
 
-ZEROS_BUG = ("zipped_feeds fills every non-float input with int64 zeros and every float one (float16, double) with "
-             "float32 zeros: where another task of a zipped model takes a bool, int32 or double input, one task "
-             "cannot be run alone (api.accuracy_of, i.e. onnxzip eval, fails in ONNX Runtime with 'Unexpected input "
-             "data type')")
+# zipped_feeds once filled every non-float input with int64 zeros and every float one with float32
+# zeros: a task whose zipped model also takes another task's bool, int32 or double input could not run alone
 
 
-@pytest.mark.xfail(strict=True, reason=ZEROS_BUG)
 def test_zipped_feeds_zeros_have_the_inputs_types():
     sess = session(feeds_model([("b/keep", TensorProto.BOOL, ["N", 3]), ("b/pos", TensorProto.INT32, ["N", 3]),
                                 ("b/w", TensorProto.DOUBLE, ["N", 2])]))
@@ -257,7 +254,6 @@ def masked_mlp(seed: int) -> onnx.ModelProto:
     return m
 
 
-@pytest.mark.xfail(strict=True, reason=ZEROS_BUG)
 def test_zipped_feeds_run_one_task_of_a_zip_with_bool_inputs():
     """Two masked mlps zipped with separate inputs (a/x, a/keep, b/x, b/keep): task a alone, the
     zeros for b's inputs filled in, must give task a's original output (share 0)."""

@@ -112,3 +112,9 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, ba
         return dict(zip(outputs, parts[0]))
     return {name: np.concatenate([p[j] for p in parts]) if parts and isinstance(parts[0][j], np.ndarray)
             else [x for p in parts for x in p[j]] for j, name in enumerate(outputs)}
+
+
+def numpy_dtype(spec) -> np.dtype:
+    """The numpy dtype of an ONNX Runtime input or output (its ``type``, e.g. ``tensor(bool)``)."""
+    name = spec.type[len("tensor("):-1] if spec.type.startswith("tensor(") else spec.type
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(getattr(onnx.TensorProto, name.upper())))

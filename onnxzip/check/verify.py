@@ -258,7 +258,7 @@ def zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[i.name] = feeds[i.name]
         else:
             shape = [n] + [d if isinstance(d, int) else 1 for d in i.shape[1:]]
-            out[i.name] = np.zeros(shape, dtype=np.float32 if "float" in i.type else np.int64)
+            out[i.name] = np.zeros(shape, dtype=runtime.numpy_dtype(i))
     return out
 
 

@@ -30,7 +30,8 @@ class AttentionBlock:
 
 
 def _producer_layer(t: gs.Tensor, layers: dict[str, int], depth: int = 0) -> int | None:
-    """The layer whose output reaches ``t`` through pass-through ops only (first non-constant input)."""
+    """The layer whose output reaches ``t`` through pass-through ops only (the first non-constant
+    input that leads to one: ``Mul(gate, q)`` and ``Mul(q, gate)`` alike)."""
     if depth > 24 or not t.inputs:
         return None
     node = t.inputs[0]
@@ -40,7 +41,9 @@ def _producer_layer(t: gs.Tensor, layers: dict[str, int], depth: int = 0) -> int
         return None
     for x in node.inputs:
         if not isinstance(x, gs.Constant) and x.name:
-            return _producer_layer(x, layers, depth + 1)
+            found = _producer_layer(x, layers, depth + 1)
+            if found is not None:
+                return found
     return None
 
 

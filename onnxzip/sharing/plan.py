@@ -22,10 +22,14 @@ class Budget:
     max_cost: float | None = None
 
 
+class Counts(tuple):
+    """Neuron counts per group, as a budget chose them (not fractions: a ``share`` of ints such as
+    ``(1, 0)`` means fractions)."""
+
+
 def counts_given(share: object) -> bool:
-    """``share`` is already a list of neuron counts (from a budget), not fractions."""
-    return isinstance(share, (list, tuple)) and all(isinstance(x, (int, np.integer)) for x in share) \
-        and not isinstance(share, Budget)
+    """``share`` is a budget's :class:`Counts`, not fractions."""
+    return isinstance(share, Counts)
 
 
 def allocate(costs: Sequence[np.ndarray], saving: Callable[[np.ndarray], np.ndarray], total: int,
