@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from . import __version__
 from .api import accuracy_of, finetune_model, zip_models
+from .calibrate import runtime
 from .calibrate.stats import HESSIANS
 from .emit.layers import FORMS
 from .errors import InputError, MismatchError, OnnxzipError, UsageError
@@ -250,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxzip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_zip_command(sub)
+    _add_model_commands(sub)
+    _add_output_commands(sub)
+
+    for p in sub.choices.values():
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+        p.add_argument("-v", "--verbose", action="store_true", help="log each layer")
+    return parser
+
+
+def _add_zip_command(sub) -> None:
     p = sub.add_parser("zip", help="zip models into one multi-task ONNX model")
     p.add_argument("models", nargs="+", help="ONNX models of the same architecture (one per task)")
     p.add_argument("--data", nargs="+", required=True,
@@ -263,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(p)
     p.set_defaults(func=cmd_zip)
 
+
+def _add_model_commands(sub) -> None:
+    """finetune, inspect, eval."""
     p = sub.add_parser("finetune", help="retrain a zipped model lightly on labelled data (one file per task)")
     p.add_argument("model", help="a zipped model (outputs <task>/<name>)")
     p.add_argument("--data", nargs="+", required=True, help="per task, in the model's task order: .npz with "
@@ -287,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_output_commands(sub) -> None:
+    """report, bench, demo."""
     p = sub.add_parser("report", help="render a JSON report as one self-contained HTML page")
     p.add_argument("report", help="a report written by 'onnxzip zip --report r.json'")
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
@@ -296,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a zipped model (outputs <task>/<name>)")
     p.add_argument("--originals", nargs="+", required=True, help="the original models, in the zipped model's task order")
     p.add_argument("--data", nargs="+", help=".npz inputs per original, or one for all (default: random inputs)")
-    p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+    p.add_argument("--provider", choices=list(runtime.PROVIDERS), default="cpu",
                    help="ONNX Runtime execution provider; a silent fall-back to CPU is refused")
     p.add_argument("--batch", type=int, default=32, help="samples per run (default 32)")
     p.add_argument("--runs", type=int, default=50, help="timed runs of each side (default 50)")
@@ -306,11 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="samples folder (default: the checkout's samples/)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=cmd_demo)
-
-    for p in sub.choices.values():
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
-        p.add_argument("-v", "--verbose", action="store_true", help="log each layer")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,11 +5,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph.ir import ModelIR
-from ..graph.spaces import ChannelSpace, broadcasts_channels, channel_dim, channel_rule, reshape_keeps_prefix
+from ..graph.spaces import channel_rule
 from ..sharing.layout import expand_channels
 from ..sharing.plan import ZipPlan
 from .builder import GraphBuilder, Part, Value, node_attrs
 from .layers import emit_follower, emit_layer
+from .parts import emit_per_part
 
 
 class TaskEmitter:
@@ -66,15 +67,6 @@ class TaskEmitter:
         self.restored[name] = joined
         return joined
 
-    def _part_const(self, c: np.ndarray, rank: int, part: Part, space: ChannelSpace) -> str:
-        """A per-channel constant sliced to ``part``'s channels (unchanged if it broadcasts)."""
-        dim = channel_dim(c, rank, space.axis)
-        if dim in (None, 1):
-            return self.b.const(c, f"{self.prefix}/const")
-        axis = c.ndim - (rank - space.axis)
-        idx = expand_channels(part.channels, space.block) if dim == space.channels * space.block else part.channels
-        return self.b.const(np.take(c, idx, axis=axis), f"{self.prefix}/const")
-
     # ------------------------------------------------------------------ replay
     def run(self) -> None:
         plan_layers = self.plan.layers
@@ -99,7 +91,7 @@ class TaskEmitter:
             elif rule == "normalize":
                 self.normalize(node)
             else:
-                self.per_part(node, zipped, rule)
+                emit_per_part(self, node, zipped, rule)
 
     def copy(self, node: gs.Node) -> None:
         """Replay a node as it is, on task-order inputs."""
@@ -198,72 +190,3 @@ class TaskEmitter:
             return self.b.node("Split", [y, self.b.const(np.asarray(sizes, np.int64), f"{self.prefix}/split")],
                                {"axis": axis}, names, self.prefix)
         return self.b.node("Split", [y], {"axis": axis, "split": sizes}, names, self.prefix)
-
-    def per_part(self, node: gs.Node, zipped: list[int], rule: str) -> None:
-        lead = self.values[node.inputs[zipped[0]].name]
-        joins = {i: self.values[t.name].parts for i, t in enumerate(node.inputs)
-                 if i != zipped[0] and t.name in self.ir.spaces.layout}
-        for parts in joins.values():
-            if [list(p.channels) for p in parts] != [list(p.channels) for p in lead.parts]:
-                raise AssertionError(f"node {node.name}: joined tensors are zipped differently")
-        out_t = node.outputs[0]
-        rank = len(node.inputs[zipped[0]].shape or ())
-        parts = []
-        for n, part in enumerate(lead.parts):
-            inputs = []
-            for j, t in enumerate(node.inputs):
-                if j == zipped[0]:
-                    inputs.append(part.tensor)
-                elif j in joins:
-                    inputs.append(joins[j][n].tensor)
-                elif isinstance(t, gs.Constant) and rule in ("binary", "affine"):
-                    c = np.asarray(self.constants.get(t.name, t.values))
-                    inputs.append(self._part_const(c, rank if rule == "binary" else 2, part, lead.space))
-                elif isinstance(t, gs.Constant) and rule == "keep":
-                    inputs.append(self.b.const(_keep_const(node, j, np.asarray(t.values), part, lead.space, rank),
-                                               f"{self.prefix}/{t.name}"))
-                elif rule == "keep" and node.op == "Reshape" and j == 1:
-                    inputs.append(self._part_target(t, part, lead.space))
-                elif rule in ("binary", "stack") and not isinstance(t, gs.Constant) and t.name and \
-                        not broadcasts_channels(t, rank, lead.space.axis):
-                    inputs.append(self._slice(t, rank, part, lead.space))
-                else:
-                    inputs.append(self.tensor(t))
-            shared = part.shared and all(joins[j][n].shared for j in joins) and all(
-                i in self.b.shared or i == "" for j, i in enumerate(inputs) if j != zipped[0] and j not in joins)
-            hint = f"{out_t.name}.{'s' if shared else 'p'}{n}"
-            (name,) = self.b.node(node.op, inputs, node_attrs(node), [hint], self.prefix, node.domain)
-            parts.append(Part(name, part.channels, shared))
-        self.values[out_t.name] = Value(parts, self.ir.spaces.layout.get(out_t.name, lead.space))
-
-    def _part_target(self, t: gs.Tensor, part: Part, space: ChannelSpace) -> str:
-        """A Reshape target computed as Concat(leading dims..., [C]) for one part: its own count last
-        (a -1 there serves every part as it is; see spaces._reshaped_axis)."""
-        maker = t.inputs[0]
-        last = np.asarray(maker.inputs[-1].values).reshape(-1).copy()
-        if last[-1] == -1:
-            return self.tensor(t)
-        last[-1] = len(part.channels) * space.block
-        lead = [self.tensor(x) for x in maker.inputs[:-1]]
-        return self.b.node("Concat", lead + [self.b.const(last, f"{self.prefix}/{t.name}.count")], {"axis": 0},
-                           [f"{t.name}.part"], self.prefix)[0]
-
-    def _slice(self, t: gs.Tensor, rank: int, part: Part, space: ChannelSpace) -> str:
-        """An unzipped operand of a join (all channels, task order) cut to ``part``'s channels."""
-        axis = len(t.shape) - (rank - space.axis)
-        idx = self.b.const(expand_channels(part.channels, space.block).astype(np.int64), f"{self.prefix}/{t.name}.idx")
-        return self.b.node("Gather", [self.tensor(t), idx], {"axis": axis}, [f"{t.name}.part"], self.prefix)[0]
-
-
-def _keep_const(node: gs.Node, slot: int, c: np.ndarray, part: Part, space: ChannelSpace, rank: int) -> np.ndarray:
-    """Shape inputs of ops that keep the channel axis, for one part (Reshape/Resize sizes name it)."""
-    if node.op == "Reshape" and slot == 1:
-        c = c.copy()
-        if space.axis == 1 and reshape_keeps_prefix(node, rank):
-            c[1] = 0 if not int(node.attrs.get("allowzero", 0)) else len(part.channels) * space.block
-        else:  # the channel axis and the ones after it keep their sizes: its entry comes first of them
-            c[c.size - (rank - space.axis)] = len(part.channels) * space.block
-    elif node.op == "Resize" and slot == 3 and c.size:
-        c = c.copy()
-        c[1] = len(part.channels)
-    return c

@@ -259,7 +259,7 @@ class Problems:
         the layer ask for the same (its input columns are fixed by then)."""
         if li not in self._problems:
             with phase("costs"):  # (statistics and recovery inside count in their own phases too)
-                self._problems[li] = self._offsets(li, live) if self.offset(li) else self._dense(li, live)
+                self._problems[li] = (offset_problem if self.offset(li) else dense_problem)(self, li, live)
         return self._problems[li]
 
     def blocks(self, li: int, live: list[Batches]) -> list:
@@ -279,57 +279,59 @@ class Problems:
                     self._blocks[li] = [task_blocks(h, p.ns, compensate) for h in p.hs]
         return self._blocks[li]
 
-    def _dense(self, li: int, live: list[Batches]) -> LayerProblem:
-        mats, hs, cols, ns = [], [], [], 0
-        for t, ir in enumerate(self.irs):
-            order, ns = self.matchings.column_order(ir, li, t)
-            raw, g = self.statistics(li, t, live[t])
-            mat = as_matrix(*ir.weights(ir.layers[li]))
-            if isinstance(raw, WideRows):
-                lam = raw.damping(self.opts.damping)
-                if raw.ref is not None:
-                    with phase("recovery"):
-                        mat = woodbury_refit(raw.rows, raw.ref, mat, lam)
-                    self.spent(li, t, WideRows(raw.rows))  # (the original rows are spent)
-                hs.append(WideRows(raw.rows[:, order], None, lam))
-            else:
-                h = damp(raw, self.opts.damping)
-                if g is not None:  # recovery: target the original pre-activations, not the original weights
-                    with phase("recovery"):
-                        mat = refit(mat, h, g, damping_of(raw, self.opts.damping))
-                    self.spent(li, t, raw)  # (G is spent: large layers' memory)
-                hs.append(h[np.ix_(order, order)])
-                del h
-            mats.append(mat[:, order])
-            cols.append(order)
-        return LayerProblem(mats, hs, cols, ns)
 
-    def _offsets(self, li: int, live: list[Batches]) -> LayerProblem:
-        """The problem of a per-channel conv in the offset basis. Recovery refits each component
-        with its own blocks."""
-        layer = self.irs[0].layers[li]
-        k, c = layer.kernel, layer.fan_in // layer.kernel
-        cols, ns, problem = [], 0, None
-        for t, ir in enumerate(self.irs):
-            order, ns = self.matchings.column_order(ir, li, t)
-            shared, private = channel_order(order, ns, k)
-            if problem is None:
-                problem = OffsetProblem(k, shared.size, [OffsetPart(1, shared.size + 1), OffsetPart(k - 1, shared.size)])
-            hc, gc = self.statistics(li, t, live[t])
-            h0, b = offsets.blocks(hc, k)
-            lam = relative_damping(offsets.trace(h0, b, k) / (layer.fan_in + 1), self.opts.damping)
-            h0, b = h0 + lam * np.eye(c + 1), b + lam * np.eye(c)
-            w0, rest = offsets.split(as_matrix(*ir.weights(ir.layers[li])), k)
-            if gc is not None:  # recovery: target the original pre-activations
-                g0, gb = offsets.blocks(gc, k)
+def dense_problem(problems: Problems, li: int, live: list[Batches]) -> LayerProblem:
+    """The problem of a dense layer or a conv under an exact statistic (dense or wide rows)."""
+    mats, hs, cols, ns = [], [], [], 0
+    for t, ir in enumerate(problems.irs):
+        order, ns = problems.matchings.column_order(ir, li, t)
+        raw, g = problems.statistics(li, t, live[t])
+        mat = as_matrix(*ir.weights(ir.layers[li]))
+        if isinstance(raw, WideRows):
+            lam = raw.damping(problems.opts.damping)
+            if raw.ref is not None:
                 with phase("recovery"):
-                    w0 = refit(w0, h0, g0, lam)
-                    rest = refit(rest.reshape(-1, c), b, gb, lam).reshape(rest.shape)
-                self.spent(li, t, hc)
-            for part, o, m, h in ((problem.parts[0], np.r_[shared, c, private], w0[None], h0),
-                                  (problem.parts[1], np.r_[shared, private], rest, b)):
-                part.mats.append(m[:, :, o])
-                part.hs.append(h[np.ix_(o, o)])
-                part.lam.append(lam)
-            cols.append(order)
-        return LayerProblem(problem, None, cols, ns)
+                    mat = woodbury_refit(raw.rows, raw.ref, mat, lam)
+                problems.spent(li, t, WideRows(raw.rows))  # (the original rows are spent)
+            hs.append(WideRows(raw.rows[:, order], None, lam))
+        else:
+            h = damp(raw, problems.opts.damping)
+            if g is not None:  # recovery: target the original pre-activations, not the original weights
+                with phase("recovery"):
+                    mat = refit(mat, h, g, damping_of(raw, problems.opts.damping))
+                problems.spent(li, t, raw)  # (G is spent: large layers' memory)
+            hs.append(h[np.ix_(order, order)])
+            del h
+        mats.append(mat[:, order])
+        cols.append(order)
+    return LayerProblem(mats, hs, cols, ns)
+
+def offset_problem(problems: Problems, li: int, live: list[Batches]) -> LayerProblem:
+    """The problem of a per-channel conv in the offset basis. Recovery refits each component
+    with its own blocks."""
+    layer = problems.irs[0].layers[li]
+    k, c = layer.kernel, layer.fan_in // layer.kernel
+    cols, ns, problem = [], 0, None
+    for t, ir in enumerate(problems.irs):
+        order, ns = problems.matchings.column_order(ir, li, t)
+        shared, private = channel_order(order, ns, k)
+        if problem is None:
+            problem = OffsetProblem(k, shared.size, [OffsetPart(1, shared.size + 1), OffsetPart(k - 1, shared.size)])
+        hc, gc = problems.statistics(li, t, live[t])
+        h0, b = offsets.blocks(hc, k)
+        lam = relative_damping(offsets.trace(h0, b, k) / (layer.fan_in + 1), problems.opts.damping)
+        h0, b = h0 + lam * np.eye(c + 1), b + lam * np.eye(c)
+        w0, rest = offsets.split(as_matrix(*ir.weights(ir.layers[li])), k)
+        if gc is not None:  # recovery: target the original pre-activations
+            g0, gb = offsets.blocks(gc, k)
+            with phase("recovery"):
+                w0 = refit(w0, h0, g0, lam)
+                rest = refit(rest.reshape(-1, c), b, gb, lam).reshape(rest.shape)
+            problems.spent(li, t, hc)
+        for part, o, m, h in ((problem.parts[0], np.r_[shared, c, private], w0[None], h0),
+                              (problem.parts[1], np.r_[shared, private], rest, b)):
+            part.mats.append(m[:, :, o])
+            part.hs.append(h[np.ix_(o, o)])
+            part.lam.append(lam)
+        cols.append(order)
+    return LayerProblem(problem, None, cols, ns)
