@@ -86,7 +86,10 @@ def _output_order(graph: gs.Graph) -> list[gs.Node]:
     return order
 
 
-class _Fuser:
+class _Edits:
+    """What the rewrites share: fresh names, constants and nodes, channel Splits, and which channels
+    of which tensor a tensor is (an output of a layer-axis Split, or a Concat of such)."""
+
     def __init__(self, graph: gs.Graph, common: str | None):
         self.g, self.common = graph, common
         self.opset = graph.opset
@@ -179,6 +182,10 @@ class _Fuser:
     @staticmethod
     def _picked(x: gs.Variable, idx: np.ndarray) -> list | None:
         return None if x.shape is None else [x.shape[0], int(idx.size), *x.shape[2:]]
+
+
+class _Fuser(_Edits):
+    """The rewrites: stacked siblings, channel-wise ops pushed above Splits, Concats of one tensor."""
 
     def _dense(self, node: gs.Node) -> tuple | None:
         """A stackable Conv/Gemm: (op, attributes, weight shape, number of constant inputs) when its
