@@ -150,7 +150,7 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
         fits = all((t.verdict or "ok") == "ok" for t in report.tasks)
         verdicts = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks)
         tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
-                               report.params_after / report.params_before, fits))
+                               report.params_kept, fits))
         if fits or not any(counts):
             break
         if len(tries) > MAX_BACKOFF:

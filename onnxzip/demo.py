@@ -38,9 +38,9 @@ def run_demo(samples: Path, shares: tuple[float, ...] = SHARES, archs: tuple[str
             acc = [accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits")
                    for t, d in zip(TASKS, tests)]
             yield {"arch": arch, "share": share,
-                   "params_kept": result.report["params_after"] / result.report["params_before"],
+                   "params_kept": result.summary.params_kept,
                    "accuracy": dict(zip(TASKS, acc)), "original": dict(zip(TASKS, base)),
-                   "seconds": result.report["seconds"]}
+                   "seconds": result.summary.seconds}
 
 
 def run_three(samples: Path, share: float = 0.5, options: ZipOptions | None = None) -> dict[str, Any]:
@@ -50,8 +50,8 @@ def run_three(samples: Path, share: float = 0.5, options: ZipOptions | None = No
     result = zip_models(models, [samples / f"calib_{t}.npz" for t in THREE], options, share=share, names=THREE)
     acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits") for t, d in zip(THREE, tests)}
     base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "logits") for t, m, d in zip(THREE, models, tests)}
-    return {"share": share, "params_kept": result.report["params_after"] / result.report["params_before"],
-            "accuracy": acc, "original": base, "seconds": result.report["seconds"]}
+    return {"share": share, "params_kept": result.summary.params_kept,
+            "accuracy": acc, "original": base, "seconds": result.summary.seconds}
 
 
 def run_budget(samples: Path, target: float = 0.6, arch: str = "cnn", options: ZipOptions | None = None
@@ -63,8 +63,8 @@ def run_budget(samples: Path, target: float = 0.6, arch: str = "cnn", options: Z
                         target_params=target)
     acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/logits") for t, d in zip(TASKS, tests)}
     base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "logits") for t, m, d in zip(TASKS, models, tests)}
-    return {"arch": arch, "target": target, "params_kept": result.report["params_after"] / result.report["params_before"],
-            "accuracy": acc, "original": base, "counts": result.report["budget"]["counts"]}
+    return {"arch": arch, "target": target, "params_kept": result.summary.params_kept,
+            "accuracy": acc, "original": base, "counts": result.summary.budget.counts}
 
 
 def run_detectors(samples: Path, target: float = 0.5, options: ZipOptions | None = None) -> dict[str, Any]:
@@ -76,5 +76,5 @@ def run_detectors(samples: Path, target: float = 0.5, options: ZipOptions | None
     acc = {t: accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/prob")
            for t, d in zip(DETECTORS, tests)}
     base = {t: accuracy_of(m, {"image": d["image"]}, d["label"], "prob") for t, m, d in zip(DETECTORS, models, tests)}
-    return {"target": target, "params_kept": result.report["params_after"] / result.report["params_before"],
+    return {"target": target, "params_kept": result.summary.params_kept,
             "accuracy": acc, "original": base}

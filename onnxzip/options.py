@@ -71,18 +71,17 @@ class ZipOptions:
 
     def check(self, n_models: int) -> None:
         """Raise :class:`UsageError` for a value no stage can take."""
-        MATCHERS.get(self.matching)
-        HESSIANS.get(self.hessian)
+        for flag, registry, value in (("--matching", MATCHERS, self.matching), ("--hessian", HESSIANS, self.hessian),
+                                      ("--cost", COSTS, self.cost), ("--favor", FORMS, self.favor),
+                                      ("--task-order", ORDERS, self.task_order)):
+            if value not in registry:
+                raise UsageError(f"{flag} {value!r}: choose {' or '.join(registry.names())}")
         if self.damping < 0:
             raise UsageError(f"--damping {self.damping}: must be >= 0")
         if self.target_params is not None and not 0.0 < self.target_params <= 1.0:
             raise UsageError(f"--target-params {self.target_params}: give a fraction in (0, 1]")
         if self.max_loss_increase is not None and self.max_loss_increase < 0:
             raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
-        for flag, registry, value in (("--cost", COSTS, self.cost), ("--favor", FORMS, self.favor),
-                                      ("--task-order", ORDERS, self.task_order)):
-            if value not in registry:
-                raise UsageError(f"{flag} {value!r}: choose {' or '.join(registry.names())}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
         if self.batch_size < 1:

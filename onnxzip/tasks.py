@@ -14,11 +14,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import images, timing
-from .check.verify import reference_outputs
+from .calibrate import runtime
 from .errors import UsageError
 from .graph import io
 from .graph.align import align
-from .graph.ir import ModelIR, build_ir
+from .graph.ir import ModelIR, batch_within, build_ir
 from .graph.lint import MAX_OPSET
 from .graph.normalize import onnx_opset
 from .images import ImageRecipe
@@ -135,3 +135,11 @@ def same_inputs(irs: list[ModelIR]) -> bool:
     """Whether every task declares the same inputs (names, types, shapes past the batch)."""
     first = [(s.name, s.dtype, s.shape[1:]) for s in irs[0].inputs]
     return all([(s.name, s.dtype, s.shape[1:]) for s in ir.inputs] == first for ir in irs[1:])
+
+
+def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: list[dict[str, np.ndarray]],
+                      opts: ZipOptions) -> list[dict[str, Any]]:
+    """Per task, on its calibration data: the original file's outputs (the same for every zip)."""
+    return [runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs,
+                        batch_within(ir, opts.batch_size, runtime.RUN_BYTES))
+            for proto, ir, arrays in zip(protos, irs, data)]

@@ -14,11 +14,11 @@ from onnx import numpy_helper
 from onnxzip import ZipOptions, zip_models
 from onnxzip.graph.align import align
 from onnxzip.sharing.budget import predict_costs, saving_model
-from onnxzip.sharing.plan import Budget, allocate
+from onnxzip.sharing.plan import Budget, Counts, allocate
 from onnxzip.tasks import load_tasks
 
-#: parameter counts do not depend on how neurons are paired or merged: the cheapest zip. (``share`` as a
-#: tuple of ints is neuron counts per layer group, as a budget passes them.)
+#: parameter counts do not depend on how neurons are paired or merged: the cheapest zip. (``share`` as
+#: :class:`Counts` is neuron counts per layer group, as a budget passes them.)
 COUNT_ONLY = dict(quiet=True, loss_aware=False, recover=False, matching="index", hessian="identity")
 
 
@@ -55,11 +55,11 @@ def test_saving_model_equals_the_parameters_counted_in_the_emitted_model(make):
     saving = saving_model(irs, groups)
     bases = [sizes // 2] + ([np.zeros_like(sizes)] if make is graphs.mlp else [])
     for base in bases:
-        at = floats(zip_models(models, data, share=tuple(int(v) for v in base), **COUNT_ONLY).model)
+        at = floats(zip_models(models, data, share=Counts(int(v) for v in base), **COUNT_ONLY).model)
         for g in range(len(groups)):
             k = base.copy()
             k[g] += 1
-            one_more = floats(zip_models(models, data, share=tuple(int(v) for v in k), **COUNT_ONLY).model)
+            one_more = floats(zip_models(models, data, share=Counts(int(v) for v in k), **COUNT_ONLY).model)
             assert at - one_more == saving(base)[g], (base, g)
 
 
@@ -81,9 +81,9 @@ def test_saving_model_of_three_tasks_counts_two_copies_saved():
     irs, _ = aligned(models, data)
     saving = saving_model(irs, irs[0].spaces.groups)
     np.testing.assert_array_equal(saving(np.array([4, 5])), [2 * (12 + 1 + 5), 2 * (4 + 1)])
-    at = floats(zip_models(models, data, share=(4, 5), **COUNT_ONLY).model)
-    assert at - floats(zip_models(models, data, share=(5, 5), **COUNT_ONLY).model) == 2 * (12 + 1 + 5)
-    assert at - floats(zip_models(models, data, share=(4, 6), **COUNT_ONLY).model) == 2 * (4 + 1)
+    at = floats(zip_models(models, data, share=Counts((4, 5)), **COUNT_ONLY).model)
+    assert at - floats(zip_models(models, data, share=Counts((5, 5)), **COUNT_ONLY).model) == 2 * (12 + 1 + 5)
+    assert at - floats(zip_models(models, data, share=Counts((4, 6)), **COUNT_ONLY).model) == 2 * (4 + 1)
 
 
 # ----------------------------------------------------------------------- allocate

@@ -2,7 +2,8 @@
 
 Zips the sample pairs under a matrix of options (every matcher, Hessian estimator, cost, recovery on
 and off, both forms, budgets, three tasks, every transformer sample) and writes, per case, the
-SHA-256 of the emitted model's bytes and the report without its timings. Run it before and after a
+SHA-256 of the emitted model's bytes, the report without its timings, and the SHA-256 of that
+report's JSON as written (key order included). Run it before and after a
 change and compare:
 
     python tools/fingerprint.py -o before.json          # on the old commit
@@ -106,8 +107,10 @@ def run(name: str) -> dict:
         models, calib, tasks, options = CASES[name]
         models, calib = [SAMPLES / m for m in models], [SAMPLES / c for c in calib]
     result = zip_models(models, calib, names=tasks, quiet=True, **options)
+    report = _plain(result.report)
     return {"model_sha256": hashlib.sha256(result.model.SerializeToString()).hexdigest(),
-            "report": _plain(result.report)}
+            "report_keys_sha256": hashlib.sha256(json.dumps(report, default=str).encode()).hexdigest(),
+            "report": report}
 
 
 def differences(a, b, path: str = "") -> list[str]:

@@ -17,6 +17,8 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 #: a model with more bytes of weights than this reaches ONNX Runtime through a temporary file, not
 #: as one serialized string beside the model and ONNX Runtime's own copy (past protobuf's 2 GB: always)
 FILE_BYTES = 256 << 20
+#: whole-model runs (the originals, verify) take fewer samples per batch where activations would pass this
+RUN_BYTES = 512 << 20
 
 
 def onnxruntime():

@@ -6,9 +6,9 @@ in ONNX Runtime twice, with the zipped weights on the zipped network's tensors a
 original weights on the original's (:meth:`onnxzip.calibrate.stages.StagedNetwork.run_pair`), and every
 hidden layer's two pre-activations are compared on the calibration data. The error is the mean over
 samples and positions of the squared difference summed over the layer's neurons, the units of the
-zipper's statistics, and ``signal`` the same mean of the original's squared pre-activation.
+layer loop's statistics, and ``signal`` the same mean of the original's squared pre-activation.
 
-Where a layer's input is the original one in every task and its statistic is exact, the zipper's
+Where a layer's input is the original one in every task and its statistic is exact, the layer loop's
 ``predicted`` error (d' H d over the merged rows) is not an estimate but the same number computed
 another way (patch statistics in numpy against convolutions in ORT): a mismatch is a bug
 (:class:`onnxzip.errors.EquivalenceError`). Elsewhere the measured error also holds what earlier

@@ -7,7 +7,6 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from ..calibrate import runtime
@@ -28,17 +27,8 @@ TOLERANCE = 1e-4  # equivalence: relative to the output's magnitude (at least 1)
 NOISE_FACTOR = 20.0  # ... or this many times the model's own float noise under re-association
 MAX_TOLERANCE = 2e-3  # ... but never more than this, relative to the magnitude
 NORMALIZED_BOUND = 1e-3  # the normalized model against the original file: beyond this, a bug
-RUN_BYTES = 512 << 20  # whole-model runs take fewer samples per batch where activations would pass this
 GROSS, SPREAD, ROUNDING_CAP = 10.0, 0.01, 1e-2  # rounding: under GROSS tolerances and ROUNDING_CAP of the
 #                                               magnitude, at most SPREAD of the elements; else a bug
-
-
-def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: list[dict[str, np.ndarray]],
-                      opts: ZipOptions) -> list[dict[str, Any]]:
-    """Per task, on its calibration data: the original file's outputs (the same for every zip)."""
-    return [runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs,
-                        batch_within(ir, opts.batch_size, RUN_BYTES))
-            for proto, ir, arrays in zip(protos, irs, data)]
 
 
 def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarray]], opts: ZipOptions,
@@ -50,12 +40,12 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     (:func:`check_equivalence`); with nothing shared it must reproduce the original models. A
     structural mismatch is a bug: :class:`EquivalenceError`. Each task's fidelity against its
     original is measured and judged (:func:`onnxzip.check.fidelity.verdict`). ``references``: the
-    original files' outputs (:func:`reference_outputs`); the float noise compares them with the
-    original networks' as the zipper ran them (normalized, stage by stage: ``plan.originals``).
+    original files' outputs (:func:`onnxzip.tasks.reference_outputs`); the float noise compares them with the
+    original networks' as the layer loop ran them (normalized, stage by stage: ``plan.originals``).
     """
     got: dict[str, Any] = {}
     for group, zipped, feeds in task_sessions(result, data, opts.device):
-        batch = min(batch_within(irs[t], opts.batch_size, RUN_BYTES // len(group)) for t in group)
+        batch = min(batch_within(irs[t], opts.batch_size, runtime.RUN_BYTES // len(group)) for t in group)
         got.update(runtime.run(zipped, feeds, [f"{result.names[t]}/{o}" for t in group for o in irs[t].outputs],
                                batch))
         del zipped

@@ -25,6 +25,7 @@ def _wname(em: TaskEmitter, index: int, what: str, common: bool) -> str:
     layer = em.layer_names[index] if common else em.ir.layers[index].name
     return f"{SHARED if common else em.prefix}/{layer}.{what}"
 
+
 def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
     """A zipped dense or conv layer of the task: per row block (shared, private; :func:`onnxzip.sharing.layout.row_blocks`)
     one op per input part, the blocks' results summed (Gemm's C input, or Add); under the ``speed`` form a
@@ -83,6 +84,7 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
     else:
         em.values[out_name] = Value(out_parts, None)
 
+
 def _term(em: TaskEmitter, node: gs.Node, x: str, w: str, acc: str, hint: str, exact: bool, first: bool) -> str:
     """``first``: op(x, w, bias=acc); else op(x, w) + acc."""
     if node.op == "Gemm":
@@ -92,6 +94,7 @@ def _term(em: TaskEmitter, node: gs.Node, x: str, w: str, acc: str, hint: str, e
         return em.b.node("Conv", [x, w, acc], attrs, [hint], em.prefix, exact=exact)[0]
     (y,) = em.b.node("Conv", [x, w], attrs, [hint + ".c"], em.prefix)
     return em.b.node("Add", [acc, y], {}, [hint], em.prefix, exact=exact)[0]
+
 
 def emit_follower(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
     """A depthwise conv, part by part (shared channels hold the same merged filters for all tasks)."""

@@ -151,8 +151,8 @@ def _result(plt, report: ZipReport) -> list[str]:
     for t in report.tasks:
         verdict = t.verdict or ""
         style = "ok" if verdict == "ok" else "bad"
-        rows.append([t.name, t.output or "", _or_dash(t.top1_agreement), _or_dash(t.mask_iou), t.rel_err or 0.0,
-                     t.max_abs_diff or 0.0, _or_dash(t.loss_increase),
+        rows.append([t.name, t.output or "", _or_dash(t.top1_agreement), _or_dash(t.mask_iou), _or_dash(t.rel_err),
+                     _or_dash(t.max_abs_diff), _or_dash(t.loss_increase),
                      Markup(f'<span class="{style}">{html.escape(verdict)}</span>')])
     parts.append("<p>Each task against its original, measured on the " +
                  html.escape(str(report.metrics_on or "calibration data")) + ".</p>" +

@@ -215,8 +215,8 @@ class ZipReport:
     restored_at: list[str] = field(default_factory=list)
     attention: list[str] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)  # calibration samples per task
-    budget: BudgetRecord | None = _opt()
     finetune: FinetuneRecord | None = _opt()
+    budget: BudgetRecord | None = _opt()
     deployment_problems: list[str] | None = _opt()
     onnxzip_version: str | None = _opt()
     inputs: list[InputRecord] | None = _opt()
@@ -228,11 +228,8 @@ class ZipReport:
     peak_rss_mb: float | None = _opt()
 
     @property
-    def equivalence_max_abs_diff(self) -> float:
-        return self.equivalence.max_abs_diff
-
-    @property
     def params_kept(self) -> float:
+        """The zipped model's float parameters over the originals'."""
         return self.params_after / max(self.params_before, 1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,10 +237,10 @@ class ZipReport:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if not (f.metadata.get("optional") and value is None):
-                out[f.name] = to_plain(value)
             if f.name == "equivalence":
                 out["equivalence_max_abs_diff"] = value.max_abs_diff
+            if not (f.metadata.get("optional") and value is None):
+                out[f.name] = to_plain(value)
         return out
 
     @classmethod

@@ -1,6 +1,7 @@
 """The terminal summary of a zip report."""
 from __future__ import annotations
 
+from ..graph.lint import MAX_OPSET
 from .records import LayerRow, ZipReport
 
 
@@ -79,7 +80,7 @@ def _checks(report: ZipReport) -> list[str]:
         lines.append(f"not shared: {row.layer}: {row.reason}")
     if report.deployment_problems is not None:
         problems = report.deployment_problems
-        lines.append("TensorRT-ready (opset <= 20, batch the only dynamic dim, constants folded, standard ops, weights "
+        lines.append(f"TensorRT-ready (opset <= {MAX_OPSET}, batch the only dynamic dim, constants folded, standard ops, weights "
                      "as initializers): " + ("yes" if not problems else
                                              f"no, {len(problems)} problem(s); first: {problems[0]}"))
     if report.phases:

@@ -53,7 +53,6 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher,
     """Every group's slot costs if everything were shared, on the original networks (one pass)."""
     ctx = Context.new(irs, 1.0, replace(opts, recover=False, cost="mtz"), fisher, samples_of(data))
     m = ctx.matchings
-    m.k = [min(ir.layers[g[0]].neurons for ir in irs) for g in m.groups]
     hidden = irs[0].hidden
     nets = [StagedNetwork(ir, hidden, opts.device, opts.batch_size) for ir in irs]
     with Spool() as spool:

@@ -13,7 +13,7 @@ from .layout import as_matrix
 from .match import decide
 from .merge import damp, merge_followers, merge_rows
 from .plan import LayerZip
-from .problem import OffsetProblem, WideRows
+from .problem import WideRows
 
 if TYPE_CHECKING:
     from .loop import Context
@@ -75,7 +75,7 @@ def merge_dense(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: lis
 def merge_offsets(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: list[Batches]) -> Merged:
     """:func:`merge_dense` for a per-channel conv, part by part in the offset basis."""
     p = ctx.problems.problem(li, live)
-    problem: OffsetProblem = p.mats
+    problem = p.offset
     f = ctx.loss_weights(li)
     costs, predicted = np.zeros(k), np.zeros(len(ctx.irs))
     zipped = []
@@ -154,9 +154,9 @@ def private_layer(ctx: Context, li: int, live: list[Batches] | None = None) -> L
     with ``live`` (recovery), refit to reproduce the original pre-activations."""
     if live is not None and ctx.problems.needs_refit(li, live):
         p = ctx.problems.problem(li, live)
-        mats = p.mats
-        if isinstance(mats, OffsetProblem):
-            mats = [mats.to_zipped(z0[0], rest) for z0, rest in zip(mats.parts[0].mats, mats.parts[1].mats)]
+        mats, o = p.mats, p.offset
+        if o is not None:
+            mats = [o.to_zipped(z0[0], rest) for z0, rest in zip(o.parts[0].mats, o.parts[1].mats)]
         return LayerZip(li, 0, p.ns, [np.arange(x.shape[0]) for x in mats], p.cols, mats, np.zeros(0))
     rows, cols, weights, ns = [], [], [], 0
     for t, ir in enumerate(ctx.irs):

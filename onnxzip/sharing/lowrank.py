@@ -150,7 +150,7 @@ def wide_blocks(rows: np.ndarray, lam: float, ns: int, basis_s: np.ndarray, comp
 
 
 def woodbury_refit(rows: np.ndarray, ref_rows: np.ndarray, a: np.ndarray, lam: float) -> np.ndarray:
-    """:func:`onnxzip.sharing.loop.refit` for a wide layer: ``(H + lam I)^-1 (G a' + lam a')``, transposed,
+    """:func:`onnxzip.sharing.problem.refit` for a wide layer: ``(H + lam I)^-1 (G a' + lam a')``, transposed,
     with H = R'R/n, G = R'Q/n (R, Q: (n, d) rows of the zipped and the original input), never
     forming a d x d matrix. a: (m, d) rows to refit."""
     n = rows.shape[0]

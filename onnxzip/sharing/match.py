@@ -21,11 +21,9 @@ from ..registry import Registry
 from ..report.records import GroupChoice
 from ..timing import phase
 from .merge import MATCHERS, match_tasks
-from .problem import OffsetProblem
 
 if TYPE_CHECKING:
     from .loop import Context
-
 
 
 @dataclass(frozen=True)
@@ -84,9 +82,9 @@ def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int
             continue
         p = problems.problem(li, live)
         blocks = problems.blocks(li, live)
-        if isinstance(p.mats, OffsetProblem):  # each component a member: the costs add up
+        if p.offset is not None:  # each component a member: the costs add up
             members.extend(([x[j][:, :part.ns] for x in part.mats], [s for s, _ in part_blocks], ctx.loss_weights(li))
-                           for part, part_blocks in zip(p.mats.parts, blocks) for j in range(part.count))
+                           for part, part_blocks in zip(p.offset.parts, blocks) for j in range(part.count))
             continue
         members.append(([x[:, :p.ns] for x in p.mats], [s for s, _ in blocks], ctx.loss_weights(li)))
     orders = ORDERS.get(ctx.opts.task_order)(len(ctx.irs))

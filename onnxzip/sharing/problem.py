@@ -93,15 +93,16 @@ class OffsetProblem:
 class LayerProblem:
     """One layer's problem, every task's part in zipped column order.
 
-    ``mats``: per task (n, d + 1) targets (the refit weights when recovering), or the offset
-    basis' :class:`OffsetProblem`; ``hs``: per task the damped statistic ((d + 1)^2 or
-    :class:`WideRows`; None with an OffsetProblem); ``cols``: per task the column order; ``ns``.
+    ``mats``: per task (n, d + 1) targets (the refit weights when recovering); ``hs``: per task the
+    damped statistic ((d + 1)^2 or :class:`WideRows`); ``cols``: per task the column order; ``ns``.
+    A per-channel conv's problem is ``offset`` instead (``mats`` and ``hs`` empty).
     """
 
-    mats: list[np.ndarray] | OffsetProblem
-    hs: list | None
+    mats: list[np.ndarray]
+    hs: list
     cols: list[np.ndarray]
     ns: int
+    offset: OffsetProblem | None = None
 
 
 def input_rows(batches: Batches, name: str, weights: np.ndarray | None) -> np.ndarray:
@@ -169,9 +170,12 @@ class Problems:
 
     def fits(self, li: int) -> bool:
         """Whether layer ``li``'s statistics fit this machine's memory (half of it)."""
-        layer = self.irs[0].layers[li]
         return self.wide(li) or self.offset(li) or not self.estimator.uses_data or \
-            (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) <= available_memory() // 2
+            self.dense_bytes(li) <= available_memory() // 2
+
+    def dense_bytes(self, li: int) -> int:
+        """The bytes layer ``li``'s dense statistics take at once (``HESSIAN_COPIES`` per task)."""
+        return (self.irs[0].layers[li].fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs)
 
     # ------------------------------------------------------------------ inputs
     def same_input(self, li: int, task: int, live: Batches) -> bool:
@@ -231,7 +235,7 @@ class Problems:
             with phase("statistics"):
                 return WideRows(input_rows(live, name, weights), None if unchanged else input_rows(ref, name, weights)), None
         if not self.fits(li):
-            gb = (layer.fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs) / 1e9
+            gb = self.dense_bytes(li) / 1e9
             raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
                              f"take {gb:.1f} GB, more than this machine has; share nothing in its group (a "
                              "--share list with 0 there) or use --hessian channel")
@@ -269,9 +273,9 @@ class Problems:
             p = self.problem(li, live)
             compensate = self.opts.compensate
             with phase("costs"):
-                if isinstance(p.mats, OffsetProblem):
+                if p.offset is not None:
                     self._blocks[li] = [[task_blocks(h, part.ns, compensate) for h in part.hs]
-                                        for part in p.mats.parts]
+                                        for part in p.offset.parts]
                 elif isinstance(p.hs[0], WideRows):
                     shared = basis(*[h.rows[:, :p.ns] for h in p.hs])
                     self._blocks[li] = [wide_blocks(h.rows, h.lam, p.ns, shared, compensate) for h in p.hs]
@@ -306,6 +310,7 @@ def dense_problem(problems: Problems, li: int, live: list[Batches]) -> LayerProb
         cols.append(order)
     return LayerProblem(mats, hs, cols, ns)
 
+
 def offset_problem(problems: Problems, li: int, live: list[Batches]) -> LayerProblem:
     """The problem of a per-channel conv in the offset basis. Recovery refits each component
     with its own blocks."""
@@ -334,4 +339,4 @@ def offset_problem(problems: Problems, li: int, live: list[Batches]) -> LayerPro
             part.hs.append(h[np.ix_(o, o)])
             part.lam.append(lam)
         cols.append(order)
-    return LayerProblem(problem, None, cols, ns)
+    return LayerProblem([], [], cols, ns, offset=problem)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..calibrate.stages import StagedNetwork
 from ..graph.ir import ModelIR
+from ..graph.spaces import LAYER_AXIS
 
 
 def changes(ir: ModelIR, li: int, eff: dict[int, tuple[np.ndarray, np.ndarray]]) -> bool:
@@ -56,8 +57,9 @@ def moments(batches: Iterable[dict[str, np.ndarray]], names: list[str]) -> dict[
     for got in batches:
         for name in names:
             x = np.asarray(got[name], np.float64)
-            axes = (0,) + tuple(range(2, x.ndim))
-            part = np.stack([x.sum(axis=axes), (x ** 2).sum(axis=axes), np.full(x.shape[1], x.size / x.shape[1])])
+            axes = tuple(a for a in range(x.ndim) if a != LAYER_AXIS)
+            c = x.shape[LAYER_AXIS]
+            part = np.stack([x.sum(axis=axes), (x ** 2).sum(axis=axes), np.full(c, x.size / c)])
             sums[name] = sums[name] + part if name in sums else part
     out = {}
     for name, (s1, s2, n) in sums.items():
