@@ -27,7 +27,7 @@ from ..sharing.plan import ZipPlan
 from .builder import SHARED, GraphBuilder
 from .fuse import fuse_branches
 from .layers import FORMS
-from .task import TaskEmitter
+from .task import Emitting, TaskEmitter
 
 
 def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_inputs: bool,
@@ -40,9 +40,10 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
     shared block in each task. Either way the tasks' parallel ops are then fused (``fuse``).
     """
     b = GraphBuilder()
+    common = Emitting(b, plan, shared_inputs, [x.name for x in irs[0].layers], FORMS.get(favor))
     inputs, outputs = [], []
     for t, (ir, name) in enumerate(zip(irs, names)):
-        em = TaskEmitter(b, ir, plan, t, name, shared_inputs, [x.name for x in irs[0].layers], FORMS.get(favor))
+        em = TaskEmitter(common, ir, t, name)
         em.run()
         if t == 0 or not shared_inputs:
             for inp in ir.graph.inputs:

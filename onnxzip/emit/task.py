@@ -1,6 +1,8 @@
 """Replaying one task's normalized graph into the zipped graph, tensor by tensor as channel parts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -13,13 +15,26 @@ from .layers import emit_follower, emit_layer
 from .parts import emit_per_part
 
 
+@dataclass
+class Emitting:
+    """What every task's emitter shares: the graph builder, the plan, whether the tasks share their
+    inputs, the first task's layer names (shared initializers are named after them), and whether a
+    partly shared layer runs as one op per task (:data:`onnxzip.emit.layers.FORMS`)."""
+
+    builder: GraphBuilder
+    plan: ZipPlan
+    shared_inputs: bool
+    layer_names: list[str]
+    one_op: bool = False
+
+
 class TaskEmitter:
     """Replays one task's graph into the builder."""
 
-    def __init__(self, b: GraphBuilder, ir: ModelIR, plan: ZipPlan, task: int, prefix: str, shared_inputs: bool,
-                 layer_names: list[str], speed: bool = False):
-        self.b, self.ir, self.plan, self.t, self.prefix, self.speed = b, ir, plan, task, prefix, speed
-        self.layer_names = layer_names  # the first task's layer names: shared initializers are named after them
+    def __init__(self, common: Emitting, ir: ModelIR, task: int, prefix: str):
+        b, plan, shared_inputs = common.builder, common.plan, common.shared_inputs
+        self.b, self.ir, self.plan, self.t, self.prefix, self.speed = b, ir, plan, task, prefix, common.one_op
+        self.layer_names = common.layer_names
         self.constants = plan.constants[task] if plan.constants else {}  # re-estimated BN statistics
         self.values: dict[str, Value] = {}
         self.restored: dict[str, str] = {}
