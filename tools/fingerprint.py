@@ -77,6 +77,7 @@ REAL = {
     "real-ocr_cls-0.5": ("ocr_cls", {"share": 0.5}),
     "real-ocr_cls-target": ("ocr_cls", {"target_params": 0.9}),
     "real-ocr_det-0.5": ("ocr_det", {"share": 0.5}),
+    "real-ocr_det-target": ("ocr_det", {"target_params": 0.9}),
 }
 
 
