@@ -1,4 +1,4 @@
-"""``onnxzip zip / inspect / eval / demo``: argparse -> ZipOptions -> the API."""
+"""``onnxzip zip / finetune / inspect / eval / report / bench / demo``: argparse -> ZipOptions -> the API."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions: the one place that imports onnxruntime (lazily)."""
+"""ONNX Runtime sessions: the one place that opens them and imports onnxruntime (lazily; normalize's
+constant folding only checks that it is installed)."""
 from __future__ import annotations
 
 import logging

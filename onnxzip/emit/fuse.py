@@ -223,7 +223,9 @@ class _Fuser(_Edits):
                 if len(nodes) > 1:
                     common = [n for n in nodes if self.common and n.outputs[0].name.startswith(self.common)]
                     own = [n for n in nodes if n not in common]
-                    nodes = own[:1] + common + own[1:]  # two tasks: each one's channels a contiguous slice
+                    # the first task's private rows, the shared ones, the others' (the emitted row blocks'
+                    # order, onnxzip.sharing.layout.row_blocks): with two tasks each one's channels are one slice
+                    nodes = own[:1] + common + own[1:]
                     base = (common or own)[0]  # stacked weights are named after the shared block's
                     consts = [gs.Constant(self._unique(f"{c.name}.stacked"),
                                           np.concatenate([np.asarray(n.inputs[j].values).reshape(
