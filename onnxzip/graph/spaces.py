@@ -357,6 +357,15 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
             private.update(t.name for t in node.outputs)
             log.info("node %r (%s) needs each task's own channel order: its inputs are restored", node.name, node.op)
     hidden = [i for i in hidden if i not in plain]
+    groups, layout = _grouped(ties, hidden, followers, layout)
+    normalized = {i for i, layer in enumerate(layers) if i in hidden and _feeds_normalization(graph, layer, layout)}
+    return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized)
+
+
+def _grouped(ties: _UnionFind, hidden: list[int], followers: list[int], layout: dict[str, ChannelSpace]
+             ) -> tuple[list[list[int]], dict[str, ChannelSpace]]:
+    """The matching groups (tied hidden layers, followers apart, ordered by their first member) and
+    the layout with every segment named by its group's first member."""
     members: dict[int, list[int]] = {}
     for i in hidden:
         if i not in followers:
@@ -364,8 +373,7 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
     groups = [m for _, m in sorted(members.items(), key=lambda kv: kv[1][0])]
     layout = {k: ChannelSpace(tuple(Segment(s.layer if s.layer < 0 else _root_member(ties, s.layer, members), s.count)
                                     for s in v.segments), v.block, v.axis) for k, v in layout.items()}
-    normalized = {i for i, layer in enumerate(layers) if i in hidden and _feeds_normalization(graph, layer, layout)}
-    return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized)
+    return groups, layout
 
 
 def _feeds_normalization(graph: gs.Graph, layer, layout: dict[str, ChannelSpace]) -> bool:

@@ -56,6 +56,18 @@ def _foldable(node: gs.Node) -> bool:
     return all(isinstance(t, gs.Constant) or _is_shape_of_static(t) for t in named)
 
 
+def _shape_dims(node: gs.Node) -> list | None:
+    """A Shape node's values: ints where static, ``(tensor, axis)`` where known only at run time."""
+    x = node.inputs[0]
+    if x.shape is None:
+        return None
+    rank = len(x.shape)
+    start, end = int(node.attrs.get("start", 0)), int(node.attrs.get("end", rank))
+    start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+    # a static 0 stays symbolic: as a Reshape target it would mean "copy"
+    return [d if isinstance(d, int) and d > 0 else (x, i) for i, d in ((i, x.shape[i]) for i in range(start, end))]
+
+
 def _shape_items(t: gs.Tensor, depth: int = 0) -> list | None:
     """A small integer tensor computed from tensor shapes, as its values: an int where known, else
     ``(tensor, axis)`` for a dimension of ``tensor`` not known until run time. None where it is
@@ -79,14 +91,7 @@ def _shape_items(t: gs.Tensor, depth: int = 0) -> list | None:
     if (node.domain or "") not in ("", "ai.onnx"):
         return None
     if op == "Shape":
-        x = ins[0]
-        if x.shape is None:
-            return None
-        rank = len(x.shape)
-        start, end = int(node.attrs.get("start", 0)), int(node.attrs.get("end", rank))
-        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
-        # a static 0 stays symbolic: as a Reshape target it would mean "copy"
-        return [d if isinstance(d, int) and d > 0 else (x, i) for i, d in ((i, x.shape[i]) for i in range(start, end))]
+        return _shape_dims(node)
     if op in ("Identity", "Squeeze", "Unsqueeze") or (
             op == "Cast" and int(node.attrs.get("to", 0)) in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)):
         items = _shape_items(ins[0], depth + 1)
