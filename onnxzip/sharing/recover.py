@@ -45,9 +45,12 @@ def restat_batchnorms(nets: list[StagedNetwork], irs: list[ModelIR], j: int, nod
             eps = float(node.attrs.get("epsilon", 1e-5))
             s = np.sqrt(var + eps)
             s_new = s * np.sqrt(x_var + 1e-12) / np.sqrt(r_var + 1e-12)
-            mean_new = x_mean - s_new * (r_mean - mean) / s
+            var_new = np.maximum(s_new ** 2 - eps, 0.0)
+            # the scale the BN will divide by: s_new, or sqrt(eps) where the variance collapsed (clipped)
+            scale = np.where(s_new ** 2 > eps, s_new, np.sqrt(eps))
+            mean_new = x_mean - scale * (r_mean - mean) / s
             constants[t][node.inputs[3].name] = mean_new.astype(np.float32)
-            constants[t][node.inputs[4].name] = np.maximum(s_new ** 2 - eps, 0.0).astype(np.float32)
+            constants[t][node.inputs[4].name] = var_new.astype(np.float32)
 
 
 def moments(batches: Iterable[dict[str, np.ndarray]], names: list[str]) -> dict[str, tuple]:
