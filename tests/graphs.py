@@ -372,3 +372,12 @@ def mlp_with_channel_operand(seed: int) -> onnx.ModelProto:
         if node.name == "drop":
             node.input[0] = "sub"
     return m
+
+
+def edited(m: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``m`` with the named initializers replaced."""
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    for init in m.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
+    return m

@@ -89,15 +89,6 @@ def whole_run(m: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict[str, 
     return {n: v.astype(np.float64) for n, v in zip(names, sess.run(names, {"x": x}))}
 
 
-def edited(m: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``m`` with the named initializers replaced."""
-    m = onnx.ModelProto.FromString(m.SerializeToString())
-    for init in m.graph.initializer:
-        if init.name in values:
-            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
-    return m
-
-
 def restat(models, changed, xs):
     """Build each task's staged network (cut before c1 and c2), run it up to the stage of the BN
     after layer ``changed`` and re-estimate that BN with ``changed[t]`` (W, b or None) as task t's
@@ -130,7 +121,7 @@ def check_moments_restored(m, values, x, bn_name):
     inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in m.graph.initializer}
     gamma, beta = inits[node.input[1]], inits[node.input[2]]
     ref = whole_run(m, x, [node.input[0], node.output[0]])
-    got = whole_run(edited(m, values), x, [node.input[0], node.output[0]])
+    got = whole_run(graphs.edited(m, values), x, [node.input[0], node.output[0]])
     axes = (0, 2, 3)
     y_ref, y, xin, rin = ref[node.output[0]], got[node.output[0]], got[node.input[0]], ref[node.input[0]]
     assert not np.allclose(xin, rin, atol=1e-3)  # the BN's input did change
@@ -199,7 +190,7 @@ def test_restat_batchnorms_keeps_the_mean_of_a_channel_whose_variance_collapsed(
     node = bn_node(m, "bn1")
     values = {irs[t].layers[0].weight: effs[t][0], irs[t].layers[0].bias: effs[t][1], **constants[t]}
     ref = whole_run(m, xs[t], [node.output[0]])[node.output[0]]
-    got = whole_run(edited(m, values), xs[t], [node.output[0]])[node.output[0]]
+    got = whole_run(graphs.edited(m, values), xs[t], [node.output[0]])[node.output[0]]
     axes = (0, 2, 3)
     # every other channel: both moments restored; channel 2 cannot get its variance back (v >= 0) but
     # can get its mean

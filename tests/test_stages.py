@@ -11,7 +11,7 @@ import graphs
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from onnxzip.calibrate.spool import Batches, Spool
 from onnxzip.calibrate.stages import StagedNetwork
@@ -28,15 +28,6 @@ def whole_run(m: onnx.ModelProto, feeds: dict, names: list[str]) -> dict[str, np
     m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     return dict(zip(names, sess.run(names, feeds)))
-
-
-def edited(m: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``m`` with the named initializers replaced."""
-    m = onnx.ModelProto.FromString(m.SerializeToString())
-    for init in m.graph.initializer:
-        if init.name in values:
-            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
-    return m
 
 
 def close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-5) -> None:
@@ -205,7 +196,7 @@ def test_run_pair_with_substituted_weights_equals_the_model_with_them_edited_in(
 
     names = [layer.output, "y"]
     original = whole_run(m, {"x": x}, names)
-    changed = whole_run(edited(m, {w_name: w, b_name: b}), {"x": x}, names)
+    changed = whole_run(graphs.edited(m, {w_name: w, b_name: b}), {"x": x}, names)
     assert not np.allclose(changed["y"], original["y"], atol=1e-3)  # (the edit matters)
     close(ref.array("y"), original["y"])
     close(zipped.array("y"), changed["y"])
@@ -244,5 +235,5 @@ def test_substituted_constants_equal_the_model_with_them_edited_in():
     live = Batches.of({"x": x}, net.batch)
     for s in range(net.stages):
         live = net.run_stage(s, live, {}, values if s == j else None)
-    close(live.array("y"), graphs.run(edited(m, values), {"x": x}))
+    close(live.array("y"), graphs.run(graphs.edited(m, values), {"x": x}))
     assert not np.allclose(live.array("y"), graphs.run(m, {"x": x}), atol=1e-3)
