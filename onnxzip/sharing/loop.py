@@ -52,7 +52,7 @@ class Context:
 
     @classmethod
     def new(cls, irs: list[ModelIR], share, opts: ZipOptions, fisher: Fisher | None, samples: int) -> Context:
-        """``share``: a fraction, one per group, or neuron counts per group (from a budget)."""
+        """``share``: a fraction, one per group, or :class:`onnxzip.sharing.plan.Counts` (a budget's)."""
         if len(irs) < 2:
             raise UsageError("give at least two models")
         check_tasks(opts.cost, len(irs))
@@ -97,7 +97,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts
         irs: the tasks (aligned: same layers in the same order).
         data: per task, the calibration arrays by input name.
         share: fraction of each group's neurons to share (float or one per group), or neuron counts
-            per group (from :class:`onnxzip.sharing.budget.BudgetPlanner`).
+            per group as :class:`onnxzip.sharing.plan.Counts` (a budget's).
         opts: the options; ``opts.recover`` refits every layer's targets (and the heads) to reproduce
             the original pre-activations (the original networks run alongside either way: every
             hidden layer's zipped pre-activation is measured against the original's).
