@@ -17,6 +17,7 @@ import onnx
 from . import __version__, images, timing
 from .calibrate import runtime
 from .calibrate.fisher import loss_statistics
+from .check.fidelity import TOO_FEW
 from .check.layers import measure_layers
 from .check.verify import verify, warn_fidelity, zipped_feeds
 from .emit.model import emit_model
@@ -65,7 +66,7 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     report = result.summary
     warn_fidelity(report, opts)
     report.deployment_problems = deployment_problems(result.model)
-    provenance(report, models, data, tasks.names, opts)
+    provenance(report, models, data, tasks, opts)
     report.options["shared_input"] = tasks.shared_inputs
     report.cost_units = "loss" if result.plan.loss_aware else "pre-activation"
     report.seconds = round(time.perf_counter() - start, 3)
@@ -87,7 +88,7 @@ def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None
             onnx.checker.check_model(model, full_check=True)
     result = ZipResult(model, None, names, plan)
     with timing.phase("verify"):
-        result.summary = verify(result, irs, arrays, opts, tasks.references)
+        result.summary = verify(result, irs, arrays, opts, tasks.references, held=(tasks.held, tasks.held_references))
     with timing.phase("layer check"):
         errors = measure_layers(plan, irs, names)
     for row, err in zip(result.summary.layers, errors):
@@ -104,12 +105,13 @@ def retrain(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
         result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
                                       quiet=opts.quiet)
     before = result.summary
-    result.summary = verify(result, tasks.irs, tasks.arrays, opts, tasks.references, check=False)  # fidelity only
+    result.summary = verify(result, tasks.irs, tasks.arrays, opts, tasks.references, check=False,
+                            held=(tasks.held, tasks.held_references))  # fidelity only
     result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
     result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
 
 
-def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], names: list[str],
+def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], tasks: Tasks,
                opts: ZipOptions) -> None:
     """What reproduces a zip, into ``report``: onnxzip's version, every input's SHA-256 and every
     option (a budget's zip shares what the budget chose: ``share`` is then None and the report's
@@ -120,9 +122,12 @@ def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], na
     report.inputs = [InputRecord(n, str(m) if isinstance(m, (str, os.PathLike)) else None, io.sha256(m),
                                  str(d) if isinstance(d, (str, os.PathLike)) else None,
                                  images.folder_sha256(d, opts.recipe()) if images.is_image_folder(d) else io.sha256(d))
-                     for n, m, d in zip(names, models, data)]
+                     for n, m, d in zip(tasks.names, models, data)]
     report.onnxzip_version = __version__
-    report.metrics_on = "calibration data (the samples the zip was fitted to, not held out)"
+    held = [len(next(iter(h.values()))) if h else 0 for h in tasks.held]
+    report.metrics_on = (f"held-out calibration samples ({', '.join(map(str, held))} per task, seeded; the zip was "
+                         "fitted to the rest)" if tasks.held_out else
+                         "the calibration samples the zip was fitted to (too few to hold any out: no verdict)")
 
 
 def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
@@ -147,7 +152,7 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
         result = zip_once(tasks, each, Counts(counts), fisher)
         report = result.summary
         measured = sum(t.loss_increase or 0.0 for t in report.tasks)
-        fits = all((t.verdict or "ok") == "ok" for t in report.tasks)
+        fits = all(t.verdict in (None, "ok", TOO_FEW) for t in report.tasks)  # (too few: not disproved)
         verdicts = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks)
         tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
                                report.params_kept, fits))

@@ -105,6 +105,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
                         "run one op per task, storing the shared block in each task (speed)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="calibration batch size")
+    p.add_argument("--hold-out", type=float, default=DEFAULTS.hold_out, metavar="FRACTION",
+                   help="the fraction of each task's calibration samples (seeded) that the zip is judged on and "
+                        f"not fitted to; 0: fit to all, no verdict (default {DEFAULTS.hold_out})")
     p.add_argument("--mask-threshold", type=float, default=DEFAULTS.mask_threshold,
                    help="detector scores and probability maps are compared as masks above this value "
                         f"(default {DEFAULTS.mask_threshold})")

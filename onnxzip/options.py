@@ -40,6 +40,7 @@ class ZipOptions:
     device: str = "cpu"
     batch_size: int = 64
     mask_threshold: float = 0.5
+    hold_out: float = 0.2  # the fraction of each task's calibration samples judged on, not fitted to (seeded)
     quiet: bool = False
     image_size: tuple[int, int] | None = None  # image folders as --data: the recipe (onnxzip.images)
     mean: tuple[float, ...] = (0.0,)
@@ -84,6 +85,8 @@ class ZipOptions:
             raise UsageError(f"--max-loss-increase {self.max_loss_increase}: must be >= 0")
         if not 0.0 < self.mask_threshold < 1.0:
             raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
+        if not 0.0 <= self.hold_out < 1.0:
+            raise UsageError(f"--hold-out {self.hold_out}: give a fraction in [0, 1)")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.names is not None:

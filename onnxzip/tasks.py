@@ -26,6 +26,8 @@ from .options import ZipOptions
 from .sharing.match import COSTS
 
 log = logging.getLogger(__name__)
+MIN_HOLD_OUT = 10  # smaller calibration sets hold nothing out (their verdicts are "too few to judge")
+SPLIT_SEED = 0
 
 Models = Sequence["str | os.PathLike | onnx.ModelProto"]
 Data = Sequence["str | os.PathLike | dict[str, np.ndarray]"]
@@ -37,10 +39,17 @@ class Tasks:
 
     names: list[str]
     irs: list[ModelIR]  # normalized and aligned
-    arrays: list[dict[str, np.ndarray]]  # per task, the calibration inputs by input name
+    arrays: list[dict[str, np.ndarray]]  # per task, the calibration inputs the zip is fitted to, by input name
     labels: list[np.ndarray | None]  # per task, class labels (``--labels``) or None
     references: list[dict[str, Any]]  # per task, the original file's outputs on ``arrays``
     shared_inputs: bool  # one input for all tasks in the zipped model
+    held: list[dict[str, np.ndarray]]  # per task, the held-out calibration inputs (:func:`split`; may be empty)
+    held_references: list[dict[str, Any]]  # per task, the original file's outputs on ``held``
+
+    @property
+    def held_out(self) -> bool:
+        """Whether every task has held-out samples to be judged on."""
+        return all(_count(h) for h in self.held)
 
 
 def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
@@ -57,8 +66,12 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
     with timing.phase("load"):
         protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
     labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
+    held = []
     for t, ir in enumerate(irs):
         arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])
+        fit, out = split(_count(arrays[t]), opts.hold_out, batch_unit(ir))
+        held.append(_take(arrays[t], out) if len(out) else {})
+        arrays[t], labels[t] = _take(arrays[t], fit), None if labels[t] is None else labels[t][fit]
     if opts.finetune and any(y is None for y in labels):
         raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
     with timing.phase("load"):
@@ -66,12 +79,38 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
     if COSTS.get(opts.cost).same_samples:  # (correlations need the same samples through every task)
         if any(set(a) != set(arrays[0]) or any(a[k].shape[1:] != arrays[0][k].shape[1:] for k in a) for a in arrays):
             raise UsageError(f"--cost {opts.cost} needs tasks with the same inputs")
-        common = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
-        arrays = [common] * len(arrays)
+        arrays = [{k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}] * len(arrays)
+        if all(held):
+            held = [{k: np.concatenate([a[k] for a in held]) for k in held[0]}] * len(held)
     shared_inputs = not opts.separate_inputs and same_inputs(irs)
     with timing.phase("originals"):
         references = reference_outputs(protos, irs, arrays, opts)
-    return Tasks(names, irs, arrays, labels, references, shared_inputs)
+        held_references = reference_outputs(protos, irs, held, opts) if all(held) else [{} for _ in held]
+    if opts.hold_out and not all(held):
+        log.warning("fewer than %d calibration samples for %s: nothing is held out, so no verdict can be judged "
+                    "(said as 'too few to judge')", MIN_HOLD_OUT,
+                    ", ".join(f"task {n!r}" for n, h in zip(names, held) if not h))
+    return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references)
+
+
+def split(n: int, fraction: float, unit: int = 1, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(fitted, held-out) sample indices, each sorted: a seeded ``fraction`` of ``n`` samples held
+    out (``--hold-out``), a multiple of ``unit`` (a model's whole batches, :func:`batch_unit`), none
+    when ``fraction`` is 0, ``n < MIN_HOLD_OUT`` or nothing would be left to fit. The same ``n``
+    always splits the same way."""
+    count = max(1, round(fraction * n / unit)) * unit
+    if not fraction or n < MIN_HOLD_OUT or count >= n:
+        return np.arange(n), np.arange(0)
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
+    return np.setdiff1d(np.arange(n), held), held
+
+
+def _take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+def _count(arrays: dict[str, np.ndarray]) -> int:
+    return int(next(iter(arrays.values())).shape[0]) if arrays else 0
 
 
 def task_names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
@@ -117,18 +156,27 @@ def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray
     rows, sequence-first layouts) gets whole batches: the calibration samples past the last multiple
     of B are left out (with fewer than B, they are repeated up to B), because its stages cannot pad a
     partial batch. Batch-major models keep every sample (each stage pads its last batch)."""
-    fixed = ir.fixed_batch
+    fixed = batch_unit(ir)
     n = next(iter(arrays.values())).shape[0]
-    if fixed is None or fixed <= 1 or n % fixed == 0:
-        return arrays, labels
-    if all(t.shape[0] == fixed for t in ir.graph.tensors().values()
-           if not isinstance(t, gs.Constant) and t.shape and t.dtype is not None and np.dtype(t.dtype).kind == "f"):
+    if n % fixed == 0:
         return arrays, labels
     m = n - n % fixed if n > fixed else fixed
     log.warning("task %r: the model fixes its batch at %d: %s", ir.name, fixed,
                 f"{n - m} of its {n} calibration samples are left out" if m < n else f"its {n} samples repeat to {m}")
     return ({k: np.resize(v, (m,) + v.shape[1:]) for k, v in arrays.items()},
             None if labels is None else np.resize(labels, m))
+
+
+def batch_unit(ir: ModelIR) -> int:
+    """The samples a model must run in one go: its fixed batch B > 1 where it holds tensors without
+    the batch on axis 0 (token rows, sequence-first layouts), else 1."""
+    fixed = ir.fixed_batch
+    if fixed is None or fixed <= 1:
+        return 1
+    if all(t.shape[0] == fixed for t in ir.graph.tensors().values()
+           if not isinstance(t, gs.Constant) and t.shape and t.dtype is not None and np.dtype(t.dtype).kind == "f"):
+        return 1
+    return fixed
 
 
 def same_inputs(irs: list[ModelIR]) -> bool:

@@ -8,6 +8,7 @@ from conftest import SAMPLES
 
 from onnxzip import ZipOptions, accuracy_of, zip_models
 from onnxzip.graph.io import load_arrays
+from onnxzip.tasks import split
 
 NAMES = ("digit", "parity")
 CALIB = [SAMPLES / "calib_digit.npz", SAMPLES / "calib_parity.npz"]
@@ -205,7 +206,9 @@ def test_exact_hessian_and_dead_neurons(hessian):
         np.testing.assert_allclose(got[f"{t}/y"], want, rtol=0, atol=1e-5 * np.abs(want).max())
     three = zip_models(models, data, share=0.75, hessian=hessian, quiet=True, names=("a", "b"))
     assert all(np.isfinite(layer["cost"]) for layer in three.report["layers"])
-    for row, m, d in zip(three.report["tasks"], models, data):
+    _, held = split(64, ZipOptions().hold_out)
+    for row, m, d in zip(three.report["tasks"], models, data):  # judged on the held-out samples
+        d = {"x": d["x"][held]}
         z = outputs(three.model, d)[f"{row['name']}/y"].astype(np.float64)
         o = outputs(m, d)["y"].astype(np.float64)
         assert np.isfinite(z).all()
@@ -258,8 +261,8 @@ def test_too_large_hessian_is_a_clear_error(monkeypatch):
 
 def test_recovery_refits_to_the_original_pre_activations():
     """Label-free recovery (default) against the paper's targets, at full sharing of the sample CNNs."""
-    plain = zip_models(sample_models("cnn"), CALIB, share=1.0, names=NAMES, quiet=True, recover=False)
-    recovered = zip_models(sample_models("cnn"), CALIB, share=1.0, names=NAMES, quiet=True)
+    plain = zip_models(sample_models("cnn"), CALIB, share=1.0, names=NAMES, quiet=True, recover=False, hold_out=0)
+    recovered = zip_models(sample_models("cnn"), CALIB, share=1.0, names=NAMES, quiet=True, hold_out=0)
     assert recovered.report["params_after"] == plain.report["params_after"]
     for p, r in zip(plain.report["tasks"], recovered.report["tasks"]):
         assert r["rel_err"] < 0.5 * p["rel_err"]
@@ -311,7 +314,7 @@ def test_correlation_matching_pairs_as_brute_force_on_the_activations():
     models = [graphs.cnn(1), graphs.cnn(2)]
     data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8), n=48)}]
     result = zip_models(models, data, share=(0.5, 0.0, 0.0), quiet=True, cost="correlation", hessian="identity",
-                        recover=False, loss_aware=False)
+                        recover=False, loss_aware=False, hold_out=0)
     assert result.report["samples"] == [64 + 48, 64 + 48]  # both tasks run both calibration sets
     x = np.concatenate([d["x"] for d in data])
     acts = [outputs(_with_output(m, "bn0"), {"x": x})["bn0"].transpose(0, 2, 3, 1).reshape(-1, 6).astype(np.float64)
@@ -327,7 +330,7 @@ def test_correlation_matching_pairs_as_brute_force_on_the_activations():
 
 def test_correlation_matching_baseline():
     result = zip_models(sample_models("cnn"), CALIB, share=0.5, names=NAMES, quiet=True, cost="correlation",
-                        hessian="identity", recover=False, loss_aware=False)
+                        hessian="identity", recover=False, loss_aware=False, hold_out=0)
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
     n = [len(np.load(c)["image"]) for c in CALIB]
     assert result.report["samples"] == [sum(n), sum(n)] == [512, 512]  # both tasks run both calibration sets
@@ -368,7 +371,7 @@ def _fixed_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
 def test_fixed_batch_models_zip_with_any_sample_count():
     models = [_fixed_batch(graphs.mlp(1), 8), _fixed_batch(graphs.mlp(2), 8)]
     data = [{"x": graphs.data(3, (12,), n=13)}, {"x": graphs.data(4, (12,), n=21)}]
-    half = zip_models(models, data, share=0.5, quiet=True, names=("a", "b"))
+    half = zip_models(models, data, share=0.5, quiet=True, names=("a", "b"), hold_out=0)
     assert half.report["samples"] == [13, 21]
     zero = zip_models(models, data, share=0.0, quiet=True, names=("a", "b"))
     x = graphs.data(5, (12,), n=8)

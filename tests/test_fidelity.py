@@ -12,14 +12,17 @@ def test_mask_iou_and_fired_against_hand_counts():
     row = fidelity(z, o, kind="scores")
     # original positives: (0,0),(0,1),(1,1),(1,2); zipped: (0,0),(0,2),(1,1),(1,2): 3 common, 5 in the union
     assert row.mask_iou == 3 / 5 and row.fired == 1.0 and row.top1_agreement is None
-    assert verdict(row) == "degraded"
+    assert row.evidence == 5 and verdict(row) == "too few to judge"  # 5 positive positions
+    many = fidelity(np.tile(z, (4, 1, 1)), np.tile(o, (4, 1, 1)), kind="scores")
+    assert many.mask_iou == 3 / 5 and many.evidence == 20 and verdict(many) == "degraded"
 
 
 def test_a_detector_that_never_fires_has_collapsed():
     o = np.array([[0.9], [0.1], [0.95], [0.0]])
     z = np.array([[0.4], [0.1], [0.45], [0.0]])
-    row = fidelity(z, o, kind="scores")
-    assert row.mask_iou == 0.0 and row.fired == 0.0 and verdict(row) == "collapsed"
+    row = fidelity(np.tile(z, (10, 1)), np.tile(o, (10, 1)), kind="scores")
+    assert row.mask_iou == 0.0 and row.fired == 0.0 and row.evidence == 20 and verdict(row) == "collapsed"
+    assert verdict(fidelity(z, o, kind="scores")) == "too few to judge"  # 2 positive positions
     assert fidelity(o * 0.0, o * 0.0, kind="scores").mask_iou == 1.0  # nothing to find, nothing found
 
 
@@ -31,7 +34,11 @@ def test_top1_agreement_and_relative_error():
     row = fidelity(z, o, kind="classifier")
     assert row.top1_agreement == np.mean(z.argmax(1) == o.argmax(1))
     assert np.isclose(row.rel_err, np.sqrt(((z - o) ** 2).sum() / (o ** 2).sum()))
-    assert verdict(Fidelity(0.7, 1.0)) == "collapsed" and verdict(Fidelity(0.05, 1.0)) == "ok"
+    assert row.evidence == 50 and verdict(row) == "degraded"  # 40 of 50 agree
+    assert verdict(Fidelity(0.7, 1.0, evidence=10)) == "collapsed" and verdict(Fidelity(0.05, 1.0, evidence=10)) == "ok"
+    assert verdict(Fidelity(0.05, 1.0, evidence=9)) == "too few to judge"
+    few = fidelity(z[:19], o[:19], kind="classifier")
+    assert few.evidence == 19 and verdict(few) == "too few to judge"  # a top-1 agreement over 19 samples
 
 
 def test_output_loss_is_the_mean_kl_for_classifiers():

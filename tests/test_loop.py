@@ -90,7 +90,7 @@ def test_kept_batchnorms_get_statistics_that_restore_the_original_output_moments
     original BN output has. Oracle: the emitted model and the originals in ORT, numpy moments."""
     models = [graphs.plain_bn(1), graphs.plain_bn(2)]
     data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
-    result = onnxzip.zip_models(models, data, share=0.25, names=("a", "b"), quiet=True)
+    result = onnxzip.zip_models(models, data, share=0.25, names=("a", "b"), quiet=True, hold_out=0)
     plan = result.plan
     assert [plan.layers[i].shared for i in (0, 1)] == [2, 3]  # c1: 2 of 8, c2: 3 of 12
     # each BN part is known by its width: (BN index, layer before it, shared part?)

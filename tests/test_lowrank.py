@@ -82,9 +82,9 @@ def test_a_wide_dense_layer_zips_as_with_its_dense_hessian(monkeypatch):
     from tests.conftest import SAMPLES
     models = [SAMPLES / "mlp_digit.onnx", SAMPLES / "mlp_parity.onnx"]
     data = [{"image": load_arrays(SAMPLES / f"calib_{t}.npz")["image"][:40]} for t in ("digit", "parity")]
-    dense = zip_models(models, data, share=0.5, quiet=True)
+    dense = zip_models(models, data, share=0.5, quiet=True, hold_out=0)
     monkeypatch.setattr(onnxzip.sharing.problem, "LOWRANK_MIN", 32)
-    wide = zip_models(models, data, share=0.5, quiet=True)
+    wide = zip_models(models, data, share=0.5, quiet=True, hold_out=0)
     assert [r["shared"] for r in wide.report["layers"]] == [r["shared"] for r in dense.report["layers"]]
     for a, b in zip(dense.model.graph.initializer, wide.model.graph.initializer):
         x, y = (np.frombuffer(t.raw_data, np.float32) if t.raw_data else np.asarray(t.float_data) for t in (a, b))
@@ -103,6 +103,6 @@ def test_tasks_with_different_sample_counts_take_one_path(monkeypatch):
     monkeypatch.setattr(onnxzip.sharing.problem, "LOWRANK_MIN", 32)
     models = [SAMPLES / "mlp_digit.onnx", SAMPLES / "mlp_parity.onnx"]
     data = [{"image": load_arrays(SAMPLES / f"calib_{t}.npz")["image"][:n]} for t, n in (("digit", 40), ("parity", 100))]
-    result = zip_models(models, data, share=0.5, quiet=True)
+    result = zip_models(models, data, share=0.5, quiet=True, hold_out=0)
     assert result.report["equivalence"]["verdict"] == "ok"
     assert all(t["rel_err"] < 0.05 for t in result.report["tasks"])

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxzip import EquivalenceError, ZipOptions, zip_models
-from onnxzip.tasks import load_tasks, reference_outputs
+from onnxzip.tasks import load_tasks, reference_outputs, split
 from onnxzip.check import verify as V
 from onnxzip.graph.align import align
 from onnxzip.graph.ir import build_ir
@@ -279,7 +279,7 @@ def test_warn_fidelity_messages(caplog):
         V.warn_fidelity(report, ZipOptions(share=0.5))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3
-    assert lines[0].startswith("task 'a' COLLAPSED against its original on the calibration data: top-1 agreement "
+    assert lines[0].startswith("task 'a' COLLAPSED against its original on held-out data: top-1 agreement "
                                "0.300; share less")
     assert "task 'b' COLLAPSED" in lines[1] and ": mask IoU 0.250 (fires 40% as often); share less" in lines[1]
     assert "task 'c' COLLAPSED" in lines[2] and ": relative error 0.75; share less" in lines[2]
@@ -349,6 +349,12 @@ def originals_and_zipped(result, models, data, names):
     return out
 
 
+def held_out(data, n):
+    """The held-out part of each task's data (:func:`onnxzip.tasks.split`, the default fraction)."""
+    _, held = split(n, ZipOptions().hold_out)
+    return [{k: v[held] for k, v in d.items()} for d in data]
+
+
 def by_hand(o: np.ndarray, z: np.ndarray, kind: str) -> dict:
     row = {"rel_err": np.linalg.norm(z - o) / np.linalg.norm(o), "max_abs_diff": np.max(np.abs(z - o))}
     if kind == "classifier":
@@ -373,15 +379,16 @@ CASES = {"mlp": (graphs.mlp, (12,), "classifier"), "cnn": (graphs.cnn, (3, 8, 8)
 def test_report_fidelity_recomputed_from_the_models(case):
     build, shape, kind = CASES[case]
     models = [build(1), build(2)]
-    data = [{"x": graphs.data(3, shape, n=64)}, {"x": graphs.data(4, shape, n=64)}]
+    data = [{"x": graphs.data(3, shape, n=100)}, {"x": graphs.data(4, shape, n=100)}]
     result, names = zipped(models, data)
     report = plain(result.report)
-    assert report["samples"] == [64, 64] and report["attention"] == []
+    assert report["samples"] == [80, 80] and report["attention"] == []  # fitted to 80, judged on 20
+    data = held_out(data, 100)
     assert report["equivalence"]["verdict"] == "ok"
     assert report["equivalence"]["max_abs_diff"] <= report["equivalence"]["tolerance"]
     for row, (o, z) in zip(report["tasks"], originals_and_zipped(result, models, data, names)):
         want = by_hand(o, z, kind)
-        assert row["output"] == "y" and row["verdict"] == want["verdict"]
+        assert row["output"] == "y" and row["verdict"] == want["verdict"] and row["held_out"]
         for key in ("rel_err", "max_abs_diff", "loss_increase"):
             assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), key
         if kind == "classifier":
@@ -405,9 +412,10 @@ def test_report_fidelity_recomputed_from_the_models(case):
 
 def test_report_with_nothing_shared_reproduces_the_originals():
     models = [graphs.mlp(1), graphs.mlp(2)]
-    data = [{"x": graphs.data(3, (12,), n=64)}]
+    data = [{"x": graphs.data(3, (12,), n=100)}]
     result, names = zipped(models, data, share=0.0)
-    for row, (o, z) in zip(plain(result.report)["tasks"], originals_and_zipped(result, models, data * 2, names)):
+    for row, (o, z) in zip(plain(result.report)["tasks"], originals_and_zipped(result, models, held_out(data, 100) * 2,
+                                                                               names)):
         assert np.max(np.abs(z - o)) <= 1e-5
         assert row["max_abs_diff"] <= 1e-5 and row["rel_err"] <= 1e-5 and row["top1_agreement"] == 1.0
         assert row["verdict"] == "ok" and abs(row["loss_increase"]) <= 1e-9
@@ -419,8 +427,8 @@ def zip_and_irs(share: float):
     arrays, the options and the original files' outputs."""
     models = [graphs.mlp(1), graphs.mlp(2)]
     data = [{"x": graphs.data(3, (12,), n=64)}] * 2
-    result, names = zipped(models, data, share=share)
-    opts = ZipOptions(share=share, quiet=True, names=names)
+    result, names = zipped(models, data, share=share, hold_out=0)  # (verify judges on the data given)
+    opts = ZipOptions(share=share, quiet=True, names=names, hold_out=0)
     protos, irs, arrays = load_tasks(models, list(names), data)
     irs = align(irs)
     references = reference_outputs(protos, irs, arrays, opts)
@@ -497,3 +505,27 @@ def test_task_sessions_group_tasks_by_their_data():
     (group, sess, feeds), = V.task_sessions(separate, same, "cpu")
     assert group == [0, 1] and sorted(feeds) == ["a/x", "b/x"]
     assert feeds["a/x"] is same[0]["x"] and feeds["b/x"] is same[1]["x"]
+
+
+@pytest.mark.parametrize("n", [1, 9])
+def test_too_few_calibration_samples_are_never_judged_ok(n, caplog):
+    """With fewer samples than can be held out the zip is fitted to all of them, and a verdict on the
+    samples it was fitted to is no verdict: 'too few to judge', said, never 'ok'."""
+    models = [graphs.mlp(1), graphs.mlp(2)]
+    data = [{"x": graphs.data(3, (12,), n=n)}, {"x": graphs.data(4, (12,), n=n)}]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        result, _ = zipped(models, data, share=0.0)
+    rows = plain(result.report)["tasks"]
+    assert [r["verdict"] for r in rows] == ["too few to judge"] * 2 and not any(r["held_out"] for r in rows)
+    assert all(r["rel_err"] <= 1e-5 for r in rows)  # (share 0: it does reproduce the originals)
+    assert result.report["samples"] == [n, n]
+    assert any("nothing is held out" in r.getMessage() for r in caplog.records)
+
+
+def test_held_out_samples_are_not_fitted_to():
+    """Fitted to 80 of 100 samples, judged on the other 20: the split is the seeded one of
+    onnxzip.tasks.split, disjoint, and the same for the same sample count."""
+    fit, held = split(100, 0.2)
+    assert len(held) == 20 and len(fit) == 80 and not set(fit) & set(held)
+    assert np.array_equal(split(100, 0.2)[1], held) and len(split(9, 0.2)[1]) == 0
+    assert len(split(100, 0.2, unit=8)[1]) == 16  # whole batches of a fixed-batch model

@@ -25,6 +25,10 @@ def count_parameters(tensors: list[onnx.TensorProto] | list[np.ndarray]) -> tupl
 COLLAPSE = {"top1_agreement": 0.5, "mask_iou": 0.5, "rel_err": 0.5}
 #: ... and below these it is degraded (said in the table)
 DEGRADED = {"top1_agreement": 0.9, "mask_iou": 0.9, "rel_err": 0.1}
+#: the evidence a verdict needs: held-out samples for top-1 agreement and the relative error, positive
+#: positions (in either mask) for mask IoU; with less the verdict is :data:`TOO_FEW`, never "ok"
+EVIDENCE = {"top1_agreement": 20, "mask_iou": 20, "rel_err": 10}
+TOO_FEW = "too few to judge"
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Fidelity:
     top1_agreement: float | None = None
     mask_iou: float | None = None
     fired: float | None = None  # zipped positives / original positives (None where the original has none)
+    evidence: int = 0  # what the decision metric counts: samples, or positive positions for mask IoU
 
 
 def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5, kind: str = "values") -> Fidelity:
@@ -48,13 +53,14 @@ def fidelity(zipped: np.ndarray, original: np.ndarray, threshold: float = 0.5, k
     """
     z, o = np.asarray(zipped, np.float64), np.asarray(original, np.float64)
     out = Fidelity(float(np.linalg.norm(z - o) / max(np.linalg.norm(o), 1e-30)),
-                   float(np.max(np.abs(z - o))) if z.size else 0.0)
+                   float(np.max(np.abs(z - o))) if z.size else 0.0, evidence=int(o.shape[0]) if o.ndim else 1)
     if kind == "classifier" and o.ndim >= 2 and o.shape[1] > 1:
         out.top1_agreement = float(np.mean(z.argmax(axis=1) == o.argmax(axis=1)))
     elif kind == "scores":
         mz, mo = z > threshold, o > threshold
         union = np.count_nonzero(mz | mo)
         out.mask_iou = float(np.count_nonzero(mz & mo) / union) if union else 1.0
+        out.evidence = int(union)
         out.fired = float(np.count_nonzero(mz) / np.count_nonzero(mo)) if mo.any() else None
     return out
 
@@ -81,14 +87,16 @@ def _distribution(y: np.ndarray) -> np.ndarray:
 
 def verdict(row: Fidelity | TaskRow) -> str:
     """'ok', 'degraded' or 'collapsed' from a task's fidelity (the decision metric where there is
-    one: top-1 agreement or mask IoU; else the relative error)."""
-    for key in ("top1_agreement", "mask_iou"):
-        value = getattr(row, key)
-        if value is not None:
-            if value < COLLAPSE[key] or (key == "mask_iou" and row.fired == 0.0):
-                return "collapsed"
-            return "degraded" if value < DEGRADED[key] else "ok"
-    rel = row.rel_err
-    if rel is None:
+    one: top-1 agreement or mask IoU; else the relative error), or :data:`TOO_FEW` where the metric
+    counts less than its :data:`EVIDENCE`."""
+    key = next((k for k in ("top1_agreement", "mask_iou") if getattr(row, k) is not None), "rel_err")
+    value = getattr(row, key)
+    if value is None:
         return "ok"
-    return "collapsed" if rel > COLLAPSE["rel_err"] else "degraded" if rel > DEGRADED["rel_err"] else "ok"
+    if (row.evidence or 0) < EVIDENCE[key]:
+        return TOO_FEW
+    if key == "rel_err":
+        return "collapsed" if value > COLLAPSE[key] else "degraded" if value > DEGRADED[key] else "ok"
+    if value < COLLAPSE[key] or (key == "mask_iou" and row.fired == 0.0):
+        return "collapsed"
+    return "degraded" if value < DEGRADED[key] else "ok"

@@ -16,7 +16,7 @@ from ..graph.attention import describe_blocks, find_attention
 from ..graph.ir import ModelIR, batch_within
 from ..report.records import Equivalence, GroupRow, LayerRow, NotShared, TaskRow, ZipReport
 from ..sharing.plan import ZipPlan
-from .fidelity import count_parameters, fidelity, output_loss, verdict
+from .fidelity import TOO_FEW, count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:
     from ..options import ZipOptions
@@ -32,29 +32,25 @@ GROSS, SPREAD, ROUNDING_CAP = 10.0, 0.01, 1e-2  # rounding: under GROSS toleranc
 
 
 def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarray]], opts: ZipOptions,
-           references: list[dict[str, Any]], check: bool = True) -> ZipReport:
+           references: list[dict[str, Any]], check: bool = True,
+           held: tuple[list[dict[str, np.ndarray]], list[dict[str, Any]]] | None = None) -> ZipReport:
     """Run the zipped model on every task's calibration data and build the report.
 
     The zipped model must reproduce the per-task zipped networks (the original graphs with the
     merged weights, as run stage by stage) within a float tolerance calibrated on the model itself
     (:func:`check_equivalence`); with nothing shared it must reproduce the original models. A
     structural mismatch is a bug: :class:`EquivalenceError`. Each task's fidelity against its
-    original is measured and judged (:func:`onnxzip.check.fidelity.verdict`). ``references``: the
-    original files' outputs (:func:`onnxzip.tasks.reference_outputs`); the float noise compares them with the
+    original is measured and judged (:func:`onnxzip.check.fidelity.verdict`) on ``held`` (the held-out
+    inputs and the originals' outputs on them) where every task has some; else on ``data``, and
+    then no verdict is given (:data:`onnxzip.check.fidelity.TOO_FEW`). ``references``: the original
+    files' outputs on ``data`` (:func:`onnxzip.tasks.reference_outputs`); the float noise compares them with the
     original networks' as the layer loop ran them (normalized, stage by stage: ``plan.originals``).
     """
-    got: dict[str, Any] = {}
-    for group, zipped, feeds in task_sessions(result, data, opts.device):
-        batch = min(batch_within(irs[t], opts.batch_size, runtime.RUN_BYTES // len(group)) for t in group)
-        got.update(runtime.run(zipped, feeds, [f"{result.names[t]}/{o}" for t in group for o in irs[t].outputs],
-                               batch))
-        del zipped
+    got = run_tasks(result, irs, data, opts)
     checks: list[tuple[float, float, float, str]] = []  # (diff, tolerance, float noise, verdict)
     shares_none = all(z.shared == 0 for z in result.plan.layers.values())
-    tasks = []
     for t, (ir, name, original) in enumerate(zip(irs, result.names, references)):
         normalized = result.plan.originals[t] if result.plan.originals else {}
-        row = TaskRow(name)
         for o in ir.outputs:
             z, ref, orig = (as_array(x) for x in (got[f"{name}/{o}"], result.plan.outputs[t][o], original[o]))
             if z is None or z.dtype.kind != "f":
@@ -68,12 +64,10 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
                 diff, tol, ok = check_equivalence(z, orig, noise, f"{where}: with nothing shared the zipped model "
                                                   "differs from the original", check)
                 checks.append((diff, tol, noise, ok))
-            if not row.measured:
-                row = replace(row, output=o, **asdict(fidelity(z, orig, opts.mask_threshold, output_kind(ir, o, orig))))
-            row.loss_increase += output_loss(z, orig)
-        if row.measured:
-            row.verdict = verdict(row)
-        tasks.append(row)
+    if held is not None and all(held[0]):
+        tasks = task_rows(result, irs, run_tasks(result, irs, held[0], opts), held[1], opts, held_out=True)
+    else:
+        tasks = task_rows(result, irs, got, references, opts, held_out=False)
     worst = [c[3] for c in checks]
     equivalence = Equivalence(max((c[0] for c in checks), default=0.0), max((c[1] for c in checks), default=0.0),
                               max((c[2] for c in checks), default=0.0),
@@ -86,6 +80,38 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
                      equivalence, not_shared(irs, result.plan, opts), groups, sorted(irs[0].spaces.restore),
                      describe_blocks(irs[0], find_attention(irs[0])),
                      [int(next(iter(a.values())).shape[0]) for a in data])
+
+
+def run_tasks(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarray]], opts: ZipOptions
+              ) -> dict[str, Any]:
+    """The zipped model's outputs ``<task>/<output>``, each task on its own inputs in ``data``."""
+    got: dict[str, Any] = {}
+    for group, zipped, feeds in task_sessions(result, data, opts.device):
+        batch = min(batch_within(irs[t], opts.batch_size, runtime.RUN_BYTES // len(group)) for t in group)
+        got.update(runtime.run(zipped, feeds, [f"{result.names[t]}/{o}" for t in group for o in irs[t].outputs],
+                               batch))
+        del zipped
+    return got
+
+
+def task_rows(result: ZipResult, irs: list[ModelIR], got: dict[str, Any], references: list[dict[str, Any]],
+              opts: ZipOptions, held_out: bool) -> list[TaskRow]:
+    """Each task's fidelity against its original (the metrics of its first float output, the loss
+    increase summed over them) and verdict; :data:`TOO_FEW` wherever not ``held_out``."""
+    rows = []
+    for ir, name, original in zip(irs, result.names, references):
+        row = TaskRow(name, held_out=held_out)
+        for o in ir.outputs:
+            z, orig = as_array(got[f"{name}/{o}"]), as_array(original[o])
+            if z is None or z.dtype.kind != "f":
+                continue
+            if not row.measured:
+                row = replace(row, output=o, **asdict(fidelity(z, orig, opts.mask_threshold, output_kind(ir, o, orig))))
+            row.loss_increase += output_loss(z, orig)
+        if row.measured:
+            row.verdict = verdict(row) if held_out else TOO_FEW
+        rows.append(row)
+    return rows
 
 
 def _layer_rows(ir: ModelIR, plan: ZipPlan) -> tuple[list[LayerRow], list[GroupRow]]:
@@ -260,7 +286,7 @@ def warn_fidelity(report: ZipReport, opts: ZipOptions) -> None:
             what = (f"top-1 agreement {row.top1_agreement:.3f}" if row.top1_agreement is not None else
                     f"mask IoU {row.mask_iou:.3f}{fired}" if row.mask_iou is not None
                     else f"relative error {row.rel_err:.3g}")
-            log.warning("task %r COLLAPSED against its original on the calibration data: %s; share less (a lower "
+            log.warning("task %r COLLAPSED against its original on held-out data: %s; share less (a lower "
                         "--share or --target-params, or 0 for the layer groups that cost most)", row.name, what)
     asked = opts.target_params is not None or opts.max_loss_increase is not None or \
         any(f > 0 for f in (opts.share if isinstance(opts.share, tuple) else (opts.share,)))

@@ -81,7 +81,9 @@ class TaskRow:
     loss_increase: float | None = 0.0  # summed over the task's float outputs
     fired: float | None = None  # detectors: zipped positives / original positives
     output: str | None = None  # the output the metrics are of
-    verdict: str | None = None  # ok / degraded / collapsed; None: no float output to judge
+    verdict: str | None = None  # ok / degraded / collapsed / too few to judge; None: no float output to judge
+    evidence: int | None = None  # what the decision metric counted: samples, or positive positions (mask IoU)
+    held_out: bool = True  # measured on held-out samples (False: on the samples the zip was fitted to)
 
     @property
     def measured(self) -> bool:
@@ -90,7 +92,7 @@ class TaskRow:
 
     def to_dict(self) -> dict[str, Any]:
         """``fired``, ``output`` and ``verdict`` only for a measured task."""
-        skip = () if self.measured else ("fired", "output", "verdict")
+        skip = () if self.measured else ("fired", "output", "verdict", "evidence")
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     @classmethod

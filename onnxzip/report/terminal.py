@@ -26,7 +26,9 @@ def _layers(report: ZipReport) -> list[str]:
 
 
 def _tasks(report: ZipReport) -> list[str]:
-    lines = ["each task against its original, on the calibration data:",
+    held = all(t.held_out for t in report.tasks)
+    lines = ["each task against its original, on " + ("held-out calibration samples:" if held else
+             "the samples the zip was fitted to (too few to hold any out):"),
              f"{'task':<24} {'rel_err':>10} {'top1_agree':>11} {'mask_iou':>9} {'max_abs_diff':>13}  verdict"]
     for t in report.tasks:
         cells = [("-" if v is None else f"{v:.4g}") for v in (t.rel_err, t.top1_agreement, t.mask_iou, t.max_abs_diff)]
