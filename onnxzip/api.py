@@ -19,19 +19,21 @@ from .calibrate import runtime
 from .calibrate.fisher import loss_statistics
 from .check.fidelity import TOO_FEW
 from .check.layers import measure_layers
-from .check.verify import verify, warn_fidelity, zipped_feeds
+from .check.verify import run_tasks, task_rows, verify, warn_fidelity, zipped_feeds
 from .emit.model import emit_model
 from .errors import InputError, UsageError
 from .graph import io
 from .graph.lint import deployment_problems
 from .options import ZipOptions
 from .progress import progress
-from .report.records import BudgetRecord, BudgetTry, FinetuneRecord, InputRecord, ZipReport
+from .report.records import (BudgetRecord, BudgetTry, DistillRecord, FinetuneRecord, InputRecord, TaskRow,
+                             ZipReport)
 from .result import ZipResult
 from .sharing.budget import BudgetPlanner
 from .sharing.loop import Fisher, zip_tasks
 from .sharing.plan import Budget, Counts
 from .tasks import Data, Models, Tasks, prepare
+from .tune.distill import distill
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 3  # a budget's zip is loosened at most this many times when it measures worse than predicted
@@ -58,9 +60,11 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     start = time.perf_counter()
     tasks = prepare(models, data, opts)
     if opts.target_params is not None or opts.max_loss_increase is not None:
-        result = zip_within_budget(tasks, opts)
+        result = zip_within_budget(tasks, opts)  # (distilled at every try)
     else:
         result = zip_once(tasks, opts, opts.share)
+        if opts.distill:
+            distil(result, tasks, opts)
     if opts.finetune:
         retrain(result, tasks, opts)
     report = result.summary
@@ -104,11 +108,34 @@ def retrain(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
     with timing.phase("finetune"):
         result.model = finetune_model(result.model, train, "label", opts.finetune, device=opts.device,
                                       quiet=opts.quiet)
+    before = measure_again(result, tasks, opts)
+    result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
+
+
+def distil(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
+    """``--distill``: tune the zipped model to reproduce the originals (no labels); the report
+    measures fidelity again and keeps the zip's equivalence check, layer rows and budget."""
+    with timing.phase("distill"):
+        result.model, log = distill(result.model, tasks, opts, lambda it, desc: progress(it, desc, opts.quiet))
+    before = measure_again(result, tasks, opts)
+    result.summary.distill = DistillRecord(opts.distill, log.steps_run, log.best_step, _round(log.held_before),
+                                           _round(log.held_after), log.seconds, before.tasks)
+
+
+def measure_again(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> ZipReport:
+    """After tuning: each task's fidelity measured again (held out), the rest of the report kept
+    from the zip it started from; returns that report."""
     before = result.summary
     result.summary = verify(result, tasks.irs, tasks.arrays, opts, tasks.references, check=False,
                             held=(tasks.held, tasks.held_references))  # fidelity only
     result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
-    result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
+    result.summary.layers, result.summary.finetune, result.summary.distill = before.layers, before.finetune, \
+        before.distill
+    return before
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
 
 
 def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], tasks: Tasks,
@@ -150,6 +177,8 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     while True:
         counts, predicted = planner.allocate(budget)
         result = zip_once(tasks, each, Counts(counts), fisher)
+        if opts.distill:
+            distil(result, tasks, opts)  # before judging: loosen only what distillation cannot mend
         report = result.summary
         measured = sum(t.loss_increase or 0.0 for t in report.tasks)
         fits = all(t.verdict in (None, "ok", TOO_FEW) for t in report.tasks)  # (too few: not disproved)
@@ -171,6 +200,44 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     return result
 
 
+def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: ZipOptions
+                  ) -> tuple[onnx.ModelProto, DistillRecord, list[TaskRow]]:
+    """Distil an existing zipped model from its originals (``onnxzip distill``): ``opts.distill``
+    steps at most, on ``data`` (per original, or one for all), ``opts.hold_out`` of it held out.
+
+    Returns:
+        the tuned model, what was done (with each task's fidelity before), each task's fidelity after.
+    """
+    names = zipped_tasks(model)
+    if len(originals) != len(names):
+        raise UsageError(f"give one original per task of the zipped model: {len(names)} tasks ({', '.join(names)}), "
+                         f"{len(originals)} originals")
+    if opts.distill < 1:
+        raise UsageError(f"--steps {opts.distill}: give a number of steps >= 1")
+    tasks = prepare(originals, data, replace(opts, names=tuple(names)))
+    outputs = {o.name for o in model.graph.output}
+    for t, ir in enumerate(tasks.irs):
+        missing = [o for o in ir.outputs if f"{names[t]}/{o}" not in outputs]
+        if missing:
+            raise UsageError(f"{ir.source}: the zipped model has no output {names[t]}/{missing[0]!r}; give the "
+                             "originals in the zipped model's task order")
+    result = ZipResult(model, None, names, None)
+    data, refs = (tasks.held, tasks.held_references) if tasks.held_out else (tasks.arrays, tasks.references)
+    before = task_rows(result, tasks.irs, run_tasks(result, tasks.irs, data, opts), refs, opts, tasks.held_out)
+    result.model, log = distill(model, tasks, opts, lambda it, desc: progress(it, desc, opts.quiet))
+    after = task_rows(result, tasks.irs, run_tasks(result, tasks.irs, data, opts), refs, opts, tasks.held_out)
+    return result.model, DistillRecord(opts.distill, log.steps_run, log.best_step, _round(log.held_before),
+                                       _round(log.held_after), log.seconds, before), after
+
+
+def zipped_tasks(model: onnx.ModelProto) -> list[str]:
+    """The task names of a zipped model, in its order (from its outputs ``<task>/<name>``)."""
+    tasks = list(dict.fromkeys(o.name.split("/")[0] for o in model.graph.output if "/" in o.name))
+    if not tasks:
+        raise UsageError("the model has no outputs <task>/<name>: not a zipped model")
+    return tasks
+
+
 def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | dict[str, np.ndarray]],
                    labels: str = "label", steps: int = 200, lr: float = 1e-3, batch: int = 32, device: str = "cpu",
                    quiet: bool = False) -> onnx.ModelProto:
@@ -179,10 +246,10 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
     Each ``data`` item holds the task's inputs (by their original names) and integer class labels
     under ``labels``; each task is trained on its first output with two or more classes.
     """
-    from .finetune import check_labels, finetune
+    from .tune.labels import check_labels, finetune
     if steps < 1:
         raise UsageError(f"--finetune {steps}: give a number of steps >= 1")
-    tasks = list(dict.fromkeys(o.name.split("/")[0] for o in model.graph.output if "/" in o.name))
+    tasks = zipped_tasks(model)
     if len(data) != len(tasks):
         raise UsageError(f"give one labelled data file per task: {len(tasks)} tasks ({', '.join(tasks)}), "
                          f"{len(data)} files")

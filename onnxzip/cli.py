@@ -18,7 +18,7 @@ from .graph.attention import describe_blocks, find_attention
 from .options import ZipOptions
 from .report.files import write_report
 from .report.records import ZipReport
-from .report.terminal import format_table
+from .report.terminal import distill_lines, format_table
 from .sharing.layout import group_name
 from .sharing.match import COSTS, ORDERS
 from .sharing.merge import MATCHERS
@@ -71,6 +71,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
                         "and what --finetune trains on")
     p.add_argument("--finetune", type=int, default=DEFAULTS.finetune, metavar="STEPS",
                    help="after zipping, retrain lightly for STEPS Adam steps on the labelled --data")
+    p.add_argument("--distill", type=int, default=DEFAULTS.distill, metavar="STEPS",
+                   help="after zipping, tune for up to STEPS Adam steps to reproduce the original models (no "
+                        "labels; stopped early on the held-out samples); budgets distil before loosening")
     p.add_argument("--target-params", type=float, default=DEFAULTS.target_params,
                    help="automatic budgets: keep at most this fraction of the originals' layer parameters, "
                         "sharing where the predicted loss per parameter saved is lowest (instead of --share)")
@@ -140,6 +143,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     io.save_model(model, args.output)
     if not args.quiet:
         print(f"wrote {args.output} ({args.steps} steps)")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .api import distill_model
+    io.check_output_path(args.output, [args.model] + args.originals + args.data)
+    opts = ZipOptions.from_args(args)
+    model, report = distill_model(io.load_model(args.model), args.originals, args.data, opts)
+    io.save_model(model, args.output)
+    if not args.quiet:
+        print("\n".join(distill_lines(report)))
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -292,6 +307,21 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("distill", help="tune a zipped model to reproduce its original models (no labels)")
+    p.add_argument("model", help="a zipped model (outputs <task>/<name>)")
+    p.add_argument("--originals", nargs="+", required=True, help="the original models, in the zipped model's task order")
+    p.add_argument("--data", nargs="+", required=True, help="calibration inputs per original, or one for all "
+                   "(.npz, .npy or a folder of images)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--steps", dest="distill", type=int, default=500, help="at most this many Adam steps (default 500)")
+    p.add_argument("--hold-out", type=float, default=DEFAULTS.hold_out, metavar="FRACTION",
+                   help=f"samples (seeded) held out to stop early and judge on (default {DEFAULTS.hold_out})")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="batch size of the originals' runs")
+    p.add_argument("--mask-threshold", type=float, default=DEFAULTS.mask_threshold)
+    _add_image_options(p)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("inspect", help="show layers and whether the models align")
     p.add_argument("models", nargs="+")

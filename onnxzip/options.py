@@ -32,6 +32,7 @@ class ZipOptions:
     loss_aware: bool = True
     labels: str | None = None
     finetune: int = 0
+    distill: int = 0  # Adam steps of distillation from the originals after the zip (onnxzip.tune.distill)
     cost: str = "mtz"  # COSTS
     target_params: float | None = None
     max_loss_increase: float | None = None
@@ -87,6 +88,8 @@ class ZipOptions:
             raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
         if not 0.0 <= self.hold_out < 1.0:
             raise UsageError(f"--hold-out {self.hold_out}: give a fraction in [0, 1)")
+        if self.distill < 0:
+            raise UsageError(f"--distill {self.distill}: give a number of steps >= 0")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.names is not None:

@@ -45,6 +45,7 @@ class Tasks:
     shared_inputs: bool  # one input for all tasks in the zipped model
     held: list[dict[str, np.ndarray]]  # per task, the held-out calibration inputs (:func:`split`; may be empty)
     held_references: list[dict[str, Any]]  # per task, the original file's outputs on ``held``
+    protos: list[onnx.ModelProto] | None = None  # the original files (kept for ``--distill``: they teach)
 
     @property
     def held_out(self) -> bool:
@@ -90,7 +91,8 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         log.warning("fewer than %d calibration samples for %s: nothing is held out, so no verdict can be judged "
                     "(said as 'too few to judge')", MIN_HOLD_OUT,
                     ", ".join(f"task {n!r}" for n, h in zip(names, held) if not h))
-    return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references)
+    return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references,
+                 protos if opts.distill else None)
 
 
 def split(n: int, fraction: float, unit: int = 1, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:

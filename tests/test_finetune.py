@@ -1,4 +1,4 @@
-"""onnxzip.finetune and onnxzip.finetune_model against independent oracles: the loss is the tasks'
+"""onnxzip.tune (labels, train) and onnxzip.finetune_model against independent oracles: the loss is the tasks'
 summed cross-entropy computed in numpy from the zipped model run in ONNX Runtime; its gradient is
 taken by central finite differences of a float64 copy of the model (the float parameters made inputs),
 never from the code's own reverse-mode graph."""
@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxzip import InputError, UsageError, finetune_model, zip_models
 from onnxzip.cli import main
-from onnxzip.finetune import check_labels, finetune, training_model
+from onnxzip.tune.labels import check_labels, finetune
+from onnxzip.tune.train import training_model
 
 TASKS = ("a", "b")
 OUTPUTS = ["a/y", "b/y"]

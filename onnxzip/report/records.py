@@ -191,6 +191,25 @@ class FinetuneRecord:
 
 
 @dataclass
+class DistillRecord:
+    """Distillation from the originals after the zip (:mod:`onnxzip.tune.distill`): the steps asked
+    and run, the step whose values were kept, the held-out distillation loss before and after (None
+    without held-out samples), seconds, and each task's fidelity before it."""
+
+    steps: int
+    steps_run: int
+    best_step: int
+    held_loss_before: float | None
+    held_loss_after: float | None
+    seconds: float
+    tasks_before: list[TaskRow]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillRecord:
+        return cls(**{**_known(cls, d), "tasks_before": [TaskRow.from_dict(t) for t in d["tasks_before"]]})
+
+
+@dataclass
 class InputRecord:
     """One model and its calibration data, with their SHA-256."""
 
@@ -218,6 +237,7 @@ class ZipReport:
     attention: list[str] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)  # calibration samples per task
     finetune: FinetuneRecord | None = _opt()
+    distill: DistillRecord | None = _opt()
     budget: BudgetRecord | None = _opt()
     deployment_problems: list[str] | None = _opt()
     onnxzip_version: str | None = _opt()
@@ -257,5 +277,6 @@ class ZipReport:
                  "groups": [GroupRow.from_dict(g) for g in d.get("groups", [])],
                  "budget": BudgetRecord.from_dict(d["budget"]) if d.get("budget") else None,
                  "finetune": FinetuneRecord.from_dict(d["finetune"]) if d.get("finetune") else None,
+                 "distill": DistillRecord.from_dict(d["distill"]) if d.get("distill") else None,
                  "inputs": [InputRecord(**_known(InputRecord, i)) for i in d["inputs"]] if "inputs" in d else None}
         return cls(**{**sizes, **_known(cls, d), **fixed})

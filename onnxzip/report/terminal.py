@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..graph.lint import MAX_OPSET
-from .records import LayerRow, ZipReport
+from .records import DistillRecord, LayerRow, TaskRow, ZipReport
 
 
 def format_table(report: ZipReport) -> str:
@@ -25,6 +25,20 @@ def _layers(report: ZipReport) -> list[str]:
     return lines
 
 
+def distill_lines(record: DistillRecord, after: list[TaskRow]) -> list[str]:
+    """What distillation did: steps, the held-out loss, and each task's decision metric before -> after."""
+    loss = ("" if record.held_loss_before is None else
+            f"; held-out distillation loss {record.held_loss_before:.4g} -> {record.held_loss_after:.4g}")
+    lines = [f"distilled from the originals: {record.steps_run} of {record.steps} steps, the values of step "
+             f"{record.best_step} kept{loss} ({record.seconds:.1f} s)"]
+    for b, a in zip(record.tasks_before, after):
+        key = next((k for k in ("top1_agreement", "mask_iou") if getattr(a, k) is not None), "rel_err")
+        was, now = getattr(b, key), getattr(a, key)
+        if was is not None and now is not None:
+            lines.append(f"  {a.name}: {key} {was:.4g} -> {now:.4g} ({b.verdict} -> {a.verdict})")
+    return lines
+
+
 def _tasks(report: ZipReport) -> list[str]:
     held = all(t.held_out for t in report.tasks)
     lines = ["each task against its original, on " + ("held-out calibration samples:" if held else
@@ -34,6 +48,8 @@ def _tasks(report: ZipReport) -> list[str]:
         cells = [("-" if v is None else f"{v:.4g}") for v in (t.rel_err, t.top1_agreement, t.mask_iou, t.max_abs_diff)]
         lines.append(f"{t.name[:24]:<24} {cells[0]:>10} {cells[1]:>11} {cells[2]:>9} {cells[3]:>13}  "
                      f"{t.verdict or '-'}")
+    if report.distill is not None:
+        lines += distill_lines(report.distill, report.tasks)
     return lines
 
 

@@ -1,0 +1,237 @@
+"""The tuning loop: Adam on a zipped model's float initializers, gradients from ONNX Runtime.
+
+The initializers become inputs of a fixed-batch copy of the model; ``onnx-ad`` builds its reverse
+graph (:mod:`onnxzip.calibrate.autodiff`). Each step runs every group of samples (:class:`Samples`)
+forward, takes each target's loss gradient in numpy (:mod:`.losses`), seeds the reverse graph with
+it, and sums the parameter gradients over the groups, so a shared initializer (one tensor used by
+several tasks) receives the sum of its tasks' gradients. Held-out samples, where given, are scored
+every few steps; the best values seen (the starting ones included) are kept, and the loop stops
+early once they stop improving. The result is the same inference graph with the tuned values.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..calibrate import autodiff, runtime
+from ..errors import UsageError
+from ..graph import io
+from .losses import LOSSES
+
+Progress = Callable[[Iterable, str], Iterable]
+
+
+@dataclass
+class Target:
+    """What one zipped output is tuned towards on a group's samples: labels or the original's outputs."""
+
+    output: str  # the zipped model's output name
+    values: np.ndarray | None  # (N, ...): integer labels, or the original model's output (None: drawn with the batch)
+    loss: str  # a name in :data:`onnxzip.tune.losses.LOSSES`
+    scale: float = 1.0  # the target's variance where the loss divides by it
+
+
+@dataclass
+class Samples:
+    """Samples run together through the zipped model: its feeds by input name, (N, ...) each, and
+    the targets they are tuned towards (the inputs it lacks get zeros)."""
+
+    feeds: dict[str, np.ndarray]
+    targets: list[Target]
+
+    @property
+    def n(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[0])
+
+    def batch(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """The feeds and the target values of the samples ``idx``."""
+        return {k: v[idx] for k, v in self.feeds.items()}, [t.values[idx] for t in self.targets]
+
+    def draw(self, rng: np.random.Generator, size: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """A random training batch of ``size`` samples (with replacement only when there are fewer)."""
+        return self.batch(rng.choice(self.n, size=size, replace=self.n < size))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how fast: Adam steps, learning rate, samples per group and step, the seed of the
+    batches; held-out samples are scored every ``every`` steps (0: about 20 times in all) and the
+    loop stops after ``patience`` scores without improvement."""
+
+    steps: int
+    lr: float = 1e-3
+    batch: int = 32
+    seed: int = 0
+    every: int = 0
+    patience: int = 4
+
+
+@dataclass
+class TrainLog:
+    """What a tuning run did: steps run, the step whose values were kept, the held-out loss before
+    and after (None without held-out samples), seconds."""
+
+    steps_run: int
+    best_step: int
+    held_before: float | None
+    held_after: float | None
+    seconds: float
+
+
+def parameters(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The initializers a tuning run changes: float tensors with at least one axis."""
+    return [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 0]
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's inputs fix, if they do."""
+    dims = [i.type.tensor_type.shape.dim for i in model.graph.input if i.type.tensor_type.shape.dim]
+    fixed = {d[0].dim_value for d in dims if d[0].HasField("dim_value") and d[0].dim_value > 0}
+    return fixed.pop() if len(fixed) == 1 else None
+
+
+def forward_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """``model`` with its :func:`parameters` as graph inputs, every other input at batch ``batch``."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    params = parameters(m)
+    names = {p.name for p in params}
+    for p in params:
+        m.graph.input.append(helper.make_tensor_value_info(p.name, p.data_type, list(p.dims)))
+    keep = [i for i in m.graph.initializer if i.name not in names]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    for inp in m.graph.input:
+        if inp.name not in names and inp.type.tensor_type.shape.dim:
+            inp.type.tensor_type.shape.dim[0].dim_value = batch
+    del m.graph.value_info[:]
+    return io.infer_shapes(m)
+
+
+def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
+    """The reverse-mode model of ``model`` w.r.t. its :func:`parameters`, at a fixed batch.
+
+    Returns:
+        the model, the parameter names, parameter -> its gradient output.
+    """
+    m = forward_model(model, batch)
+    names = [p.name for p in parameters(model)]
+    outputs = [o.name for o in m.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    reverse = autodiff.reverse(m, names, outputs)
+    grads = {n: autodiff.adjoint(n) for n in names}
+    missing = [g for g in grads.values() if g not in {o.name for o in reverse.graph.output}]
+    if missing:
+        raise UsageError(f"onnx-ad gave no gradient output {missing[0]!r}")
+    return reverse, names, grads
+
+
+class Trainer:
+    """One model's tuning sessions (forward and reverse, at one batch) and its parameter values."""
+
+    def __init__(self, model: onnx.ModelProto, batch: int, device: str) -> None:
+        self.model = model
+        self.batch = static_batch(model) or batch
+        reverse, self.names, self.grads = training_model(model, self.batch)
+        self.reverse = runtime.session(reverse, device, built=True)
+        self.forward = runtime.session(forward_model(model, self.batch), device, built=True)
+        self.values = {p.name: numpy_helper.to_array(p).astype(np.float32) for p in parameters(model)}
+        self.inputs = {i.name: i for i in self.reverse.get_inputs() if i.name not in self.values}
+        self.forward_inputs = {i.name: i for i in self.forward.get_inputs() if i.name not in self.values}
+
+    def feeds(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The forward feeds of one batch of inputs: the values, the inputs, zeros for the rest."""
+        out = dict(self.values)
+        for name, spec in self.forward_inputs.items():
+            out[name] = batch[name] if name in batch else np.zeros(_shape(spec, self.batch), runtime.numpy_dtype(spec))
+        return out
+
+    def gradient(self, targets: list[Target], batch: dict[str, np.ndarray], values: list[np.ndarray]
+                 ) -> tuple[float, dict[str, np.ndarray]]:
+        """The summed loss of ``targets`` (their ``values`` on this batch of inputs) and its parameter
+        gradients."""
+        feeds = self.feeds(batch)
+        outs = self.forward.run([t.output for t in targets], feeds)
+        loss, seeds = 0.0, {}
+        for t, out, want in zip(targets, outs, values):
+            value, grad = LOSSES.get(t.loss).grad(out, want, t.scale)
+            loss += value
+            seeds[autodiff.adjoint(t.output)] = grad[..., None]
+        for name, spec in self.inputs.items():
+            if autodiff.is_adjoint(name) and name not in seeds:
+                seeds[name] = np.zeros(_shape(spec, self.batch), np.float32)
+        got = self.reverse.run([self.grads[n] for n in self.names], {**feeds, **seeds})
+        return loss, {n: g[..., 0] for n, g in zip(self.names, got)}
+
+    def loss(self, groups: list[Samples]) -> float:
+        """The summed mean loss of every group's targets over all its samples (forward only)."""
+        total = 0.0
+        for samples in groups:
+            n = samples.n
+            for start in range(0, n, self.batch):
+                real = min(self.batch, n - start)
+                idx = np.resize(np.arange(start, start + real), self.batch)  # the last batch wraps around
+                batch, values = samples.batch(idx)
+                outs = self.forward.run([t.output for t in samples.targets], self.feeds(batch))
+                for t, out, want in zip(samples.targets, outs, values):
+                    total += LOSSES.get(t.loss).grad(out[:real], want[:real], t.scale)[0] * real / n
+        return total
+
+    def tuned(self) -> onnx.ModelProto:
+        """The model with the current values."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.model)
+        for init in out.graph.initializer:
+            if init.name in self.values:
+                init.CopyFrom(numpy_helper.from_array(self.values[init.name].astype(np.float32), init.name))
+        return out
+
+
+def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], schedule: Schedule, device: str = "cpu",
+          progress: Progress = lambda it, d: it, what: str = "tuning") -> tuple[onnx.ModelProto, TrainLog]:
+    """Adam on the summed losses of ``fit``'s groups; early stop on ``held`` (may be empty).
+
+    Returns:
+        the model with the values kept (the best on ``held``, else the last), and what was done.
+    """
+    start = time.perf_counter()
+    trainer = Trainer(model, schedule.batch, device)
+    values = trainer.values
+    m1 = {n: np.zeros_like(v) for n, v in values.items()}
+    m2 = {n: np.zeros_like(v) for n, v in values.items()}
+    rng = np.random.default_rng(schedule.seed)
+    every = schedule.every or max(1, schedule.steps // 20)
+    before = best = trainer.loss(held) if held else None
+    kept, best_step, waited, step = dict(values), 0, 0, 0
+    for step in progress(range(1, schedule.steps + 1), what):
+        total = {n: np.zeros_like(v) for n, v in values.items()}
+        for samples in fit:
+            for n, g in trainer.gradient(samples.targets, *samples.draw(rng, trainer.batch))[1].items():
+                total[n] += g
+        for n in trainer.names:  # Adam
+            m1[n] = 0.9 * m1[n] + 0.1 * total[n]
+            m2[n] = 0.999 * m2[n] + 0.001 * total[n] ** 2
+            values[n] = values[n] - schedule.lr * (m1[n] / (1 - 0.9 ** step)) / (np.sqrt(m2[n] / (1 - 0.999 ** step))
+                                                                                + 1e-8)
+        if held and (step % every == 0 or step == schedule.steps):
+            score = trainer.loss(held)
+            if score < best * (1 - 1e-4):
+                best, kept, best_step, waited = score, dict(values), step, 0
+            else:
+                waited += 1
+                if waited >= schedule.patience:
+                    break
+    if held:
+        trainer.values = kept
+    else:
+        best_step = step
+    log = TrainLog(step, best_step, before, best, round(time.perf_counter() - start, 3))
+    return trainer.tuned(), log
+
+
+def _shape(spec, batch: int) -> list[int]:
+    return [batch] + [d if isinstance(d, int) else 1 for d in spec.shape[1:]]
