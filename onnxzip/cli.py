@@ -150,10 +150,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .api import distill_model
     io.check_output_path(args.output, [args.model] + args.originals + args.data)
     opts = ZipOptions.from_args(args)
-    model, report = distill_model(io.load_model(args.model), args.originals, args.data, opts)
+    model, record, after = distill_model(io.load_model(args.model), args.originals, args.data, opts)
     io.save_model(model, args.output)
     if not args.quiet:
-        print("\n".join(distill_lines(report)))
+        print("\n".join(distill_lines(record, after)))
         print(f"wrote {args.output}")
     return 0
 
