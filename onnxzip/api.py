@@ -197,7 +197,51 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
                         None if budget.max_cost is None else budget.max_cost / 2)
     result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, opts.max_loss_increase, measured,
                                          tries if len(tries) > 1 else [])
+    if budget.target_params is not None:
+        result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, tries[-1])
     return result
+
+
+def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: Fisher | None,
+                    planner: BudgetPlanner, target: float, chosen: BudgetTry) -> ZipResult:
+    """A budget's allocation is never worse than uniform sharing: zip (and distil) the uniform share
+    that reaches the same ``target``, and full sharing where it keeps no more, and keep the one of
+    least measured held-out loss among those whose tasks all fit (:func:`_better`)."""
+    record = result.summary.budget
+    full = [len(c) for c in planner.costs]
+    others = [("uniform", planner.uniform(target))]
+    if planner.kept(full) <= target * planner.total:
+        others.append(("full sharing", full))
+    best = (result, chosen)
+    for kind, counts in others:
+        if counts == record.counts:
+            continue
+        other = zip_once(tasks, opts, Counts(counts), fisher)
+        if opts.distill:
+            distil(other, tasks, opts)
+        rows = other.summary.tasks
+        row = BudgetTry(target, None, counts, 0.0, sum(t.loss_increase or 0.0 for t in rows),
+                        other.summary.params_kept, all(t.verdict in (None, "ok", TOO_FEW) for t in rows), kind)
+        record.compared.append(row)
+        if _better((other, row), best):
+            best = (other, row)
+    if best[0] is not result:
+        log.warning("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",
+                    best[1].kind, best[1].kind, 100 * best[1].params_kept)
+        best[0].summary.budget = replace(record, counts=best[1].counts, measured_loss=best[1].measured_loss,
+                                         chosen=best[1].kind)
+    return best[0]
+
+
+def _better(a: tuple[ZipResult, BudgetTry], b: tuple[ZipResult, BudgetTry]) -> bool:
+    """Whether zip ``a`` beats ``b``: it fits where ``b`` does not, or both fit (or neither) and its
+    tasks' held-out losses, each relative to the two zips' mean for that task, sum lower."""
+    if a[1].fits != b[1].fits:
+        return a[1].fits
+    la = [t.loss_increase or 0.0 for t in a[0].summary.tasks]
+    lb = [t.loss_increase or 0.0 for t in b[0].summary.tasks]
+    return sum(x / max((x + y) / 2, 1e-30) for x, y in zip(la, lb)) < sum(
+        y / max((x + y) / 2, 1e-30) for x, y in zip(la, lb))
 
 
 def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: ZipOptions

@@ -1,7 +1,6 @@
 """onnxzip.tune.distill and its losses against independent oracles: each loss's gradient against
-central finite differences of the loss in float64; one Adam step of distillation against finite
-differences of the distillation loss computed from a float64 copy of the zipped model in ONNX
-Runtime; the tuned model against its originals in ONNX Runtime on samples no step saw."""
+central finite differences of the loss in float64 (the reverse graph those gradients seed is checked
+in test_finetune); the tuned model against its originals in ONNX Runtime on samples no step saw."""
 import graphs
 import numpy as np
 import onnx

@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parent.parent / "onnxzip"
 NUMERIC_OK = {"numpy", "scipy", "__future__", "typing", "dataclasses", "itertools", "math"}
 #: the stages in pipeline order: a subpackage imports only itself and those before it, and the
 #: report's records (the typed vocabulary every stage writes into; they import nothing of onnxzip's)
-STAGES = ["graph", "calibrate", "sharing", "emit", "check", "report"]
+STAGES = ["graph", "calibrate", "sharing", "emit", "check", "tune", "report"]
 RECORDS = "onnxzip.report.records"
 
 

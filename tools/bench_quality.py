@@ -14,7 +14,9 @@ pipeline, so each figure is the accuracy of a real zipped ONNX model):
 * ``onnxzip``   -- the default with an automatic budget: loss-aware costs (label-free Fisher through
   ONNX Runtime), per-group counts from ``--target-params`` set to the ``input-cov`` row's parameters
   kept, and label-free recovery (targets refit to the original pre-activations);
-* ``+retrain``  -- ``onnxzip`` then 200 Adam steps on the labelled training split (``--finetune``).
+* ``+retrain``  -- ``onnxzip`` then 200 Adam steps on the labelled training split (``--finetune``);
+* ``+distill``  -- ``onnxzip`` with ``--distill 2000``: no labels, each task tuned to reproduce its
+  original on the calibration images (every try of the budget distilled before it is judged).
 
 The first four share the same fraction of every layer group's neurons ("share"); the last two keep
 the same number of parameters as ``input-cov`` at that share, placed where the predicted loss is
@@ -47,7 +49,7 @@ UNIFORM = {
     "mtz-paper": dict(matching="greedy", hessian="channel", compensate=False, recover=False, loss_aware=False),
     "input-cov": dict(recover=False, loss_aware=False),
 }  # each run as ZipOptions(share=..., **options)
-METHODS = list(UNIFORM) + ["onnxzip", "+retrain"]
+METHODS = list(UNIFORM) + ["onnxzip", "+retrain", "+distill"]
 SHARES = (0.25, 0.5, 0.75, 0.9, 1.0)
 DEFAULT_ARCHS = "mlp,cnn,resnet"
 
@@ -58,7 +60,7 @@ def hidden_params(result) -> int:
     return sum(z[i].weights[0].size for i in result.plan.hidden if not z[i].follower)
 
 
-def measure(arch: str, shares, steps: int) -> list[dict]:
+def measure(arch: str, shares, steps: int, distill: int) -> list[dict]:
     tests = {t: load_arrays(SAMPLES / f"test_{t}.npz") for t in TASKS}
     models = [SAMPLES / f"{arch}_{t}.onnx" for t in TASKS]
     calib = [SAMPLES / f"calib_{t}.npz" for t in TASKS]
@@ -84,7 +86,8 @@ def measure(arch: str, shares, steps: int) -> list[dict]:
             r = zip_models(models, calib, ZipOptions(share=share, names=TASKS, quiet=True, **opts))
             rows.append(row(method, share, r, time.perf_counter() - start))
             kept = rows[-1]["params_kept"]
-        for method, data, extra in (("onnxzip", calib, {}), ("+retrain", train, dict(labels="label", finetune=steps))):
+        for method, data, extra in (("onnxzip", calib, {}), ("+retrain", train, dict(labels="label", finetune=steps)),
+                                    ("+distill", calib, dict(distill=distill))):
             start = time.perf_counter()
             r = zip_models(models, data, ZipOptions(names=TASKS, quiet=True, target_params=kept, **extra))
             rows.append(row(method, share, r, time.perf_counter() - start))
@@ -144,10 +147,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default=DEFAULT_ARCHS)
     parser.add_argument("--steps", type=int, default=200, help="retraining steps for +retrain")
+    parser.add_argument("--distill", type=int, default=2000, help="distillation steps for +distill")
+    parser.add_argument("--shares", default=",".join(map(str, SHARES)), help="sharing levels (default: all)")
     parser.add_argument("--update", action="store_true", help="write the table into docs/results.md")
     args = parser.parse_args()
     start = time.perf_counter()
-    rows = [r for arch in args.archs.split(",") for r in measure(arch, SHARES, args.steps)]
+    shares = tuple(float(s) for s in args.shares.split(","))
+    rows = [r for arch in args.archs.split(",") for r in measure(arch, shares, args.steps, args.distill)]
     body = table(rows)
     default = args.archs == DEFAULT_ARCHS
     suffix = "" if default else "_" + "_".join(args.archs.split(","))

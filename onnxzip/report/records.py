@@ -157,7 +157,8 @@ class BudgetTry:
     predicted_cost: float
     measured_loss: float
     params_kept: float
-    fits: bool  # every task measured ok
+    fits: bool  # every task measured ok (or too few to judge)
+    kind: str = "allocation"  # the planner's allocation, or what it was measured against: "uniform", "full sharing"
 
 
 @dataclass
@@ -171,10 +172,14 @@ class BudgetRecord:
     max_cost: float | None
     measured_loss: float
     backoff: list[BudgetTry] = field(default_factory=list)
+    #: the zips the allocation was measured against at the same target (uniform share, full sharing)
+    compared: list[BudgetTry] = field(default_factory=list)
+    chosen: str = "allocation"  # the kind kept: the one of least measured held-out loss among those that fit
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BudgetRecord:
-        return cls(**{**_known(cls, d), "backoff": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("backoff", [])]})
+        return cls(**{**_known(cls, d), "backoff": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("backoff", [])],
+                      "compared": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("compared", [])]})
 
 
 @dataclass

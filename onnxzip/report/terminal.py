@@ -66,6 +66,10 @@ def _sizes_and_budget(report: ZipReport) -> list[str]:
             kept = ", ".join(f"{t.params_kept:.1%}" for t in budget.backoff)
             line += f"; backed off {len(budget.backoff) - 1} time(s) as tasks measured worse than predicted ({kept} kept)"
         lines.append(line)
+        if budget.compared:
+            lines.append("measured against, at the same target: " + ", ".join(
+                f"{t.kind} ({t.params_kept:.1%} kept, loss {t.measured_loss:.3g}{'' if t.fits else ', does not fit'})"
+                for t in budget.compared) + f"; kept: {budget.chosen}")
     return lines
 
 

@@ -81,3 +81,29 @@ class BudgetPlanner:
     def allocate(self, budget: Budget) -> tuple[list[int], float]:
         """Shared counts per group and their predicted total cost."""
         return allocate(self.costs, self.saving, self.total, budget)
+
+    def kept(self, counts: list[int]) -> float:
+        """The predicted parameters kept at ``counts`` (the savings summed one neuron at a time, all
+        groups growing together)."""
+        k = np.zeros(len(counts), dtype=np.int64)
+        goal = np.asarray(counts, dtype=np.int64)
+        kept = float(self.total)
+        while (k < goal).any():
+            grow = k < goal
+            kept -= float(self.saving(k)[grow].sum())  # (one more in each growing group: a close path)
+            k[grow] += 1
+        return kept
+
+    def uniform(self, target_params: float) -> list[int]:
+        """The counts of the smallest uniform share (one fraction of every group's neurons) whose
+        predicted parameters kept reach ``target_params`` (all shared if none does)."""
+        sizes = [len(c) for c in self.costs]
+
+        def counts(f: float) -> list[int]:
+            return [int(round(f * n)) for n in sizes]
+
+        lo, hi = 0.0, 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.kept(counts(mid)) > target_params * self.total else (lo, mid)
+        return counts(hi)
