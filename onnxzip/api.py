@@ -206,13 +206,15 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
                     planner: BudgetPlanner, target: float, chosen: BudgetTry) -> ZipResult:
     """A budget's allocation is never worse than uniform sharing: zip (and distil) the uniform share
     that reaches the same ``target``, and full sharing where it keeps no more, and keep the one of
-    least measured held-out loss among those whose tasks all fit (:func:`_better`)."""
+    least measured held-out loss among those whose tasks all fit (:func:`_better`) and that keep no
+    more parameters than the target or the allocation."""
     record = result.summary.budget
     full = [len(c) for c in planner.costs]
     others = [("uniform", planner.uniform(target))]
     if planner.kept(full) <= target * planner.total:
         others.append(("full sharing", full))
     best = (result, chosen)
+    limit = max(target, result.summary.params_kept) + 1e-4  # (predicted counts can land a little over)
     for kind, counts in others:
         if counts == record.counts:
             continue
@@ -223,7 +225,7 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
         row = BudgetTry(target, None, counts, 0.0, sum(t.loss_increase or 0.0 for t in rows),
                         other.summary.params_kept, all(t.verdict in (None, "ok", TOO_FEW) for t in rows), kind)
         record.compared.append(row)
-        if _better((other, row), best):
+        if row.params_kept <= limit and _better((other, row), best):
             best = (other, row)
     if best[0] is not result:
         log.warning("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",

@@ -156,16 +156,19 @@ def main() -> None:
     rows = [r for arch in args.archs.split(",") for r in measure(arch, shares, args.steps, args.distill)]
     body = table(rows)
     default = args.archs == DEFAULT_ARCHS
-    suffix = "" if default else "_" + "_".join(args.archs.split(","))
+    suffix = ("" if default else "_" + "_".join(args.archs.split(","))) + \
+        ("" if shares == SHARES else "_share_" + "_".join(map(str, shares)))
     plotted = plot(rows, ROOT / "docs" / f"quality{suffix}.png")
-    command = "python tools/bench_quality.py" + ("" if default else f" --archs {args.archs}") + " --update"
+    command = "python tools/bench_quality.py" + ("" if default else f" --archs {args.archs}") + \
+        ("" if shares == SHARES else f" --shares {args.shares}") + " --update"
     header = (f"Run: `{command}` on {platform.machine()}, ONNX Runtime CPU, "
               f"{time.strftime('%Y-%m-%d')}; {time.perf_counter() - start:.0f} s for {len(rows)} rows. "
               "Bold: best at that share."
               + (f" Plot: ![accuracy vs parameters kept](quality{suffix}.png)" if plotted else "") + "\n\n")
     print(body)
     if args.update:
-        title = "Zipping quality on the sample pairs" + ("" if default else f" ({args.archs})")
+        title = "Zipping quality on the sample pairs" + ("" if default else f" ({args.archs})") + \
+            ("" if shares == SHARES else f" at share {args.shares}")
         update_section(f"bench_quality{suffix}", title, header + body)
 
 
