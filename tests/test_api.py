@@ -514,3 +514,21 @@ def test_tasks_on_the_same_samples_share_one_run_of_the_zipped_model():
     assert data_groups([{"x": x}, {"x": x.copy()}, {"x": y}]) == [[0, 1], [2]]
     assert data_groups([{"x": x}, {"z": x}]) == [[0], [1]]
     assert data_groups([{"x": x}, {"x": x[:5]}]) == [[0], [1]]
+
+
+def test_a_keras_tf2onnx_pair_shares_the_dense_layer_after_its_channels_last_flatten():
+    """samples/keras_*.onnx (tools/make_keras_pair.py: NHWC input, Conv-BN-ReLU x2, Flatten, Dense):
+    at share 0.5 the Dense after the Flatten shares too (nothing is restored to task order), so at
+    most 90% of the parameters are kept; each task's test accuracy (ONNX Runtime, labelled test
+    images) stays within a point of its original's."""
+    names = ("digit", "parity")
+    models = [SAMPLES / f"keras_{t}.onnx" for t in names]
+    result = zip_models(models, [SAMPLES / f"calib_nhwc_{t}.npz" for t in names], share=0.5, names=names,
+                        quiet=True)
+    assert result.summary.restored_at == [] and result.summary.params_kept <= 0.9
+    assert [row.shared for row in result.summary.layers] == [4, 8, 16]
+    out = result.model.graph.output[0].name.split("/")[1]
+    for t, m in zip(names, models):
+        d = load_arrays(SAMPLES / f"test_nhwc_{t}.npz")
+        original = accuracy_of(m, {"image": d["image"]}, d["label"], out)
+        assert accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/{out}") >= original - 0.01

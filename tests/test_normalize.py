@@ -262,3 +262,50 @@ def test_conv_strides_may_differ_between_tasks():
     b = build_ir(_se_net(1, constant_nodes=False, stride=(2, 1)), "b", "b.onnx", 17)
     a, b = align([a, b])
     assert a.layers[0].attr("strides") == (1, 1) and b.layers[0].attr("strides") == (2, 1)
+
+
+def channels_last_cnn(seed: int, also_output: bool = False) -> onnx.ModelProto:
+    """Conv (3 -> 4 channels, 5x5 map) -> Transpose to NHWC -> Reshape (N, 100) -> MatMul + Add -> Relu
+    -> MatMul: a Keras Flatten as tf2onnx exports it. ``also_output``: the flattened tensor is also a
+    graph output (then its element order is part of the contract)."""
+    rng = np.random.default_rng(seed)
+    inits = [helper.make_tensor(n, onnx.TensorProto.FLOAT, a.shape, a.reshape(-1)) for n, a in (
+        ("w", rng.normal(size=(4, 3, 3, 3)).astype(np.float32)), ("b", rng.normal(size=4).astype(np.float32)),
+        ("d", rng.normal(size=(100, 6)).astype(np.float32) / 10), ("db", rng.normal(size=6).astype(np.float32)),
+        ("h", rng.normal(size=(6, 3)).astype(np.float32)))]
+    inits.append(helper.make_tensor("target", onnx.TensorProto.INT64, [2], [-1, 100]))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "target"], ["f"]),
+             helper.make_node("MatMul", ["f", "d"], ["m"]), helper.make_node("Add", ["m", "db"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "h"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])]
+    if also_output:
+        outputs.append(helper.make_tensor_value_info("f", onnx.TensorProto.FLOAT, ["N", 100]))
+    graph = helper.make_graph(nodes, "keras_like", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                    ["N", 3, 5, 5])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_channels_last_flatten_becomes_channel_major_with_the_dense_columns_moved():
+    """The model's outputs are unchanged (ONNX Runtime, before and after), the Transpose is gone, and
+    the dense layer's weight columns are the file's permuted: column c*25 + s of the new weight is
+    column s*4 + c of the old one (checked element by element against the file's MatMul weight)."""
+    m = channels_last_cnn(0)
+    x = graphs.data(5, (3, 5, 5))
+    ir = normalized_matches(m, x, opset=13)
+    ops = [n.op for n in ir.graph.nodes]
+    assert "Transpose" not in ops and ops.count("Flatten") == 1
+    dense = next(n for n in ir.graph.nodes if n.op == "Gemm" and n.inputs[1].values.shape == (6, 100))
+    assert dense.inputs[0] is next(n for n in ir.graph.nodes if n.op == "Flatten").outputs[0]
+    old = onnx.numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "d"))  # (in, out)
+    new = dense.inputs[1].values  # (out, in)
+    for c in range(4):
+        for s in range(25):
+            np.testing.assert_array_equal(new[:, c * 25 + s], old[s * 4 + c])
+    assert not ir.spaces.restore  # the channel space reaches the dense layer
+
+
+def test_a_channels_last_flatten_that_is_also_an_output_is_kept():
+    ir = normalized_matches(channels_last_cnn(1, also_output=True), graphs.data(6, (3, 5, 5)), opset=13)
+    assert "Transpose" in [n.op for n in ir.graph.nodes]

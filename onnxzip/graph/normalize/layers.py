@@ -199,3 +199,37 @@ def reduce_mean_to_pool(graph: gs.Graph) -> int:
             graph.nodes.append(gs.Node("Flatten", f"{node.name}_flatten", {"axis": 1}, [pooled], [out]))
         n += 1
     return n
+
+
+def channels_last_flatten(graph: gs.Graph) -> int:
+    """``Flatten(Transpose(x, channels last))`` read only by dense layers (tf2onnx's Keras Flatten
+    of an NHWC map) -> ``Flatten(x)`` with each dense layer's weight columns permuted to match.
+
+    Channels-last flattening puts channel c at features s C + c (s a spatial position); the
+    channel-major Flatten of ``x`` puts it at c S + s. The product is the same with the columns
+    moved, so the channel space reaches the dense layer whole (one block of S features per
+    channel) instead of being restored to each task's order first; and one Transpose is gone.
+    """
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "Flatten" or int(node.attrs.get("axis", 1)) != 1 or not node.inputs[0].inputs:
+            continue
+        transpose, flat = node.inputs[0].inputs[0], node.outputs[0]
+        x = transpose.inputs[0] if transpose.op == "Transpose" else None
+        if x is None or x.shape is None or len(x.shape) < 3 or not all(isinstance(d, int) for d in x.shape[1:]):
+            continue
+        rank = len(x.shape)
+        if list(transpose.attrs.get("perm", [])) != [0] + list(range(2, rank)) + [1] or \
+                len(node.inputs[0].outputs) != 1 or flat in graph.outputs:
+            continue
+        readers = list(flat.outputs)
+        if not readers or not all(r.op == "Gemm" and r.inputs[0] is flat and isinstance(r.inputs[1], gs.Constant)
+                                  and r.attrs == {"transB": 1} for r in readers):
+            continue
+        c, s = x.shape[1], int(np.prod(x.shape[2:]))
+        old = (np.arange(s)[None, :] * c + np.arange(c)[:, None]).reshape(-1)  # channel-major feature -> old one
+        for r in readers:
+            r.inputs[1] = gs.Constant(f"{r.name}.weight_channel_major", np.ascontiguousarray(r.inputs[1].values[:, old]))
+        node.inputs[0] = x
+        n += 1
+    return n
