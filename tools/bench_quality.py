@@ -42,6 +42,12 @@ from onnxzip.graph.io import load_arrays
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 TASKS = ("digit", "parity")
+#: pairs on other tasks: the fine-tunes of one checkpoint (samples/ft_*.onnx, tools/make_samples.py)
+PAIR_TASKS = {"ft": ("parity", "mod3")}
+
+
+def tasks_of(arch: str) -> tuple[str, str]:
+    return PAIR_TASKS.get(arch, TASKS)
 UNIFORM = {
     "naive": dict(matching="index", hessian="identity", recover=False, loss_aware=False),
     "euclid": dict(matching="optimal", hessian="identity", recover=False, loss_aware=False),
@@ -61,35 +67,36 @@ def hidden_params(result) -> int:
 
 
 def measure(arch: str, shares, steps: int, distill: int) -> list[dict]:
-    tests = {t: load_arrays(SAMPLES / f"test_{t}.npz") for t in TASKS}
-    models = [SAMPLES / f"{arch}_{t}.onnx" for t in TASKS]
-    calib = [SAMPLES / f"calib_{t}.npz" for t in TASKS]
-    train = [SAMPLES / f"train_{t}.npz" for t in TASKS]
+    tasks = tasks_of(arch)
+    tests = {t: load_arrays(SAMPLES / f"test_{t}.npz") for t in tasks}
+    models = [SAMPLES / f"{arch}_{t}.onnx" for t in tasks]
+    calib = [SAMPLES / f"calib_{t}.npz" for t in tasks]
+    train = [SAMPLES / f"train_{t}.npz" for t in tasks]
 
     def row(method, share, r, seconds):
-        acc = {t: accuracy_of(r.model, {"image": tests[t]["image"]}, tests[t]["label"], f"{t}/logits") for t in TASKS}
+        acc = {t: accuracy_of(r.model, {"image": tests[t]["image"]}, tests[t]["label"], f"{t}/logits") for t in tasks}
         rep = r.report
         saved = rep["params_before"] - rep["params_after"]
         out = {"arch": arch, "method": method, "share": share, "seconds": seconds, **acc,
                "params_kept": rep["params_after"] / rep["params_before"], "hidden_shared": saved / hidden_params(r)}
         print(f"  {arch} {method:<10} share {share:.2f}: kept {out['params_kept']:.3f} "
-              + " ".join(f"{t} {acc[t]:.4f}" for t in TASKS), flush=True)
+              + " ".join(f"{t} {acc[t]:.4f}" for t in tasks), flush=True)
         return out
 
     rows = [{"arch": arch, "method": "original", "share": None, "params_kept": 1.0, "hidden_shared": 0.0,
              **{t: accuracy_of(m, {"image": tests[t]["image"]}, tests[t]["label"], "logits")
-                for t, m in zip(TASKS, models)}}]
+                for t, m in zip(tasks, models)}}]
     for share in shares:
         kept = None
         for method, opts in UNIFORM.items():
             start = time.perf_counter()
-            r = zip_models(models, calib, ZipOptions(share=share, names=TASKS, quiet=True, **opts))
+            r = zip_models(models, calib, ZipOptions(share=share, names=tasks, quiet=True, **opts))
             rows.append(row(method, share, r, time.perf_counter() - start))
             kept = rows[-1]["params_kept"]
         for method, data, extra in (("onnxzip", calib, {}), ("+retrain", train, dict(labels="label", finetune=steps)),
                                     ("+distill", calib, dict(distill=distill))):
             start = time.perf_counter()
-            r = zip_models(models, data, ZipOptions(names=TASKS, quiet=True, target_params=kept, **extra))
+            r = zip_models(models, data, ZipOptions(names=tasks, quiet=True, target_params=kept, **extra))
             rows.append(row(method, share, r, time.perf_counter() - start))
     return rows
 
@@ -98,18 +105,19 @@ def table(rows: list[dict]) -> str:
     out = []
     for arch in dict.fromkeys(r["arch"] for r in rows):
         orig = next(r for r in rows if r["arch"] == arch and r["method"] == "original")
-        out += [f"**{arch.upper()}** (originals: digit {orig['digit']:.4f}, parity {orig['parity']:.4f}); "
-                "test accuracy digit / parity; params kept and hidden shared for input-cov / onnxzip", "",
+        tasks = tasks_of(arch)
+        out += [f"**{arch.upper()}** (originals: " + ", ".join(f"{t} {orig[t]:.4f}" for t in tasks) + "); "
+                f"test accuracy {' / '.join(tasks)}; params kept and hidden shared for input-cov / onnxzip", "",
                 "| share | params kept | hidden shared | " + " | ".join(METHODS) + " |",
                 "|---:|---:|---:|" + "---|" * len(METHODS)]
         for share in dict.fromkeys(r["share"] for r in rows if r["share"] is not None):
             cells = {r["method"]: r for r in rows if r["arch"] == arch and r["share"] == share}
-            best = {t: max(c[t] for c in cells.values()) for t in TASKS}
+            best = {t: max(c[t] for c in cells.values()) for t in tasks}
             line = [f"{share:.2f}", f"{cells['input-cov']['params_kept']:.1%} / {cells['onnxzip']['params_kept']:.1%}",
                     f"{cells['input-cov']['hidden_shared']:.0%} / {cells['onnxzip']['hidden_shared']:.0%}"]
             for m in METHODS:
                 line.append(" / ".join(f"**{cells[m][t]:.4f}**" if cells[m][t] == best[t] else f"{cells[m][t]:.4f}"
-                                       for t in TASKS))
+                                       for t in tasks))
             out.append("| " + " | ".join(line) + " |")
         out.append("")
     return "\n".join(out)
@@ -124,10 +132,10 @@ def plot(rows: list[dict], path: Path) -> bool:
         print("matplotlib is not installed: no plot")
         return False
     archs = list(dict.fromkeys(r["arch"] for r in rows))
-    fig, axes = plt.subplots(len(TASKS), len(archs), figsize=(4 * len(archs), 3.2 * len(TASKS)), squeeze=False)
+    fig, axes = plt.subplots(2, len(archs), figsize=(4 * len(archs), 3.2 * 2), squeeze=False)  # (two tasks a pair)
     for j, arch in enumerate(archs):
         orig = next(r for r in rows if r["arch"] == arch and r["method"] == "original")
-        for i, task in enumerate(TASKS):
+        for i, task in enumerate(tasks_of(arch)):
             ax = axes[i][j]
             for m in METHODS:
                 pts = sorted((r["params_kept"], r[task]) for r in rows if r["arch"] == arch and r["method"] == m)

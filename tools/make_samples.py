@@ -220,10 +220,10 @@ def sklearn_mlp(task: str, x: np.ndarray, y: np.ndarray, seed: int, path: Path) 
 
 
 def _fit(model: nn.Module, forward: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, seed: int,
-         epochs: int) -> nn.Module:
+         epochs: int, lr: float = 2e-3) -> nn.Module:
     """Adam on ``loss_fn(forward(x), y)`` in shuffled batches of 64 (``forward``: the model or a part)."""
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
@@ -308,6 +308,36 @@ def make_detectors(out: Path, images: np.ndarray, digits: np.ndarray, test_idx: 
     return summary
 
 
+#: the fine-tunes of one checkpoint: a ResNet base trained on ``digit``, copies fine-tuned (every weight,
+#: a new head) on these tasks
+FT_TASKS = ("parity", "mod3")
+
+
+def make_finetuned(out: Path, images: np.ndarray, digits: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                   epochs: int) -> dict[str, float]:
+    """``ft_<task>.onnx``: one ResNet base trained on the digit class, then each copy fine-tuned on its
+    task with a new head, all weights moving (the commonest real pair: one backbone, two tasks)."""
+    import copy
+    summary = {}
+    torch.manual_seed(50)
+    base = train(resnet(TASKS["digit"]), images[train_idx], labels_for("digit", digits)[train_idx], 50, epochs)
+    start = {k: v.clone() for k, v in base.state_dict().items()}
+    for i, task in enumerate(FT_TASKS):
+        y = labels_for(task, digits)
+        model = copy.deepcopy(base)
+        torch.manual_seed(60 + i)
+        model[-1] = nn.Linear(model[-1].in_features, TASKS[task])
+        model = _fit(model, model, torch.from_numpy(images[train_idx]), torch.from_numpy(y[train_idx]).long(),
+                     nn.CrossEntropyLoss(), 60 + i, max(1, epochs // 4), lr=3e-4)
+        moved = [float((v - start[k]).norm() / start[k].norm()) for k, v in model.state_dict().items()
+                 if k in start and v.shape == start[k].shape and v.dtype.is_floating_point and start[k].norm() > 0]
+        acc = accuracy(model, images[test_idx], y[test_idx])
+        export(model, out / f"ft_{task}.onnx", dynamo=True)
+        summary[f"ft_{task}"] = round(acc, 4)
+        print(f"ft_{task}: test accuracy {acc:.4f}; weights moved from the base by {np.median(moved):.0%} (median)")
+    return summary
+
+
 def old_summary(readme: Path) -> dict[str, float]:
     """The accuracy lines of an existing README (to keep them when only some samples are remade)."""
     if not readme.exists():
@@ -322,7 +352,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--ln-epochs", type=int, default=60, help="epochs for the LayerNorm detectors")
     parser.add_argument("--vit-epochs", type=int, default=60, help="epochs for the vision transformers")
-    parser.add_argument("--only", choices=("all", "ln", "vit", "bert"), default="all",
+    parser.add_argument("--only", choices=("all", "ln", "vit", "bert", "finetuned"), default="all",
                         help="ln / vit / bert: remake only the LayerNorm detectors / the vision transformers / the "
                              "BERT pair, keep the other samples as they are")
     args = parser.parse_args()
@@ -365,6 +395,8 @@ def main() -> None:
         summary.update(make_vits(out, images, data.target, test_idx, train_idx, args.vit_epochs))
     if args.only in ("all", "bert"):
         make_berts(out)
+    if args.only in ("all", "finetuned"):
+        summary.update(make_finetuned(out, images, data.target, train_idx, test_idx, args.epochs))
     (out / "README.md").write_text(
         "# Sample models\n\nMade by `python tools/make_samples.py` (scikit-learn digits, PyTorch CPU, fixed seeds).\n\n"
         f"- `calib_<task>.npz`: {N_CALIB} unlabeled calibration images per task, key `{INPUT}` (N, 1, 8, 8) float32.\n"
@@ -399,7 +431,11 @@ def main() -> None:
         "4x4 patches by a Conv, width 32, 2 layers, 5 classes): random weights from `transformers` configs, legacy "
         "exporter at opset 17; calibration `calib_gpt2.npz` (`ids`: 256 x 10 random tokens) and `calib_hfvit.npz` "
         "(`pixels`: 64 normal-noise images).\n"
-        "- `python tools/make_samples.py --only ln` (or `--only vit`, `--only bert`) remakes only those files and "
+        "- `ft_parity.onnx`, `ft_mod3.onnx`: fine-tunes of one checkpoint: a ResNet (as above) trained on `digit`, "
+        "then each copy fine-tuned on its task for a quarter of the epochs at a seventh of the learning rate with a new head, every weight moving (dynamo "
+        "exporter); the `parity` and `mod3` calibration and test files.\n"
+        "- `python tools/make_samples.py --only ln` (or `--only vit`, `--only bert`, `--only finetuned`) remakes only "
+        "those files and "
         "their README lines.\n\n"
         "Test accuracy of the originals:\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in summary.items()) + "\n"
     )
