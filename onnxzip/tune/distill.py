@@ -21,6 +21,7 @@ import onnx
 
 from ..calibrate import runtime
 from ..check.verify import as_array, data_groups, output_kind
+from ..graph.ir import batch_within
 from .losses import FOR_KIND
 from .train import Progress, Samples, Schedule, Target, TrainLog, train
 
@@ -75,11 +76,15 @@ def distill(model: onnx.ModelProto, tasks: Tasks, opts: ZipOptions, progress: Pr
     at its best on the held-out ones."""
     fit = taught_groups(model, tasks, opts.device)
     held = target_groups(model, tasks, tasks.held, tasks.held_references) if tasks.held_out else []
-    return train(model, fit, held, Schedule(opts.distill, lr=DISTILL_LR), opts.device, progress, "distilling")
+    batch = min(batch_within(ir, DISTILL_BATCH, runtime.RUN_BYTES // len(tasks.irs)) for ir in tasks.irs)
+    return train(model, fit, held, Schedule(opts.distill, lr=DISTILL_LR, batch=batch), opts.device, progress,
+                 "distilling")
 
 
 #: Adam's step size for distillation (measured on the sample pairs: 1e-3 overshoots, 1e-4 is slow)
 DISTILL_LR = 3e-4
+#: samples per step, fewer where one step's forward activations of all tasks would pass RUN_BYTES
+DISTILL_BATCH = 32
 
 
 def _io_names(model: onnx.ModelProto, task: str, proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str]]:

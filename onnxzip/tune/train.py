@@ -83,9 +83,25 @@ class TrainLog:
     seconds: float
 
 
+#: op -> the input slots that are not tuned: onnx-ad has no gradient there (a ConvTranspose's weight),
+#: or they are sizes, not weights (a Resize's roi and scales): initializers read there stay as they are
+FROZEN = {"ConvTranspose": (1,), "Resize": (1, 2), "Upsample": (1,)}
+
+
+def frozen_slots(node: onnx.NodeProto) -> tuple[int, ...]:
+    """The input slots of ``node`` that are not tuned: :data:`FROZEN`, and a grouped Conv's weight
+    (onnx-ad has no gradient for it; depthwise filters stay as the zip made them)."""
+    if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute):
+        return (1,)
+    return FROZEN.get(node.op_type, ())
+
+
 def parameters(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """The initializers a tuning run changes: float tensors with at least one axis."""
-    return [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 0]
+    """The initializers a tuning run changes: float tensors with at least one axis, but those that
+    an op reads where they are not tuned (:data:`FROZEN`)."""
+    frozen = {n.input[s] for n in model.graph.node for s in frozen_slots(n) if s < len(n.input)}
+    return [i for i in model.graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 0 and i.name not in frozen]
 
 
 def static_batch(model: onnx.ModelProto) -> int | None:
@@ -110,7 +126,35 @@ def forward_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         if inp.name not in names and inp.type.tensor_type.shape.dim:
             inp.type.tensor_type.shape.dim[0].dim_value = batch
     del m.graph.value_info[:]
-    return io.infer_shapes(m)
+    values = {p.name: numpy_helper.to_array(p) for p in params}
+    return static_shapes(io.infer_shapes(m), values)
+
+
+def static_shapes(m: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Every node output's shape declared (onnx-ad needs them to undo broadcasting before opset 13):
+    those shape inference leaves open (sizes computed at run time, e.g. a Resize's) are read off one
+    run at the model's fixed batch (``values`` for the inputs they name, zeros for the others)."""
+    known = {vi.name: vi.type.tensor_type for vi in list(m.graph.value_info) + list(m.graph.output)}
+    open_ = [t for n in m.graph.node for t in n.output if t and (
+        t not in known or not known[t].HasField("shape") or not all(d.HasField("dim_value") for d in known[t].shape.dim))]
+    if not open_:
+        return m
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in open_)
+    sess = runtime.session(probe, "cpu", built=True)
+    feeds = {i.name: values[i.name] if i.name in values else
+             np.zeros([d if isinstance(d, int) else 1 for d in i.shape], runtime.numpy_dtype(i)) for i in sess.get_inputs()}
+    got = sess.run(open_, feeds)
+    del probe, sess
+    values = {vi.name: vi for vi in m.graph.value_info}
+    for name, y in zip(open_, got):
+        info = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(y).dtype), list(np.shape(y)))
+        if name in values:
+            values[name].CopyFrom(info)
+        elif name not in {o.name for o in m.graph.output}:
+            m.graph.value_info.append(info)
+    return m
 
 
 def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
@@ -123,6 +167,8 @@ def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto,
     names = [p.name for p in parameters(model)]
     outputs = [o.name for o in m.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     reverse = autodiff.reverse(m, names, outputs)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    autodiff.spell_required_inputs(reverse, opset)  # (onnx-ad's Resize probes, before opset 13)
     grads = {n: autodiff.adjoint(n) for n in names}
     missing = [g for g in grads.values() if g not in {o.name for o in reverse.graph.output}]
     if missing:
