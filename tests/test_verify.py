@@ -510,7 +510,8 @@ def test_task_sessions_group_tasks_by_their_data():
 @pytest.mark.parametrize("n", [1, 9])
 def test_too_few_calibration_samples_are_never_judged_ok(n, caplog):
     """With fewer samples than can be held out the zip is fitted to all of them, and a verdict on the
-    samples it was fitted to is no verdict: 'too few to judge', said, never 'ok'."""
+    samples it was fitted to is no verdict: 'too few to judge', said, never 'ok'; a layer whose
+    statistic has fewer rows than its size is named in a warning."""
     models = [graphs.mlp(1), graphs.mlp(2)]
     data = [{"x": graphs.data(3, (12,), n=n)}, {"x": graphs.data(4, (12,), n=n)}]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
@@ -520,6 +521,9 @@ def test_too_few_calibration_samples_are_never_judged_ok(n, caplog):
     assert all(r["rel_err"] <= 1e-5 for r in rows)  # (share 0: it does reproduce the originals)
     assert result.report["samples"] == [n, n]
     assert any("nothing is held out" in r.getMessage() for r in caplog.records)
+    # fc0 reads 12 inputs: its statistic (13 x 13) needs 13 rows, one per sample here
+    assert any(r.getMessage().startswith(f"layer 'fc0': its statistics read {n} rows of 12 inputs (+1)")
+               for r in caplog.records)
 
 
 def test_held_out_samples_are_not_fitted_to():

@@ -34,11 +34,13 @@ from onnxzip.graph import io  # noqa: E402
 SAMPLES = ROOT.parent / "samples"
 LN_TASKS = ("zero", "seven", "small")
 SETTINGS = {  # set -> zip settings after share 0
-    "ocr_det": [{"target_params": 0.9}, {"target_params": 0.75}, {"share": 0.5}],
-    "ocr_cls": [{"target_params": 0.9}, {"target_params": 0.75}, {"share": 0.5}],
-    "sk_mlp5": [{"target_params": 0.75}, {"share": 0.5}, {"share": 1.0}],
-    "sk_mlp6": [{"target_params": 0.75}, {"share": 0.5}, {"share": 1.0}],
-    "ln_detectors": [{"target_params": 0.75}, {"target_params": 0.5}, {"share": 1.0}],
+    "ocr_det": [{"target_params": 0.9}, {"target_params": 0.75}, {"target_params": 0.75, "distill": 30},
+                {"share": 0.5}, {"share": 0.5, "distill": 30}],
+    "ocr_cls": [{"target_params": 0.9}, {"target_params": 0.75}, {"share": 0.5}, {"share": 0.5, "distill": 200}],
+    "sk_mlp5": [{"target_params": 0.75}, {"share": 0.5}, {"share": 1.0}, {"share": 1.0, "distill": 2000}],
+    "sk_mlp6": [{"target_params": 0.75}, {"share": 0.5}, {"share": 1.0}, {"share": 1.0, "distill": 2000}],
+    "ln_detectors": [{"target_params": 0.75}, {"target_params": 0.5}, {"target_params": 0.5, "distill": 500},
+                     {"share": 1.0}, {"share": 1.0, "distill": 500}],
 }
 CALIB, HELD_OUT = {"ocr_det": 32, "ocr_cls": 64}, {"ocr_det": 24, "ocr_cls": 128}
 
@@ -105,10 +107,14 @@ def run_set(name: str) -> list[str]:
             figures = [f"max abs diff {max(t['max_abs_diff'] for t in rep['tasks']):.2g}"] * len(tasks)
         else:
             figures = quality(name, result.model, models, tasks, test)
-        backed = " (backed off)" if rep.get("budget", {}).get("backoff") else ""
+        budget = rep.get("budget") or {}
+        backed = " (backed off)" if budget.get("backoff") else ""
+        backed += f" ({budget['chosen']} kept)" if budget.get("chosen", "allocation") != "allocation" else ""
         verdicts = ",".join(t.get("verdict", "-") for t in rep["tasks"])
+        tuned = (result.summary.phases or {}).get("distill")
         rows.append(f"| {name} | {label}{backed} | {rep['params_after'] / rep['params_before']:.1%} | "
-                    + " / ".join(figures) + f" | {verdicts} | {seconds:.0f} |")
+                    + " / ".join(figures) + f" | {verdicts} | {seconds:.0f}"
+                    + ("" if tuned is None else f" ({tuned:.0f} distilling)") + " |")
         print(rows[-1], flush=True)
     return rows
 
@@ -131,8 +137,8 @@ def main() -> int:
         print(f"models missing for {', '.join(missing)}: run python tools/fetch_real.py", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    lines = ["| set | setting | params kept | held-out quality per task (vs. its original) | verdicts (calibration) "
-             "| zip (s) |", "|---|---|---:|---|---|---:|"]
+    lines = ["| set | setting | params kept | held-out quality per task (vs. its original) | verdicts (held-out "
+             "calibration samples) | zip (s) |", "|---|---|---:|---|---|---:|"]
     for s in args.sets:
         lines += run_set(s)
     kept = [row for row in previous_rows() if row.split("|")[1].strip() not in args.sets]

@@ -244,6 +244,17 @@ MAX_ROWS = 1 << 17
 ROWS_PER_WEIGHT = 256
 
 
+def row_count(layer: Layer, method: str, sample: np.ndarray, samples: int) -> tuple[int, int]:
+    """(rows, width): the rows a layer's statistic reads from ``samples`` samples, and their width
+    (the statistic is width + 1 square: fewer rows than that leave it rank-deficient, held up only by
+    the damping). (0, 0) for an estimator that reads no data."""
+    est: HessianEstimator = HESSIANS.get(method)
+    if est.rows is None:
+        return 0, 0
+    rows = est.rows(layer, sample[:1])
+    return rows.shape[0] * samples, rows.shape[1]
+
+
 def row_fraction(layer: Layer, method: str, sample: np.ndarray, samples: int) -> float:
     """The fraction of its rows a layer's statistics read: 1, or less for a layer whose input
     makes more rows than its statistic needs (large feature maps). ``sample``: one input sample

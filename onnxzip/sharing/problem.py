@@ -7,6 +7,7 @@ the offset basis (:class:`OffsetProblem`, :mod:`onnxzip.sharing.offsets`).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ import numpy as np
 from scipy.linalg import cho_solve
 
 from ..calibrate.spool import Batches
-from ..calibrate.stats import HESSIANS, cross_moments, layer_hessian, normalized_weights, row_fraction
+from ..calibrate.stats import HESSIANS, cross_moments, layer_hessian, normalized_weights, row_count, row_fraction
 from ..errors import UsageError
 from ..graph.ir import Layer, ModelIR
 from ..timing import phase
@@ -26,6 +27,8 @@ from .merge import cholesky, damp, damping_of, relative_damping, task_blocks
 
 if TYPE_CHECKING:
     from ..options import ZipOptions
+
+log = logging.getLogger(__name__)
 
 #: a dense layer with more inputs than this, seen on fewer samples than it has inputs, keeps its
 #: statistic as the input rows (H = R'R / n: low rank, :mod:`onnxzip.sharing.lowrank`), never as d x d
@@ -141,6 +144,7 @@ class Problems:
         self._blocks: dict[int, list] = {}  # layer -> per task task_blocks() of its problem
         self._same: dict[tuple[int, str], bool] = {}  # (id of live Batches, tensor) -> equals the original
         self.fractions: dict[int, float] = {}  # layer -> the fraction of its input rows its statistics read
+        self.warned: set[tuple[int, str]] = set()  # (layer, what) said once
 
     def at_cut(self, reference: list[Batches] | None) -> None:
         """The loop moved to a new cut: the original networks' tensors there; what was known of
@@ -241,6 +245,11 @@ class Problems:
                              "--share list with 0 there) or use --hessian channel")
         method, expand = self.opts.hessian, not self.offset(li)
         fraction = row_fraction(layer, method, live.sample(name), live.samples)
+        rows, width = row_count(layer, method, live.sample(name), live.samples)
+        if rows and rows < width + 1 and (li, "few") not in self.warned:
+            self.warned.add((li, "few"))
+            log.warning("layer %r: its statistics read %d rows of %d inputs (+1): fewer samples than they need, "
+                        "so the merge leans on the damping; give more calibration samples", layer.name, rows, width)
         self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
         with phase("statistics"):
             if unchanged:
