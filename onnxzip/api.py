@@ -222,7 +222,7 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
         if opts.distill:
             distil(other, tasks, opts)
         rows = other.summary.tasks
-        row = BudgetTry(target, None, counts, 0.0, sum(t.loss_increase or 0.0 for t in rows),
+        row = BudgetTry(target, None, counts, None, sum(t.loss_increase or 0.0 for t in rows),
                         other.summary.params_kept, all(t.verdict in (None, "ok", TOO_FEW) for t in rows), kind)
         record.compared.append(row)
         if row.params_kept <= limit and _better((other, row), best):
@@ -230,8 +230,8 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
     if best[0] is not result:
         log.warning("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",
                     best[1].kind, best[1].kind, 100 * best[1].params_kept)
-        best[0].summary.budget = replace(record, counts=best[1].counts, measured_loss=best[1].measured_loss,
-                                         chosen=best[1].kind)
+        best[0].summary.budget = replace(record, counts=best[1].counts, predicted_cost=None,
+                                         measured_loss=best[1].measured_loss, chosen=best[1].kind)
     return best[0]
 
 

@@ -67,10 +67,14 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
     with timing.phase("load"):
         protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
     labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
-    held = []
+    splits = []
     for t, ir in enumerate(irs):
         arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])
-        fit, out = split(_count(arrays[t]), opts.hold_out, batch_unit(ir))
+        splits.append(split(_count(arrays[t]), opts.hold_out, batch_unit(ir)))
+    if not all(len(out) for _, out in splits):  # one task without: every task is fitted to all (no verdicts)
+        splits = [(np.arange(_count(a)), np.arange(0)) for a in arrays]
+    held = []
+    for t, (fit, out) in enumerate(splits):
         held.append(_take(arrays[t], out) if len(out) else {})
         arrays[t], labels[t] = _take(arrays[t], fit), None if labels[t] is None else labels[t][fit]
     if opts.finetune and any(y is None for y in labels):
@@ -88,9 +92,9 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         references = reference_outputs(protos, irs, arrays, opts)
         held_references = reference_outputs(protos, irs, held, opts) if all(held) else [{} for _ in held]
     if opts.hold_out and not all(held):
-        log.warning("fewer than %d calibration samples for %s: nothing is held out, so no verdict can be judged "
-                    "(said as 'too few to judge')", MIN_HOLD_OUT,
-                    ", ".join(f"task {n!r}" for n, h in zip(names, held) if not h))
+        log.warning("too few calibration samples to hold any out (fewer than %d, or than two whole batches of a "
+                    "model with a fixed batch): every task is fitted to all of its samples, and a verdict of 'ok' "
+                    "on them is said as 'too few to judge'", MIN_HOLD_OUT)
     return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references,
                  protos if opts.distill else None)
 

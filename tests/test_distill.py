@@ -152,3 +152,37 @@ def test_distill_command_tunes_an_existing_zip(tmp_path, capsys):
         from onnxzip.api import distill_model
         from onnxzip.options import ZipOptions
         distill_model(onnx.load(zipped), paths, [data[0]], ZipOptions(distill=0))
+
+
+def test_distillation_runs_on_token_models():
+    """BERT: the sequence length is open in the file; the training copy takes it from the calibration
+    data (token ids are not mixed), and the result is a valid model."""
+    models, data = [SAMPLES / "bert_a.onnx", SAMPLES / "bert_b.onnx"], [SAMPLES / "calib_bert.npz"]
+    result = zip_models(models, data, share=0.5, quiet=True, distill=3)
+    assert result.summary.distill is not None and result.summary.distill.steps_run == 3
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_distillation_of_outputs_that_are_not_tensors_is_refused():
+    """skl2onnx classifiers output labels (int64) and a ZipMap (a sequence of maps): nothing float to
+    tune on; a clear error, not a crash."""
+    models = [SAMPLES / "sklearn_digit.onnx", SAMPLES / "sklearn_parity.onnx"]
+    data = [SAMPLES / "calib_flat_digit.npz", SAMPLES / "calib_flat_parity.npz"]
+    with pytest.raises(UsageError, match="nothing to distill: no task has a float tensor output"):
+        zip_models(models, data, share=0.5, quiet=True, distill=3)
+
+
+def test_distill_command_on_a_zip_with_separate_inputs(tmp_path):
+    models, data = tiny_pair()
+    paths = []
+    for i, m in enumerate(models):
+        paths.append(tmp_path / f"m{i}.onnx")
+        onnx.save(m, paths[-1])
+    np.savez(tmp_path / "d.npz", **data[0])
+    zipped, out = tmp_path / "z.onnx", tmp_path / "t.onnx"
+    assert main(["zip", *map(str, paths), "--data", str(tmp_path / "d.npz"), "--share", "1.0", "--names", "a,b",
+                 "--separate-inputs", "-o", str(zipped), "-q"]) == 0
+    assert sorted(i.name for i in onnx.load(zipped).graph.input) == ["a/x", "b/x"]
+    assert main(["distill", str(zipped), "--originals", *map(str, paths), "--data", str(tmp_path / "d.npz"),
+                 "--steps", "20", "-o", str(out), "-q"]) == 0
+    assert out.exists()

@@ -22,7 +22,9 @@ def test_a_detector_that_never_fires_has_collapsed():
     z = np.array([[0.4], [0.1], [0.45], [0.0]])
     row = fidelity(np.tile(z, (10, 1)), np.tile(o, (10, 1)), kind="scores")
     assert row.mask_iou == 0.0 and row.fired == 0.0 and row.evidence == 20 and verdict(row) == "collapsed"
-    assert verdict(fidelity(z, o, kind="scores")) == "too few to judge"  # 2 positive positions
+    assert verdict(fidelity(z, o, kind="scores")) == "collapsed"  # fires at none of 2: more counts cannot mend it
+    found = fidelity(np.array([[0.9], [0.1], [0.4], [0.0]]), o, kind="scores")  # 1 of 2 found
+    assert found.mask_iou == 0.5 and found.evidence == 2 and verdict(found) == "too few to judge"
     assert fidelity(o * 0.0, o * 0.0, kind="scores").mask_iou == 1.0  # nothing to find, nothing found
 
 

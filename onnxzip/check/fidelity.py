@@ -93,6 +93,8 @@ def verdict(row: Fidelity | TaskRow) -> str:
     value = getattr(row, key)
     if value is None:
         return "ok"
+    if key == "mask_iou" and row.fired == 0.0:
+        return "collapsed"  # (it found nothing the original found: no count makes that better)
     if (row.evidence or 0) < EVIDENCE[key]:
         return TOO_FEW
     if key == "rel_err":

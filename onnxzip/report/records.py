@@ -70,8 +70,9 @@ class LayerRow:
 
 @dataclass
 class TaskRow:
-    """One task against its original on the calibration data (:mod:`onnxzip.check.fidelity`):
-    the metrics of its first float output (None where they do not apply) and the verdict."""
+    """One task against its original on held-out calibration samples (else on those the zip was
+    fitted to: ``held_out``) (:mod:`onnxzip.check.fidelity`): the metrics of its first float output
+    (None where they do not apply), the verdict and the evidence it rests on."""
 
     name: str
     rel_err: float | None = None
@@ -91,7 +92,7 @@ class TaskRow:
         return self.rel_err is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """``fired``, ``output`` and ``verdict`` only for a measured task."""
+        """``fired``, ``output``, ``verdict`` and ``evidence`` only for a measured task."""
         skip = () if self.measured else ("fired", "output", "verdict", "evidence")
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
@@ -154,7 +155,7 @@ class BudgetTry:
     target_params: float | None
     max_cost: float | None
     counts: list[int]
-    predicted_cost: float
+    predicted_cost: float | None  # None: a zip the allocation was measured against (not predicted)
     measured_loss: float
     params_kept: float
     fits: bool  # every task measured ok (or too few to judge)
@@ -167,7 +168,7 @@ class BudgetRecord:
     output loss (:func:`onnxzip.check.fidelity.output_loss`), and every try when it backed off."""
 
     counts: list[int]
-    predicted_cost: float
+    predicted_cost: float | None  # None where a compared zip was kept
     target_params: float | None
     max_cost: float | None
     measured_loss: float

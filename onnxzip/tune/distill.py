@@ -21,6 +21,7 @@ import onnx
 
 from ..calibrate import runtime
 from ..check.verify import as_array, data_groups, output_kind
+from ..errors import UsageError
 from ..graph.ir import batch_within
 from .losses import FOR_KIND
 from .train import Progress, Samples, Schedule, Target, TrainLog, train
@@ -83,6 +84,9 @@ def distill(model: onnx.ModelProto, tasks: Tasks, opts: ZipOptions, progress: Pr
 
 #: Adam's step size for distillation (measured on the sample pairs: 1e-3 overshoots, 1e-4 is slow)
 DISTILL_LR = 3e-4
+#: an output's squared error is divided by its variance, at least this share of its mean square (an
+#: output that hardly varies would otherwise outweigh every other)
+VARIANCE_FLOOR = 1e-3
 #: samples per step, fewer where one step's forward activations of all tasks would pass RUN_BYTES
 DISTILL_BATCH = 32
 
@@ -102,20 +106,22 @@ def _targets(model: onnx.ModelProto, tasks: Tasks, t: int, references: dict[str,
     """Task ``t``'s float outputs as targets (the loss of each output's kind); ``keep``: with the
     originals' outputs ``references`` as the values, else drawn with each batch."""
     out = []
-    zipped = {o.name for o in model.graph.output}
+    zipped = {o.name for o in model.graph.output if o.type.HasField("tensor_type")
+              and o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}  # (not a ZipMap's sequence)
     for o in tasks.irs[t].outputs:
         value = as_array(references[o])
         name = f"{tasks.names[t]}/{o}"
         if value is None or value.dtype.kind != "f" or name not in zipped:
             continue
         loss = FOR_KIND[output_kind(tasks.irs[t], o, value)]
-        out.append(Target(name, value.astype(np.float32) if keep else None, loss, float(np.var(value))))
+        scale = max(float(np.var(value)), VARIANCE_FLOOR * float(np.mean(np.square(value, dtype=np.float64))))
+        out.append(Target(name, value.astype(np.float32) if keep else None, loss, scale))
     return out
 
 
 def taught_groups(model: onnx.ModelProto, tasks: Tasks, device: str) -> list[Taught]:
-    """The training groups: one for all tasks when they read one shared input (their distinct
-    calibration sets pooled), else one per task; the originals teach."""
+    """The training groups: one for all tasks when the zipped model gives them one shared input
+    (their distinct calibration sets pooled), else one per task; the originals teach."""
     teachers, targets = [], []
     for t, proto in enumerate(tasks.protos):
         inputs, outputs = _io_names(model, tasks.names[t], proto)
@@ -123,7 +129,10 @@ def taught_groups(model: onnx.ModelProto, tasks: Tasks, device: str) -> list[Tau
         wanted = {x.output for x in targets[t]}
         teachers.append(Teacher(runtime.session(proto, device), inputs,
                                 {o: z for o, z in outputs.items() if z in wanted}))
-    groups = [list(range(len(tasks.names)))] if tasks.shared_inputs else [[t] for t in range(len(tasks.names))]
+    shared = all(t.inputs == teachers[0].inputs for t in teachers)  # (the zipped model's inputs decide)
+    groups = [list(range(len(tasks.names)))] if shared else [[t] for t in range(len(tasks.names))]
+    if not any(targets):
+        raise UsageError("nothing to distill: no task has a float tensor output in the zipped model")
     out = []
     for group in groups:
         sources = [group[g[0]] for g in data_groups([tasks.arrays[t] for t in group])]

@@ -1,7 +1,8 @@
 """The losses a zipped output is tuned on, each with its gradient, in numpy.
 
-Every loss is a mean over the batch's samples (so tasks and batch sizes weigh alike): the value
-(float) and the gradient with respect to the output (the seed of the reverse graph, float32).
+Every loss is a mean over the batch's samples (KL and cross-entropy summed over classes, the others
+a mean over elements, so an output's size does not weigh): the value (float) and the gradient with
+respect to the output (the seed of the reverse graph, float32).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _bce(s: np.ndarray, t: np.ndarray, scale: float) -> tuple[float, np.ndarray]
 def _squared(z: np.ndarray, t: np.ndarray, scale: float) -> tuple[float, np.ndarray]:
     """Any values: squared error relative to the original's variance, mean over elements and samples."""
     d = z.astype(np.float64) - t
-    per = z.size * max(scale, 1e-12)
+    per = z.size * max(scale, 1e-12)  # (scale: the target's variance, floored by distill at a share of its power)
     return float(np.sum(d * d) / per), (2 * d / per).astype(np.float32)
 
 

@@ -111,8 +111,10 @@ def static_batch(model: onnx.ModelProto) -> int | None:
     return fixed.pop() if len(fixed) == 1 else None
 
 
-def forward_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """``model`` with its :func:`parameters` as graph inputs, every other input at batch ``batch``."""
+def forward_model(model: onnx.ModelProto, batch: int, example: dict[str, np.ndarray] | None = None
+                  ) -> onnx.ModelProto:
+    """``model`` with its :func:`parameters` as graph inputs, every other input at batch ``batch``
+    and its other sizes those of ``example`` (inputs by name, (n, ...)), 1 where open and not given."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     params = parameters(m)
@@ -122,11 +124,18 @@ def forward_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     keep = [i for i in m.graph.initializer if i.name not in names]
     del m.graph.initializer[:]
     m.graph.initializer.extend(keep)
+    example = example or {}
     for inp in m.graph.input:
-        if inp.name not in names and inp.type.tensor_type.shape.dim:
-            inp.type.tensor_type.shape.dim[0].dim_value = batch
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in names or not dims:
+            continue
+        sizes = [batch] + (list(example[inp.name].shape[1:]) if inp.name in example else
+                           [d.dim_value if d.HasField("dim_value") else 1 for d in dims[1:]])
+        for d, size in zip(dims, sizes):
+            d.dim_value = int(size)
     del m.graph.value_info[:]
     values = {p.name: numpy_helper.to_array(p) for p in params}
+    values.update({k: np.resize(v, (batch,) + v.shape[1:]) for k, v in example.items()})
     return static_shapes(io.infer_shapes(m), values)
 
 
@@ -157,16 +166,21 @@ def static_shapes(m: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.Mod
     return m
 
 
-def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
-    """The reverse-mode model of ``model`` w.r.t. its :func:`parameters`, at a fixed batch.
+def training_model(model: onnx.ModelProto, batch: int, example: dict[str, np.ndarray] | None = None
+                   ) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
+    """The reverse-mode model of ``model`` w.r.t. its :func:`parameters`, at a fixed batch (and the
+    sizes of ``example``, :func:`forward_model`).
 
     Returns:
         the model, the parameter names, parameter -> its gradient output.
     """
-    m = forward_model(model, batch)
+    m = forward_model(model, batch, example)
     names = [p.name for p in parameters(model)]
     outputs = [o.name for o in m.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
-    reverse = autodiff.reverse(m, names, outputs)
+    try:
+        reverse = autodiff.reverse(m, names, outputs)
+    except autodiff.Unsupported as exc:
+        raise UsageError(f"the zipped model cannot be tuned: onnx-ad has no gradient for it ({exc})") from None
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
     autodiff.spell_required_inputs(reverse, opset)  # (onnx-ad's Resize probes, before opset 13)
     grads = {n: autodiff.adjoint(n) for n in names}
@@ -179,12 +193,13 @@ def training_model(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto,
 class Trainer:
     """One model's tuning sessions (forward and reverse, at one batch) and its parameter values."""
 
-    def __init__(self, model: onnx.ModelProto, batch: int, device: str) -> None:
+    def __init__(self, model: onnx.ModelProto, batch: int, device: str,
+                 example: dict[str, np.ndarray] | None = None) -> None:
         self.model = model
         self.batch = static_batch(model) or batch
-        reverse, self.names, self.grads = training_model(model, self.batch)
+        reverse, self.names, self.grads = training_model(model, self.batch, example)
         self.reverse = runtime.session(reverse, device, built=True)
-        self.forward = runtime.session(forward_model(model, self.batch), device, built=True)
+        self.forward = runtime.session(forward_model(model, self.batch, example), device, built=True)
         self.values = {p.name: numpy_helper.to_array(p).astype(np.float32) for p in parameters(model)}
         self.inputs = {i.name: i for i in self.reverse.get_inputs() if i.name not in self.values}
         self.forward_inputs = {i.name: i for i in self.forward.get_inputs() if i.name not in self.values}
@@ -245,7 +260,8 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
         the model with the values kept (the best on ``held``, else the last), and what was done.
     """
     start = time.perf_counter()
-    trainer = Trainer(model, schedule.batch, device)
+    example = {k: v[:1] for samples in fit + held for k, v in samples.feeds.items()}  # (the inputs' sizes)
+    trainer = Trainer(model, schedule.batch, device, example)
     values = trainer.values
     m1 = {n: np.zeros_like(v) for n, v in values.items()}
     m2 = {n: np.zeros_like(v) for n, v in values.items()}
