@@ -118,6 +118,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts
         cut = Cut(live, list(live), [{} for _ in irs], [{} for _ in irs])
         for j, li in enumerate(progress(cuts, "zipping layers")):
             step(ctx, nets, cut, j, li)
+        ctx.problems.warn_few_rows()
         zipped = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, cut.live)]
         originals = [{o: x[:NOISE_SAMPLES] for o in ir.outputs
                       if isinstance(x := ref.array(o), np.ndarray) and x.dtype.kind == "f"}

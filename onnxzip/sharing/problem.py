@@ -144,7 +144,15 @@ class Problems:
         self._blocks: dict[int, list] = {}  # layer -> per task task_blocks() of its problem
         self._same: dict[tuple[int, str], bool] = {}  # (id of live Batches, tensor) -> equals the original
         self.fractions: dict[int, float] = {}  # layer -> the fraction of its input rows its statistics read
-        self.warned: set[tuple[int, str]] = set()  # (layer, what) said once
+        self.few_rows: dict[str, tuple[int, int]] = {}  # layer -> (rows read, statistic size): rank-deficient
+
+    def warn_few_rows(self) -> None:
+        """Say once which layers' statistics read fewer rows than they are wide (too few samples)."""
+        if self.few_rows:
+            worst = sorted(self.few_rows.items(), key=lambda kv: kv[1][0] / kv[1][1])
+            log.warning("%d layers' statistics read fewer rows than their size, so their merges lean on the "
+                        "damping (%s%s); give more calibration samples", len(worst),
+                        ", ".join(f"{n}: {r} rows for {w}" for n, (r, w) in worst[:3]), ", ..." if len(worst) > 3 else "")
 
     def at_cut(self, reference: list[Batches] | None) -> None:
         """The loop moved to a new cut: the original networks' tensors there; what was known of
@@ -246,10 +254,8 @@ class Problems:
         method, expand = self.opts.hessian, not self.offset(li)
         fraction = row_fraction(layer, method, live.sample(name), live.samples)
         rows, width = row_count(layer, method, live.sample(name), live.samples)
-        if rows and rows < width + 1 and (li, "few") not in self.warned:
-            self.warned.add((li, "few"))
-            log.warning("layer %r: its statistics read %d rows of %d inputs (+1): fewer samples than they need, "
-                        "so the merge leans on the damping; give more calibration samples", layer.name, rows, width)
+        if rows and rows < width + 1:
+            self.few_rows[layer.name] = (rows, width + 1)
         self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
         with phase("statistics"):
             if unchanged:
