@@ -84,8 +84,9 @@ class TrainLog:
 
 
 #: op -> the input slots that are not tuned: onnx-ad has no gradient there (a ConvTranspose's weight),
-#: or they are sizes, not weights (a Resize's roi and scales): initializers read there stay as they are
-FROZEN = {"ConvTranspose": (1,), "Resize": (1, 2), "Upsample": (1,)}
+#: they are sizes, not weights (a Resize's roi and scales), or statistics (a kept BatchNorm's mean and
+#: variance: Adam's steps of one size for all would swamp a small variance): they stay as they are
+FROZEN = {"ConvTranspose": (1,), "Resize": (1, 2), "Upsample": (1,), "BatchNormalization": (3, 4)}
 
 
 def frozen_slots(node: onnx.NodeProto) -> tuple[int, ...]:
@@ -97,11 +98,12 @@ def frozen_slots(node: onnx.NodeProto) -> tuple[int, ...]:
 
 
 def parameters(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """The initializers a tuning run changes: float tensors with at least one axis, but those that
-    an op reads where they are not tuned (:data:`FROZEN`)."""
+    """The initializers a tuning run changes: float tensors of more than one element (a single number
+    is a constant of an activation, an epsilon or a scale, not a weight), but those that an op reads
+    where they are not tuned (:data:`FROZEN`)."""
     frozen = {n.input[s] for n in model.graph.node for s in frozen_slots(n) if s < len(n.input)}
     return [i for i in model.graph.initializer
-            if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 0 and i.name not in frozen]
+            if i.data_type == onnx.TensorProto.FLOAT and int(np.prod(i.dims)) > 1 and i.name not in frozen]
 
 
 def static_batch(model: onnx.ModelProto) -> int | None:
