@@ -121,13 +121,19 @@ def test_a_budget_distils_before_it_judges():
     assert result.summary.distill.held_loss_after <= result.summary.distill.held_loss_before
 
 
-def test_distill_command_tunes_an_existing_zip(tmp_path, capsys):
+def saved_pair(tmp_path):
+    """tiny_pair's models and data, written to files (m0.onnx, m1.onnx, d.npz)."""
     models, data = tiny_pair()
     paths = []
     for i, m in enumerate(models):
         paths.append(tmp_path / f"m{i}.onnx")
         onnx.save(m, paths[-1])
     np.savez(tmp_path / "d.npz", **data[0])
+    return models, data, paths
+
+
+def test_distill_command_tunes_an_existing_zip(tmp_path, capsys):
+    models, data, paths = saved_pair(tmp_path)
     zipped = tmp_path / "z.onnx"
     assert main(["zip", *map(str, paths), "--data", str(tmp_path / "d.npz"), "--share", "1.0", "--names", "a,b",
                  "-o", str(zipped), "-q"]) == 0
@@ -173,12 +179,7 @@ def test_distillation_of_outputs_that_are_not_tensors_is_refused():
 
 
 def test_distill_command_on_a_zip_with_separate_inputs(tmp_path):
-    models, data = tiny_pair()
-    paths = []
-    for i, m in enumerate(models):
-        paths.append(tmp_path / f"m{i}.onnx")
-        onnx.save(m, paths[-1])
-    np.savez(tmp_path / "d.npz", **data[0])
+    models, data, paths = saved_pair(tmp_path)
     zipped, out = tmp_path / "z.onnx", tmp_path / "t.onnx"
     assert main(["zip", *map(str, paths), "--data", str(tmp_path / "d.npz"), "--share", "1.0", "--names", "a,b",
                  "--separate-inputs", "-o", str(zipped), "-q"]) == 0
