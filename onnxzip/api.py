@@ -228,8 +228,8 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
         if row.params_kept <= limit and _better((other, row), best):
             best = (other, row)
     if best[0] is not result:
-        log.warning("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",
-                    best[1].kind, best[1].kind, 100 * best[1].params_kept)
+        log.info("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",
+                 best[1].kind, best[1].kind, 100 * best[1].params_kept)
         best[0].summary.budget = replace(record, counts=best[1].counts, predicted_cost=None,
                                          measured_loss=best[1].measured_loss, chosen=best[1].kind)
     return best[0]
