@@ -97,11 +97,32 @@ def frozen_slots(node: onnx.NodeProto) -> tuple[int, ...]:
     return FROZEN.get(node.op_type, ())
 
 
+#: op -> the input slots that take sizes, indices or counts, not values
+SIZES = {"Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
+         "Pad": (1, 2, 3), "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "OneHot": (1,)}
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def size_sources(model: onnx.ModelProto) -> set[str]:
+    """The tensors whose values reach a size (:data:`SIZES`) or a Cast to an integer: a float constant
+    there is a shape in disguise, and a step of 1e-6 can flip what it computes. Found in one sweep
+    back from those slots; a Shape reads only its input's shape and stops the sweep."""
+    marked: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type == "Cast" and not any(a.name == "to" and a.i in _FLOATS for a in node.attribute):
+            marked.add(node.input[0])
+        marked.update(node.input[s] for s in SIZES.get(node.op_type, ()) if s < len(node.input))
+    for node in reversed(model.graph.node):
+        if node.op_type not in ("Shape", "Size") and any(o in marked for o in node.output):
+            marked.update(i for i in node.input if i)
+    return marked
+
+
 def parameters(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """The initializers a tuning run changes: float tensors of more than one element (a single number
     is a constant of an activation, an epsilon or a scale, not a weight), but those that an op reads
-    where they are not tuned (:data:`FROZEN`)."""
-    frozen = {n.input[s] for n in model.graph.node for s in frozen_slots(n) if s < len(n.input)}
+    where they are not tuned (:data:`FROZEN`) and those that reach a size (:func:`size_sources`)."""
+    frozen = {n.input[s] for n in model.graph.node for s in frozen_slots(n) if s < len(n.input)} | size_sources(model)
     return [i for i in model.graph.initializer
             if i.data_type == onnx.TensorProto.FLOAT and int(np.prod(i.dims)) > 1 and i.name not in frozen]
 
@@ -269,6 +290,7 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
     m2 = {n: np.zeros_like(v) for n, v in values.items()}
     rng = np.random.default_rng(schedule.seed)
     every = schedule.every or max(1, schedule.steps // 20)
+    scale = {n: step_scale(v) for n, v in values.items()}
     before = best = trainer.loss(held) if held else None
     kept, best_step, waited, step = dict(values), 0, 0, 0
     for step in progress(range(1, schedule.steps + 1), what):
@@ -279,8 +301,8 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
         for n in trainer.names:  # Adam
             m1[n] = 0.9 * m1[n] + 0.1 * total[n]
             m2[n] = 0.999 * m2[n] + 0.001 * total[n] ** 2
-            values[n] = values[n] - schedule.lr * (m1[n] / (1 - 0.9 ** step)) / (np.sqrt(m2[n] / (1 - 0.999 ** step))
-                                                                                + 1e-8)
+            values[n] = values[n] - schedule.lr * scale[n] * (m1[n] / (1 - 0.9 ** step)) / (
+                np.sqrt(m2[n] / (1 - 0.999 ** step)) + 1e-8)
         if held and (step % every == 0 or step == schedule.steps):
             score = trainer.loss(held)
             if score < best * (1 - 1e-4):
@@ -295,6 +317,19 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
         best_step = step
     log = TrainLog(step, best_step, before, best, round(time.perf_counter() - start, 3))
     return trainer.tuned(), log
+
+
+#: a tensor whose root mean square is below this takes Adam steps shrunk in proportion (Adam moves
+#: every value by about the step size whatever its scale: a folded conv of weights near 1e-5, as in
+#: PaddleOCR's detectors, was thrown off by steps of 1e-6)
+STEP_REFERENCE = 1e-2
+
+
+def step_scale(value: np.ndarray) -> float:
+    """The factor on a tensor's Adam steps: 1, or its RMS over :data:`STEP_REFERENCE` where smaller
+    (1 for an all-zero tensor, which has no scale of its own)."""
+    rms = float(np.sqrt(np.mean(np.square(value, dtype=np.float64))))
+    return 1.0 if rms == 0.0 else min(1.0, rms / STEP_REFERENCE)
 
 
 def _shape(spec, batch: int) -> list[int]:
