@@ -117,6 +117,13 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, ba
             else [x for p in parts for x in p[j]] for j, name in enumerate(outputs)}
 
 
+def zeros(spec, n: int | None = None) -> np.ndarray:
+    """Zeros for an ONNX Runtime input: ``n`` samples on axis 0 (None: its own size there), 1 for
+    every size the model leaves open."""
+    dims = [d if isinstance(d, int) else 1 for d in spec.shape]
+    return np.zeros(dims if n is None or not dims else [n] + dims[1:], dtype=numpy_dtype(spec))
+
+
 def numpy_dtype(spec) -> np.dtype:
     """The numpy dtype of an ONNX Runtime input or output (its ``type``, e.g. ``tensor(bool)``)."""
     name = spec.type[len("tensor("):-1] if spec.type.startswith("tensor(") else spec.type

@@ -276,8 +276,7 @@ def zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if i.name in feeds:
             out[i.name] = feeds[i.name]
         else:
-            shape = [n] + [d if isinstance(d, int) else 1 for d in i.shape[1:]]
-            out[i.name] = np.zeros(shape, dtype=runtime.numpy_dtype(i))
+            out[i.name] = runtime.zeros(i, n)
     return out
 
 

@@ -176,7 +176,7 @@ def static_shapes(m: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.Mod
     probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in open_)
     sess = runtime.session(probe, "cpu", built=True)
     feeds = {i.name: values[i.name] if i.name in values else
-             np.zeros([d if isinstance(d, int) else 1 for d in i.shape], runtime.numpy_dtype(i)) for i in sess.get_inputs()}
+             runtime.zeros(i) for i in sess.get_inputs()}
     got = sess.run(open_, feeds)
     del probe, sess
     values = {vi.name: vi for vi in m.graph.value_info}
@@ -231,7 +231,7 @@ class Trainer:
         """The forward feeds of one batch of inputs: the values, the inputs, zeros for the rest."""
         out = dict(self.values)
         for name, spec in self.forward_inputs.items():
-            out[name] = batch[name] if name in batch else np.zeros(_shape(spec, self.batch), runtime.numpy_dtype(spec))
+            out[name] = batch[name] if name in batch else runtime.zeros(spec, self.batch)
         return out
 
     def gradient(self, targets: list[Target], batch: dict[str, np.ndarray], values: list[np.ndarray]
@@ -247,7 +247,7 @@ class Trainer:
             seeds[autodiff.adjoint(t.output)] = grad[..., None]
         for name, spec in self.inputs.items():
             if autodiff.is_adjoint(name) and name not in seeds:
-                seeds[name] = np.zeros(_shape(spec, self.batch), np.float32)
+                seeds[name] = runtime.zeros(spec, self.batch)
         got = self.reverse.run([self.grads[n] for n in self.names], {**feeds, **seeds})
         return loss, {n: g[..., 0] for n, g in zip(self.names, got)}
 
@@ -330,7 +330,3 @@ def step_scale(value: np.ndarray) -> float:
     (1 for an all-zero tensor, which has no scale of its own)."""
     rms = float(np.sqrt(np.mean(np.square(value, dtype=np.float64))))
     return 1.0 if rms == 0.0 else min(1.0, rms / STEP_REFERENCE)
-
-
-def _shape(spec, batch: int) -> list[int]:
-    return [batch] + [d if isinstance(d, int) else 1 for d in spec.shape[1:]]
