@@ -1,42 +1,37 @@
 """The public pipeline: load -> normalize -> align -> calibrate/zip -> emit -> verify/report.
 
 ``zip_models`` runs it: :func:`onnxzip.tasks.prepare` (load, normalize, align, the originals' outputs),
-then :func:`zip_once` (the layer loop, emit, checks) or :func:`zip_within_budget` (several, measured),
-then :func:`retrain` where asked, then the report's lint and provenance."""
+then :func:`onnxzip.pipeline.zip_once` (the layer loop, emit, checks) and ``--distill``, or
+:func:`onnxzip.budgets.zip_within_budget` (several, measured), then :func:`retrain` where asked,
+then the report's lint and provenance."""
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 
 from . import __version__, images, timing
+from .budgets import zip_within_budget
 from .calibrate import runtime
-from .calibrate.fisher import loss_statistics
-from .check.fidelity import TOO_FEW
-from .check.layers import measure_layers
-from .check.verify import run_tasks, task_rows, verify, warn_fidelity, zipped_feeds
-from .emit.model import emit_model
+from .check.verify import run_tasks, task_rows, warn_fidelity, zipped_feeds
 from .errors import InputError, UsageError
 from .graph import io
 from .graph.lint import deployment_problems
 from .options import ZipOptions
+from .pipeline import distil, measure_again, rounded, zip_once
 from .progress import progress
-from .report.records import (BudgetRecord, BudgetTry, DistillRecord, FinetuneRecord, InputRecord, TaskRow,
-                             ZipReport)
+from .report.records import DistillRecord, FinetuneRecord, InputRecord, TaskRow, ZipReport
 from .result import ZipResult
-from .sharing.budget import BudgetPlanner
-from .sharing.loop import Fisher, zip_tasks
-from .sharing.plan import Budget, Counts
 from .tasks import Data, Models, Tasks, prepare
 from .tune.distill import distill
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF = 3  # a budget's zip is loosened at most this many times when it measures worse than predicted
 
 
 def zip_models(models: Models, data: Data, options: ZipOptions | None = None, **overrides: Any) -> ZipResult:
@@ -77,29 +72,6 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     return result
 
 
-def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None) -> ZipResult:
-    """One zip at ``share`` (fractions, or counts per group from a budget), emitted and checked.
-    ``fisher``: the loss weights when a budget computed them already."""
-    irs, arrays, names = tasks.irs, tasks.arrays, tasks.names
-    plan = zip_tasks(irs, arrays, share, opts, labels=tasks.labels, fisher=fisher, outputs=tasks.references,
-                     progress=lambda it, desc: progress(it, desc, opts.quiet))
-    with timing.phase("emit"):
-        model = emit_model(irs, plan, names, tasks.shared_inputs, opts.favor)
-        if io.is_large(model):
-            with io.on_disk(model) as path:
-                onnx.checker.check_model(path, full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
-    result = ZipResult(model, None, names, plan)
-    with timing.phase("verify"):
-        result.summary = verify(result, irs, arrays, opts, tasks.references, held=(tasks.held, tasks.held_references))
-    with timing.phase("layer check"):
-        errors = measure_layers(plan, irs, names)
-    for row, err in zip(result.summary.layers, errors):
-        row.error = err
-    return result
-
-
 def retrain(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
     """``--finetune``: light retraining with the tasks' labels; the report measures fidelity again
     and keeps the equivalence check and the budget of the zip it started from."""
@@ -110,32 +82,6 @@ def retrain(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
                                       quiet=opts.quiet)
     before = measure_again(result, tasks, opts)
     result.summary.finetune = FinetuneRecord(opts.finetune, round(time.perf_counter() - tuned, 3), before.tasks)
-
-
-def distil(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> None:
-    """``--distill``: tune the zipped model to reproduce the originals (no labels); the report
-    measures fidelity again and keeps the zip's equivalence check, layer rows and budget."""
-    with timing.phase("distill"):
-        result.model, log = distill(result.model, tasks, opts, lambda it, desc: progress(it, desc, opts.quiet))
-    before = measure_again(result, tasks, opts)
-    result.summary.distill = DistillRecord(opts.distill, log.steps_run, log.best_step, _round(log.held_before),
-                                           _round(log.held_after), log.seconds, before.tasks)
-
-
-def measure_again(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> ZipReport:
-    """After tuning: each task's fidelity measured again (held out), the rest of the report kept
-    from the zip it started from; returns that report."""
-    before = result.summary
-    result.summary = verify(result, tasks.irs, tasks.arrays, opts, tasks.references, check=False,
-                            held=(tasks.held, tasks.held_references))  # fidelity only
-    result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
-    result.summary.layers, result.summary.finetune, result.summary.distill = before.layers, before.finetune, \
-        before.distill
-    return before
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
 
 
 def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], tasks: Tasks,
@@ -155,95 +101,6 @@ def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], ta
     report.metrics_on = (f"held-out calibration samples ({', '.join(map(str, held))} per task, seeded; the zip was "
                          "fitted to the rest)" if tasks.held_out else
                          "the calibration samples the zip was fitted to (too few to hold any out: no verdict)")
-
-
-def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
-    """Zip under ``--target-params`` / ``--max-loss-increase``, measured, not only predicted.
-
-    The per-group counts come from predicted costs (one pass over the originals). After the zip,
-    each task's fidelity and loss increase (:func:`onnxzip.check.fidelity.output_loss`) are measured on the
-    calibration data. Where a task is degraded or collapsed (:func:`onnxzip.check.fidelity.verdict`) the
-    prediction did not hold: the budget is loosened (half the way to keeping everything; the
-    costliest slots per parameter go first) and the zip redone, at most ``MAX_BACKOFF`` times.
-    The report's ``budget.backoff`` lists every try with its predicted cost (the costs' units) and
-    measured output loss (:func:`onnxzip.check.fidelity.output_loss`: not the same units; for reading).
-    """
-    irs, arrays = tasks.irs, tasks.arrays
-    fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references) if opts.loss_aware else None
-    with timing.phase("budget"):
-        planner = BudgetPlanner(irs, arrays, fisher, opts)
-    each = replace(opts, loss_aware=fisher is not None)
-    budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
-    while True:
-        counts, predicted = planner.allocate(budget)
-        result = zip_once(tasks, each, Counts(counts), fisher)
-        if opts.distill:
-            distil(result, tasks, opts)  # before judging: loosen only what distillation cannot mend
-        report = result.summary
-        measured = sum(t.loss_increase or 0.0 for t in report.tasks)
-        fits = all(t.verdict in (None, "ok", TOO_FEW) for t in report.tasks)  # (too few: not disproved)
-        verdicts = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks)
-        tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
-                               report.params_kept, fits))
-        if fits or not any(counts):
-            break
-        if len(tries) > MAX_BACKOFF:
-            log.warning("the budget still measures worse than predicted after %d tries (%s); kept as it is",
-                        len(tries), verdicts)
-            break
-        log.warning("the budget's zip measures worse than its prediction (%s at %.1f%% kept): backing off",
-                    verdicts, 100 * tries[-1].params_kept)
-        budget = Budget(None if budget.target_params is None else (1 + budget.target_params) / 2,
-                        None if budget.max_cost is None else budget.max_cost / 2)
-    result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, opts.max_loss_increase, measured,
-                                         tries if len(tries) > 1 else [])
-    if budget.target_params is not None:
-        result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, tries[-1])
-    return result
-
-
-def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: Fisher | None,
-                    planner: BudgetPlanner, target: float, chosen: BudgetTry) -> ZipResult:
-    """A budget's allocation is never worse than uniform sharing: zip (and distil) the uniform share
-    that reaches the same ``target``, and full sharing where it keeps no more, and keep the one of
-    least measured held-out loss among those whose tasks all fit (:func:`_better`) and that keep no
-    more parameters than the target or the allocation."""
-    record = result.summary.budget
-    full = [len(c) for c in planner.costs]
-    others = [("uniform", planner.uniform(target))]
-    if planner.kept(full) <= target * planner.total:
-        others.append(("full sharing", full))
-    best = (result, chosen)
-    limit = max(target, result.summary.params_kept) + 1e-4  # (predicted counts can land a little over)
-    for kind, counts in others:
-        if counts == record.counts:
-            continue
-        other = zip_once(tasks, opts, Counts(counts), fisher)
-        if opts.distill:
-            distil(other, tasks, opts)
-        rows = other.summary.tasks
-        row = BudgetTry(target, None, counts, None, sum(t.loss_increase or 0.0 for t in rows),
-                        other.summary.params_kept, all(t.verdict in (None, "ok", TOO_FEW) for t in rows), kind)
-        record.compared.append(row)
-        if row.params_kept <= limit and _better((other, row), best):
-            best = (other, row)
-    if best[0] is not result:
-        log.info("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",
-                 best[1].kind, best[1].kind, 100 * best[1].params_kept)
-        best[0].summary.budget = replace(record, counts=best[1].counts, predicted_cost=None,
-                                         measured_loss=best[1].measured_loss, chosen=best[1].kind)
-    return best[0]
-
-
-def _better(a: tuple[ZipResult, BudgetTry], b: tuple[ZipResult, BudgetTry]) -> bool:
-    """Whether zip ``a`` beats ``b``: it fits where ``b`` does not, or both fit (or neither) and its
-    tasks' held-out losses, each relative to the two zips' mean for that task, sum lower."""
-    if a[1].fits != b[1].fits:
-        return a[1].fits
-    la = [t.loss_increase or 0.0 for t in a[0].summary.tasks]
-    lb = [t.loss_increase or 0.0 for t in b[0].summary.tasks]
-    return sum(x / max((x + y) / 2, 1e-30) for x, y in zip(la, lb)) < sum(
-        y / max((x + y) / 2, 1e-30) for x, y in zip(la, lb))
 
 
 def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: ZipOptions
@@ -272,8 +129,8 @@ def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: Z
     before = task_rows(result, tasks.irs, run_tasks(result, tasks.irs, data, opts), refs, opts, tasks.held_out)
     result.model, log = distill(model, tasks, opts, lambda it, desc: progress(it, desc, opts.quiet))
     after = task_rows(result, tasks.irs, run_tasks(result, tasks.irs, data, opts), refs, opts, tasks.held_out)
-    return result.model, DistillRecord(opts.distill, log.steps_run, log.best_step, _round(log.held_before),
-                                       _round(log.held_after), log.seconds, before), after
+    return result.model, DistillRecord(opts.distill, log.steps_run, log.best_step, rounded(log.held_before),
+                                       rounded(log.held_after), log.seconds, before), after
 
 
 def zipped_tasks(model: onnx.ModelProto) -> list[str]:
@@ -373,4 +230,4 @@ def _task_feeds(model: onnx.ModelProto, data: dict[str, np.ndarray], output: str
     return io.check_calibration(keyed, own, source)
 
 
-__all__ = ["ZipOptions", "ZipResult", "zip_models", "finetune_model", "accuracy_of", "InputError"]
+__all__ = ["InputError", "ZipOptions", "ZipResult", "accuracy_of", "finetune_model", "zip_models"]
