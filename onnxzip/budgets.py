@@ -13,7 +13,7 @@ from .options import ZipOptions
 from .pipeline import distil, zip_once
 from .report.records import BudgetRecord, BudgetTry
 from .result import ZipResult
-from .sharing.budget import BudgetPlanner
+from .sharing.budget import BudgetPlanner, fit_loss_scale
 from .sharing.loop import Fisher
 from .sharing.plan import Budget, Counts
 from .tasks import Tasks
@@ -27,18 +27,25 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
 
     The per-group counts come from predicted costs (one pass over the originals). After the zip,
     each task's fidelity and loss increase (:func:`onnxzip.check.fidelity.output_loss`) are measured on the
-    calibration data. Where a task is degraded or collapsed (:func:`onnxzip.check.fidelity.verdict`) the
-    prediction did not hold: the budget is loosened (half the way to keeping everything; the
-    costliest slots per parameter go first) and the zip redone, at most ``MAX_BACKOFF`` times.
-    The report's ``budget.backoff`` lists every try with its predicted cost (the costs' units) and
-    measured output loss (:func:`onnxzip.check.fidelity.output_loss`: not the same units; for reading).
+    held-out samples. A try fits where every task is ok (:func:`onnxzip.check.fidelity.verdict`) and the
+    measured loss, summed over tasks, is within ``--max-loss-increase``. Otherwise it is loosened and
+    redone: a target halfway to keeping everything; a loss cap through the
+    :class:`~onnxzip.report.records.LossScale` fitted on the tries so far (the predicted cost where it
+    would measure the cap), never above 0.9 of the last try's prediction. A loss cap is also
+    approached from below (:func:`_closer_cap`). At most ``MAX_BACKOFF`` + 1 zips; the one that fits
+    and keeps the fewest parameters is kept.
+
+    The report's ``budget`` lists every try, and the loss scale fitted on all the zips measured,
+    which puts every predicted cost in measured loss units (``predicted_loss``).
     """
     irs, arrays = tasks.irs, tasks.arrays
     fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references) if opts.loss_aware else None
     with timing.phase("budget"):
         planner = BudgetPlanner(irs, arrays, fisher, opts)
     each = replace(opts, loss_aware=fisher is not None)
-    budget, tries = Budget(opts.target_params, opts.max_loss_increase), []
+    cap_loss = opts.max_loss_increase
+    # the first try reads the costs as loss (second-order estimates, in the loss's units where loss-aware)
+    budget, tries, kept = Budget(opts.target_params, cap_loss), [], None
     while True:
         counts, predicted = planner.allocate(budget)
         result = zip_once(tasks, each, Counts(counts), fisher)
@@ -46,25 +53,76 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
             distil(result, tasks, opts)  # before judging: loosen only what distillation cannot mend
         report = result.summary
         measured = sum(t.loss_increase or 0.0 for t in report.tasks)
-        fits = all(t.verdict in (None, "ok", TOO_FEW) for t in report.tasks)  # (too few: not disproved)
-        verdicts = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks)
+        ok = all(t.verdict in (None, "ok", TOO_FEW) for t in report.tasks)  # (too few: not disproved)
+        within = cap_loss is None or measured <= cap_loss
         tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
-                               report.params_kept, fits))
-        if fits or not any(counts):
+                               report.params_kept, ok and within))
+        if ok and within and (kept is None or report.params_kept < kept[1].params_kept):
+            kept = (result, tries[-1], budget)
+        if len(tries) > MAX_BACKOFF or not any(counts):
+            if kept is None:
+                log.warning("the budget still measures worse than asked after %d tries; kept as it is", len(tries))
             break
-        if len(tries) > MAX_BACKOFF:
-            log.warning("the budget still measures worse than predicted after %d tries (%s); kept as it is",
-                        len(tries), verdicts)
-            break
-        log.warning("the budget's zip measures worse than its prediction (%s at %.1f%% kept): backing off",
-                    verdicts, 100 * tries[-1].params_kept)
+        if ok and within:
+            closer = _closer_cap(tries, cap_loss) if cap_loss is not None else None
+            if closer is None:
+                break
+            budget = Budget(None, closer)  # (well within the cap, and a try over it: share more)
+            continue
+        why = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks) if not ok else \
+            f"measured loss {measured:.3g} > --max-loss-increase {cap_loss:g}"
+        log.warning("the budget's zip measures worse than asked (%s at %.1f%% kept): backing off",
+                    why, 100 * tries[-1].params_kept)
         budget = Budget(None if budget.target_params is None else (1 + budget.target_params) / 2,
-                        None if budget.max_cost is None else budget.max_cost / 2)
-    result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, opts.max_loss_increase, measured,
-                                         tries if len(tries) > 1 else [])
+                        None if budget.max_cost is None else _next_cap(tries, cap_loss, within))
+    if kept is not None:
+        result, last, budget = kept
+        counts, predicted, measured = last.counts, last.predicted_cost, last.measured_loss
+    result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, budget.max_cost, measured,
+                                         tries if len(tries) > 1 else [], max_loss_increase=cap_loss)
     if budget.target_params is not None:
         result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, tries[-1])
+    _in_loss_units(result.summary.budget, tries)
     return result
+
+
+def _next_cap(tries: list[BudgetTry], cap_loss: float, within: bool) -> float:
+    """The planner's next cost cap under ``--max-loss-increase``: where the loss scale fitted on the
+    tries so far measures ``cap_loss`` (over it), or half the last prediction (a task not ok within
+    the cap); at most 0.9 of the last prediction."""
+    last = tries[-1].predicted_cost or 0.0
+    scale = fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in tries])
+    cap = scale.cost(cap_loss) if scale is not None and not within else last / 2
+    return min(cap, 0.9 * last)
+
+
+def _closer_cap(tries: list[BudgetTry], cap_loss: float) -> float | None:
+    """After a try that fits ``--max-loss-increase`` with room (it measures under half the cap), the
+    cost cap between it and the cheapest try that measured over the cap, where the loss scale fitted
+    on all the tries measures the cap (kept at least 10% inside that interval); None where no try
+    measured over the cap or the interval is too narrow."""
+    fit = tries[-1]
+    over = [t.predicted_cost for t in tries if t.measured_loss > cap_loss and t.predicted_cost]
+    if fit.measured_loss > cap_loss / 2 or not over or not fit.predicted_cost:
+        return None
+    lo, hi = 1.1 * fit.predicted_cost, 0.9 * min(over)
+    scale = fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in tries])
+    if lo >= hi or scale is None:
+        return None
+    return float(min(max(scale.cost(cap_loss), lo), hi))
+
+
+def _in_loss_units(record: BudgetRecord, tries: list[BudgetTry]) -> None:
+    """Fit the loss scale on every zip the budget measured and give each prediction in loss units."""
+    every = tries + [t for t in record.compared if t not in tries]
+    record.loss_scale = fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in every])
+    if record.loss_scale is None:
+        return
+    for t in every + record.backoff:
+        if t.predicted_cost is not None:
+            t.predicted_loss = record.loss_scale.loss(t.predicted_cost)
+    if record.predicted_cost is not None:
+        record.predicted_loss = record.loss_scale.loss(record.predicted_cost)
 
 
 def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: Fisher | None,
@@ -87,7 +145,7 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
         if opts.distill:
             distil(other, tasks, opts)
         rows = other.summary.tasks
-        row = BudgetTry(target, None, counts, None, sum(t.loss_increase or 0.0 for t in rows),
+        row = BudgetTry(target, None, counts, planner.cost_of(counts), sum(t.loss_increase or 0.0 for t in rows),
                         other.summary.params_kept, all(t.verdict in (None, "ok", TOO_FEW) for t in rows), kind)
         record.compared.append(row)
         if row.params_kept <= limit and _better((other, row), best):
@@ -95,7 +153,7 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
     if best[0] is not result:
         log.info("the budget's allocation measured worse than %s at the same target: kept %s (%.1f%% kept)",
                  best[1].kind, best[1].kind, 100 * best[1].params_kept)
-        best[0].summary.budget = replace(record, counts=best[1].counts, predicted_cost=None,
+        best[0].summary.budget = replace(record, counts=best[1].counts, predicted_cost=best[1].predicted_cost,
                                          measured_loss=best[1].measured_loss, chosen=best[1].kind)
     return best[0]
 

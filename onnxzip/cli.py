@@ -78,8 +78,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
                    help="automatic budgets: keep at most this fraction of the originals' layer parameters, "
                         "sharing where the predicted loss per parameter saved is lowest (instead of --share)")
     p.add_argument("--max-loss-increase", type=float, default=DEFAULTS.max_loss_increase,
-                   help="automatic budgets: share the cheapest neurons until the predicted loss increase "
-                        "(per sample, in the costs' units) would pass this")
+                   help="automatic budgets: share the cheapest neurons while the output loss increase "
+                        "measured on the held-out samples (per sample, summed over tasks; KL in nats for "
+                        "class scores, half the squared error elsewhere) stays within this")
     p.add_argument("--cost", choices=COSTS.names(), default=DEFAULTS.cost,
                    help="pairing cost: MTZ's Hessian costs, or output correlation on shared samples "
                         "(ZipIt!-style baseline)")

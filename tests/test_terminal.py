@@ -9,6 +9,7 @@ from onnxzip.graph.lint import MAX_OPSET
 from onnxzip.report.records import (
     BudgetRecord,
     BudgetTry,
+    LossScale,
     Equivalence,
     GroupChoice,
     GroupRow,
@@ -53,7 +54,8 @@ def full_report() -> ZipReport:
         restored_at=["lrn1", "shuffle3"], attention=["blk0: q k v", "blk1: q k v"], samples=[64, 32, 16],
         budget=BudgetRecord([2, 3], 0.5, 0.6, None, 0.012345,
                             [BudgetTry(0.5, None, [4, 6], 0.9, 0.3, 0.5012, False),
-                             BudgetTry(0.6, None, [2, 3], 0.5, 0.012345, 0.6049, True)]),
+                             BudgetTry(0.6, None, [2, 3], 0.5, 0.012345, 0.6049, True)],
+                            loss_scale=LossScale(0.0246, 1.0, 2), predicted_loss=0.0123),
         deployment_problems=["opset 21 > 20", "dynamic dim H"],
         phases={"load": 0.123, "zip": 12.345}, peak_rss_mb=256.4)
 
@@ -75,7 +77,10 @@ def test_format_table_of_a_full_report_line_by_line():
         "",
         "parameters 1,234,567 -> 617,284 (50.0%);  weight bytes 4.94 MB -> 100.0 kB",
         ("budget --target-params 0.6: shared per group [2, 3]; measured output loss increase 0.0123 per sample "
-         "(summed over tasks); backed off 1 time(s) as tasks measured worse than predicted (50.1%, 60.5% kept)"),
+         "(summed over tasks; KL in nats for class scores, half the squared error elsewhere); backed off 1 time(s) "
+         "as tasks measured worse than asked (50.1%, 60.5% kept)"),
+        ("predicted cost 0.5 (pre-activation units) -> predicted loss 0.0123, through loss = 0.0246 x cost^1.00 "
+         "fitted on 2 measured zip(s)"),
         "tied group (one matching): stem, b1c2",
         "tied group (one matching): b2proj, b2c2",
         "task order chosen (groups): b -> a -> c (2); c -> a -> b (1)",
@@ -121,14 +126,14 @@ def test_format_table_of_a_minimal_report_leaves_out_what_it_lacks():
 
 def test_format_table_lint_passed_a_loss_budget_and_phases_without_peak_memory():
     report = minimal_report(deployment_problems=[], phases={"zip": 1.0},
-                            budget=BudgetRecord([1], 0.1, None, 0.25, 1.5e-5),
+                            budget=BudgetRecord([1], 0.1, None, 0.01, 1.5e-5, max_loss_increase=0.25),
                             groups=[GroupRow(["fc0"], choice(["b", "a"]))], samples=[10],
                             equivalence=Equivalence(3e-3, 1e-4, 1e-6, "mismatch"))
     lines = format_table(report).split("\n")
     assert lines[7:] == [
         "parameters 200 -> 150 (75.0%);  weight bytes 0.8 kB -> 0.6 kB",
         ("budget --max-loss-increase 0.25: shared per group [1]; measured output loss increase 1.5e-05 per sample "
-         "(summed over tasks)"),
+         "(summed over tasks; KL in nats for class scores, half the squared error elsewhere)"),
         "calibration samples per task: a 10",  # (a two-task order is not listed)
         ("equivalence check (zipped model vs. per-task zipped networks): max abs diff 0.003 (tolerance 0.0001, "
          "the models' own float noise 1e-06)  [mismatch]"),

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..errors import UsageError
-from .records import LayerRow, TaskRow, ZipReport
+from .records import LOSS_UNITS, LayerRow, TaskRow, ZipReport
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -187,11 +187,16 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
     parts = []
     budget = report.budget
     if budget:
+        scale = budget.loss_scale
         parts.append("<h2>Budget</h2>" + _table(
             ["", "value"], [["target parameters", budget.target_params or "-"],
-                            ["max loss increase", budget.max_cost or "-"],
-                            ["predicted loss", budget.predicted_cost or "-"],
-                            ["measured loss", budget.measured_loss or "-"],
+                            ["max loss increase (measured units)", budget.max_loss_increase or "-"],
+                            [f"predicted cost ({report.cost_units or 'pre-activation'} units)",
+                             budget.predicted_cost or "-"],
+                            ["predicted loss (through the loss scale)", budget.predicted_loss or "-"],
+                            ["loss scale: loss = scale x cost^power",
+                             f"{scale.scale:.3g} x cost^{scale.power:.2f}, {scale.zips} zip(s)" if scale else "-"],
+                            [f"measured loss ({LOSS_UNITS})", budget.measured_loss or "-"],
                             ["shared per group", ", ".join(str(c) for c in budget.counts)],
                             ["back-off steps", len(budget.backoff)]]))
     if report.groups:

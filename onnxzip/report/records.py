@@ -148,18 +148,41 @@ class GroupRow:
         return cls(list(d["layers"]), GroupChoice(**choice) if len(choice) == len(fields(GroupChoice)) else None)
 
 
+#: the units of a measured output loss (:func:`onnxzip.check.fidelity.output_loss`)
+LOSS_UNITS = "KL in nats for class scores, half the squared error elsewhere"
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """The planner's predicted cost turned into measured output loss: ``loss = scale * cost ** power``,
+    fitted in log space on the zips a budget measured (:func:`onnxzip.sharing.budget.fit_loss_scale`).
+    Loss: per sample, summed over tasks, in :func:`onnxzip.check.fidelity.output_loss`'s units (KL
+    in nats for class scores, half the squared error elsewhere)."""
+
+    scale: float
+    power: float
+    zips: int  # the measured zips it was fitted on
+
+    def loss(self, cost: float) -> float:
+        return self.scale * max(cost, 0.0) ** self.power
+
+    def cost(self, loss: float) -> float:
+        return (max(loss, 0.0) / self.scale) ** (1.0 / self.power)
+
+
 @dataclass
 class BudgetTry:
     """One zip under a budget: what it asked, the counts, the predicted cost and measured loss."""
 
     target_params: float | None
-    max_cost: float | None
+    max_cost: float | None  # the planner's cap on the predicted cost (the costs' units)
     counts: list[int]
-    predicted_cost: float | None  # None: a zip the allocation was measured against (not predicted)
+    predicted_cost: float | None  # the planner's summed slot costs at ``counts`` (the costs' units)
     measured_loss: float
     params_kept: float
-    fits: bool  # every task measured ok (or too few to judge)
+    fits: bool  # every task measured ok (or too few to judge), and within --max-loss-increase
     kind: str = "allocation"  # the planner's allocation, or what it was measured against: "uniform", "full sharing"
+    predicted_loss: float | None = _opt()  # ``predicted_cost`` through the budget's :class:`LossScale`
 
 
 @dataclass
@@ -168,19 +191,25 @@ class BudgetRecord:
     output loss (:func:`onnxzip.check.fidelity.output_loss`), and every try when it backed off."""
 
     counts: list[int]
-    predicted_cost: float | None  # None where a compared zip was kept
+    predicted_cost: float | None
     target_params: float | None
-    max_cost: float | None
+    max_cost: float | None  # the planner's cap on the predicted cost of the zip kept (the costs' units)
     measured_loss: float
     backoff: list[BudgetTry] = field(default_factory=list)
     #: the zips the allocation was measured against at the same target (uniform share, full sharing)
     compared: list[BudgetTry] = field(default_factory=list)
     chosen: str = "allocation"  # the kind kept: the one of least measured held-out loss among those that fit
+    max_loss_increase: float | None = _opt()  # --max-loss-increase: measured loss units (LossScale)
+    #: predicted cost -> measured loss, fitted on every zip measured here
+    loss_scale: LossScale | None = _opt()
+    predicted_loss: float | None = _opt()  # ``predicted_cost`` through ``loss_scale``
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BudgetRecord:
+        scale = d.get("loss_scale")
         return cls(**{**_known(cls, d), "backoff": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("backoff", [])],
-                      "compared": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("compared", [])]})
+                      "compared": [BudgetTry(**_known(BudgetTry, t)) for t in d.get("compared", [])],
+                      "loss_scale": LossScale(**_known(LossScale, scale)) if scale else None})
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..graph.lint import MAX_OPSET
-from .records import DistillRecord, LayerRow, TaskRow, ZipReport
+from .records import LOSS_UNITS, DistillRecord, LayerRow, TaskRow, ZipReport
 
 
 def format_table(report: ZipReport) -> str:
@@ -59,17 +59,22 @@ def _sizes_and_budget(report: ZipReport) -> list[str]:
     budget = report.budget
     if budget:
         asked = (f"--target-params {budget.target_params}" if budget.target_params is not None
-                 else f"--max-loss-increase {budget.max_cost}")
+                 else f"--max-loss-increase {budget.max_loss_increase}")
         line = (f"budget {asked}: shared per group {budget.counts}; measured output loss increase "
-                f"{budget.measured_loss:.3g} per sample (summed over tasks)")
+                f"{budget.measured_loss:.3g} per sample (summed over tasks; {LOSS_UNITS})")
         if budget.backoff:
             kept = ", ".join(f"{t.params_kept:.1%}" for t in budget.backoff)
-            line += f"; backed off {len(budget.backoff) - 1} time(s) as tasks measured worse than predicted ({kept} kept)"
+            line += f"; backed off {len(budget.backoff) - 1} time(s) as tasks measured worse than asked ({kept} kept)"
         lines.append(line)
         if budget.compared:
             lines.append("measured against, at the same target: " + ", ".join(
                 f"{t.kind} ({t.params_kept:.1%} kept, loss {t.measured_loss:.3g}{'' if t.fits else ', does not fit'})"
                 for t in budget.compared) + f"; kept: {budget.chosen}")
+        if budget.loss_scale is not None:
+            ls = budget.loss_scale
+            lines.append(f"predicted cost {budget.predicted_cost or 0:.3g} ({report.cost_units or 'pre-activation'} "
+                         f"units) -> predicted loss {budget.predicted_loss or 0:.3g}, through loss = {ls.scale:.3g} "
+                         f"x cost^{ls.power:.2f} fitted on {ls.zips} measured zip(s)")
     return lines
 
 

@@ -11,6 +11,7 @@ from ..calibrate.spool import Batches, Spool
 from ..calibrate.stages import StagedNetwork
 from ..graph.ir import ModelIR
 from ..graph.spaces import ALIGNED
+from ..report.records import LossScale
 from .layout import input_segments
 from .loop import Context, samples_of
 from .match import decide
@@ -68,6 +69,24 @@ def predict_costs(irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher,
     return [m.slot_costs.get(g, np.zeros(0)) for g in range(len(m.groups))]
 
 
+#: the fitted power of :class:`LossScale` stays in this range (a few zips' noise, not a law)
+POWER_RANGE = (0.25, 4.0)
+
+
+def fit_loss_scale(points: list[tuple[float, float]]) -> LossScale | None:
+    """``loss = scale * cost ** power`` through (predicted cost, measured loss) points, least squares
+    in log space over the points where both are positive; one distinct cost fits power 1. None
+    without such a point."""
+    pts = np.asarray([(c, m) for c, m in points if c > 0 and m > 0], np.float64).reshape(-1, 2)
+    if not len(pts):
+        return None
+    x, y = np.log(pts[:, 0]), np.log(pts[:, 1])
+    power = 1.0
+    if np.ptp(x) > 1e-9:
+        power = float(np.clip(np.polyfit(x, y, 1)[0], *POWER_RANGE))
+    return LossScale(float(np.exp(np.mean(y - power * x))), power, len(pts))
+
+
 class BudgetPlanner:
     """Predicted slot costs of every group from one pass over the original networks, turned into
     shared counts for any :class:`~onnxzip.sharing.plan.Budget` (so backing off needs no second pass)."""
@@ -81,6 +100,10 @@ class BudgetPlanner:
     def allocate(self, budget: Budget) -> tuple[list[int], float]:
         """Shared counts per group and their predicted total cost."""
         return allocate(self.costs, self.saving, self.total, budget)
+
+    def cost_of(self, counts: list[int]) -> float:
+        """The predicted cost of sharing ``counts`` (each group's cheapest slots, summed)."""
+        return float(sum(c[:k].sum() for c, k in zip(self.costs, counts)))
 
     def kept(self, counts: list[int]) -> float:
         """The predicted parameters kept at ``counts`` (the savings summed one neuron at a time, all
