@@ -14,9 +14,14 @@ from onnx import numpy_helper
 
 from onnxzip import ZipOptions, zip_models
 from onnxzip.budgets import _next_cap
-from onnxzip.report.records import BudgetTry
 from onnxzip.graph.align import align
-from onnxzip.sharing.budget import POWER_RANGE, fit_loss_scale, predict_costs, saving_model
+from onnxzip.report.records import BudgetTry
+from onnxzip.sharing.budget import (
+    POWER_RANGE,
+    fit_loss_scale,
+    predict_costs,
+    saving_model,
+)
 from onnxzip.sharing.plan import Budget, Counts, allocate
 from onnxzip.tasks import load_tasks, split
 
