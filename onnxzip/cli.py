@@ -94,6 +94,9 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compensate", dest="compensate", action="store_false",
                    help="the paper's rule: keep a shared neuron's weights on private inputs unchanged instead of "
                         "re-solving them (Schur complement)")
+    p.add_argument("--affine", action="store_true",
+                   help="after each shared block of a dense-statistic layer, each task keeps a per-channel scale "
+                        "and shift (two numbers per shared neuron and task), solved in closed form")
     p.add_argument("--no-loss-aware", dest="loss_aware", action="store_false",
                    help="costs in pre-activation units (the paper's) instead of weighting each neuron by its "
                         "loss-gradient statistic (label-free Fisher, through ONNX Runtime)")

@@ -27,6 +27,7 @@ class ZipOptions:
     hessian: str = "auto"  # HESSIANS
     damping: float = 1e-2
     compensate: bool = True
+    affine: bool = False  # per-task channel scale and shift after each shared block (onnxzip.sharing.affine)
     task_order: str = "auto"  # ORDERS
     recover: bool = True
     loss_aware: bool = True

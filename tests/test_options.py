@@ -12,7 +12,7 @@ from onnxzip.errors import UsageError
 from onnxzip.options import ZipOptions
 
 #: every ZipOptions field, in declaration order (a new field must be added to these tests)
-FIELDS = ["share", "names", "matching", "hessian", "damping", "compensate", "task_order", "recover", "loss_aware",
+FIELDS = ["share", "names", "matching", "hessian", "damping", "compensate", "affine", "task_order", "recover", "loss_aware",
           "labels", "finetune", "distill", "cost", "target_params", "max_loss_increase", "separate_inputs", "favor", "device",
           "batch_size", "mask_threshold", "hold_out", "quiet", "image_size", "mean", "std", "bgr", "layout", "max_samples",
           "offset_basis"]
@@ -20,14 +20,14 @@ FIELDS = ["share", "names", "matching", "hessian", "damping", "compensate", "tas
 ARGV = ["zip", "a.onnx", "b.onnx", "--data", "d.npz", "-o", "out.onnx", "--names", "left, right",
         "--share", "0.3,0.2", "--labels", "label", "--finetune", "7", "--distill", "9", "--target-params", "0.6",
         "--max-loss-increase", "0.25", "--cost", "correlation", "--matching", "greedy", "--hessian", "channel",
-        "--damping", "0.5", "--no-compensate", "--no-loss-aware", "--no-recover", "--task-order", "given",
+        "--damping", "0.5", "--no-compensate", "--affine", "--no-loss-aware", "--no-recover", "--task-order", "given",
         "--separate-inputs", "--favor", "speed", "--device", "cuda", "--batch-size", "16",
         "--mask-threshold", "0.3", "--hold-out", "0.3", "--image-size", "32,24", "--mean", "0.1,0.2,0.3", "--std", "2,3,4",
         "--bgr", "--layout", "nhwc", "--max-samples", "99", "-q"]
 
 #: what each flag above means, written out by hand
 GIVEN = {"names": ("left", "right"), "matching": "greedy", "hessian": "channel", "damping": 0.5,
-         "compensate": False, "task_order": "given", "recover": False, "loss_aware": False, "labels": "label",
+         "compensate": False, "affine": True, "task_order": "given", "recover": False, "loss_aware": False, "labels": "label",
          "finetune": 7, "distill": 9, "cost": "correlation", "target_params": 0.6, "max_loss_increase": 0.25,
          "separate_inputs": True, "favor": "speed", "device": "cuda", "batch_size": 16, "mask_threshold": 0.3,
          "hold_out": 0.3, "quiet": True, "image_size": (32, 24), "mean": (0.1, 0.2, 0.3), "std": (2.0, 3.0, 4.0), "bgr": True,
@@ -35,8 +35,8 @@ GIVEN = {"names": ("left", "right"), "matching": "greedy", "hessian": "channel",
 
 #: the documented defaults, written out by hand
 DEFAULTS = {"share": 0.5, "names": None, "matching": "optimal", "hessian": "auto", "damping": 1e-2,
-            "compensate": True, "task_order": "auto", "recover": True, "loss_aware": True, "labels": None,
-            "finetune": 0, "distill": 0, "cost": "mtz", "target_params": None, "max_loss_increase": None,
+            "compensate": True, "affine": False, "task_order": "auto", "recover": True, "loss_aware": True,
+            "labels": None, "finetune": 0, "distill": 0, "cost": "mtz", "target_params": None, "max_loss_increase": None,
             "separate_inputs": False, "favor": "size", "device": "cpu", "batch_size": 64, "mask_threshold": 0.5,
             "hold_out": 0.2, "quiet": False, "image_size": None, "mean": (0.0,), "std": (1.0,), "bgr": False, "layout": "nchw",
             "max_samples": 256, "offset_basis": True}
@@ -92,8 +92,8 @@ def test_as_report_leaves_out_how_the_zip_runs_and_lists_tuples():
                       offset_basis=False, target_params=0.75)
     assert opts.as_report() == {
         "share": [0.5, 0.25], "names": ["a", "b"], "matching": "optimal", "hessian": "auto", "damping": 0.01,
-        "compensate": True, "task_order": "auto", "recover": True, "loss_aware": True, "labels": None, "finetune": 0,
-        "distill": 0, "cost": "mtz", "target_params": 0.75, "max_loss_increase": None, "separate_inputs": False, "favor": "size",
+        "compensate": True, "affine": False, "task_order": "auto", "recover": True, "loss_aware": True, "labels": None,
+        "finetune": 0, "distill": 0, "cost": "mtz", "target_params": 0.75, "max_loss_increase": None, "separate_inputs": False, "favor": "size",
         "device": "cpu", "batch_size": 64, "mask_threshold": 0.5, "hold_out": 0.2, "image_size": [4, 6], "mean": [0.5, 0.25],
         "std": [1.0], "bgr": False, "layout": "nchw", "max_samples": 256}
     report = ZipOptions().as_report()

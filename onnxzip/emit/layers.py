@@ -31,7 +31,7 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
     one op per input part, the blocks' results summed (Gemm's C input, or Add); under the ``speed`` form a
     partly shared layer runs as one op per task over its input joined."""
     layer = em.ir.layers[z.layer]
-    zw = z.weights[em.t]
+    zw = z.stored(em.t)
     where = np.empty(zw.shape[1], np.int64)
     where[z.cols[em.t]] = np.arange(zw.shape[1])  # original column -> zipped column
     value = em.values[layer.input]
@@ -72,6 +72,8 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
             hint = out_name if last and not hidden else f"{out_name}.{tag}" if last else f"{out_name}.{tag}{i}"
             acc = _term(em, node, part.tensor, wname, bias if acc is None else acc, hint, exact and last,
                              first=acc is None)
+        if z.affine is not None and (sel < z.shared).any():
+            acc = _affine(em, z, layer, sel, acc, out_name, tag)
         channels = z.rows[em.t][sel]
         out_parts.append(Part(acc, channels if hidden else None, rows_shared))
     if one_op and hidden and len(kept) > 1:  # the row blocks' parts again, as joins expect (fuse
@@ -83,6 +85,20 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
         em.values[out_name] = Value(out_parts, em.ir.spaces.layout[out_name])
     else:
         em.values[out_name] = Value(out_parts, None)
+
+
+def _affine(em: TaskEmitter, z: LayerZip, layer, sel: np.ndarray, acc: str, out_name: str, tag: str) -> str:
+    """``--affine``: the task's scale and shift of the rows ``sel`` (1 and 0 on private rows) after
+    their block, per channel (:mod:`onnxzip.sharing.affine`)."""
+    a, b = z.affine[em.t]
+    scale, shift = np.ones(sel.size), np.zeros(sel.size)
+    mine = sel < z.shared
+    scale[mine], shift[mine] = a[sel[mine]], b[sel[mine]]
+    shape = (sel.size,) + (1,) * (len(layer.shape) - 2)  # (per channel: (C, 1, 1) after a conv)
+    names = [em.b.weight(_wname(em, z.layer, f"{what}_{tag}", False), v.reshape(shape).astype(np.float32), False)
+             for what, v in (("scale", scale), ("shift", shift))]
+    (y,) = em.b.node("Mul", [acc, names[0]], {}, [f"{out_name}.{tag}.scaled"], em.prefix)
+    return em.b.node("Add", [y, names[1]], {}, [f"{out_name}.{tag}.affine"], em.prefix)[0]
 
 
 def _term(em: TaskEmitter, node: gs.Node, x: str, w: str, acc: str, hint: str, exact: bool, first: bool) -> str:

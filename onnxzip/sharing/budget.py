@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from ..options import ZipOptions
 
 
-def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.ndarray], np.ndarray]:
+def saving_model(irs: list[ModelIR], groups: list[list[int]], affine: bool = False
+                 ) -> Callable[[np.ndarray], np.ndarray]:
     """A function k (per group) -> parameters saved by sharing one more neuron in each group.
 
     Sharing neuron slot s of group g stores, once instead of once per task, each member layer's
     shared-input weights and bias, the consumers' weights on that channel from their shared rows,
-    and the depthwise filters that follow it.
+    and the depthwise filters that follow it. With ``affine``, each member layer's shared neuron
+    costs a scale and a shift per task (counted for every member: at most what is stored).
     """
     ir, n_extra = irs[0], len(irs) - 1
     group_of = {i: g for g, m in enumerate(groups) for i in m}
@@ -39,7 +41,7 @@ def saving_model(irs: list[ModelIR], groups: list[list[int]]) -> Callable[[np.nd
         out = np.zeros(len(groups))
         for i, segs in inputs.items():
             cols = sum(n * pc if g == ALIGNED else (k[g] * pc if g >= 0 else 0) for g, n, pc in segs)
-            out[group_of[i]] += cols + 1
+            out[group_of[i]] += cols + 1 - (2 * len(irs) / n_extra if affine else 0)
         for reader, source, pc in consumers:
             out[source] += k[reader] * pc
         for source, size in followers:
@@ -93,7 +95,7 @@ class BudgetPlanner:
 
     def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, opts: ZipOptions) -> None:
         self.costs = predict_costs(irs, data, fisher, opts)
-        self.saving = saving_model(irs, irs[0].spaces.groups)
+        self.saving = saving_model(irs, irs[0].spaces.groups, opts.affine)
         self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
                          for i in range(len(ir.layers)))
 

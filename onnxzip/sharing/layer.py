@@ -11,6 +11,7 @@ from ..calibrate.stats import depthwise_hessians
 from ..timing import phase
 from .layout import as_matrix
 from .match import decide
+from .affine import apply_affine, fit_affine
 from .merge import damp, merge_followers, merge_rows
 from .plan import LayerZip
 from .problem import WideRows
@@ -18,8 +19,10 @@ from .problem import WideRows
 if TYPE_CHECKING:
     from .loop import Context
 
-#: (per task weights in zipped order, cost per slot, predicted errors or None, column orders, ns)
-Merged = tuple[list[np.ndarray], np.ndarray, "list[float] | None", list[np.ndarray], int]
+#: (per task weights in zipped order, cost per slot, predicted errors or None, column orders, ns,
+#: per task the shared rows' scale and shift or None)
+Merged = tuple[list[np.ndarray], np.ndarray, "list[float] | None", list[np.ndarray], int,
+               "list[tuple[np.ndarray, np.ndarray]] | None"]
 
 
 def zip_layer(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
@@ -33,7 +36,7 @@ def zip_layer(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
         decide(ctx, g, live)
     k, rows = m.k[g], m.rows[g]
     offset = (k or problems.needs_refit(li, live)) and problems.offset(li)
-    weights, costs, predicted, cols, ns = (merge_offsets if offset else merge_dense)(ctx, li, rows, k, live)
+    weights, costs, predicted, cols, ns, affine = (merge_offsets if offset else merge_dense)(ctx, li, rows, k, live)
     layer = irs[0].layers[li]
     weighted = li in irs[0].spaces.normalized and layer.kind == "dense"  # see Problems.sample_weights
     fraction = problems.fractions.get(li, 1.0)
@@ -41,7 +44,7 @@ def zip_layer(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
                  and all(problems.inputs_unchanged(li, live)))
     problems.done(li)
     return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
-                    rows_read=fraction)
+                    rows_read=fraction, affine=affine)
 
 
 def merge_dense(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: list[Batches]) -> Merged:
@@ -68,8 +71,25 @@ def merge_dense(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: lis
             z[:k, :ns] = w
             z[:k, ns:] = privs[t]
         weights.append(z)
+    affine = None
+    if k and ctx.opts.affine:
+        affine = [per_task_affine(ctx, li, t, weights[t][:k], mats[t][rows[t][:k]], cols[t], ns)
+                  for t in range(len(weights))]
+        for t, (a, b) in enumerate(affine):
+            weights[t][:k] = apply_affine(weights[t][:k], a, b, ns - 1)
     predicted = predicted_errors(ctx, li, weights, mats, rows, cols, k) if k else None
-    return weights, costs, predicted, cols, ns
+    return weights, costs, predicted, cols, ns, affine
+
+
+def per_task_affine(ctx: Context, li: int, t: int, z: np.ndarray, m: np.ndarray, cols: np.ndarray,
+                    ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Task ``t``'s scale and shift per shared row of layer ``li`` (:func:`onnxzip.sharing.affine.fit_affine`)
+    against the rows' targets, under the task's undamped input statistic (zipped column order; the
+    bias is column ``ns - 1``)."""
+    raw = ctx.problems.raw(li, t)
+    if isinstance(raw, WideRows):
+        return fit_affine(None, raw.rows[:, cols], z, m, ns - 1)
+    return fit_affine(raw[np.ix_(cols, cols)], None, z, m, ns - 1)
 
 
 def merge_offsets(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: list[Batches]) -> Merged:
@@ -99,7 +119,7 @@ def merge_offsets(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: l
             zs.append(z)
         zipped.append(zs)
     weights = [problem.to_zipped(z0[0], rest) for z0, rest in zip(*zipped)]
-    return weights, costs, (list(predicted) if k else None), p.cols, p.ns
+    return weights, costs, (list(predicted) if k else None), p.cols, p.ns, None  # (no affine in this basis)
 
 
 def predicted_errors(ctx: Context, li: int, weights: list[np.ndarray], mats: list[np.ndarray],

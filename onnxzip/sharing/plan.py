@@ -117,6 +117,25 @@ class LayerZip:
     checkable: bool = False
     #: the fraction of the layer's input rows (samples x positions) its statistics read
     rows_read: float = 1.0
+    #: ``--affine``: per task, each shared row's scale a (shared,) and shift b (shared,); then
+    #: ``weights[t][:shared]`` hold the effective rows a w + b e_bias, w the rows stored once
+    affine: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def stored(self, task: int) -> np.ndarray:
+        """The task's rows as the graph stores them: the shared block before its scale and shift
+        (the same for every task; the shared columns taken from the first task), the rest as they are."""
+        w = self.weights[task]
+        if self.affine is None:
+            return w
+        k, ns = self.shared, self.ns
+        a, b = self.affine[task]
+        out = w.copy()
+        base = self.weights[0][:k, :ns].copy()
+        a0, b0 = self.affine[0]
+        base[:, ns - 1] -= b0
+        out[:k, :ns] = base / a0[:, None]
+        out[:k, ns:] = w[:k, ns:] / a[:, None]
+        return out
 
     @property
     def neurons(self) -> int:
