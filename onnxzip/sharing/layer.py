@@ -9,9 +9,9 @@ import numpy as np
 from ..calibrate.spool import Batches
 from ..calibrate.stats import depthwise_hessians
 from ..timing import phase
+from .affine import apply_affine, fit_affine
 from .layout import as_matrix
 from .match import decide
-from .affine import apply_affine, fit_affine
 from .merge import damp, merge_followers, merge_rows
 from .plan import LayerZip
 from .problem import WideRows
