@@ -45,9 +45,11 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     each = replace(opts, loss_aware=fisher is not None)
     cap_loss = opts.max_loss_increase
     # the first try reads the costs as loss (second-order estimates, in the loss's units where loss-aware)
-    budget, tries, kept = Budget(opts.target_params, cap_loss), [], None
+    budget, tries, kept, last = Budget(opts.target_params, cap_loss), [], None, None
     while True:
         counts, predicted = planner.allocate(budget)
+        if any(t.counts == counts for t in tries):
+            break  # (the same zip again: nothing new to measure)
         result = zip_once(tasks, each, Counts(counts), fisher)
         if opts.distill:
             distil(result, tasks, opts)  # before judging: loosen only what distillation cannot mend
@@ -57,17 +59,16 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
         within = cap_loss is None or measured <= cap_loss
         tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
                                report.params_kept, ok and within))
+        last = (result, tries[-1], budget)
         if ok and within and (kept is None or report.params_kept < kept[1].params_kept):
-            kept = (result, tries[-1], budget)
+            kept = last
         if len(tries) > MAX_BACKOFF or not any(counts):
-            if kept is None:
-                log.warning("the budget still measures worse than asked after %d tries; kept as it is", len(tries))
             break
         if ok and within:
             closer = _closer_cap(tries, cap_loss) if cap_loss is not None else None
             if closer is None:
                 break
-            budget = Budget(None, closer)  # (well within the cap, and a try over it: share more)
+            budget = Budget(budget.target_params, closer)  # (well within the cap, and a try over it: share more)
             continue
         why = ", ".join(f"{t.name} {t.verdict}" for t in report.tasks) if not ok else \
             f"measured loss {measured:.3g} > --max-loss-increase {cap_loss:g}"
@@ -75,13 +76,14 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
                     why, 100 * tries[-1].params_kept)
         budget = Budget(None if budget.target_params is None else (1 + budget.target_params) / 2,
                         None if budget.max_cost is None else _next_cap(tries, cap_loss, within))
-    if kept is not None:
-        result, last, budget = kept
-        counts, predicted, measured = last.counts, last.predicted_cost, last.measured_loss
+    if kept is None:
+        log.warning("the budget still measures worse than asked after %d tries; the last is kept", len(tries))
+    result, chosen, budget = kept or last
+    counts, predicted, measured = chosen.counts, chosen.predicted_cost, chosen.measured_loss
     result.summary.budget = BudgetRecord(counts, predicted, opts.target_params, budget.max_cost, measured,
                                          tries if len(tries) > 1 else [], max_loss_increase=cap_loss)
     if budget.target_params is not None:
-        result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, tries[-1])
+        result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, chosen)
     _in_loss_units(result.summary.budget, tries)
     return result
 
@@ -145,8 +147,10 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
         if opts.distill:
             distil(other, tasks, opts)
         rows = other.summary.tasks
-        row = BudgetTry(target, None, counts, planner.cost_of(counts), sum(t.loss_increase or 0.0 for t in rows),
-                        other.summary.params_kept, all(t.verdict in (None, "ok", TOO_FEW) for t in rows), kind)
+        measured = sum(t.loss_increase or 0.0 for t in rows)
+        fits = all(t.verdict in (None, "ok", TOO_FEW) for t in rows) and \
+            (opts.max_loss_increase is None or measured <= opts.max_loss_increase)
+        row = BudgetTry(target, None, counts, planner.cost_of(counts), measured, other.summary.params_kept, fits, kind)
         record.compared.append(row)
         if row.params_kept <= limit and _better((other, row), best):
             best = (other, row)

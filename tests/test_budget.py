@@ -299,6 +299,17 @@ def test_a_loss_cap_is_met_as_measured_on_held_out_samples():
     assert floats(result.model) == chain_floats(budget["counts"]) == result.report["params_after"]
 
 
+def test_a_target_and_a_loss_cap_together_keep_a_zip_within_both():
+    """The zip kept, also after the comparison with uniform and full sharing, measures within the cap
+    (KL recomputed here): the allocation stops at the target or where the cap binds, whichever first."""
+    models, data = mlp_pair()
+    result = zip_models(models, data, quiet=True, names=("a", "b"), target_params=0.6, max_loss_increase=0.002)
+    budget = result.report["budget"]
+    assert sum(held_out_kl(result.model, models, data, ("a", "b"))) <= 0.002
+    assert floats(result.model) < sum(floats(m) for m in models)  # (something is shared)
+    assert all(t["fits"] is (t["measured_loss"] <= 0.002 and t["fits"]) for t in budget["compared"])
+
+
 def test_a_loss_cap_holds_where_the_costs_underpredict_by_orders_of_magnitude():
     """The sample CNN pair: its Fisher costs predict ~1e-6 where sharing everything measures ~0.3 nats (two
     confident classifiers). The first try shares everything; the scale fitted on it brings the

@@ -77,8 +77,8 @@ def test_format_table_of_a_full_report_line_by_line():
         "",
         "parameters 1,234,567 -> 617,284 (50.0%);  weight bytes 4.94 MB -> 100.0 kB",
         ("budget --target-params 0.6: shared per group [2, 3]; measured output loss increase 0.0123 per sample "
-         "(summed over tasks; KL in nats for class scores, half the squared error elsewhere); backed off 1 time(s) "
-         "as tasks measured worse than asked (50.1%, 60.5% kept)"),
+         "(summed over tasks; KL in nats for class scores, half the squared error elsewhere); 2 zips measured, "
+         "loosened where tasks measured worse than asked (50.1%, 60.5% kept)"),
         ("predicted cost 0.5 (pre-activation units) -> predicted loss 0.0123, through loss = 0.0246 x cost^1.00 "
          "fitted on 2 measured zip(s)"),
         "tied group (one matching): stem, b1c2",

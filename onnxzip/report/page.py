@@ -190,7 +190,8 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
         scale = budget.loss_scale
         parts.append("<h2>Budget</h2>" + _table(
             ["", "value"], [["target parameters", budget.target_params or "-"],
-                            ["max loss increase (measured units)", budget.max_loss_increase or "-"],
+                            ["max loss increase (measured units)",
+                             "-" if budget.max_loss_increase is None else budget.max_loss_increase],
                             [f"predicted cost ({report.cost_units or 'pre-activation'} units)",
                              budget.predicted_cost or "-"],
                             ["predicted loss (through the loss scale)", budget.predicted_loss or "-"],

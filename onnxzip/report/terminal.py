@@ -58,13 +58,14 @@ def _sizes_and_budget(report: ZipReport) -> list[str]:
     lines = [f"parameters {pb:,} -> {pa:,} ({pa / pb:.1%});  weight bytes {_mb(bb)} -> {_mb(ba)}"]
     budget = report.budget
     if budget:
+        cap = budget.max_cost if budget.max_loss_increase is None else budget.max_loss_increase  # (older reports)
         asked = (f"--target-params {budget.target_params}" if budget.target_params is not None
-                 else f"--max-loss-increase {budget.max_loss_increase}")
+                 else f"--max-loss-increase {cap}")
         line = (f"budget {asked}: shared per group {budget.counts}; measured output loss increase "
                 f"{budget.measured_loss:.3g} per sample (summed over tasks; {LOSS_UNITS})")
         if budget.backoff:
             kept = ", ".join(f"{t.params_kept:.1%}" for t in budget.backoff)
-            line += f"; backed off {len(budget.backoff) - 1} time(s) as tasks measured worse than asked ({kept} kept)"
+            line += f"; {len(budget.backoff)} zips measured, loosened where tasks measured worse than asked ({kept} kept)"
         lines.append(line)
         if budget.compared:
             lines.append("measured against, at the same target: " + ", ".join(
