@@ -16,7 +16,7 @@ from .graph import io
 from .graph.align import align
 from .graph.attention import describe_blocks, find_attention
 from .options import ZipOptions
-from .report.files import write_report
+from .report.files import report_kind, write_report
 from .report.records import ZipReport
 from .report.terminal import distill_lines, format_table
 from .sharing.layout import group_name
@@ -124,7 +124,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, args.models + args.data)
     if args.report:
         io.check_output_path(args.report, args.models + args.data + [args.output])
-        if str(args.report).lower().endswith((".html", ".htm")):
+        if report_kind(args.report) == "page":
             from .report.page import _pyplot
             _pyplot()  # before the work: a missing matplotlib is said now, not after the zip
     if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
@@ -137,6 +137,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_table(result.summary))
         print(f"wrote {args.output} (outputs: {', '.join(o.name for o in result.model.graph.output)})")
+        if args.report:
+            print(f"wrote the report to {args.report} ({report_kind(args.report)})")
     return 0
 
 
@@ -234,6 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
     io.check_output_path(args.output, [args.report])
+    report_kind(args.output, "-o")
     try:
         with open(args.report, encoding="utf-8") as f:
             report = json.load(f)
@@ -292,7 +295,7 @@ def _add_zip_command(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="the zipped model to write")
     p.add_argument("--names", type=_names, default=DEFAULTS.names, help="task names, comma-separated")
     p.add_argument("--report", help="write the report here: one self-contained HTML page with plots for .html "
-                                    "(needs matplotlib), else JSON")
+                                    "(needs matplotlib), JSON for .json (any other suffix is refused)")
     _add_zip_options(p)
     _add_image_options(p)
     p.set_defaults(func=cmd_zip)

@@ -93,6 +93,8 @@ class ZipOptions:
             raise UsageError(f"--distill {self.distill}: give a number of steps >= 0")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.max_samples < 1:  # (also where no --data is a folder: never read as "all")
+            raise UsageError(f"--max-samples {self.max_samples}: must be >= 1")
         if self.names is not None:
             if len(self.names) != n_models:
                 raise UsageError(f"--names gives {len(self.names)} names for {n_models} models")

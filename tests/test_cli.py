@@ -44,11 +44,21 @@ def test_zip_writes_model_and_report(tmp_path, capsys):
     assert digest(MLP + CALIB) == before  # inputs untouched
 
 
-def test_zip_prints_a_table(tmp_path, capsys):
+def test_zip_prints_a_table_and_where_the_report_went(tmp_path, capsys):
+    rep = tmp_path / "r.json"
     assert main(["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--share", "0.25,0.5",
-                 "--matching", "greedy"]) == 0
+                 "--matching", "greedy", "--report", str(rep)]) == 0
     out = capsys.readouterr().out
     assert "/1/Gemm" in out and "parameters" in out and "equivalence check" in out
+    assert out.strip().splitlines()[-1] == f"wrote the report to {rep} (JSON)" and rep.exists()
+
+
+@pytest.mark.parametrize("name", ["r.txt", "report"])
+def test_a_report_path_that_is_neither_html_nor_json_is_refused_before_the_work(tmp_path, capsys, name):
+    out = tmp_path / "z.onnx"
+    fails(capsys, ["zip", *MLP, "--data", *CALIB, "-o", str(out), "--report", str(tmp_path / name)],
+          "give a path ending in .html (one page with plots) or .json")
+    assert not out.exists() and not (tmp_path / name).exists()
 
 
 def walk_layers(path):

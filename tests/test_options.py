@@ -122,6 +122,7 @@ def test_recipe_carries_the_image_options():
     ({"target_params": 1.5}, "--target-params 1.5: give a fraction in (0, 1]"),
     ({"target_params": -0.2}, "--target-params -0.2: give a fraction in (0, 1]"),
     ({"max_loss_increase": -1e-3}, "--max-loss-increase -0.001: must be >= 0"),
+    ({"max_samples": 0}, "--max-samples 0: must be >= 1"),
     ({"mask_threshold": 0.0}, "--mask-threshold 0.0: give a value in (0, 1)"),
     ({"distill": -1}, "--distill -1: give a number of steps >= 0"),
     ({"hold_out": 1.0}, "--hold-out 1.0: give a fraction in [0, 1)"),
