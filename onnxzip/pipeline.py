@@ -2,12 +2,16 @@
 :func:`distil` (``--distill``), measured again (:func:`measure_again`)."""
 from __future__ import annotations
 
+import logging
+
 import onnx
 
 from . import timing
 from .check.layers import measure_layers
+from .check.shapes import check_sizes
 from .check.verify import verify
 from .emit.model import emit_model
+from .emit.shapes import keep_dynamic
 from .graph import io
 from .options import ZipOptions
 from .progress import progress
@@ -16,6 +20,8 @@ from .result import ZipResult
 from .sharing.loop import Fisher, zip_tasks
 from .tasks import Tasks
 from .tune.distill import distill
+
+log = logging.getLogger(__name__)
 
 
 def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None) -> ZipResult:
@@ -31,9 +37,16 @@ def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None
                 onnx.checker.check_model(path, full_check=True)
         else:
             onnx.checker.check_model(model, full_check=True)
-    result = ZipResult(model, None, names, plan)
+        opened, dims = keep_dynamic(model, irs, names)  # (the sizes the originals leave open)
+    result = ZipResult(opened, None, names, plan)
     with timing.phase("verify"):
         result.summary = verify(result, irs, arrays, opts, tasks.references, held=(tasks.held, tasks.held_references))
+        if dims:
+            sizes = check_sizes(opened, dims, irs, names, tasks.protos, arrays, opts.device)
+            if not sizes.ok:
+                log.warning("the zipped model keeps the calibration data's input sizes: %s", sizes.note)
+                result.model = model
+            result.summary.sizes = sizes
     with timing.phase("layer check"):
         errors = measure_layers(plan, irs, names)
     for row, err in zip(result.summary.layers, errors):

@@ -45,7 +45,9 @@ class Tasks:
     shared_inputs: bool  # one input for all tasks in the zipped model
     held: list[dict[str, np.ndarray]]  # per task, the held-out calibration inputs (:func:`split`; may be empty)
     held_references: list[dict[str, Any]]  # per task, the original file's outputs on ``held``
-    protos: list[onnx.ModelProto] | None = None  # the original files (kept for ``--distill``: they teach)
+    #: the original files, with the calibration data's sizes (kept for ``--distill``, where they teach,
+    #: and where they leave sizes open, to be run again at another size)
+    protos: list[onnx.ModelProto] | None = None
 
     @property
     def held_out(self) -> bool:
@@ -95,8 +97,10 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         log.warning("too few calibration samples to hold any out (fewer than %d, or than two whole batches of a "
                     "model with a fixed batch): every task is fitted to all of its samples, and a verdict of 'ok' "
                     "on them is said as 'too few to judge'", MIN_HOLD_OUT)
+    dynamic = any(ir.open_sizes() for ir in irs)  # (the originals run again at another size: kept)
     return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references,
-                 protos if opts.distill else None)
+                 protos if opts.distill or dynamic else None)
+
 
 
 def split(n: int, fraction: float, unit: int = 1, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -151,9 +155,14 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
             arrays.append(io.load_calibration(d, specs, extra_keys))
         else:
             arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
-        protos[i] = io.fix_dynamic_dims(protos[i], arrays[-1])
+    declared = [io.declared_dims(p) for p in protos]
+    for i, a in enumerate(arrays):
+        protos[i] = io.fix_dynamic_dims(protos[i], a)
     opset = min(max(onnx_opset(p) for p in protos), MAX_OPSET)
-    return protos, [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)], arrays
+    irs = [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
+    for ir, d in zip(irs, declared):
+        ir.declared_inputs = d
+    return protos, irs, arrays
 
 
 def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray | None

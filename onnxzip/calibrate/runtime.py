@@ -117,10 +117,10 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, ba
             else [x for p in parts for x in p[j]] for j, name in enumerate(outputs)}
 
 
-def zeros(spec, n: int | None = None) -> np.ndarray:
-    """Zeros for an ONNX Runtime input: ``n`` samples on axis 0 (None: its own size there), 1 for
-    every size the model leaves open."""
-    dims = [d if isinstance(d, int) else 1 for d in spec.shape]
+def zeros(spec, n: int | None = None, sizes: dict[str, int] | None = None) -> np.ndarray:
+    """Zeros for an ONNX Runtime input: ``n`` samples on axis 0 (None: its own size there), for a
+    size the model leaves open its size in ``sizes`` (dim name -> size) where named there, else 1."""
+    dims = [d if isinstance(d, int) else (sizes or {}).get(d, 1) for d in spec.shape]
     return np.zeros(dims if n is None or not dims else [n] + dims[1:], dtype=numpy_dtype(spec))
 
 

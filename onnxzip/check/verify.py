@@ -269,15 +269,13 @@ def task_sessions(result: ZipResult, data: list[dict[str, np.ndarray]], device: 
 
 
 def zipped_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Feed the zipped model: the task's inputs, zeros for the other tasks' inputs."""
+    """Feed the zipped model: the task's inputs, zeros for the other tasks' inputs (an open size
+    named like one of the task's takes its size)."""
     n = next(iter(feeds.values())).shape[0]
-    out = {}
-    for i in sess.get_inputs():
-        if i.name in feeds:
-            out[i.name] = feeds[i.name]
-        else:
-            out[i.name] = runtime.zeros(i, n)
-    return out
+    specs = sess.get_inputs()
+    sizes = {d: size for i in specs if i.name in feeds for d, size in zip(i.shape, feeds[i.name].shape)
+             if isinstance(d, str)}
+    return {i.name: feeds[i.name] if i.name in feeds else runtime.zeros(i, n, sizes) for i in specs}
 
 
 def warn_fidelity(report: ZipReport, opts: ZipOptions) -> None:

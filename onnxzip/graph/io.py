@@ -227,6 +227,30 @@ def static_dims(vi: onnx.ValueInfoProto) -> tuple[int | None, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
 
 
+def declared_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...]]:
+    """Each graph input's dims as declared: a size, a dim name, or None (unknown)."""
+    return {vi.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in vi.type.tensor_type.shape.dim)
+            for vi in model.graph.input if vi.type.HasField("tensor_type")}
+
+
+def with_dims(model: onnx.ModelProto, dims: dict[str, dict[int, str]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs take the dim names ``dims`` (input -> axis -> name), with
+    every inferred shape dropped (value_info, the outputs' dims) so that nothing keeps the old sizes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in out.graph.input:
+        for axis, name in dims.get(vi.name, {}).items():
+            d = vi.type.tensor_type.shape.dim[axis]
+            d.Clear()
+            d.dim_param = name
+    del out.graph.value_info[:]
+    for vi in out.graph.output:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.ClearField("shape")
+    return out
+
+
 def fix_dynamic_dims(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of ``model`` whose dynamic float input dims after the batch take the calibration
     data's sizes (the batch stays dynamic); ``model`` itself when nothing is to fix. Integer inputs

@@ -67,10 +67,27 @@ class ModelIR:
     opset: int = 17
     extra_opsets: dict[str, int] = field(default_factory=dict)
     output_types: dict[str, onnx.TypeProto] = field(default_factory=dict)  # as the source file declares them
+    #: input name -> its dims as the source file declares them (int, a dim name, or None), before the
+    #: calibration data's sizes were fixed (:func:`onnxzip.graph.io.fix_dynamic_dims`)
+    declared_inputs: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
 
     @property
     def inputs(self) -> list[InputSpec]:
         return [InputSpec(t.name, np.dtype(t.dtype), _dims(t.shape)) for t in self.graph.inputs]
+
+    def open_sizes(self) -> dict[str, dict[int, str]]:
+        """The float inputs' dims, past the batch, that the source file leaves open and the calibration
+        data fixed: input -> axis -> the declared dim name (or ``<input>_<axis>``)."""
+        out = {}
+        for spec in self.inputs:
+            declared = self.declared_inputs.get(spec.name, ())
+            if np.dtype(spec.dtype).kind != "f":
+                continue
+            axes = {a: d if isinstance(d, str) else f"{spec.name}_{a}" for a, d in enumerate(declared)
+                    if 0 < a < len(spec.shape) and not isinstance(d, int) and isinstance(spec.shape[a], int)}
+            if axes:
+                out[spec.name] = axes
+        return out
 
     @property
     def fixed_batch(self) -> int | None:

@@ -148,6 +148,29 @@ class GroupRow:
         return cls(list(d["layers"]), GroupChoice(**choice) if len(choice) == len(fields(GroupChoice)) else None)
 
 
+@dataclass
+class SizesRecord:
+    """The input sizes the zipped model takes: the sizes the source files leave open (dim names),
+    opened again after the zip and run at a second size against the originals, or kept fixed."""
+
+    open: dict[str, dict[int, str]]  # zipped input -> axis -> dim name, as the zipped model declares them
+    calibrated: dict[str, list[int]]  # zipped input -> its dims at the calibration data's sizes
+    checked: dict[str, list[int]]  # zipped input -> its dims at the second size run
+    rel_err: list[float | None]  # per task at the second size: relative error against its original
+    ok: bool  # it ran there, every output shaped as the original's; else the sizes stay fixed
+    note: str = ""  # why the sizes stay fixed
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SizesRecord:
+        return cls(**{**_known(cls, d), "open": {k: {int(a): n for a, n in v.items()} for k, v in d["open"].items()}})
+
+    def profile(self, batch: int) -> dict[str, dict[str, list[int]]]:
+        """A TensorRT optimization profile the checks cover: per input, min = one sample at the
+        calibration size, opt = ``batch`` at it, max = ``batch`` at the second size."""
+        return {name: {"min": [1] + dims[1:], "opt": [batch] + dims[1:], "max": [batch] + self.checked[name][1:]}
+                for name, dims in self.calibrated.items()}
+
+
 #: the units of a measured output loss (:func:`onnxzip.check.fidelity.output_loss`)
 LOSS_UNITS = "KL in nats for class scores, half the squared error elsewhere"
 
@@ -273,6 +296,7 @@ class ZipReport:
     samples: list[int] = field(default_factory=list)  # calibration samples per task
     finetune: FinetuneRecord | None = _opt()
     distill: DistillRecord | None = _opt()
+    sizes: SizesRecord | None = _opt()  # where a source file leaves input sizes open
     budget: BudgetRecord | None = _opt()
     deployment_problems: list[str] | None = _opt()
     onnxzip_version: str | None = _opt()
@@ -313,5 +337,6 @@ class ZipReport:
                  "budget": BudgetRecord.from_dict(d["budget"]) if d.get("budget") else None,
                  "finetune": FinetuneRecord.from_dict(d["finetune"]) if d.get("finetune") else None,
                  "distill": DistillRecord.from_dict(d["distill"]) if d.get("distill") else None,
+                 "sizes": SizesRecord.from_dict(d["sizes"]) if d.get("sizes") else None,
                  "inputs": [InputRecord(**_known(InputRecord, i)) for i in d["inputs"]] if "inputs" in d else None}
         return cls(**{**sizes, **_known(cls, d), **fixed})
