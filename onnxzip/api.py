@@ -64,7 +64,9 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
         retrain(result, tasks, opts)
     report = result.summary
     warn_fidelity(report, opts)
-    report.deployment_problems = deployment_problems(result.model)
+    sizes = report.sizes
+    report.deployment_problems = deployment_problems(
+        result.model, {k: set(v) for k, v in sizes.open.items()} if sizes is not None and sizes.ok else None)
     provenance(report, models, data, tasks, opts)
     report.options["shared_input"] = tasks.shared_inputs
     report.cost_units = "loss" if result.plan.loss_aware else "pre-activation"

@@ -70,7 +70,8 @@ def measure_again(result: ZipResult, tasks: Tasks, opts: ZipOptions) -> ZipRepor
     before = result.summary
     result.summary = verify(result, tasks.irs, tasks.arrays, opts, tasks.references, check=False,
                             held=(tasks.held, tasks.held_references))  # fidelity only
-    result.summary.equivalence, result.summary.budget = before.equivalence, before.budget
+    result.summary.equivalence, result.summary.budget, result.summary.sizes = before.equivalence, before.budget, \
+        before.sizes
     result.summary.layers, result.summary.finetune, result.summary.distill = before.layers, before.finetune, \
         before.distill
     return before

@@ -4,6 +4,7 @@ the zipped model's parameters are counted by hand."""
 import graphs
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
@@ -234,6 +235,40 @@ def test_dynamic_spatial_dims_are_fixed_from_the_calibration_data():
     assert shape[0].dim_param and [d.dim_value for d in shape[1:]] == [3, 8, 8]  # batch stays dynamic
     assert result.report["equivalence_max_abs_diff"] <= 1e-4
     assert models[0].graph.input[0].type.tensor_type.shape.dim[2].dim_param == "H"  # input untouched
+    sizes = result.report["sizes"]  # (the originals declare H and W open but run at 8 x 8 only: fixed, said)
+    assert not sizes["ok"] and "does not run at" in sizes["note"] and sizes["checked"]["x"][1:] == [3, 12, 10]
+
+
+def open_resnets(share):
+    models = []
+    for seed in (1, 2):
+        m = graphs.resnet(seed)  # global average pooling: any size
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "H", "W"
+        models.append(m)
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    return models, zip_models(models, data, share=share, quiet=True, names=("a", "b"))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_sizes_the_originals_leave_open_stay_open_and_run_beside_them(share):
+    """At two sizes the zip never saw, each task's output has its original's shape (ONNX Runtime runs
+    both), at share 0 within float noise; the lint accepts the open sizes."""
+    models, result = open_resnets(share)
+    shape = result.model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in shape[2:]] == ["H", "W"] and shape[1].dim_value == 3
+    sizes = result.report["sizes"]
+    assert sizes["ok"] and sizes["open"] == {"x": {2: "H", 3: "W"}} and sizes["checked"]["x"][2:] == [12, 10]
+    assert not any("dynamic" in p for p in result.report["deployment_problems"])
+    for h, w in ((16, 24), (5, 7)):
+        x = graphs.data(5, (3, h, w), n=4)
+        sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+        for t, m in zip(("a", "b"), models):
+            want = graphs.run(m, {"x": x})
+            assert got[f"{t}/y"].shape == want.shape
+            if share == 0.0:
+                np.testing.assert_allclose(got[f"{t}/y"], want, rtol=1e-4, atol=1e-5)
 
 
 def test_batchnorm_after_relu_is_kept_and_runs_per_part():

@@ -3,6 +3,8 @@ unmeasured tasks, layers with and without a merge check, a budget that backed of
 3-task orders, layers not shared, deployment problems, phases) and the exact text expected, each
 column padded by hand (layer names at least 28 wide, task names cut at 24; numbers as the code
 documents: costs .4g, errors .3g, task metrics .4g, ratios .1%); layer_errors against hand sums."""
+import json
+
 import pytest
 
 from onnxzip.graph.lint import MAX_OPSET
@@ -16,10 +18,12 @@ from onnxzip.report.records import (
     LayerError,
     LayerRow,
     NotShared,
+    SizesRecord,
     TaskRow,
     ZipReport,
+    to_plain,
 )
-from onnxzip.report.terminal import format_table, layer_errors
+from onnxzip.report.terminal import format_table, layer_errors, sizes_lines
 
 LONG_LAYER = "stage3.block1.conv2.weighted_x"  # 30 characters: the layer column widens to it
 LONG_TASK = "parity_classifier_with_a_long_name"  # cut at 24 in the task table
@@ -172,3 +176,15 @@ def test_layer_errors_unknown_parts_are_none():
 def test_layer_errors_of_a_zero_signal_stay_finite_where_the_error_is_zero():
     row = LayerRow("l", "dense", 4, 2, 0.0, error=LayerError([0.0, 0.0], [0.0, 0.0], [0.0, 0.0]))
     assert layer_errors(row) == (0.0, 0.0)
+
+
+def test_the_sizes_lines_say_what_is_open_and_the_profile_the_checks_cover():
+    sizes = SizesRecord({"x": {2: "H", 3: "W"}}, {"x": [26, 3, 320, 320]}, {"x": [26, 3, 480, 416]}, [2e-6, None], True)
+    assert sizes_lines(sizes, 8) == [
+        ("input sizes: open as in the originals (x axes 2 (H), 3 (W)); run at {'x': [26, 3, 480, 416]} beside the "
+         "originals: relative error per task 2e-06, -"),
+        "TensorRT optimization profile the checks cover: x min [1, 3, 320, 320] opt [8, 3, 320, 320] max [8, 3, 480, 416]"]
+    back = SizesRecord.from_dict(json.loads(json.dumps(to_plain(sizes))))
+    assert back == sizes  # (axis keys come back as ints)
+    fixed = SizesRecord({"x": {2: "H"}}, {"x": [4, 3, 8, 8]}, {"x": [4, 3, 12, 8]}, [], False, "why")
+    assert sizes_lines(fixed, 8) == ["input sizes: fixed to the calibration data's (why)"]

@@ -2,7 +2,7 @@
 
 :func:`deployment_problems` lists every way a model falls short: an opset above 20, dynamic
 dimensions other than the batch (integer inputs such as token ids, and the outputs of a model that
-has them, may keep a dynamic sequence length on axis 1), nodes left to compute from constants alone, training-mode or non-standard-domain ops, and
+has them, may keep a dynamic sequence length on axis 1; sizes the source files leave open pass too), nodes left to compute from constants alone, training-mode or non-standard-domain ops, and
 layer weights that are not initializers.
 """
 from __future__ import annotations
@@ -26,8 +26,10 @@ def _false(graph: onnx.GraphProto, name: str) -> bool:
     return t is not None and not numpy_helper.to_array(t).any()
 
 
-def deployment_problems(model: onnx.ModelProto) -> list[str]:
-    """Every problem found, one line each (empty: the model passes)."""
+def deployment_problems(model: onnx.ModelProto, open_sizes: dict[str, set[int]] | None = None) -> list[str]:
+    """Every problem found, one line each (empty: the model passes). ``open_sizes``: input -> the axes
+    its source files leave open too (image height and width: a TensorRT optimization profile covers
+    them); those, and the outputs' dims computed from them, pass."""
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset > MAX_OPSET:
@@ -43,7 +45,9 @@ def deployment_problems(model: onnx.ModelProto) -> list[str]:
         dims = static_dims(vi)
         # token ids (and what is computed from them, per token) may keep a dynamic sequence on axis 1
         seq = vi.type.tensor_type.elem_type in integer if vi in graph.input else sequences
-        loose = [i for i, d in enumerate(dims) if d is None and i > 0 and not (seq and i == 1)]
+        allowed = (open_sizes or {}).get(vi.name, set()) if vi in graph.input else \
+            (set(range(1, len(dims))) if open_sizes else set())
+        loose = [i for i, d in enumerate(dims) if d is None and i > 0 and not (seq and i == 1) and i not in allowed]
         if loose:
             problems.append(f"{vi.name!r}: dynamic dimension(s) {loose} besides the batch")
     for node in graph.node:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..graph.lint import MAX_OPSET
-from .records import LOSS_UNITS, DistillRecord, LayerRow, TaskRow, ZipReport
+from .records import LOSS_UNITS, DistillRecord, LayerRow, SizesRecord, TaskRow, ZipReport
 
 
 def format_table(report: ZipReport) -> str:
@@ -100,6 +100,18 @@ def _structure(report: ZipReport) -> list[str]:
     return lines
 
 
+def sizes_lines(sizes: SizesRecord, batch: int) -> list[str]:
+    """The input sizes the zipped model takes, and the TensorRT profile its checks cover."""
+    if not sizes.ok:
+        return [f"input sizes: fixed to the calibration data's ({sizes.note})"]
+    opened = "; ".join(f"{k} axes {', '.join(f'{a} ({n})' for a, n in v.items())}" for k, v in sizes.open.items())
+    errs = ", ".join("-" if e is None else f"{e:.3g}" for e in sizes.rel_err)
+    profile = "; ".join(f"{k} min {p['min']} opt {p['opt']} max {p['max']}" for k, p in sizes.profile(batch).items())
+    return [f"input sizes: open as in the originals ({opened}); run at {sizes.checked} beside the originals: "
+            f"relative error per task {errs}",
+            f"TensorRT optimization profile the checks cover: {profile}"]
+
+
 def _checks(report: ZipReport) -> list[str]:
     eq = report.equivalence
     lines = [f"equivalence check (zipped model vs. per-task zipped networks): max abs diff {eq.max_abs_diff:.3g} "
@@ -111,6 +123,8 @@ def _checks(report: ZipReport) -> list[str]:
         lines.append(f"TensorRT-ready (opset <= {MAX_OPSET}, batch the only dynamic dim, constants folded, standard ops, weights "
                      "as initializers): " + ("yes" if not problems else
                                              f"no, {len(problems)} problem(s); first: {problems[0]}"))
+    if report.sizes is not None:
+        lines += sizes_lines(report.sizes, int((report.options or {}).get("batch_size", 64)))
     if report.phases:
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.phases.items())
                      + f"; peak memory {report.peak_rss_mb or 0:.0f} MB")
