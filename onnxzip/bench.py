@@ -21,9 +21,12 @@ from queue import Empty
 import numpy as np
 import onnx
 
+from . import images
 from .calibrate import runtime
+from .check.shapes import resized
 from .errors import InputError, UsageError
 from .graph import io
+from .images import ImageRecipe
 
 
 @dataclass
@@ -54,23 +57,53 @@ def file_bytes(path: str) -> int:
     return total
 
 
-def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: int) -> dict[str, np.ndarray]:
+def open_axes(spec: io.InputSpec) -> list[int]:
+    """A float input's sizes past the batch that the model leaves open (an image's height and width)."""
+    return [a for a, d in enumerate(spec.shape) if a > 0 and d is None] if spec.dtype.kind == "f" else []
+
+
+def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: int,
+               size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """``batch`` samples for the model at ``path``: the first of ``data``, or random ones where
-    no data is given (normal floats, zero integers: token id 0); dynamic dims other than the batch
-    need data."""
+    no data is given (normal floats, zero integers: token id 0). ``size`` (H, W): each float input's
+    two open sizes take it (data resampled, nearest sample); other open sizes need data."""
     specs = io.input_specs(io.load_model(path, external=False))
+    grow = {}
+    for s in specs if size is not None else []:
+        axes = open_axes(s)
+        if len(axes) != 2:
+            raise UsageError(f"{path}: input {s.name!r} has {len(axes)} open size(s) past the batch; --sizes sets "
+                             "two (an image's height and width)")
+        grow[s.name] = dict(zip(axes, size))
     if data is not None:
         arrays = io.check_calibration(dict(data), specs, "--data")
         n = next(iter(arrays.values())).shape[0]
-        return {k: np.resize(v, (batch,) + v.shape[1:]) if n < batch else v[:batch] for k, v in arrays.items()}
+        arrays = {k: np.resize(v, (batch,) + v.shape[1:]) if n < batch else v[:batch] for k, v in arrays.items()}
+        return {k: resized(v, grow.get(k, {})) for k, v in arrays.items()}
     rng = np.random.default_rng(seed)
     out = {}
     for s in specs:
-        if any(d is None for d in s.shape[1:]):
-            raise InputError(f"{path}: input {s.name!r} has a dynamic dimension besides the batch: give --data")
-        shape = (batch,) + tuple(s.shape[1:])
+        dims = [grow.get(s.name, {}).get(a, d) for a, d in enumerate(s.shape)]
+        if any(d is None for d in dims[1:]):
+            raise InputError(f"{path}: input {s.name!r} has a dynamic dimension besides the batch: give --data "
+                             "(or --sizes H,W for an image's height and width)")
+        shape = (batch,) + tuple(dims[1:])
         out[s.name] = rng.normal(size=shape).astype(s.dtype) if s.dtype.kind == "f" else np.zeros(shape, s.dtype)
     return out
+
+
+def bench_data(data: list[str] | None, originals: list[str], recipe: ImageRecipe) -> list[dict[str, np.ndarray]] | None:
+    """``--data`` per original (or one for all): ``.npz``/``.npy`` arrays, or an image folder read with
+    ``recipe`` for that original's input, as ``onnxzip zip`` reads it."""
+    if not data:
+        return None
+    if len(data) == 1:
+        data = data * len(originals)
+    if len(data) != len(originals):
+        raise UsageError(f"give one --data per original, or one for all: {len(originals)} originals, {len(data)} files")
+    recipe.check()
+    return [images.load_folder(d, io.input_specs(io.load_model(p, external=False)), recipe)
+            if images.is_image_folder(d) else io.load_arrays(d) for d, p in zip(data, originals)]
 
 
 def zipped_inputs(path: str, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -184,8 +217,9 @@ def session_memory(paths: list[str], feeds: list[dict[str, np.ndarray]], provide
 
 
 def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] | None = None, provider: str = "cpu",
-          batch: int = 32, runs: int = 50, warmup: int = 5) -> dict[str, object]:
-    """Latency, session memory and bytes of ``zipped`` against ``originals`` (in its task order).
+          batch: int = 32, runs: int = 50, warmup: int = 5, size: tuple[int, int] | None = None) -> dict[str, object]:
+    """Latency, session memory and bytes of ``zipped`` against ``originals`` (in its task order);
+    ``size`` (H, W): at that input size (:func:`task_feeds`).
 
     Returns:
         {"zipped": Side, "originals": Side, "ratios": {latency, memory, bytes}, "tasks", "provider", "batch"}.
@@ -203,7 +237,7 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
     if runs < 1 or batch < 1 or warmup < 0:
         raise UsageError(f"--runs {runs} and --batch {batch}: give at least 1 of each")
     check_originals(zipped, names, originals)
-    feeds = [task_feeds(p, None if data is None else data[i], batch, seed=i) for i, p in enumerate(originals)]
+    feeds = [task_feeds(p, None if data is None else data[i], batch, seed=i, size=size) for i, p in enumerate(originals)]
     zfeeds = zipped_inputs(zipped, names, feeds)
     for f in feeds:  # an input the zipped model shares gets one array: every original reads that one
         f.update({k: v for k, v in zfeeds.items() if k in f})
@@ -219,7 +253,7 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
     ratios = {"latency": z.median_ms / o.median_ms, "memory": z.memory_mb / max(o.memory_mb, 1e-9),
               "bytes": z.bytes / o.bytes}
     return {"zipped": z, "originals": o, "ratios": ratios, "tasks": names, "provider": provider, "batch": batch,
-            "runs": runs, "cpus": os.cpu_count(), "rel_err": agreement}
+            "runs": runs, "cpus": os.cpu_count(), "rel_err": agreement, "size": size}
 
 
 def _outputs(model: onnx.ModelProto) -> dict[str, tuple]:
@@ -260,7 +294,8 @@ def output_agreement(zipped: str, names: list[str], originals: list[str], zfeeds
 
 def format_bench(result: dict[str, object]) -> str:
     z, o, r = result["zipped"], result["originals"], result["ratios"]
-    lines = [f"{result['provider']}, batch {result['batch']}, {result['runs']} timed runs each "
+    at = f" at {result['size'][0]}x{result['size'][1]}" if result.get("size") else ""
+    lines = [f"{result['provider']}, batch {result['batch']}{at}, {result['runs']} timed runs each "
              f"(tasks: {', '.join(result['tasks'])})",
              f"{'':<10} {'median ms':>10} {'p90 ms':>10} {'memory MB':>10} {'bytes':>12}"]
     for label, side in (("zipped", z), ("originals", o)):

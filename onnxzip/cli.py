@@ -15,6 +15,7 @@ from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .graph import io
 from .graph.align import align
 from .graph.attention import describe_blocks, find_attention
+from .images import ImageRecipe
 from .options import ZipOptions
 from .report.files import report_kind, write_report
 from .report.records import ZipReport
@@ -254,10 +255,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, format_bench
-    data = None if not args.data else [io.load_arrays(d) for d in args.data]
-    result = bench(args.model, args.originals, data, provider=args.provider, batch=args.batch, runs=args.runs)
-    print(format_bench(result))
+    from .bench import bench, bench_data, format_bench
+    recipe = ImageRecipe(args.image_size, tuple(args.mean), tuple(args.std), args.bgr, args.layout, args.max_samples)
+    data = bench_data(args.data, args.originals, recipe)
+    for i, size in enumerate(args.sizes or [None]):
+        result = bench(args.model, args.originals, data, provider=args.provider, batch=args.batch, runs=args.runs,
+                       size=size)
+        print(("\n" if i else "") + format_bench(result), flush=True)
     return 0
 
 
@@ -353,11 +357,15 @@ def _add_output_commands(sub) -> None:
     p = sub.add_parser("bench", help="latency, session memory and bytes of a zipped model against its originals")
     p.add_argument("model", help="a zipped model (outputs <task>/<name>)")
     p.add_argument("--originals", nargs="+", required=True, help="the original models, in the zipped model's task order")
-    p.add_argument("--data", nargs="+", help=".npz inputs per original, or one for all (default: random inputs)")
+    p.add_argument("--data", nargs="+", help=".npz inputs or an image folder per original, or one for all (default: "
+                                             "random inputs)")
     p.add_argument("--provider", choices=list(runtime.PROVIDERS), default="cpu",
                    help="ONNX Runtime execution provider; a silent fall-back to CPU is refused")
     p.add_argument("--batch", type=int, default=32, help="samples per run (default 32)")
     p.add_argument("--runs", type=int, default=50, help="timed runs of each side (default 50)")
+    p.add_argument("--sizes", nargs="+", type=_size, metavar="H,W",
+                   help="bench at each of these input sizes (the models' open height and width; --data resampled)")
+    _add_image_options(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="zip the shipped sample models at several sharing levels")

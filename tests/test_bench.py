@@ -3,13 +3,15 @@ import os
 import re
 
 import numpy as np
+import onnx
 import pytest
 from conftest import SAMPLES
 
 from onnxzip import zip_models
-from onnxzip.bench import bench, file_bytes, task_feeds, zipped_inputs
+from onnxzip.bench import bench, bench_data, file_bytes, task_feeds, zipped_inputs
 from onnxzip.cli import main
 from onnxzip.errors import InputError, UsageError
+from onnxzip.images import ImageRecipe
 
 ORIGINALS = [str(SAMPLES / "cnn_digit.onnx"), str(SAMPLES / "cnn_parity.onnx")]
 
@@ -83,7 +85,7 @@ def test_originals_in_the_wrong_order_or_missing(zipped, tmp_path, capsys):
     assert main(["bench", zipped, "--originals", *ORIGINALS, "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"onnxzip: error: {tmp_path / 'none.onnx'}: no such file",
-                   f"onnxzip: error: {tmp_path}: is a folder (give a .npz or .npy file here)"]
+                   f"onnxzip: error: {tmp_path}: no PNG or JPEG images in this folder"]  # (a folder is images)
 
 
 def test_a_model_that_was_not_zipped_is_noted(zipped, tmp_path):
@@ -114,3 +116,44 @@ def test_shared_input_compares_like_with_like(zipped, capsys):
     assert max(bench(zipped, ORIGINALS, data, runs=2, warmup=0)["rel_err"].values()) < 0.5
     assert main(["bench", zipped, "--originals", *ORIGINALS, "--runs", "0"]) == 2
     assert "--runs 0" in capsys.readouterr().err
+
+
+def test_an_image_folder_is_read_as_zip_reads_it(zipped, tmp_path):
+    """--data as a folder of PNGs with zip's preprocessing flags: the feeds are what
+    onnxzip.images.load_folder makes of the folder (the oracle: PIL reads, then the recipe by hand)."""
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(3)]
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(folder / f"{i}.png")
+    data = bench_data([str(folder)], ORIGINALS, ImageRecipe(mean=(0.5,), std=(0.25,)))
+    want = np.stack([(p.astype(np.float32) / 255 - 0.5) / 0.25 for p in pixels])[:, None]
+    for d in data:
+        np.testing.assert_allclose(np.sort(d["image"].reshape(3, -1), axis=0), np.sort(want.reshape(3, -1), axis=0),
+                                   rtol=1e-6, atol=1e-6)
+    feeds = task_feeds(ORIGINALS[0], data[0], 5, seed=0)
+    assert feeds["image"].shape == (5, 1, 8, 8)
+
+
+def test_sizes_need_open_sizes(zipped):
+    with pytest.raises(UsageError, match="has 0 open size"):
+        bench(zipped, ORIGINALS, batch=2, runs=1, warmup=0, size=(12, 10))
+
+
+def test_bench_at_another_size_of_a_model_with_open_sizes(tmp_path, capsys):
+    import graphs
+    paths = []
+    for seed in (1, 2):
+        m = graphs.resnet(seed)
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "H", "W"
+        paths.append(str(tmp_path / f"r{seed}.onnx"))
+        onnx.save(m, paths[-1])
+    r = zip_models(paths, [{"x": graphs.data(3, (3, 8, 8))}], share=0.5, quiet=True, names=("a", "b"))
+    r.save(tmp_path / "z.onnx")
+    assert main(["bench", str(tmp_path / "z.onnx"), "--originals", *paths, "--sizes", "12,10", "16,16",
+                 "--batch", "2", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 2 at 12x10," in out and "batch 2 at 16x16," in out and out.count("latency ratio") == 2
