@@ -28,6 +28,7 @@ from .pipeline import distil, measure_again, rounded, zip_once
 from .progress import progress
 from .report.records import DistillRecord, FinetuneRecord, InputRecord, TaskRow, ZipReport
 from .result import ZipResult
+from .stamp import check_originals, stamp
 from .tasks import Data, Models, Tasks, prepare
 from .tune.distill import distill
 
@@ -70,6 +71,7 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     provenance(report, models, data, tasks, opts)
     report.options["shared_input"] = tasks.shared_inputs
     report.cost_units = "loss" if result.plan.loss_aware else "pre-activation"
+    stamp(result.model, {name: ir.weights_sha256 for name, ir in zip(tasks.names, tasks.irs)})
     report.seconds = round(time.perf_counter() - start, 3)
     return result
 
@@ -120,6 +122,7 @@ def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: Z
     if opts.distill < 1:
         raise UsageError(f"--steps {opts.distill}: give a number of steps >= 1")
     tasks = prepare(originals, data, replace(opts, names=tuple(names)))
+    check_originals(model, names, [ir.weights_sha256 for ir in tasks.irs], [ir.source for ir in tasks.irs])
     outputs = {o.name for o in model.graph.output}
     for t, ir in enumerate(tasks.irs):
         missing = [o for o in ir.outputs if f"{names[t]}/{o}" not in outputs]

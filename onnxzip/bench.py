@@ -21,7 +21,7 @@ from queue import Empty
 import numpy as np
 import onnx
 
-from . import images
+from . import images, stamp
 from .calibrate import runtime
 from .check.shapes import resized
 from .errors import InputError, UsageError
@@ -261,8 +261,10 @@ def _outputs(model: onnx.ModelProto) -> dict[str, tuple]:
 
 
 def check_originals(zipped: str, names: list[str], originals: list[str]) -> None:
-    """Each original must have its task's outputs (names, and sizes where both declare them)."""
-    zipped_outs = _outputs(io.load_model(zipped, external=False))
+    """Each original must have its task's outputs (names, and sizes where both declare them), and
+    the weights its task was zipped from (:mod:`onnxzip.stamp`)."""
+    zipped_model = io.load_model(zipped, external=False)
+    zipped_outs = _outputs(zipped_model)
     for task, path in zip(names, originals):
         mine = {k.split("/", 1)[1]: v for k, v in zipped_outs.items() if k.startswith(f"{task}/")}
         theirs = _outputs(io.load_model(path, external=False))
@@ -272,6 +274,7 @@ def check_originals(zipped: str, names: list[str], originals: list[str]) -> None
             raise UsageError(f"{path}: its outputs {sorted(theirs)} {list(theirs.values())} are not task {task!r}'s "
                              f"{sorted(mine)} {list(mine.values())}: give --originals in the zipped model's task order "
                              f"({', '.join(names)})")
+    stamp.check_originals(zipped_model, names, [stamp.weights_sha256(io.load_model(p)) for p in originals], originals)
 
 
 def output_agreement(zipped: str, names: list[str], originals: list[str], zfeeds: dict, feeds: list[dict],

@@ -24,6 +24,7 @@ from .graph.normalize import onnx_opset
 from .images import ImageRecipe
 from .options import ZipOptions
 from .sharing.match import COSTS
+from .stamp import weights_sha256
 
 log = logging.getLogger(__name__)
 MIN_HOLD_OUT = 10  # smaller calibration sets hold nothing out (their verdicts are "too few to judge")
@@ -156,12 +157,13 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
         else:
             arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
     declared = [io.declared_dims(p) for p in protos]
+    fingerprints = [weights_sha256(p) for p in protos]
     for i, a in enumerate(arrays):
         protos[i] = io.fix_dynamic_dims(protos[i], a)
     opset = min(max(onnx_opset(p) for p in protos), MAX_OPSET)
     irs = [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
-    for ir, d in zip(irs, declared):
-        ir.declared_inputs = d
+    for ir, d, f in zip(irs, declared, fingerprints):
+        ir.declared_inputs, ir.weights_sha256 = d, f
     return protos, irs, arrays
 
 

@@ -103,7 +103,12 @@ def test_a_model_that_was_not_zipped_is_noted(zipped, tmp_path):
             t.CopyFrom(numpy_helper.from_array(rng.normal(size=a.shape).astype(a.dtype), t.name))
     onnx.save(m, tmp_path / "random.onnx")
     data = [load_arrays(SAMPLES / "calib_digit.npz")]
-    r = bench(zipped, [str(tmp_path / "random.onnx"), ORIGINALS[1]], data, runs=2, warmup=0)
+    with pytest.raises(UsageError, match="not the model task 'digit' was zipped from"):  # (the zip's stamp)
+        bench(zipped, [str(tmp_path / "random.onnx"), ORIGINALS[1]], data, runs=2, warmup=0)
+    unstamped = onnx.load(zipped)  # a zip made before the stamp: the outputs tell
+    del unstamped.metadata_props[:]
+    onnx.save(unstamped, tmp_path / "old.onnx")
+    r = bench(str(tmp_path / "old.onnx"), [str(tmp_path / "random.onnx"), ORIGINALS[1]], data, runs=2, warmup=0)
     assert r["rel_err"]["digit"] > 0.5 and "check that --originals" in format_bench(r)
     assert max(bench(zipped, ORIGINALS, data, runs=2, warmup=0)["rel_err"].values()) < 0.5
 

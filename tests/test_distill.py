@@ -147,9 +147,11 @@ def test_distill_command_tunes_an_existing_zip(tmp_path, capsys):
     for t, m in zip(("a", "b"), models):
         o = run(m, {"x": x})["y"]
         assert mean_kl(after[f"{t}/y"], o) < mean_kl(before[f"{t}/y"], o)
-    # bad input: the originals' count, a missing output, no steps
+    assert any(p.key == "onnxzip.originals" for p in onnx.load(out).metadata_props)  # (the stamp stays)
+    # bad input: the originals' count, a missing output, originals swapped (same outputs), no steps
     for argv, message in (([str(paths[0])], "give one original per task of the zipped model: 2 tasks"),
-                          ([str(paths[0]), str(paths[1]), str(paths[1])], "give one original per task")):
+                          ([str(paths[0]), str(paths[1]), str(paths[1])], "give one original per task"),
+                          ([str(paths[1]), str(paths[0])], "not the model task 'a' was zipped from")):
         assert main(["distill", str(zipped), "--originals", *argv, "--data", str(tmp_path / "d.npz"),
                      "-o", str(tmp_path / "bad.onnx")]) == 2
         assert message in capsys.readouterr().err

@@ -70,6 +70,7 @@ class ModelIR:
     #: input name -> its dims as the source file declares them (int, a dim name, or None), before the
     #: calibration data's sizes were fixed (:func:`onnxzip.graph.io.fix_dynamic_dims`)
     declared_inputs: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
+    weights_sha256: str = ""  # the source file's weights fingerprint (:func:`onnxzip.stamp.weights_sha256`)
 
     @property
     def inputs(self) -> list[InputSpec]:
