@@ -154,7 +154,7 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
     Each ``data`` item holds the task's inputs (by their original names) and integer class labels
     under ``labels``; each task is trained on its first output with two or more classes.
     """
-    from .tune.labels import check_labels, finetune
+    from .tune.labels import finetune
     if steps < 1:
         raise UsageError(f"--finetune {steps}: give a number of steps >= 1")
     tasks = zipped_tasks(model)
@@ -173,7 +173,7 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
                     and tt.shape.dim[1].dim_value > 1), None)
         if out is None:
             raise UsageError(f"task {task!r} has no classifier output (N, classes) to train")
-        ys.append(check_labels(arrays.pop(labels), types[out].shape.dim[1].dim_value, source))
+        ys.append(io.check_labels(arrays.pop(labels), types[out].shape.dim[1].dim_value, source))
         feeds.append({(k if k in names else f"{task}/{k}"): v for k, v in arrays.items()
                       if k in names or f"{task}/{k}" in names})
         outs.append(out)
@@ -200,13 +200,12 @@ def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.n
         raise UsageError(f"output {output!r} is not a tensor (a sequence or map): give a tensor output of scores "
                          "or labels")
     feeds = _task_feeds(proto, data, output, source)
-    labels = np.asarray(labels)
     n = next(iter(feeds.values())).shape[0]
-    if labels.ndim != 1 or len(labels) != n:
-        raise InputError(f"{source}: labels have shape {labels.shape}; give one label per sample ({n})")
+    labels = io.check_labels(labels, None, source, n)
     sess = runtime.session(proto, device)
     pred = np.asarray(runtime.run(sess, zipped_feeds(sess, feeds), [output])[output])
     if pred.ndim == 2 and pred.shape[1] > 1:
+        labels = io.check_labels(labels, pred.shape[1], source)
         return float(np.mean(pred.argmax(axis=1) == labels))
     if pred.ndim not in (1, 2) or len(pred) != n:
         raise UsageError(f"output {output!r} has shape {pred.shape}: accuracy needs one score, one label or class "
@@ -214,6 +213,7 @@ def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.n
     pred = pred.reshape(n)
     if pred.dtype.kind in "iub":
         return float(np.mean(pred == labels))
+    labels = io.check_labels(labels, 2, source)  # (one score: two classes)
     return float(np.mean((pred > threshold) == labels))
 
 

@@ -69,7 +69,8 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
     names = task_names(models, opts.names)
     with timing.phase("load"):
         protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
-    labels = [a.pop(opts.labels, None) if opts.labels else None for a in arrays]
+    labels = [None if not opts.labels else io.check_labels(a.pop(opts.labels), classes(ir), _source(d, n), _count(a))
+              for a, ir, d, n in zip(arrays, irs, data, names)]
     splits = []
     for t, ir in enumerate(irs):
         arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])
@@ -165,6 +166,18 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
     for ir, d, f in zip(irs, declared, fingerprints):
         ir.declared_inputs, ir.weights_sha256 = d, f
     return protos, irs, arrays
+
+
+def classes(ir: ModelIR) -> int | None:
+    """The class count of a task's first output of class scores (N, C > 1); 2 for one score per
+    sample (N,) or (N, 1); None where neither."""
+    shapes = [t.shape for t in ir.graph.outputs if t.shape is not None]
+    c = next((s[1] for s in shapes if len(s) == 2 and isinstance(s[1], int) and s[1] > 1), None)
+    return c if c is not None else 2 if any(len(s) == 1 or (len(s) == 2 and s[1] == 1) for s in shapes) else None
+
+
+def _source(data: object, name: str) -> str:
+    return f"{data} (task {name!r})" if isinstance(data, (str, os.PathLike)) else f"calibration data of task {name!r}"
 
 
 def whole_batches(ir: ModelIR, arrays: dict[str, np.ndarray], labels: np.ndarray | None

@@ -289,6 +289,21 @@ def test_labels_key_missing_from_data(tmp_path, capsys):
     assert not (tmp_path / "z.onnx").exists()
 
 
+def test_labels_that_are_not_class_indices_are_one_line(tmp_path, capsys, test_data):
+    """An input named as the labels, labels out of the task's class range, fractional labels: one line, exit 2
+    (they were a traceback, a traceback and a silent zip)."""
+    data = str(SAMPLES / "test_digit.npz")
+    fails(capsys, zip_args(tmp_path, data=[data]) + ["--labels", "image"],
+          "--labels 'image' names an input of the model, not its labels")
+    parity = write_npz(tmp_path, image=test_data["image"], label=test_data["label"])  # digits given as parity labels
+    fails(capsys, zip_args(tmp_path, data=[data, parity]) + ["--labels", "label"],
+          f"{parity} (task 'mlp_parity'): labels must be class indices in [0, 2); these run from 0 to 9")
+    halves = write_npz(tmp_path, image=test_data["image"], label=test_data["label"] + 0.5)
+    fails(capsys, zip_args(tmp_path, data=[halves]) + ["--labels", "label"],
+          "labels must be class indices, integers [0, 10); these are float64")
+    assert not (tmp_path / "z.onnx").exists()
+
+
 @pytest.fixture
 def test_data():
     return dict(np.load(SAMPLES / "test_digit.npz"))
@@ -298,11 +313,14 @@ def test_data():
     (None, "nosuch", "has no output 'nosuch' (outputs: logits)"),
     (dict(img="image", label="label"), "logits", "key 'img' is not an input of the model (inputs: image)"),
     (dict(image="small", label="label"), "logits", "input 'image' has shape (597, 1, 4, 8), the model expects"),
-    (dict(image="image", label="few"), "logits", "labels have shape (10,); give one label per sample (597)"),
+    (dict(image="image", label="few"), "logits", "labels have shape (10,); give one class index per sample (597)"),
     (dict(image="image"), "logits", "no labels key 'label'"),
+    (dict(image="image", label="shifted"), "logits", "labels must be class indices in [0, 10); these run from 20 to 29"),
+    (dict(image="image", label="halves"), "logits", "labels must be class indices, integers >= 0; these are float64"),
 ])
 def test_eval_bad_input(tmp_path, capsys, test_data, arrays, output, message):
-    pool = {**test_data, "small": test_data["image"][:, :, :4], "few": test_data["label"][:10]}
+    pool = {**test_data, "small": test_data["image"][:, :, :4], "few": test_data["label"][:10],
+            "shifted": test_data["label"] + 20, "halves": test_data["label"] + 0.5}
     data = str(SAMPLES / "test_digit.npz") if arrays is None else write_npz(
         tmp_path, **{k: pool[v] for k, v in arrays.items()})
     fails(capsys, ["eval", MLP[0], "--data", data, "--output", output], message)

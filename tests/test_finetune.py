@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxzip import InputError, UsageError, finetune_model, zip_models
 from onnxzip.cli import main
-from onnxzip.tune.labels import check_labels, finetune
+from onnxzip.graph.io import check_labels
+from onnxzip.tune.labels import finetune
 from onnxzip.tune.train import training_model
 
 TASKS = ("a", "b")
@@ -195,17 +196,23 @@ def test_a_few_steps_lower_the_training_loss():
 
 # ------------------------------------------------------------------------------- labels
 
-@pytest.mark.parametrize("labels", [np.array([[0, 1]]), np.array([0.0, 1.0]), np.array([0, -1]), np.array([0, 3]),
-                                    np.array(["0", "1"])], ids=["2d", "float", "negative", "too-large", "strings"])
-def test_check_labels_refuses_what_is_not_a_class_index(labels):
+@pytest.mark.parametrize("labels, message", [
+    (np.array([[0, 1]]), "labels have shape (1, 2); give one class index per sample"),
+    (np.array([0.5, 1.0]), "labels must be class indices, integers [0, 3); these are float64"),
+    (np.array([0, -1]), "labels must be class indices in [0, 3); these run from -1 to 0"),
+    (np.array([0, 3]), "labels must be class indices in [0, 3); these run from 0 to 3"),
+    (np.array(["0", "1"]), "labels must be class indices, integers [0, 3); these are <U1")],
+    ids=["2d", "fractional", "negative", "too-large", "strings"])
+def test_check_labels_refuses_what_is_not_a_class_index(labels, message):
     with pytest.raises(InputError) as err:
         check_labels(labels, 3, "train.npz")
-    assert str(err.value) == "train.npz: labels must be integers in [0, 3), one per sample"
+    assert str(err.value) == f"train.npz: {message}"
 
 
-def test_check_labels_keeps_integers_in_range():
+def test_check_labels_keeps_integers_in_range_and_whole_floats():
     got = check_labels(np.array([2, 0, 1], np.uint8), 3, "train.npz")
     assert got.dtype == np.int64 and got.tolist() == [2, 0, 1]
+    assert check_labels(np.array([2.0, 0.0]), 3, "train.npz").tolist() == [2, 0]
 
 
 def test_finetune_model_usage_errors():
@@ -226,7 +233,7 @@ def test_bad_in_memory_labels_are_one_line_naming_the_task():
     with pytest.raises(InputError) as err:
         finetune_model(model, [{"x": xs[0], "label": np.zeros(8, int)}, {"x": xs[1], "label": np.full(8, 4)}],
                        steps=1)
-    assert "\n" not in str(err.value) and str(err.value).startswith("b: labels must be integers in [0, 4)")
+    assert "\n" not in str(err.value) and str(err.value).startswith("b: labels must be class indices in [0, 4)")
 
 
 def test_cli_finetune_with_labels_out_of_range_is_one_line(tmp_path, capsys):
@@ -239,5 +246,5 @@ def test_cli_finetune_with_labels_out_of_range_is_one_line(tmp_path, capsys):
         np.savez(files[-1], x=x, label=y if t == 0 else np.full(8, 4))  # task b has 4 classes: 0..3
     assert main(["finetune", str(model), "--data", *files, "-o", str(tmp_path / "t.onnx"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"onnxzip: error: {files[1]}: labels must be integers in [0, 4), one per sample"]
+    assert err == [f"onnxzip: error: {files[1]}: labels must be class indices in [0, 4); these run from 4 to 4"]
     assert not (tmp_path / "t.onnx").exists()

@@ -300,6 +300,24 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{p}: not a readable .npz/.npy file ({exc})") from None
 
 
+def check_labels(labels: np.ndarray, classes: int | None, source: str, n: int | None = None) -> np.ndarray:
+    """Class labels, one per sample: integers (or floats that are whole numbers) in [0, ``classes``)
+    (``classes`` None: any count), ``n`` of them where given; int64."""
+    labels = np.asarray(labels)
+    where = f"[0, {classes})" if classes is not None else ">= 0"
+    if labels.ndim != 1 or (n is not None and len(labels) != n):
+        raise InputError(f"{source}: labels have shape {labels.shape}; give one class index per sample"
+                         + (f" ({n})" if n is not None else ""))
+    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{source}: labels must be class indices, integers {where}; these are {labels.dtype}")
+    if len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= classes)):
+        raise InputError(f"{source}: labels must be class indices in {where}; these run from {labels.min()} to "
+                         f"{labels.max()}")
+    return labels.astype(np.int64)
+
+
 def load_calibration(path: str | os.PathLike, specs: list[InputSpec],
                      extra_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Read calibration data for a model and check it against the model's inputs.
@@ -325,6 +343,10 @@ def check_calibration(arrays: dict[str, np.ndarray], specs: list[InputSpec], sou
             raise InputError(f"{path}: a .npy file serves one input; the model has {len(specs)}, use a .npz")
         arrays = {specs[0].name: arrays[""]}
     names = {s.name for s in specs}
+    taken = sorted(names & set(extra_keys))
+    if taken:
+        raise InputError(f"{path}: --labels {taken[0]!r} names an input of the model, not its labels (the file "
+                         f"has: {', '.join(sorted(arrays))})")
     missing = sorted(names - set(arrays))
     extra = sorted(set(arrays) - names - set(extra_keys))
     if missing:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..errors import InputError
 from .train import Progress, Samples, Schedule, Target, train
 
 
@@ -21,10 +20,3 @@ def finetune(model: onnx.ModelProto, tasks: list[str], data: list[dict[str, np.n
     groups = [Samples(x, [Target(out, y, "cross-entropy")]) for x, y, out in zip(data, labels, outputs)]
     return train(model, groups, [], Schedule(steps, lr, batch, seed), device, progress, "fine-tuning")[0]
 
-
-def check_labels(labels: np.ndarray, classes: int, source: str) -> np.ndarray:
-    """Integer class labels in [0, classes)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= classes:
-        raise InputError(f"{source}: labels must be integers in [0, {classes}), one per sample")
-    return labels.astype(np.int64)
