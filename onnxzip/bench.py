@@ -271,7 +271,7 @@ def check_originals(zipped: str, names: list[str], originals: list[str]) -> None
         same = set(mine) == set(theirs) and all(
             a is None or b is None or a == b for k in mine for a, b in zip(mine[k], theirs[k]))
         if not same:
-            raise UsageError(f"{path}: its outputs {sorted(theirs)} {list(theirs.values())} are not task {task!r}'s "
+            raise UsageError(f"{path}: its outputs {sorted(theirs)} {list(theirs.values())} are not those of task {task!r}, "
                              f"{sorted(mine)} {list(mine.values())}: give --originals in the zipped model's task order "
                              f"({', '.join(names)})")
     stamp.check_originals(zipped_model, names, [stamp.weights_sha256(io.load_model(p)) for p in originals], originals)

@@ -15,6 +15,7 @@ from .errors import InputError, MismatchError, OnnxzipError, UsageError
 from .graph import io
 from .graph.align import align
 from .graph.attention import describe_blocks, find_attention
+from .graph.normalize import onnx_opset
 from .images import ImageRecipe
 from .options import ZipOptions
 from .report.files import report_kind, write_report
@@ -145,6 +146,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, [args.model] + args.data)
+    if args.steps < 1:  # (finetune_model's message names zip's --finetune)
+        raise UsageError(f"--steps {args.steps}: give a number of steps >= 1")
     model = finetune_model(io.load_model(args.model), args.data, labels=args.labels, steps=args.steps, lr=args.lr,
                            batch=args.batch_size, device=args.device, quiet=args.quiet)
     io.save_model(model, args.output)
@@ -166,9 +169,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    _, irs, _ = load_tasks(args.models, task_names(args.models, None))
-    for ir in irs:
-        print(f"{ir.source}: opset {ir.opset}, inputs "
+    protos, irs, _ = load_tasks(args.models, task_names(args.models, None))
+    for proto, ir in zip(protos, irs):
+        converted = f" (read as opset {ir.opset})" if ir.opset != onnx_opset(proto) else ""
+        print(f"{ir.source}: opset {onnx_opset(proto)}{converted}, inputs "
               + ", ".join(f"{s.name} {tuple('?' if d is None else d for d in s.shape)}" for s in ir.inputs))
         width = max([28] + [len(layer.name) for layer in ir.layers])
         print(f"  {'layer':<{width}} {'kind':<9} {'shape':<20} {'neurons':>8}  role")
@@ -312,11 +316,11 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--data", nargs="+", required=True, help="per task, in the model's task order: .npz with "
                    "its inputs and labels")
     p.add_argument("--labels", default="label", help="labels key in the .npz files (default: label)")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("-o", "--output", required=True, help="the retrained model to write")
+    p.add_argument("--steps", type=int, default=200, help="Adam steps (default 200)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 0.001)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step and task (default 32)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where ONNX Runtime runs (default cpu)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("distill", help="tune a zipped model to reproduce its original models (no labels)")
@@ -335,11 +339,11 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("inspect", help="show layers and whether the models align")
-    p.add_argument("models", nargs="+")
+    p.add_argument("models", nargs="+", help="ONNX models (one, or several to check they align)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("eval", help="top-1 accuracy of one output on labelled data")
-    p.add_argument("model")
+    p.add_argument("model", help="an ONNX model, zipped or not")
     p.add_argument("--data", required=True, help=".npz with the inputs and a labels array")
     p.add_argument("--labels", default="label", help="labels key in the .npz (default: label)")
     p.add_argument("--output", required=True, help="output name, e.g. digit/logits")

@@ -353,3 +353,36 @@ def test_python_dash_m(tmp_path):
     import sys
     done = subprocess.run([sys.executable, "-m", "onnxzip", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("onnxzip ")
+
+
+def test_the_same_model_twice_is_said(tmp_path, caplog):
+    assert main(zip_args(tmp_path, models=[MLP[0], MLP[0]], data=[CALIB[0]])) == 0
+    said = [r.getMessage() for r in caplog.records if "are the same model" in r.getMessage()]
+    assert len(said) == 1 and "'mlp_digit' and 'mlp_digit_1'" in said[0]
+
+
+def test_a_file_that_is_neither_npz_nor_npy_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    line = fails(capsys, zip_args(tmp_path, data=[str(bad)]), "not a readable .npz/.npy file")
+    assert line.endswith("(neither a .npz (zip) nor a .npy file)") and "pickle" not in line
+
+
+def test_finetune_steps_are_named_as_finetune_names_them(tmp_path, capsys):
+    zipped = tmp_path / "z.onnx"
+    assert main(zip_args(tmp_path, out=zipped)) == 0
+    fails(capsys, ["finetune", str(zipped), "--data", *CALIB, "-o", str(tmp_path / "t.onnx"), "--steps", "-5"],
+          "--steps -5: give a number of steps >= 1")
+
+
+def test_inspect_says_each_file_s_own_opset(capsys):
+    assert main(["inspect", str(SAMPLES / "ln_zero_op17.onnx"), str(SAMPLES / "ln_zero.onnx")]) == 1  # (LN op vs decomposed)
+    out = capsys.readouterr().out
+    assert "ln_zero_op17.onnx: opset 17, inputs" in out and "ln_zero.onnx: opset 13 (read as opset 17), inputs" in out
+
+
+def test_onnx_runtime_s_optimizer_warnings_stay_quiet(capfd):
+    """The HF ViT pair's constant subgraphs made ONNX Runtime print 16 coloured optimizer warnings."""
+    from onnxzip.tasks import load_tasks
+    load_tasks([SAMPLES / "hfvit_a.onnx"], ["a"])
+    assert "onnxruntime" not in capfd.readouterr().err

@@ -29,6 +29,7 @@ def onnxruntime():
     except ImportError:
         raise UsageError("onnxruntime is not installed: pip install 'onnxzip[cpu]' "
                          "(or 'onnxzip[gpu]' for CUDA; never both)") from None
+    ort.set_default_logger_severity(3)  # (its graph optimizers' warnings are not the user's concern: errors only)
     return ort
 
 

@@ -297,7 +297,8 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{p}: not a readable .npz/.npy file ({exc})") from None
+        why = "neither a .npz (zip) nor a .npy file" if "pickled" in str(exc) else str(exc)
+        raise InputError(f"{p}: not a readable .npz/.npy file ({why})") from None
 
 
 def check_labels(labels: np.ndarray, classes: int | None, source: str, n: int | None = None) -> np.ndarray:

@@ -23,9 +23,10 @@ def fold_constants(graph: gs.Graph) -> int:
     needs_folding = any(_foldable(node) for node in graph.nodes)
     if needs_folding:
         try:
-            import onnxruntime  # noqa: F401  (graphsurgeon evaluates constant subgraphs with it)
+            import onnxruntime  # (graphsurgeon evaluates constant subgraphs with it)
         except ImportError:
             return n
+        onnxruntime.set_default_logger_severity(3)  # (its optimizers' warnings on those subgraphs: errors only)
         before = len(graph.nodes)
         gs.logger.G_LOGGER.module_severity = gs.logger.G_LOGGER.ERROR
         graph.cleanup().fold_constants(error_ok=True, flatten_subgraphs=False).cleanup()
