@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,7 +45,8 @@ def zip_models(models: Models, data: Data, options: ZipOptions | None = None, **
         options: a :class:`ZipOptions`; keyword overrides (e.g. ``share=0.5``) replace its fields.
     """
     opts = replace(options or ZipOptions(), **overrides)
-    with timing.record() as phases:
+    say = None if opts.quiet else (lambda what: print(f"onnxzip: {what}", file=sys.stderr, flush=True))
+    with timing.record(say) as phases:
         result = _zip(models, data, opts)
     result.summary.phases = {k: round(v, 3) for k, v in phases.items()}
     result.summary.peak_rss_mb = round(timing.peak_rss_mb(), 1)
@@ -178,7 +180,7 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
                       if k in names or f"{task}/{k}" in names})
         outs.append(out)
     return finetune(model, tasks, feeds, ys, outs, steps=steps, lr=lr, batch=batch, device=device,
-                    progress=lambda it, desc: progress(it, desc, quiet))
+                    progress=lambda it, desc, weights=None: progress(it, desc, quiet, weights))
 
 
 def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.ndarray], labels: np.ndarray,

@@ -12,23 +12,34 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 _current: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("onnxzip_phases", default=None)
 #: per open phase (innermost last), the seconds of the phases nested in it so far
 _nested: contextvars.ContextVar[list[float]] = contextvars.ContextVar("onnxzip_nested")
+_say: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("onnxzip_say", default=None)
+
+#: the phases said as they start (outside any other phase), in words; the layer loop has its own progress
+SAID = {"load": "loading, normalizing and aligning the models", "originals": "running the originals on the data",
+        "fisher": "loss statistics (gradients through ONNX Runtime)",
+        "budget": "predicting each group's sharing costs (one pass over the originals)",
+        "emit": "writing the zipped graph", "verify": "checking the zipped model against the originals",
+        "distill": "distilling from the originals",
+        "finetune": "fine-tuning on the labels"}
 
 
 @contextmanager
-def record() -> Iterator[dict[str, float]]:
-    """Collect phase seconds into the yielded dict (phase name -> seconds)."""
+def record(say: Callable[[str], None] | None = None) -> Iterator[dict[str, float]]:
+    """Collect phase seconds into the yielded dict (phase name -> seconds); ``say`` is told each
+    phase of :data:`SAID` the first time it starts."""
     phases: dict[str, float] = {}
-    token, nested = _current.set(phases), _nested.set([])
+    token, nested, told = _current.set(phases), _nested.set([]), _say.set(say)
     try:
         yield phases
     finally:
         _current.reset(token)
         _nested.reset(nested)
+        _say.reset(told)
 
 
 @contextmanager
@@ -40,6 +51,9 @@ def phase(name: str) -> Iterator[None]:
         yield
         return
     stack = _nested.get()
+    say = _say.get()
+    if say is not None and not stack and name in SAID and name not in phases:
+        say(SAID[name])
     start = time.perf_counter()
     stack.append(0.0)
     try:

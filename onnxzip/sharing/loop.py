@@ -82,6 +82,13 @@ class Cut:
     measured: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
 
 
+def layer_work(layer, samples: int) -> float:
+    """A layer's expected share of the loop's time: its statistic's size (the square of its fan-in,
+    or samples x fan-in for a low-rank one) and its merge's (neurons x fan-in), plus one pass."""
+    d = layer.fan_in + 1
+    return float(min(d, samples) * d + layer.neurons * d + samples)
+
+
 def samples_of(data: list[dict[str, np.ndarray]]) -> int:
     """The fewest calibration samples of any task."""
     return min(next(iter(d.values())).shape[0] for d in data)
@@ -90,7 +97,7 @@ def samples_of(data: list[dict[str, np.ndarray]]) -> int:
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts: ZipOptions, *,
               labels: list | None = None, fisher: Fisher | None = None,
               outputs: list[dict[str, np.ndarray]] | None = None,
-              progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it) -> ZipPlan:
+              progress: Callable[..., Iterable] = lambda it, desc, weights=None: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
     Args:
@@ -116,7 +123,8 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts
     with Spool() as spool:
         live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
         cut = Cut(live, list(live), [{} for _ in irs], [{} for _ in irs])
-        for j, li in enumerate(progress(cuts, "zipping layers")):
+        work = [layer_work(irs[0].layers[li], samples_of(data)) for li in cuts]
+        for j, li in enumerate(progress(cuts, "zipping layers", work)):
             step(ctx, nets, cut, j, li)
         ctx.problems.warn_few_rows()
         zipped = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, cut.live)]
