@@ -27,9 +27,9 @@ def test_the_eta_scales_the_time_so_far_by_the_work_left(monkeypatch, capsys):
 
 def test_a_zip_says_each_phase_as_it_starts(capsys):
     import numpy as np
+    from conftest import SAMPLES
 
     from onnxzip import zip_models
-    from conftest import SAMPLES
     zip_models([SAMPLES / "mlp_digit.onnx", SAMPLES / "mlp_parity.onnx"], [dict(np.load(SAMPLES / "calib_digit.npz"))],
                share=0.5)
     said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("onnxzip: zipping layers")]
