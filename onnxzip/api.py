@@ -180,7 +180,7 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
                       if k in names or f"{task}/{k}" in names})
         outs.append(out)
     return finetune(model, tasks, feeds, ys, outs, steps=steps, lr=lr, batch=batch, device=device,
-                    progress=lambda it, desc, weights=None: progress(it, desc, quiet, weights))
+                    progress=lambda it, desc, work=None: progress(it, desc, quiet, work))
 
 
 def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.ndarray], labels: np.ndarray,

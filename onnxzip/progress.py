@@ -11,29 +11,49 @@ import numpy as np
 PROGRESS_EVERY = 5.0
 
 
-def progress(items: Iterable, desc: str, quiet: bool, weights: Sequence[float] | None = None) -> Iterable:
+def progress(items: Iterable, desc: str, quiet: bool, work: Sequence[Sequence[float]] | None = None) -> Iterable:
     """Progress on stderr unless ``quiet``: a bar on a terminal, else a line every few seconds
     (``desc i/n, elapsed, ETA``), so that a slow run can be told from a hung one in a log.
 
-    ``weights``: each item's expected share of the work (e.g. a layer's statistics size); the ETA is
-    the time so far scaled by the weight left over the weight done, not by the count of items."""
+    ``work``: per item, features its time grows with (e.g. a layer's activation size and statistic
+    size); the ETA then comes from the items done: their seconds fitted as a non-negative
+    combination of 1 and the features (:func:`eta`), summed over the items left."""
     if quiet:
         return items
-    if sys.stderr.isatty() and weights is None:
+    if sys.stderr.isatty() and work is None:
         from tqdm import tqdm
         return tqdm(items, desc=desc, leave=False)
-    return _progress_lines(list(items), desc, weights)
+    return _progress_lines(list(items), desc, work)
 
 
-def _progress_lines(items: list, desc: str, weights: Sequence[float] | None) -> Iterable:
-    w = np.ones(len(items)) if weights is None else np.maximum(np.asarray(weights, np.float64), 1e-12)
-    done = np.concatenate([[0.0], np.cumsum(w)])
-    start = last = time.perf_counter()
+#: items done before an ETA is fitted to their features (before: seconds per item so far)
+FIT_AFTER = 4
+
+
+def eta(done: np.ndarray, seconds: np.ndarray, left: np.ndarray) -> float:
+    """Seconds to go: ``seconds`` (k,) of the items done fitted as ``[1, features] @ c``, c >= 0, on
+    ``done`` (k, f), then summed over ``left`` (m, f); the mean per item until ``FIT_AFTER`` are done."""
+    if len(seconds) < FIT_AFTER or done.shape[1] == 0:
+        return float(seconds.mean() * len(left)) if len(seconds) else 0.0
+    from scipy.optimize import nnls
+    scale = np.maximum(np.abs(np.vstack([done, left])).max(axis=0), 1e-30)
+    x = np.hstack([np.ones((len(done), 1)), done / scale])
+    c, _ = nnls(x, seconds)
+    return float((np.hstack([np.ones((len(left), 1)), left / scale]) @ c).sum())
+
+
+def _progress_lines(items: list, desc: str, work: Sequence[Sequence[float]] | None) -> Iterable:
+    features = np.zeros((len(items), 0)) if work is None else np.asarray(work, np.float64).reshape(len(items), -1)
+    seconds = np.zeros(len(items))
+    start = last = before = time.perf_counter()
     for i, item in enumerate(items):
         now = time.perf_counter()
+        if i:
+            seconds[i - 1] = now - before
+        before = now
         if i and now - last >= PROGRESS_EVERY:
-            eta = (now - start) * (done[-1] - done[i]) / done[i]
-            print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s, about {eta:.0f} s to go", file=sys.stderr,
+            left = eta(features[:i], seconds[:i], features[i:])
+            print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s, about {left:.0f} s to go", file=sys.stderr,
                   flush=True)
             last = now
         yield item

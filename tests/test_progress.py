@@ -1,4 +1,5 @@
 """Progress without a terminal: a line per interval with the count, the time so far and an ETA."""
+import pytest
 
 
 def test_progress_lines_without_a_terminal(monkeypatch, capsys):
@@ -12,17 +13,27 @@ def test_progress_lines_without_a_terminal(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_the_eta_scales_the_time_so_far_by_the_work_left(monkeypatch, capsys):
-    """Items of weights 1, 1, 8: after the first two (2 s on a fake clock, 2 of 10 units done) the
-    ETA is 2 s x 8 / 2 = 8 s, where counting items would say 1 s."""
+def test_the_eta_comes_from_the_seconds_of_the_items_done():
+    """Items whose seconds are exactly 0.5 + 2 x feature (a fixed cost and one that grows): fitted on the
+    first five, the ETA of the rest is their sum by the same law; before FIT_AFTER items, the mean so far."""
+    import numpy as np
+
+    from onnxzip.progress import FIT_AFTER, eta
+    f = np.array([[0.1], [3.0], [0.2], [1.0], [0.5], [4.0], [2.0]])
+    seconds = 0.5 + 2 * f[:, 0]
+    assert eta(f[:5], seconds[:5], f[5:]) == pytest.approx(seconds[5:].sum())
+    assert eta(f[:2], seconds[:2], f[2:]) == pytest.approx(seconds[:2].mean() * 5)
+    assert FIT_AFTER > 2
+
+
+def test_progress_lines_with_work_features(monkeypatch, capsys):
     from onnxzip import progress
-    clock = iter([0.0, 0.5, 1.0, 2.0])
+    clock = iter([0.0, 1.0, 2.0, 3.0])
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(progress, "PROGRESS_EVERY", 0.0)
-    assert list(progress.progress(["a", "b", "c"], "zipping layers", False, [1, 1, 8])) == ["a", "b", "c"]
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["onnxzip: zipping layers 1/3, 1 s, about 9 s to go",
-                     "onnxzip: zipping layers 2/3, 2 s, about 8 s to go"]
+    assert list(progress.progress(["a", "b", "c"], "zipping layers", False, [[1.0], [1.0], [8.0]])) == ["a", "b", "c"]
+    assert capsys.readouterr().err.strip().splitlines() == ["onnxzip: zipping layers 1/3, 2 s, about 2 s to go",
+                                                            "onnxzip: zipping layers 2/3, 3 s, about 1 s to go"]
 
 
 def test_a_zip_says_each_phase_as_it_starts(capsys):

@@ -69,3 +69,28 @@ def test_the_json_report_reads_back_as_the_same_records(report):
     assert set(report) >= {"tasks", "layers", "params_before", "params_after", "bytes_before", "bytes_after",
                            "equivalence", "equivalence_max_abs_diff", "not_shared", "groups", "samples", "budget",
                            "deployment_problems", "options", "inputs", "cost_units", "seconds", "phases"}
+
+
+def test_a_60_layer_report_fits_the_page():
+    """Every chart is at most the page's width (and scales down inside it), names at most MAX_TICKS layers,
+    keeps its cost axis within COST_RANGE of the largest cost (a 1e-41 does not stretch it), and 18 layers
+    not shared for one reason are one line."""
+    from onnxzip.report.page import COST_RANGE, MAX_TICKS, render
+    from onnxzip.report.records import Equivalence, LayerRow, NotShared, TaskRow
+    layers = [LayerRow(f"stage{i // 10}.block{i % 10}.conv", "conv", 64, 32, 10.0 ** -(i % 7) if i else 3.8e-41)
+              for i in range(60)]
+    rep = ZipReport(tasks=[TaskRow("a", rel_err=0.01, top1_agreement=0.99, max_abs_diff=0.1, verdict="ok")],
+                    layers=layers, params_before=10, params_after=5, bytes_before=40, bytes_after=20,
+                    equivalence=Equivalence(1e-6, 1e-4, 1e-7, "ok"),
+                    not_shared=[NotShared(f"l{i}", "the budget shares none here") for i in range(18)])
+    page = render(rep)
+    svgs = re.findall(r"<svg [^>]*>", page)
+    assert svgs and all('style="max-width:100%;height:auto"' in s for s in svgs)
+    widths = [float(re.search(r'width="([0-9.]+)pt"', s).group(1)) for s in svgs]
+    assert max(widths) <= 1100 * 0.75 + 60  # (the page's 1100 px column in points, and the labels' overhang)
+    charts = "".join(re.findall(r"<svg .*?</svg>", page, re.S))
+    named = re.findall(r">(stage\d\.block\d\.conv)<", charts)  # (the chart's text stays text)
+    assert 0 < len(named) <= MAX_TICKS and named[:2] == ["stage0.block0.conv", "stage0.block2.conv"]
+    assert page.count("Not shared:") == 1
+    assert "Not shared: l0, l1, l2 and 15 more (18 layers): the budget shares none here" in page
+    assert MAX_TICKS < 60 and COST_RANGE > 1e-20

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..errors import UsageError
-from .records import LOSS_UNITS, LayerRow, TaskRow, ZipReport
+from .records import LOSS_UNITS, LayerRow, TaskRow, ZipReport, not_shared_lines
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -25,12 +25,18 @@ figure { margin: 0.8em 0; } code { background: #f4f4f4; padding: 0 3px; }
 """
 
 
+#: the per-layer chart's widest figure (inches: the page's column), the most layer names on its axis,
+#: and the smallest cost its log axis shows, relative to the largest
+MAX_WIDTH, MAX_TICKS, COST_RANGE = 11.0, 40, 1e-8
+
+
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
         raise UsageError("an HTML report needs matplotlib: pip install 'onnxzip[report]'") from None
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # (text stays text: smaller, searchable, the page's font)
     import matplotlib.pyplot as plt
     return plt
 
@@ -40,7 +46,8 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     fig.clf()
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # inline: no XML prolog
+    text = text[text.index("<svg"):]  # inline: no XML prolog
+    return text.replace("<svg ", '<svg style="max-width:100%;height:auto" ', 1)  # (never wider than the page)
 
 
 class Markup(str):
@@ -66,7 +73,7 @@ def _label(text: str) -> str:
 def _layers_plot(plt, layers: list[LayerRow]) -> str:
     names = [_label(row.name[-24:]) for row in layers]
     x = range(len(layers))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(layers) + 2), 6.2), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(min(max(6.0, 0.45 * len(layers) + 2), MAX_WIDTH), 6.2), sharex=True)
     ax1.bar(x, [row.neurons for row in layers], color="#ccd", label="neurons")
     ax1.bar(x, [row.shared for row in layers], color="#36c", label="shared")
     ax1.set_ylabel("neurons")
@@ -76,10 +83,14 @@ def _layers_plot(plt, layers: list[LayerRow]) -> str:
     ax2.bar(x, costs, color="#c63")
     if any(c > 0 for c in costs):
         ax2.set_yscale("log")
+        top = max(costs)
+        ax2.set_ylim(max(min(c for c in costs if c > 0), top * COST_RANGE), top * 2)  # (a 1e-41 would stretch it)
     ax2.set_ylabel("predicted cost")
     ax2.set_title("cost of the shared neurons (the matching's objective)")
-    ax2.set_xticks(list(x))
-    ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    every = max(1, -(-len(layers) // MAX_TICKS))  # (at most MAX_TICKS names: every k-th layer named)
+    ax2.set_xticks(list(x)[::every])
+    ax2.set_xticklabels(names[::every], rotation=60, ha="right", fontsize=7)
+    ax2.set_xlabel("layer" if every == 1 else f"layer (every {every}th named)")
     return _svg(fig)
 
 
@@ -199,7 +210,7 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
                              f"{scale.scale:.3g} x cost^{scale.power:.2f}, {scale.zips} zip(s)" if scale else "-"],
                             [f"measured loss ({LOSS_UNITS})", budget.measured_loss or "-"],
                             ["shared per group", ", ".join(str(c) for c in budget.counts)],
-                            ["back-off steps", len(budget.backoff)]]))
+                            ["zips measured", max(len(budget.backoff), 1) + len(budget.compared)]]))
     if report.groups:
         parts.append("<h2>Groups (one matching each)</h2>" + _table(
             ["group", "layers", "shared", "size", "matching s"],
@@ -212,8 +223,8 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
     if report.attention:
         parts.append("<p>Attention blocks (heads are not tied):</p><ul>" +
                      "".join(f"<li>{html.escape(a)}</li>" for a in report.attention) + "</ul>")
-    for row in report.not_shared:
-        parts.append(f"<p>Not shared: {html.escape(row.layer)}: {html.escape(row.reason)}</p>")
+    for line in not_shared_lines(report.not_shared):
+        parts.append(f"<p>Not shared: {html.escape(line)}</p>")
     return parts
 
 

@@ -119,6 +119,18 @@ class NotShared:
     reason: str
 
 
+def not_shared_lines(rows: list[NotShared], named: int = 3) -> list[str]:
+    """The layers that share nothing, one line per reason: ``a, b, c and 15 more (18 layers): why``."""
+    by_reason: dict[str, list[str]] = {}
+    for row in rows:
+        by_reason.setdefault(row.reason, []).append(row.layer)
+    out = []
+    for reason, layers in by_reason.items():
+        names = ", ".join(layers[:named]) + (f" and {len(layers) - named} more" if len(layers) > named else "")
+        out.append(f"{names}{f' ({len(layers)} layers)' if len(layers) > 1 else ''}: {reason}")
+    return out
+
+
 @dataclass
 class GroupChoice:
     """How a group's matching was chosen (the MTZ costs): the task order kept, the layers costed,

@@ -82,11 +82,14 @@ class Cut:
     measured: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
 
 
-def layer_work(layer, samples: int) -> float:
-    """A layer's expected share of the loop's time: its statistic's size (the square of its fan-in,
-    or samples x fan-in for a low-rank one) and its merge's (neurons x fan-in), plus one pass."""
+def layer_work(ir: ModelIR, li: int, samples: int) -> tuple[float, float]:
+    """What a cut's time grows with: the layer's output elements over the samples (its stage runs)
+    and its statistic's size (fan-in squared, or samples x fan-in for a low-rank one)."""
+    layer = ir.layers[li]
     d = layer.fan_in + 1
-    return float(min(d, samples) * d + layer.neurons * d + samples)
+    out = ir.graph.tensors().get(layer.output)
+    elements = int(np.prod([x for x in out.shape[1:] if isinstance(x, int)])) if out is not None and out.shape else 1
+    return float(elements * samples), float(min(d, samples) * d)
 
 
 def samples_of(data: list[dict[str, np.ndarray]]) -> int:
@@ -97,7 +100,7 @@ def samples_of(data: list[dict[str, np.ndarray]]) -> int:
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts: ZipOptions, *,
               labels: list | None = None, fisher: Fisher | None = None,
               outputs: list[dict[str, np.ndarray]] | None = None,
-              progress: Callable[..., Iterable] = lambda it, desc, weights=None: it) -> ZipPlan:
+              progress: Callable[..., Iterable] = lambda it, desc, work=None: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
     Args:
@@ -123,7 +126,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts
     with Spool() as spool:
         live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
         cut = Cut(live, list(live), [{} for _ in irs], [{} for _ in irs])
-        work = [layer_work(irs[0].layers[li], samples_of(data)) for li in cuts]
+        work = [layer_work(irs[0], li, samples_of(data)) for li in cuts]
         for j, li in enumerate(progress(cuts, "zipping layers", work)):
             step(ctx, nets, cut, j, li)
         ctx.problems.warn_few_rows()
