@@ -74,6 +74,8 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     report.options["shared_input"] = tasks.shared_inputs
     report.cost_units = "loss" if result.plan.loss_aware else "pre-activation"
     stamp(result.model, {name: ir.weights_sha256 for name, ir in zip(tasks.names, tasks.irs)})
+    report.model_inputs = {k: [d if d is not None else "?" for d in dims]
+                           for k, dims in io.declared_dims(result.model).items()}
     report.seconds = round(time.perf_counter() - start, 3)
     return result
 

@@ -27,6 +27,7 @@ def test_zip_writes_html_and_json(report, tmp_path, capsys):
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert page.count("<svg") >= 3  # tasks, layers, predicted vs measured
+    assert "The zipped model's inputs: image (batch, 1, 8, 8)" in page
     assert not re.search(r'(src|href)="(http|//)', page)  # nothing to fetch: readable without a server
     for row in report["layers"]:
         assert row["name"] in page

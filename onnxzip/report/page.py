@@ -12,7 +12,8 @@ import json
 from typing import Any
 
 from ..errors import UsageError
-from .records import LOSS_UNITS, LayerRow, TaskRow, ZipReport, not_shared_lines
+from .records import LOSS_UNITS, LayerRow, TaskRow, ZipReport, not_shared_lines, shape_text
+from .terminal import sizes_lines
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -232,6 +233,12 @@ def _checks_and_time(report: ZipReport) -> list[str]:
     eq = report.equivalence
     parts = ["<h2>Checks</h2><p>Equivalence (the zipped model against the per-task zipped networks): max abs "
              f"diff {eq.max_abs_diff:.3g}, tolerance {eq.tolerance:.3g}, verdict {html.escape(str(eq.verdict))}.</p>"]
+    if report.model_inputs:
+        parts.append("<p>The zipped model's inputs: " + html.escape(", ".join(
+            f"{k} {shape_text(v)}" for k, v in report.model_inputs.items())) + "</p>")
+    if report.sizes is not None:
+        parts.append("<p>" + "<br>".join(html.escape(line) for line in sizes_lines(report.sizes, int(
+            (report.options or {}).get("batch_size", 64)))) + "</p>")
     problems = report.deployment_problems
     if problems is not None:
         parts.append("<p>TensorRT-ready: " + ("yes" if not problems else "<span class='bad'>no</span><ul>" +

@@ -183,6 +183,11 @@ class SizesRecord:
                 for name, dims in self.calibrated.items()}
 
 
+def shape_text(dims: list[int | str]) -> str:
+    """Dims as ``(batch, 3, H, W)``."""
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
 #: the units of a measured output loss (:func:`onnxzip.check.fidelity.output_loss`)
 LOSS_UNITS = "KL in nats for class scores, half the squared error elsewhere"
 
@@ -309,6 +314,8 @@ class ZipReport:
     finetune: FinetuneRecord | None = _opt()
     distill: DistillRecord | None = _opt()
     sizes: SizesRecord | None = _opt()  # where a source file leaves input sizes open
+    #: the zipped model's inputs as it declares them: name -> dims (a size, or a dim name)
+    model_inputs: dict[str, list[int | str]] | None = _opt()
     budget: BudgetRecord | None = _opt()
     deployment_problems: list[str] | None = _opt()
     onnxzip_version: str | None = _opt()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..graph.lint import MAX_OPSET
-from .records import LOSS_UNITS, DistillRecord, LayerRow, SizesRecord, TaskRow, ZipReport, not_shared_lines
+from .records import LOSS_UNITS, DistillRecord, LayerRow, SizesRecord, TaskRow, ZipReport, not_shared_lines, shape_text
 
 
 def format_table(report: ZipReport) -> str:
@@ -117,6 +117,8 @@ def _checks(report: ZipReport) -> list[str]:
     lines = [f"equivalence check (zipped model vs. per-task zipped networks): max abs diff {eq.max_abs_diff:.3g} "
              f"(tolerance {eq.tolerance:.3g}, the models' own float noise {eq.float_noise:.3g})  [{eq.verdict}]"]
     lines += [f"not shared: {line}" for line in not_shared_lines(report.not_shared)]
+    if report.model_inputs:
+        lines.append("the zipped model's inputs: " + ", ".join(f"{k} {shape_text(v)}" for k, v in report.model_inputs.items()))
     if report.deployment_problems is not None:
         problems = report.deployment_problems
         lines.append(f"TensorRT-ready (opset <= {MAX_OPSET}, batch the only dynamic dim, constants folded, standard ops, weights "
