@@ -95,3 +95,17 @@ def test_a_60_layer_report_fits_the_page():
     assert page.count("Not shared:") == 1
     assert "Not shared: l0, l1, l2 and 15 more (18 layers): the budget shares none here" in page
     assert MAX_TICKS < 60 and COST_RANGE > 1e-20
+
+
+def test_the_fidelity_chart_names_each_task_s_metric():
+    from onnxzip.report.page import render
+    from onnxzip.report.records import Equivalence, TaskRow
+    rep = ZipReport(tasks=[TaskRow("cls", rel_err=0.1, top1_agreement=0.98, verdict="ok"),
+                           TaskRow("det", rel_err=0.2, mask_iou=0.9, verdict="ok"),
+                           TaskRow("reg", rel_err=0.05, verdict="ok")],
+                    layers=[], params_before=10, params_after=5, bytes_before=40, bytes_after=20,
+                    equivalence=Equivalence(1e-6, 1e-4, 1e-7, "ok"))
+    charts = "".join(re.findall(r"<svg .*?</svg>", render(rep), re.S))
+    for label in ("cls (top-1 agreement)", "det (mask IoU)", "reg (1 - relative error)",
+                  "each task&#39;s metric (beside its name)"):
+        assert label in charts or label.replace("&#39;", "'") in charts, label

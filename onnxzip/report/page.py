@@ -122,21 +122,23 @@ def _error_plot(plt, layers: list[LayerRow], tasks: list[str]) -> str | None:
 
 
 def _tasks_plot(plt, tasks: list[TaskRow]) -> str:
+    """Each task's decision metric, named beside the task (top-1 agreement, mask IoU, or 1 - relative error)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    names = [_label(t.name) for t in tasks]
-    values, label = [], "fidelity"
+    names, values, metrics = [], [], set()
     for t in tasks:
         if t.top1_agreement is not None:
-            values.append(t.top1_agreement)
-            label = "top-1 agreement / mask IoU / 1 - rel. error"
+            value, metric = t.top1_agreement, "top-1 agreement"
         elif t.mask_iou is not None:
-            values.append(t.mask_iou)
+            value, metric = t.mask_iou, "mask IoU"
         else:
-            values.append(max(0.0, 1.0 - float(t.rel_err or 0.0)))
+            value, metric = max(0.0, 1.0 - float(t.rel_err or 0.0)), "1 - relative error"
+        names.append(_label(f"{t.name} ({metric})"))
+        values.append(value)
+        metrics.add(metric)
     ax.barh(names, values, color=["#36c" if t.verdict == "ok" else "#c33" for t in tasks])
     ax.set_xlim(0, 1.0)
-    ax.set_xlabel(label)
-    ax.set_title("fidelity of each task against its original")
+    ax.set_xlabel(metrics.pop() if len(metrics) == 1 else "each task's metric (beside its name)")
+    ax.set_title("fidelity of each task against its original (blue: ok, red: not)")
     return _svg(fig)
 
 
