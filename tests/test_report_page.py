@@ -109,3 +109,12 @@ def test_the_fidelity_chart_names_each_task_s_metric():
     for label in ("cls (top-1 agreement)", "det (mask IoU)", "reg (1 - relative error)",
                   "each task&#39;s metric (beside its name)"):
         assert label in charts or label.replace("&#39;", "'") in charts, label
+
+
+def test_groups_are_numbered_as_the_layer_rows_number_them(report):
+    assert report["groups"]
+    rows = {r["name"]: r for r in report["layers"]}
+    for g in report["groups"]:
+        assert all(rows[name]["group"] == g["index"] for name in g["layers"])
+    back = ZipReport.from_dict(json.loads(json.dumps(report)))
+    assert [g.index for g in back.groups] == [g["index"] for g in report["groups"]]

@@ -150,14 +150,17 @@ class GroupRow:
 
     layers: list[str]
     choice: GroupChoice | None = None
+    index: int | None = None  # the group's number, as the layer rows give it (``LayerRow.group``)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), **(to_plain(self.choice) if self.choice else {})}
+        out = {"layers": list(self.layers), **(to_plain(self.choice) if self.choice else {})}
+        return out if self.index is None else {"index": self.index, **out}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GroupRow:
         choice = _known(GroupChoice, d)
-        return cls(list(d["layers"]), GroupChoice(**choice) if len(choice) == len(fields(GroupChoice)) else None)
+        return cls(list(d["layers"]), GroupChoice(**choice) if len(choice) == len(fields(GroupChoice)) else None,
+                   d.get("index"))
 
 
 @dataclass
