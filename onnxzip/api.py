@@ -161,6 +161,10 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
     from .tune.labels import finetune
     if steps < 1:
         raise UsageError(f"--finetune {steps}: give a number of steps >= 1")
+    if not (np.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr {lr}: give a positive learning rate")
+    if batch < 1:
+        raise UsageError(f"--batch-size {batch}: must be >= 1")
     tasks = zipped_tasks(model)
     if len(data) != len(tasks):
         raise UsageError(f"give one labelled data file per task: {len(tasks)} tasks ({', '.join(tasks)}), "

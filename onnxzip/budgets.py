@@ -39,6 +39,9 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     which puts every predicted cost in measured loss units (``predicted_loss``).
     """
     irs, arrays = tasks.irs, tasks.arrays
+    if not tasks.held_out:
+        log.warning("the budget judges its zips on the samples they were fitted to (too few to hold any out): "
+                    "what it measures is not tested on unseen data")
     fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references) if opts.loss_aware else None
     with timing.phase("budget"):
         planner = BudgetPlanner(irs, arrays, fisher, opts)

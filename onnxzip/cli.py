@@ -125,7 +125,7 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
 def cmd_zip(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, args.models + args.data)
     if args.report:
-        io.check_output_path(args.report, args.models + args.data + [args.output])
+        io.check_output_path(args.report, args.models + args.data, "--report", [args.output])
         if report_kind(args.report) == "page":
             from .report.page import _pyplot
             _pyplot()  # before the work: a missing matplotlib is said now, not after the zip
@@ -203,6 +203,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     arrays = io.load_arrays(args.data)
+    inputs = {i.name.split("/")[-1] for i in io.load_model(args.model, external=False).graph.input}
+    if args.labels in inputs:
+        raise InputError(f"{args.data}: --labels {args.labels!r} names an input of the model, not its labels "
+                         f"(the file has: {', '.join(sorted(arrays))})")
     if args.labels not in arrays:
         raise InputError(f"{args.data}: no labels key {args.labels!r} (keys: {', '.join(sorted(arrays))})")
     labels = arrays.pop(args.labels)
@@ -260,7 +264,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, bench_data, format_bench
-    recipe = ImageRecipe(args.image_size, tuple(args.mean), tuple(args.std), args.bgr, args.layout, args.max_samples)
+    if any(min(size) < 1 for size in args.sizes or []):
+        raise UsageError(f"--sizes {' '.join(f'{h},{w}' for h, w in args.sizes)}: give positive H,W")
+    size = args.image_size or (args.sizes[0] if args.sizes else None)  # (images read at the first size asked)
+    recipe = ImageRecipe(size, tuple(args.mean), tuple(args.std), args.bgr, args.layout, args.max_samples)
     data = bench_data(args.data, args.originals, recipe)
     for i, size in enumerate(args.sizes or [None]):
         say = None if args.quiet else (lambda m: print(f"onnxzip bench: {m}", file=sys.stderr, flush=True))

@@ -40,8 +40,8 @@ class ImageRecipe:
             raise UsageError(f"--max-samples {self.max_samples}: must be >= 1")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise UsageError(f"--image-size {self.size}: give H,W (positive)")
-        if any(s == 0 for s in self.std):
-            raise UsageError("--std: a channel's std is 0")
+        if any(not s > 0 for s in self.std):
+            raise UsageError(f"--std {','.join(f'{s:g}' for s in self.std)}: every channel's std must be > 0")
 
 
 def is_image_folder(data: object) -> bool:

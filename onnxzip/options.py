@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -79,6 +80,11 @@ class ZipOptions:
                                       ("--task-order", ORDERS, self.task_order)):
             if value not in registry:
                 raise UsageError(f"{flag} {value!r}: choose {' or '.join(registry.names())}")
+        for flag, value in (("--damping", self.damping), ("--target-params", self.target_params),
+                            ("--max-loss-increase", self.max_loss_increase), ("--hold-out", self.hold_out),
+                            ("--mask-threshold", self.mask_threshold)):
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{flag} {value}: give a finite number")
         if self.damping < 0:
             raise UsageError(f"--damping {self.damping}: must be >= 0")
         if self.target_params is not None and not 0.0 < self.target_params <= 1.0:

@@ -371,3 +371,11 @@ def test_a_budget_under_favor_speed_keeps_at_most_its_target():
     tries = result.report["budget"]["backoff"]
     target = tries[-1]["target_params"] if tries else 0.7
     assert floats(result.model) <= target * total
+
+
+def test_a_budget_without_held_out_samples_says_it_is_untested(caplog):
+    models, data = mlp_pair()
+    few = [{"x": d["x"][:8]} for d in data]
+    result = zip_models(models, few, quiet=True, names=("a", "b"), max_loss_increase=0.05)
+    assert any("judges its zips on the samples they were fitted to" in r.getMessage() for r in caplog.records)
+    assert result.report["budget"]["max_loss_increase"] == 0.05

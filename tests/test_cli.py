@@ -209,7 +209,7 @@ def test_output_equal_to_input(tmp_path, capsys):
     copy = tmp_path / "a.onnx"
     shutil.copy(MLP[0], copy)
     before = digest([copy])
-    fails(capsys, zip_args(tmp_path, models=[str(copy), MLP[1]], out=copy), "output path is an input file")
+    fails(capsys, zip_args(tmp_path, models=[str(copy), MLP[1]], out=copy), "that is an input file; choose another -o path")
     assert digest([copy]) == before
 
 
@@ -386,3 +386,26 @@ def test_onnx_runtime_s_optimizer_warnings_stay_quiet(capfd):
     from onnxzip.tasks import load_tasks
     load_tasks([SAMPLES / "hfvit_a.onnx"], ["a"])
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_more_bad_numbers_and_names_are_one_line(tmp_path, capsys, test_data):
+    """From a newcomer walkthrough: each was a traceback, an exit 0 or a message naming the wrong thing."""
+    fails(capsys, zip_args(tmp_path) + ["--max-loss-increase", "nan"], "--max-loss-increase nan: give a finite number")
+    fails(capsys, zip_args(tmp_path) + ["--report", str(tmp_path / "z.onnx")],
+          "--report " + str(tmp_path / "z.onnx") + ": that path is written already")
+    fails(capsys, zip_args(tmp_path) + ["--report", MLP[0]], "--report " + MLP[0] + ": that is an input file")
+    labelled = write_npz(tmp_path, image=test_data["image"], label=test_data["label"])
+    fails(capsys, zip_args(tmp_path, data=[labelled]) + ["--labels", "lbl"],
+          "is it the labels? (--labels names 'lbl', which the file lacks)")
+    fails(capsys, zip_args(tmp_path, data=[labelled]), "key 'label' is not a model input (inputs: image); labels need --labels")
+    fails(capsys, ["eval", MLP[0], "--data", labelled, "--output", "logits", "--labels", "image"],
+          "--labels 'image' names an input of the model, not its labels")
+    zipped = tmp_path / "z.onnx"
+    assert main(zip_args(tmp_path, out=zipped)) == 0
+    train = [str(SAMPLES / "train_digit.npz"), str(SAMPLES / "train_parity.npz")]
+    for flag, value, message in (("--lr", "nan", "--lr nan: give a positive learning rate"),
+                                 ("--lr", "-1", "--lr -1.0: give a positive learning rate"),
+                                 ("--batch-size", "0", "--batch-size 0: must be >= 1")):
+        fails(capsys, ["finetune", str(zipped), "--data", *train, "-o", str(tmp_path / "t.onnx"), flag, value], message)
+    fails(capsys, ["bench", str(zipped), "--originals", *MLP, "--sizes", "0,8"], "--sizes 0,8: give positive H,W")
+    assert not (tmp_path / "t.onnx").exists()

@@ -188,3 +188,9 @@ def test_the_sizes_lines_say_what_is_open_and_the_profile_the_checks_cover():
     assert back == sizes  # (axis keys come back as ints)
     fixed = SizesRecord({"x": {2: "H"}}, {"x": [4, 3, 8, 8]}, {"x": [4, 3, 12, 8]}, [], False, "why")
     assert sizes_lines(fixed, 8) == ["input sizes: fixed to the calibration data's (why)"]
+
+
+def test_a_budget_with_a_target_and_a_loss_cap_says_both():
+    report = minimal_report(budget=BudgetRecord([1], 0.1, 0.6, 0.01, 1.5e-5, max_loss_increase=0.25))
+    assert any(line.startswith("budget --target-params 0.6 --max-loss-increase 0.25: shared per group [1]")
+               for line in format_table(report).split("\n"))

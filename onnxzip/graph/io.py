@@ -270,20 +270,25 @@ def fix_dynamic_dims(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> o
     return out
 
 
-def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
-    """Refuse, before any work, an output path that is one of the inputs, a directory, or one whose
-    folder cannot be written (folders that do not exist yet are made when saving)."""
+def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike], flag: str = "-o",
+                      others: list[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, an output path (given as ``flag``) that is one of the inputs, another
+    output (``others``), a directory, or one whose folder cannot be written (folders that do not exist
+    yet are made when saving)."""
     out = Path(output).resolve()
     for src in inputs:
         if Path(src).resolve() == out:
-            raise InputError(f"{output}: output path is an input file; choose another -o path")
+            raise InputError(f"{flag} {output}: that is an input file; choose another {flag} path")
+    for other in others:
+        if Path(other).resolve() == out:
+            raise InputError(f"{flag} {output}: that path is written already (the zipped model); choose another")
     if out.is_dir():
-        raise InputError(f"{output}: is a directory; give a file name")
+        raise InputError(f"{flag} {output}: is a directory; give a file name")
     folder = out.parent
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{output}: cannot write into {folder}")
+        raise InputError(f"{flag} {output}: cannot write into {folder}")
 
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -353,7 +358,12 @@ def check_calibration(arrays: dict[str, np.ndarray], specs: list[InputSpec], sou
     if missing:
         raise InputError(f"{path}: missing input {missing[0]!r} (the file has: {', '.join(sorted(arrays))})")
     if extra:
-        raise InputError(f"{path}: key {extra[0]!r} is not a model input (inputs: {', '.join(sorted(names))})")
+        hint = ""
+        if extra_keys and any(k not in arrays for k in extra_keys):
+            hint = f"; is it the labels? (--labels names {extra_keys[0]!r}, which the file lacks)"
+        elif not extra_keys and "label" in extra[0].lower():
+            hint = "; labels need --labels"
+        raise InputError(f"{path}: key {extra[0]!r} is not a model input (inputs: {', '.join(sorted(names))}){hint}")
     out: dict[str, np.ndarray] = {}
     batch = None
     for s in specs:

@@ -59,8 +59,9 @@ def _sizes_and_budget(report: ZipReport) -> list[str]:
     budget = report.budget
     if budget:
         cap = budget.max_cost if budget.max_loss_increase is None else budget.max_loss_increase  # (older reports)
-        asked = (f"--target-params {budget.target_params}" if budget.target_params is not None
-                 else f"--max-loss-increase {cap}")
+        asked = " ".join(([f"--target-params {budget.target_params}"] if budget.target_params is not None else [])
+                         + ([f"--max-loss-increase {cap}"] if budget.max_loss_increase is not None
+                            or budget.target_params is None else []))
         line = (f"budget {asked}: shared per group {budget.counts}; measured output loss increase "
                 f"{budget.measured_loss:.3g} per sample (summed over tasks; {LOSS_UNITS})")
         if budget.backoff:
