@@ -108,7 +108,8 @@ def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], ta
     held = [len(next(iter(h.values()))) if h else 0 for h in tasks.held]
     report.metrics_on = (f"held-out calibration samples ({', '.join(map(str, held))} per task, seeded; the zip was "
                          "fitted to the rest)" if tasks.held_out else
-                         "the calibration samples the zip was fitted to (too few to hold any out: no verdict)")
+                         "the calibration samples the zip was fitted to ("
+                         + ("--hold-out 0" if not opts.hold_out else "too few to hold any out") + ": no verdict)")
 
 
 def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: ZipOptions

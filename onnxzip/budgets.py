@@ -40,8 +40,8 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     """
     irs, arrays = tasks.irs, tasks.arrays
     if not tasks.held_out:
-        log.warning("the budget judges its zips on the samples they were fitted to (too few to hold any out): "
-                    "what it measures is not tested on unseen data")
+        log.warning("the budget judges its zips on the samples they were fitted to (%s): what it measures is "
+                    "not tested on unseen data", "--hold-out 0" if not opts.hold_out else "too few to hold any out")
     fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references) if opts.loss_aware else None
     with timing.phase("budget"):
         planner = BudgetPlanner(irs, arrays, fisher, opts)

@@ -409,3 +409,9 @@ def test_more_bad_numbers_and_names_are_one_line(tmp_path, capsys, test_data):
         fails(capsys, ["finetune", str(zipped), "--data", *train, "-o", str(tmp_path / "t.onnx"), flag, value], message)
     fails(capsys, ["bench", str(zipped), "--originals", *MLP, "--sizes", "0,8"], "--sizes 0,8: give positive H,W")
     assert not (tmp_path / "t.onnx").exists()
+
+
+def test_hold_out_zero_is_said_as_such(tmp_path, capsys):
+    assert main(["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--hold-out", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "the samples the zip was fitted to (--hold-out 0):" in out and "too few to hold" not in out

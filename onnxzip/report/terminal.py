@@ -41,8 +41,9 @@ def distill_lines(record: DistillRecord, after: list[TaskRow]) -> list[str]:
 
 def _tasks(report: ZipReport) -> list[str]:
     held = all(t.held_out for t in report.tasks)
+    why = "--hold-out 0" if (report.options or {}).get("hold_out") == 0 else "too few to hold any out"
     lines = ["each task against its original, on " + ("held-out calibration samples:" if held else
-             "the samples the zip was fitted to (too few to hold any out):"),
+             f"the samples the zip was fitted to ({why}):"),
              f"{'task':<24} {'rel_err':>10} {'top1_agree':>11} {'mask_iou':>9} {'max_abs_diff':>13}  verdict"]
     for t in report.tasks:
         cells = [("-" if v is None else f"{v:.4g}") for v in (t.rel_err, t.top1_agreement, t.mask_iou, t.max_abs_diff)]
