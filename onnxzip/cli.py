@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from . import __version__
+from . import __version__, images
 from .api import accuracy_of, finetune_model, zip_models
 from .calibrate import runtime
 from .calibrate.stats import HESSIANS
@@ -267,6 +267,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if any(min(size) < 1 for size in args.sizes or []):
         raise UsageError(f"--sizes {' '.join(f'{h},{w}' for h, w in args.sizes)}: give positive H,W")
     size = args.image_size or (args.sizes[0] if args.sizes else None)  # (images read at the first size asked)
+    asked = [f for f, v, d in (("--image-size", args.image_size, None), ("--mean", tuple(args.mean), (0.0,)),
+                               ("--std", tuple(args.std), (1.0,)), ("--bgr", args.bgr, False),
+                               ("--layout", args.layout, "nchw")) if v != d]
+    if asked and not any(images.is_image_folder(d) for d in args.data or []):
+        logging.getLogger("onnxzip").warning("%s: for image folders as --data only; the arrays given are used as they are",
+                                             ", ".join(asked))
     recipe = ImageRecipe(size, tuple(args.mean), tuple(args.std), args.bgr, args.layout, args.max_samples)
     data = bench_data(args.data, args.originals, recipe)
     for i, size in enumerate(args.sizes or [None]):

@@ -101,7 +101,9 @@ def _geometry(spec: InputSpec, recipe: ImageRecipe, source: str) -> tuple[int, i
 
 def _per_channel(values: tuple[float, ...], c: int, flag: str) -> np.ndarray:
     if len(values) not in (1, c):
-        raise UsageError(f"{flag}: give 1 or {c} values (the model takes {c} channels)")
+        given = ",".join(f"{v:g}" for v in values)
+        raise UsageError(f"{flag} {given}: the model takes {c} channel{'s' if c != 1 else ''}: give "
+                         + ("one value" if c == 1 else f"one value or {c}"))
     return np.asarray(values, np.float64).reshape(1, 1, 1, -1)
 
 

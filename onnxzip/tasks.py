@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from . import images, timing
 from .calibrate import runtime
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .graph import io
 from .graph.align import align
 from .graph.ir import ModelIR, batch_within, build_ir
@@ -151,6 +151,10 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
     with ``recipe`` (:mod:`onnxzip.images`)."""
     protos = [io.load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
     sources = [str(m) if isinstance(m, (str, os.PathLike)) else n for m, n in zip(models, names)]
+    for proto, source in zip(protos, sources):
+        if proto.producer_name == "onnxzip":
+            raise InputError(f"{source}: a model onnxzip zipped (outputs <task>/<name>); give the original models "
+                             "(onnxzip bench, eval, distill and finetune take a zipped one)")
     arrays = []
     for i, d in enumerate(data or []):
         specs = io.input_specs(protos[i])

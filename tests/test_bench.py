@@ -172,3 +172,9 @@ def test_bench_says_what_it_does_and_q_silences_it(zipped, capsys):
     assert any(line.startswith("onnxzip bench: timing 2 rounds of each side, about ") for line in err)
     assert sum("in a fresh process" in line for line in err) == 2
     assert main(args + ["-q"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_image_options_with_arrays_are_said_to_be_unused(zipped, caplog):
+    assert main(["bench", zipped, "--originals", *ORIGINALS, "--data", str(SAMPLES / "calib_digit.npz"), "--mean",
+                 "0.5", "--runs", "1", "--batch", "2", "-q"]) == 0
+    assert any(r.getMessage().startswith("--mean: for image folders as --data only") for r in caplog.records)

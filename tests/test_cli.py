@@ -415,3 +415,10 @@ def test_hold_out_zero_is_said_as_such(tmp_path, capsys):
     assert main(["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--hold-out", "0"]) == 0
     out = capsys.readouterr().out
     assert "the samples the zip was fitted to (--hold-out 0):" in out and "too few to hold" not in out
+
+
+def test_a_zipped_model_given_as_an_original_is_one_line(tmp_path, capsys):
+    zipped = tmp_path / "z.onnx"
+    assert main(zip_args(tmp_path, out=zipped)) == 0
+    fails(capsys, ["inspect", str(zipped)], f"{zipped}: a model onnxzip zipped (outputs <task>/<name>); give the original")
+    fails(capsys, zip_args(tmp_path, models=[str(zipped), MLP[1]], out=tmp_path / "zz.onnx"), "a model onnxzip zipped")

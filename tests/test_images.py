@@ -98,8 +98,10 @@ def test_bad_folders_and_shapes(tmp_path):
         load_folder(tmp_path / "ok", spec((None, 64)), ImageRecipe())
     with pytest.raises(InputError, match="5 channels"):
         load_folder(tmp_path / "ok", spec((None, 8, 8, 5)), ImageRecipe(layout="nhwc"))
-    with pytest.raises(UsageError, match="--mean: give 1 or 3 values"):
+    with pytest.raises(UsageError, match="--mean 0.1,0.2: the model takes 3 channels: give one value or 3"):
         load_folder(tmp_path / "ok", spec((None, 3, 8, 8)), ImageRecipe(mean=(0.1, 0.2)))
+    with pytest.raises(UsageError, match="--std 0.5,0.5: the model takes 1 channel: give one value$"):
+        load_folder(tmp_path / "ok", spec((None, 1, 8, 8)), ImageRecipe(std=(0.5, 0.5)))
     with pytest.raises(InputError, match="2 inputs"):
         load_folder(tmp_path / "ok", spec((None, 1, 8, 8)) + spec((None, 1, 8, 8), "other"), ImageRecipe())
 
