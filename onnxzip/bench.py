@@ -25,6 +25,7 @@ import onnx
 from . import images, stamp
 from .calibrate import runtime
 from .check.shapes import resized
+from .emit.shapes import zipped_input
 from .errors import InputError, UsageError
 from .graph import io
 from .images import ImageRecipe
@@ -115,11 +116,9 @@ def zipped_inputs(path: str, names: list[str], feeds: list[dict[str, np.ndarray]
     specs = io.input_specs(io.load_model(path, external=False))
     out = {}
     for s in specs:
-        task, _, name = s.name.partition("/")
-        if name and task in names:
-            out[s.name] = feeds[names.index(task)][name]
-        elif s.name in feeds[0]:
-            out[s.name] = feeds[0][s.name]
+        task, name = zipped_input(s.name, names)
+        if name in feeds[task]:
+            out[s.name] = feeds[task][name]
         else:
             raise InputError(f"{path}: input {s.name!r} matches no input of the originals")
     return out

@@ -11,7 +11,7 @@ from .calibrate.fisher import loss_statistics
 from .check.fidelity import TOO_FEW
 from .options import ZipOptions
 from .pipeline import distil, zip_once
-from .report.records import BudgetRecord, BudgetTry
+from .report.records import BudgetRecord, BudgetTry, LossScale
 from .result import ZipResult
 from .sharing.budget import BudgetPlanner, fit_loss_scale
 from .sharing.loop import Fisher
@@ -53,13 +53,8 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
         counts, predicted = planner.allocate(budget)
         if any(t.counts == counts for t in tries):
             break  # (the same zip again: nothing new to measure)
-        result = zip_once(tasks, each, Counts(counts), fisher)
-        if opts.distill:
-            distil(result, tasks, opts)  # before judging: loosen only what distillation cannot mend
+        result, measured, ok, within = _measured(tasks, each, counts, fisher)
         report = result.summary
-        measured = sum(t.loss_increase or 0.0 for t in report.tasks)
-        ok = all(t.verdict in (None, "ok", TOO_FEW) for t in report.tasks)  # (too few: not disproved)
-        within = cap_loss is None or measured <= cap_loss
         tries.append(BudgetTry(budget.target_params, budget.max_cost, counts, predicted, measured,
                                report.params_kept, ok and within))
         last = (result, tries[-1], budget)
@@ -91,12 +86,31 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     return result
 
 
+def _measured(tasks: Tasks, opts: ZipOptions, counts: list[int], fisher: Fisher | None
+              ) -> tuple[ZipResult, float, bool, bool]:
+    """One zip at ``counts``, distilled where asked (before judging: loosen only what distillation
+    cannot mend), and its held-out measure: the loss summed over tasks, whether every task is ok (or
+    too few to judge: not disproved), and whether the loss is within ``--max-loss-increase``."""
+    result = zip_once(tasks, opts, Counts(counts), fisher)
+    if opts.distill:
+        distil(result, tasks, opts)
+    rows = result.summary.tasks
+    measured = sum(t.loss_increase or 0.0 for t in rows)
+    ok = all(t.verdict in (None, "ok", TOO_FEW) for t in rows)
+    return result, measured, ok, opts.max_loss_increase is None or measured <= opts.max_loss_increase
+
+
+def _scale_of(tries: list[BudgetTry]) -> LossScale | None:
+    """The loss scale fitted on measured tries (:func:`onnxzip.sharing.budget.fit_loss_scale`)."""
+    return fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in tries])
+
+
 def _next_cap(tries: list[BudgetTry], cap_loss: float, within: bool) -> float:
     """The planner's next cost cap under ``--max-loss-increase``: where the loss scale fitted on the
     tries so far measures ``cap_loss`` (over it), or half the last prediction (a task not ok within
     the cap); at most 0.9 of the last prediction."""
     last = tries[-1].predicted_cost or 0.0
-    scale = fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in tries])
+    scale = _scale_of(tries)
     cap = scale.cost(cap_loss) if scale is not None and not within else last / 2
     return min(cap, 0.9 * last)
 
@@ -111,7 +125,7 @@ def _closer_cap(tries: list[BudgetTry], cap_loss: float) -> float | None:
     if fit.measured_loss > cap_loss / 2 or not over or not fit.predicted_cost:
         return None
     lo, hi = 1.1 * fit.predicted_cost, 0.9 * min(over)
-    scale = fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in tries])
+    scale = _scale_of(tries)
     if lo >= hi or scale is None:
         return None
     return float(min(max(scale.cost(cap_loss), lo), hi))
@@ -119,11 +133,11 @@ def _closer_cap(tries: list[BudgetTry], cap_loss: float) -> float | None:
 
 def _in_loss_units(record: BudgetRecord, tries: list[BudgetTry]) -> None:
     """Fit the loss scale on every zip the budget measured and give each prediction in loss units."""
-    every = tries + [t for t in record.compared if t not in tries]
-    record.loss_scale = fit_loss_scale([(t.predicted_cost or 0.0, t.measured_loss) for t in every])
+    every = tries + [t for t in record.compared if t not in tries]  # (``record.backoff`` is ``tries`` or [])
+    record.loss_scale = _scale_of(every)
     if record.loss_scale is None:
         return
-    for t in every + record.backoff:
+    for t in every:
         if t.predicted_cost is not None:
             t.predicted_loss = record.loss_scale.loss(t.predicted_cost)
     if record.predicted_cost is not None:
@@ -146,14 +160,9 @@ def against_uniform(result: ZipResult, tasks: Tasks, opts: ZipOptions, fisher: F
     for kind, counts in others:
         if counts == record.counts:
             continue
-        other = zip_once(tasks, opts, Counts(counts), fisher)
-        if opts.distill:
-            distil(other, tasks, opts)
-        rows = other.summary.tasks
-        measured = sum(t.loss_increase or 0.0 for t in rows)
-        fits = all(t.verdict in (None, "ok", TOO_FEW) for t in rows) and \
-            (opts.max_loss_increase is None or measured <= opts.max_loss_increase)
-        row = BudgetTry(target, None, counts, planner.cost_of(counts), measured, other.summary.params_kept, fits, kind)
+        other, measured, ok, within = _measured(tasks, opts, counts, fisher)
+        row = BudgetTry(target, None, counts, planner.cost_of(counts), measured, other.summary.params_kept,
+                        ok and within, kind)
         record.compared.append(row)
         if row.params_kept <= limit and _better((other, row), best):
             best = (other, row)

@@ -52,14 +52,14 @@ def check_sizes(model: onnx.ModelProto, dims: dict[str, dict[int, str]], irs: li
     except Exception as exc:  # noqa: BLE001  (ORT raises its own types)
         return _fixed(record, f"ONNX Runtime refuses it with open sizes ({str(exc).splitlines()[0]})")
     for t, (ir, name, proto) in enumerate(zip(irs, names, protos)):
-        feeds, mine = {}, {}
+        feeds, mine, open_sizes = {}, {}, ir.open_sizes()
         for zipped, axes in grow.items():
             task, original = zipped_input(zipped, names)
-            if task == t or original in ir.open_sizes() and zipped == original:
+            if task == t or original in open_sizes and zipped == original:
                 mine[original] = axes
         for original, x in data[t].items():
             feeds[original] = resized(x[:SIZE_SAMPLES], mine.get(original, {}))
-        opened = io.with_dims(proto, {i: a for i, a in ir.open_sizes().items()})
+        opened = io.with_dims(proto, open_sizes)
         try:
             want = runtime.run(runtime.session(opened, device), feeds, ir.outputs, SIZE_SAMPLES)
         except Exception:  # noqa: BLE001  (the original declares the size open but does not take this one)
