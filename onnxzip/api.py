@@ -143,11 +143,11 @@ def distill_model(model: onnx.ModelProto, originals: Models, data: Data, opts: Z
                                        rounded(log.held_after), log.seconds, before), after
 
 
-def zipped_tasks(model: onnx.ModelProto) -> list[str]:
+def zipped_tasks(model: onnx.ModelProto, source: str = "the model") -> list[str]:
     """The task names of a zipped model, in its order (from its outputs ``<task>/<name>``)."""
     tasks = list(dict.fromkeys(o.name.split("/")[0] for o in model.graph.output if "/" in o.name))
     if not tasks:
-        raise UsageError("the model has no outputs <task>/<name>: not a zipped model")
+        raise UsageError(f"{source}: no outputs <task>/<name>, so not a zipped model (give the one onnxzip zip wrote)")
     return tasks
 
 

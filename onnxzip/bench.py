@@ -107,8 +107,17 @@ def bench_data(data: list[str] | None, originals: list[str], recipe: ImageRecipe
     if len(data) != len(originals):
         raise UsageError(f"give one --data per original, or one for all: {len(originals)} originals, {len(data)} files")
     recipe.check()
-    return [images.load_folder(d, io.input_specs(io.load_model(p, external=False)), recipe)
-            if images.is_image_folder(d) else io.load_arrays(d) for d, p in zip(data, originals)]
+    out = []
+    for d, p in zip(data, originals):
+        specs = io.input_specs(io.load_model(p, external=False))
+        if images.is_image_folder(d):
+            out.append(images.load_folder(d, specs, recipe))
+            continue
+        arrays = io.load_arrays(d)  # (labels, as a test file holds them, are not inputs: left out)
+        inputs = {s.name for s in specs}
+        arrays = {k: v for k, v in arrays.items() if k in inputs or "label" not in k.lower()}
+        out.append(io.check_calibration(arrays, specs, f"{d} (for {p})"))
+    return out
 
 
 def zipped_inputs(path: str, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -172,8 +181,9 @@ def _latencies(a: list[str], a_feeds: list[dict], b: list[str], b_feeds: list[di
                warmup: int, say: Say = None) -> list[np.ndarray]:
     """Seconds per round of side ``a`` and side ``b`` (each: models run one after another), the
     sessions open only while they are timed."""
-    sides = [[open_session(p, provider) for p in paths] for paths in (a, b)]
-    calls = [[lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, fs)] for sessions, fs in zip(sides, (a_feeds, b_feeds))]
+    sides = [[(open_session(p, provider), p) for p in paths] for paths in (a, b)]
+    calls = [[lambda s=s, f=f, p=p: runtime.quiet_run(s, None, f, p) for (s, p), f in zip(sessions, fs)]
+             for sessions, fs in zip(sides, (a_feeds, b_feeds))]
     return _timed(calls, runs, warmup, say)
 
 
@@ -197,8 +207,8 @@ def _memory_child(paths: list[str], feeds: list[dict[str, np.ndarray]], provider
         base = resident_mb()
         sessions = [open_session(p, provider) for p in paths]
         for _ in range(3):
-            for s, f in zip(sessions, feeds):
-                s.run(None, f)
+            for s, f, p in zip(sessions, feeds, paths):
+                runtime.quiet_run(s, None, f, p)
         queue.put(resident_mb() - base)
     except Exception as exc:  # reported by the parent
         queue.put(exc)
@@ -294,11 +304,11 @@ def output_agreement(zipped: str, names: list[str], originals: list[str], zfeeds
     """Per task: the relative error of the zipped model's outputs against the original's on the
     bench inputs (a large one says the original is not the model that was zipped, or a lossy zip)."""
     zs = open_session(zipped, provider)
-    got = dict(zip([o.name for o in zs.get_outputs()], zs.run(None, zfeeds)))
+    got = dict(zip([o.name for o in zs.get_outputs()], runtime.quiet_run(zs, None, zfeeds, zipped)))
     out = {}
     for task, path, f in zip(names, originals, feeds):
         sess = open_session(path, provider)
-        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f)))
+        ref = dict(zip([o.name for o in sess.get_outputs()], runtime.quiet_run(sess, None, f, path)))
         num = sum(float(np.sum((np.asarray(got[f"{task}/{k}"], np.float64) - np.asarray(v, np.float64)) ** 2))
                   for k, v in ref.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f")
         den = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in ref.values()

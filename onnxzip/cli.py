@@ -7,7 +7,7 @@ import sys
 from typing import NoReturn
 
 from . import __version__, images
-from .api import accuracy_of, finetune_model, zip_models
+from .api import accuracy_of, finetune_model, zip_models, zipped_tasks
 from .calibrate import runtime
 from .calibrate.stats import HESSIANS
 from .emit.layers import FORMS
@@ -132,6 +132,8 @@ def cmd_zip(args: argparse.Namespace) -> int:
     if args.share is not None and (args.target_params is not None or args.max_loss_increase is not None):
         raise UsageError("give --share or a budget (--target-params / --max-loss-increase), not both")
     opts = ZipOptions.from_args(args, share=DEFAULTS.share if args.share is None else parse_share(args.share))
+    opts.check(len(args.models))  # (before any loading)
+    _unused_image_options(args)
     result = zip_models(args.models, args.data, opts)
     result.save(args.output)
     if args.report:
@@ -148,7 +150,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, [args.model] + args.data)
     if args.steps < 1:  # (finetune_model's message names zip's --finetune)
         raise UsageError(f"--steps {args.steps}: give a number of steps >= 1")
-    model = finetune_model(io.load_model(args.model), args.data, labels=args.labels, steps=args.steps, lr=args.lr,
+    model = io.load_model(args.model)
+    zipped_tasks(model, args.model)  # (a model that is not zipped: named)
+    model = finetune_model(model, args.data, labels=args.labels, steps=args.steps, lr=args.lr,
                            batch=args.batch_size, device=args.device, quiet=args.quiet)
     io.save_model(model, args.output)
     if not args.quiet:
@@ -160,7 +164,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .api import distill_model
     io.check_output_path(args.output, [args.model] + args.originals + args.data)
     opts = ZipOptions.from_args(args)
-    model, record, after = distill_model(io.load_model(args.model), args.originals, args.data, opts)
+    model = io.load_model(args.model)
+    zipped_tasks(model, args.model)  # (a model that is not zipped: named)
+    model, record, after = distill_model(model, args.originals, args.data, opts)
     io.save_model(model, args.output)
     if not args.quiet:
         print("\n".join(distill_lines(record, after)))
@@ -251,8 +257,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             report = json.load(f)
     except (OSError, ValueError) as exc:
         raise InputError(f"{args.report}: cannot read the JSON report ({exc})") from None
-    if not isinstance(report, dict) or "tasks" not in report:
-        raise InputError(f"{args.report}: not an onnxzip report (no 'tasks')")
+    if not isinstance(report, dict) or not report.get("tasks"):
+        raise InputError(f"{args.report}: not an onnxzip report (no 'tasks', or none listed)")
     try:
         write_report(ZipReport.from_dict(report), args.output)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -262,17 +268,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, bench_data, format_bench
-    if any(min(size) < 1 for size in args.sizes or []):
-        raise UsageError(f"--sizes {' '.join(f'{h},{w}' for h, w in args.sizes)}: give positive H,W")
-    size = args.image_size or (args.sizes[0] if args.sizes else None)  # (images read at the first size asked)
+def _unused_image_options(args: argparse.Namespace) -> None:
+    """Warn that image options given go unused where no --data is an image folder."""
     asked = [f for f, v, d in (("--image-size", args.image_size, None), ("--mean", tuple(args.mean), (0.0,)),
                                ("--std", tuple(args.std), (1.0,)), ("--bgr", args.bgr, False),
                                ("--layout", args.layout, "nchw")) if v != d]
     if asked and not any(images.is_image_folder(d) for d in args.data or []):
         logging.getLogger("onnxzip").warning("%s: for image folders as --data only; the arrays given are used as they are",
                                              ", ".join(asked))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, bench_data, format_bench
+    if any(min(size) < 1 for size in args.sizes or []):
+        raise UsageError(f"--sizes {' '.join(f'{h},{w}' for h, w in args.sizes)}: give positive H,W")
+    size = args.image_size or (args.sizes[0] if args.sizes else None)  # (images read at the first size asked)
+    _unused_image_options(args)
     recipe = ImageRecipe(size, tuple(args.mean), tuple(args.std), args.bgr, args.layout, args.max_samples)
     data = bench_data(args.data, args.originals, recipe)
     for i, size in enumerate(args.sizes or [None]):
@@ -369,7 +380,7 @@ def _add_output_commands(sub) -> None:
     """report, bench, demo."""
     p = sub.add_parser("report", help="render a JSON report as one self-contained HTML page")
     p.add_argument("report", help="a report written by 'onnxzip zip --report r.json'")
-    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("-o", "--output", required=True, help="the page to write (.html), or the report again as JSON (.json)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="latency, session memory and bytes of a zipped model against its originals")
@@ -403,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (| head): not an error of ours
         sys.stderr.close()
         return 0
+    except MemoryError:
+        print("onnxzip: error: out of memory (a smaller --batch-size, --max-samples or --image-size needs less)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
         print("onnxzip: interrupted", file=sys.stderr)
         return 130

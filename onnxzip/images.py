@@ -40,8 +40,17 @@ class ImageRecipe:
             raise UsageError(f"--max-samples {self.max_samples}: must be >= 1")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise UsageError(f"--image-size {self.size}: give H,W (positive)")
+        if self.size is not None and max(self.size) > MAX_SIDE:
+            raise UsageError(f"--image-size {self.size[0]},{self.size[1]}: at most {MAX_SIDE} a side")
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if not all(np.isfinite(np.float32(v)) and abs(v) < 1e30 for v in values):
+                raise UsageError(f"{flag} {','.join(f'{v:g}' for v in values)}: give finite values")
         if any(not s > 0 for s in self.std):
             raise UsageError(f"--std {','.join(f'{s:g}' for s in self.std)}: every channel's std must be > 0")
+
+
+#: the largest image side --image-size takes (a 16384 x 16384 RGB float image is 3 GB)
+MAX_SIDE = 16384
 
 
 def is_image_folder(data: object) -> bool:

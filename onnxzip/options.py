@@ -13,6 +13,7 @@ from .errors import UsageError
 from .images import ImageRecipe
 from .sharing.match import COSTS, ORDERS
 from .sharing.merge import MATCHERS
+from .sharing.plan import counts_given
 
 #: fields that say how a zip runs, not what it makes: left out of the report's options
 HOW = ("quiet", "offset_basis")
@@ -95,12 +96,19 @@ class ZipOptions:
             raise UsageError(f"--mask-threshold {self.mask_threshold}: give a value in (0, 1)")
         if not 0.0 <= self.hold_out < 1.0:
             raise UsageError(f"--hold-out {self.hold_out}: give a fraction in [0, 1)")
+        shares = () if counts_given(self.share) else self.share if isinstance(self.share, tuple) else (self.share,)
+        if not all(v is None or isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in shares):  # (NaN fails too;
+            # None: a budget's choice)
+            raise UsageError(f"--share {','.join(str(v) for v in shares)}: give fractions in [0, 1]")
+        if self.finetune < 0:
+            raise UsageError(f"--finetune {self.finetune}: give a number of steps >= 1 (0, the default: none)")
         if self.distill < 0:
             raise UsageError(f"--distill {self.distill}: give a number of steps >= 0")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.max_samples < 1:  # (also where no --data is a folder: never read as "all")
             raise UsageError(f"--max-samples {self.max_samples}: must be >= 1")
+        self.recipe().check()
         if self.names is not None:
             if len(self.names) != n_models:
                 raise UsageError(f"--names gives {len(self.names)} names for {n_models} models")

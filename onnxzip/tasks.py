@@ -74,6 +74,10 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         if irs[i].weights_sha256 and irs[i].weights_sha256 == irs[j].weights_sha256:
             log.warning("tasks %r and %r are the same model (the same weights, %s and %s): it zips with itself at no "
                         "cost; was another model meant?", names[i], names[j], irs[i].source, irs[j].source)
+    for a, d, n in zip(arrays, data, names):
+        if _count(a) > 1 and all(v.dtype.kind == "f" and np.all(v == v[:1]) for v in a.values() if v.ndim):
+            log.warning("%s: all %d calibration samples are the same: the statistics and the verdicts see one input",
+                        _source(d, n), _count(a))
     labels = [None if not opts.labels else io.check_labels(a.pop(opts.labels), classes(ir), _source(d, n), _count(a))
               for a, ir, d, n in zip(arrays, irs, data, names)]
     splits = []
@@ -227,6 +231,8 @@ def same_inputs(irs: list[ModelIR]) -> bool:
 def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: list[dict[str, np.ndarray]],
                       opts: ZipOptions) -> list[dict[str, Any]]:
     """Per task, on its calibration data: the original file's outputs (the same for every zip)."""
-    return [runtime.run(runtime.session(proto, opts.device), arrays, ir.outputs,
-                        batch_within(ir, opts.batch_size, runtime.RUN_BYTES))
-            for proto, ir, arrays in zip(protos, irs, data)]
+    sizes = [", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in arrays.items()) for arrays in data]
+    return [runtime.run(runtime.session(proto, opts.device, what=f"{ir.source} (inputs fixed to the calibration "
+                                                                 f"samples' sizes: {size})"),
+                        arrays, ir.outputs, batch_within(ir, opts.batch_size, runtime.RUN_BYTES), ir.source)
+            for proto, ir, arrays, size in zip(protos, irs, data, sizes)]

@@ -214,7 +214,7 @@ def test_output_equal_to_input(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--share", "1.5"], "outside [0, 1]"),
+    (["--share", "1.5"], "--share 1.5: give fractions in [0, 1]"),
     (["--share", "abc"], "--share 'abc': give a fraction"),
     (["--share", "0.5,abc"], "--share '0.5,abc': give a fraction"),
     (["--share", "0.5,0.5,0.5"], "3 fractions but the model has 2 layer groups"),
@@ -300,7 +300,7 @@ def test_labels_that_are_not_class_indices_are_one_line(tmp_path, capsys, test_d
           f"{parity} (task 'mlp_parity'): labels must be class indices in [0, 2); these run from 0 to 9")
     halves = write_npz(tmp_path, image=test_data["image"], label=test_data["label"] + 0.5)
     fails(capsys, zip_args(tmp_path, data=[halves]) + ["--labels", "label"],
-          "labels must be class indices, integers [0, 10); these are float64")
+          "labels must be class indices, integers in [0, 10); these are float64")
     assert not (tmp_path / "z.onnx").exists()
 
 
@@ -316,7 +316,7 @@ def test_data():
     (dict(image="image", label="few"), "logits", "labels have shape (10,); give one class index per sample (597)"),
     (dict(image="image"), "logits", "no labels key 'label'"),
     (dict(image="image", label="shifted"), "logits", "labels must be class indices in [0, 10); these run from 20 to 29"),
-    (dict(image="image", label="halves"), "logits", "labels must be class indices, integers >= 0; these are float64"),
+    (dict(image="image", label="halves"), "logits", "labels must be class indices, integers of 0 or more; these are float64"),
 ])
 def test_eval_bad_input(tmp_path, capsys, test_data, arrays, output, message):
     pool = {**test_data, "small": test_data["image"][:, :, :4], "few": test_data["label"][:10],
@@ -397,7 +397,7 @@ def test_more_bad_numbers_and_names_are_one_line(tmp_path, capsys, test_data):
     labelled = write_npz(tmp_path, image=test_data["image"], label=test_data["label"])
     fails(capsys, zip_args(tmp_path, data=[labelled]) + ["--labels", "lbl"],
           "is it the labels? (--labels names 'lbl', which the file lacks)")
-    fails(capsys, zip_args(tmp_path, data=[labelled]), "key 'label' is not a model input (inputs: image); labels need --labels")
+    fails(capsys, zip_args(tmp_path, data=[labelled]), "key 'label' is not a model input (inputs: image); labels: zip, eval and finetune take them with --labels")
     fails(capsys, ["eval", MLP[0], "--data", labelled, "--output", "logits", "--labels", "image"],
           "--labels 'image' names an input of the model, not its labels")
     zipped = tmp_path / "z.onnx"

@@ -198,10 +198,10 @@ def test_a_few_steps_lower_the_training_loss():
 
 @pytest.mark.parametrize("labels, message", [
     (np.array([[0, 1]]), "labels have shape (1, 2); give one class index per sample"),
-    (np.array([0.5, 1.0]), "labels must be class indices, integers [0, 3); these are float64"),
+    (np.array([0.5, 1.0]), "labels must be class indices, integers in [0, 3); these are float64"),
     (np.array([0, -1]), "labels must be class indices in [0, 3); these run from -1 to 0"),
     (np.array([0, 3]), "labels must be class indices in [0, 3); these run from 0 to 3"),
-    (np.array(["0", "1"]), "labels must be class indices, integers [0, 3); these are <U1")],
+    (np.array(["0", "1"]), "labels must be class indices, integers in [0, 3); these are <U1")],
     ids=["2d", "fractional", "negative", "too-large", "strings"])
 def test_check_labels_refuses_what_is_not_a_class_index(labels, message):
     with pytest.raises(InputError) as err:

@@ -128,8 +128,26 @@ def test_favor_speed_computes_the_same_network_with_fewer_ops():
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4 * np.abs(a[k]).max())
     assert len(speed.model.graph.node) < 0.5 * len(size.model.graph.node)
-    # the shared blocks of the partly shared layers off the shared input are stored once per task
-    assert size.report["params_after"] < speed.report["params_after"] < speed.report["params_before"]
+    # speed stores the shared blocks of partly shared layers in each task (the first layer's too)
+    assert size.report["params_after"] < speed.report["params_after"] <= speed.report["params_before"]
+
+
+def test_siblings_stack_only_on_graph_inputs_and_never_the_tasks_own_ops_alone():
+    """Stacked ops on an inner tensor, or only the tasks' own ops, keep every task's result alive
+    until the Split (measured: up to 2.3x ONNX Runtime's activation memory): left apart."""
+    nodes = [helper.make_node("Relu", ["x"], ["h"]),
+             helper.make_node("Conv", ["h", "w1", "b1"], ["c1"]), helper.make_node("Conv", ["h", "w2", "b2"], ["c2"]),
+             helper.make_node("Conv", ["x", "w3", "b3"], ["a/c3"]), helper.make_node("Conv", ["x", "w4", "b4"], ["b/c4"])]
+    inits = [init("w1", (4, 3, 1, 1)), init("b1", (4,)), init("w2", (5, 3, 1, 1)), init("b2", (5,)),
+             init("w3", (4, 3, 1, 1)), init("b3", (4,)), init("w4", (5, 3, 1, 1)), init("b4", (5,))]
+    m = model(nodes, inits, [("x", [2, 3, 6, 6])], ["c1", "c2", "a/c3", "b/c4"])
+    fused, counts = fuse_branches(m, "shared/")
+    assert not any(counts.values()) and fused is m
+    nodes[4] = helper.make_node("Conv", ["x", "w4", "b4"], ["shared/c4"])  # a shared block on the input: stacked
+    m = model(nodes, inits, [("x", [2, 3, 6, 6])], ["c1", "c2", "a/c3", "shared/c4"])
+    fused, counts = fuse_branches(m, "shared/")
+    same(m, fused, {"x": RNG.normal(size=(2, 3, 6, 6)).astype(np.float32)})
+    assert counts["siblings"] == 1 and ops(fused).count("Conv") == 3
 
 
 def test_favor_is_checked():

@@ -8,6 +8,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,8 @@ def load_model(path: str | os.PathLike, external: bool = True) -> onnx.ModelProt
         raise InputError(f"{p}: {'is a directory' if p.is_dir() else 'no such file'}")
     try:
         model = onnx.load(str(p), load_external_data=external)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+    except (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError) as exc:  # (checker:
+        # an external-data file that is missing)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: not a readable ONNX model ({first})") from None
     if not model.graph.node:
@@ -275,6 +277,8 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     """Refuse, before any work, an output path (given as ``flag``) that is one of the inputs, another
     output (``others``), a directory, or one whose folder cannot be written (folders that do not exist
     yet are made when saving)."""
+    if not str(output):
+        raise InputError(f"{flag}: give a file name (an empty path was given)")
     out = Path(output).resolve()
     for src in inputs:
         if Path(src).resolve() == out:
@@ -289,6 +293,11 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {output}: cannot write into {folder}")
+    try:  # (permissions do not tell it all: a read-only mount, /proc)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".onnxzip-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{flag} {output}: cannot write into {folder} ({exc.strerror or exc})") from None
 
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -301,8 +310,8 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {"": np.load(p, allow_pickle=False)}
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as exc:
-        why = "neither a .npz (zip) nor a .npy file" if "pickled" in str(exc) else str(exc)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # (a cut .npz: BadZipFile)
+        why = "neither a .npz (zip) nor a .npy file" if "pickled" in str(exc) else str(exc) or type(exc).__name__
         raise InputError(f"{p}: not a readable .npz/.npy file ({why})") from None
 
 
@@ -310,7 +319,7 @@ def check_labels(labels: np.ndarray, classes: int | None, source: str, n: int | 
     """Class labels, one per sample: integers (or floats that are whole numbers) in [0, ``classes``)
     (``classes`` None: any count), ``n`` of them where given; int64."""
     labels = np.asarray(labels)
-    where = f"[0, {classes})" if classes is not None else ">= 0"
+    where = f"in [0, {classes})" if classes is not None else "of 0 or more"
     if labels.ndim != 1 or (n is not None and len(labels) != n):
         raise InputError(f"{source}: labels have shape {labels.shape}; give one class index per sample"
                          + (f" ({n})" if n is not None else ""))
@@ -319,7 +328,7 @@ def check_labels(labels: np.ndarray, classes: int | None, source: str, n: int | 
     if labels.dtype.kind not in "iu":
         raise InputError(f"{source}: labels must be class indices, integers {where}; these are {labels.dtype}")
     if len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= classes)):
-        raise InputError(f"{source}: labels must be class indices in {where}; these run from {labels.min()} to "
+        raise InputError(f"{source}: labels must be class indices {where}; these run from {labels.min()} to "
                          f"{labels.max()}")
     return labels.astype(np.int64)
 
@@ -362,7 +371,7 @@ def check_calibration(arrays: dict[str, np.ndarray], specs: list[InputSpec], sou
         if extra_keys and any(k not in arrays for k in extra_keys):
             hint = f"; is it the labels? (--labels names {extra_keys[0]!r}, which the file lacks)"
         elif not extra_keys and "label" in extra[0].lower():
-            hint = "; labels need --labels"
+            hint = "; labels: zip, eval and finetune take them with --labels"
         raise InputError(f"{path}: key {extra[0]!r} is not a model input (inputs: {', '.join(sorted(names))}){hint}")
     out: dict[str, np.ndarray] = {}
     batch = None

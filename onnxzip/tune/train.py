@@ -10,6 +10,7 @@ early once they stop improving. The result is the same inference graph with the 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -23,6 +24,10 @@ from ..errors import UsageError
 from ..graph import io
 from .losses import LOSSES
 
+logger = logging.getLogger(__name__)
+
+#: samples per group on which a run without held-out samples compares its loss before and after
+PROBE = 256
 Progress = Callable[[Iterable, str], Iterable]
 
 
@@ -293,16 +298,25 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
     scale = {n: step_scale(v) for n, v in values.items()}
     before = best = trainer.loss(held) if held else None
     kept, best_step, waited, step = dict(values), 0, 0, 0
+    # without held-out samples, the loss on some fitted ones before and after (said where it rose)
+    probe = [Samples({k: v[:PROBE] for k, v in g.feeds.items()},
+                     [Target(t.output, t.values[:PROBE], t.loss, t.scale) for t in g.targets]) for g in fit] \
+        if not held and all(t.values is not None for g in fit for t in g.targets) else []
+    fit_before = trainer.loss(probe) if probe else None
     for step in progress(range(1, schedule.steps + 1), what):
         total = {n: np.zeros_like(v) for n, v in values.items()}
         for samples in fit:
             for n, g in trainer.gradient(samples.targets, *samples.draw(rng, trainer.batch))[1].items():
                 total[n] += g
-        for n in trainer.names:  # Adam
-            m1[n] = 0.9 * m1[n] + 0.1 * total[n]
-            m2[n] = 0.999 * m2[n] + 0.001 * total[n] ** 2
-            values[n] = values[n] - schedule.lr * scale[n] * (m1[n] / (1 - 0.9 ** step)) / (
-                np.sqrt(m2[n] / (1 - 0.999 ** step)) + 1e-8)
+        with np.errstate(over="ignore", invalid="ignore"):  # (a divergence is said below, in one line)
+            for n in trainer.names:  # Adam
+                m1[n] = 0.9 * m1[n] + 0.1 * total[n]
+                m2[n] = 0.999 * m2[n] + 0.001 * total[n] ** 2
+                values[n] = values[n] - schedule.lr * scale[n] * (m1[n] / (1 - 0.9 ** step)) / (
+                    np.sqrt(m2[n] / (1 - 0.999 ** step)) + 1e-8)
+        if not all(np.isfinite(values[n]).all() for n in trainer.names):
+            raise UsageError(f"{what} diverged at step {step} (weights overflowed): give a lower --lr than "
+                             f"{schedule.lr:g}")
         if held and (step % every == 0 or step == schedule.steps):
             score = trainer.loss(held)
             if score < best * (1 - 1e-4):
@@ -315,6 +329,11 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
         trainer.values = kept
     else:
         best_step = step
+        fit_after = trainer.loss(probe) if probe else None
+        if probe and not fit_after < fit_before:
+            logger.warning("%s: the training loss on %d fitted samples rose from %.4g to %.4g over %d steps (too "
+                           "high a --lr than %g?); the model written may be worse than the one given", what,
+                           sum(g.n for g in probe), fit_before, fit_after, step, schedule.lr)
     log = TrainLog(step, best_step, before, best, round(time.perf_counter() - start, 3))
     return trainer.tuned(), log
 

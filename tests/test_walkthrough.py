@@ -1,0 +1,144 @@
+"""Bad inputs a newcomer walkthrough met (issue 22): one line and exit 2, or a warning, never a
+traceback or a silent wrong result. Each of these failed before its fix."""
+import json
+import logging
+import os
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SAMPLES
+
+from onnxzip.cli import main
+
+CNN = [str(SAMPLES / "cnn_digit.onnx"), str(SAMPLES / "cnn_parity.onnx")]
+CALIB = [str(SAMPLES / "calib_digit.npz"), str(SAMPLES / "calib_parity.npz")]
+
+
+def one_line(capsys, argv, pattern):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxzip: error: ") and pattern in lines[0], err
+    return lines[0]
+
+
+def zip_args(tmp_path, models=CNN, data=CALIB, out=None):
+    return ["zip", *models, "--data", *data, "-o", str(out or tmp_path / "z.onnx"), "-q"]
+
+
+@pytest.fixture(scope="module")
+def zipped(tmp_path_factory):
+    path = tmp_path_factory.mktemp("z") / "z.onnx"
+    assert main(zip_args(None, out=path)) == 0
+    return str(path)
+
+
+def test_a_cut_npz_is_one_line(tmp_path, capsys):
+    cut = tmp_path / "cut.npz"
+    data = open(CALIB[0], "rb").read()
+    cut.write_bytes(data[:len(data) // 2])
+    one_line(capsys, zip_args(tmp_path, data=[str(cut), CALIB[1]]), f"{cut}: not a readable .npz/.npy file")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--share", "1.5"], "--share 1.5: give fractions in [0, 1]"),
+    (["--share", "nan"], "--share nan: give fractions in [0, 1]"),
+    (["--finetune", "-3"], "--finetune -3: give a number of steps >= 1 (0, the default: none)"),
+    (["--std", "inf"], "--std inf: give finite values"),
+    (["--mean", "nan"], "--mean nan: give finite values"),
+    (["--image-size", "100000,100000"], "--image-size 100000,100000: at most 16384 a side"),
+])
+def test_option_values_are_refused_before_any_loading(tmp_path, capsys, flags, message):
+    args = zip_args(tmp_path)
+    args.remove("-q")  # (phase messages would show work done before the refusal)
+    line = one_line(capsys, args + flags, message)
+    assert "loading" not in line
+
+
+def test_image_options_with_arrays_are_said_unused(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(zip_args(tmp_path) + ["--mean", "0.5", "--bgr", "--share", "0"]) == 0
+    assert any("--mean, --bgr: for image folders as --data only" in r.getMessage() for r in caplog.records)
+
+
+def test_calibration_samples_all_the_same_are_said(tmp_path, caplog):
+    same = tmp_path / "same.npz"
+    np.savez(same, image=np.zeros((64, 1, 8, 8), np.float32))
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(zip_args(tmp_path, data=[str(same), CALIB[1]]) + ["--share", "0"]) == 0
+    said = [r.getMessage() for r in caplog.records if "calibration samples are the same" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{same} (task 'cnn_digit'): all 64")
+
+
+def test_token_ids_the_model_cannot_take_are_one_line_naming_it(tmp_path, capsys):
+    data = dict(np.load(SAMPLES / "calib_bert.npz"))
+    data["input_ids"] = data["input_ids"] + 100_000
+    oov = tmp_path / "oov.npz"
+    np.savez(oov, **data)
+    bert = [str(SAMPLES / "bert_a.onnx"), str(SAMPLES / "bert_b.onnx")]
+    line = one_line(capsys, zip_args(tmp_path, models=bert, data=[str(oov)]), f"onnxruntime cannot run {bert[0]}")
+    assert "input_ids" in line and "Gather" in line
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys):
+    one_line(capsys, zip_args(tmp_path, out="/proc/z.onnx"), "-o /proc/z.onnx: cannot write into /proc")
+    out = tmp_path / "z.onnx"
+    one_line(capsys, zip_args(tmp_path, out=out) + ["--report", "/proc/r.json"], "--report /proc/r.json: cannot write")
+    assert not out.exists()
+
+
+def test_an_empty_output_path_is_named(tmp_path, capsys):
+    one_line(capsys, ["zip", *CNN, "--data", *CALIB, "-o", ""], "-o: give a file name (an empty path was given)")
+
+
+def test_a_finetune_whose_loss_rises_says_so(tmp_path, zipped, caplog):
+    train = [str(SAMPLES / "train_digit.npz"), str(SAMPLES / "train_parity.npz")]
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(["finetune", zipped, "--data", *train, "--labels", "label", "-o", str(tmp_path / "f.onnx"),
+                     "--lr", "1", "--steps", "10", "-q"]) == 0
+    said = [r.getMessage() for r in caplog.records if "training loss" in r.getMessage()]
+    assert len(said) == 1 and "rose from" in said[0] and "--lr than 1?" in said[0]
+
+
+def test_finetune_and_distill_name_a_model_that_is_not_zipped(tmp_path, capsys):
+    train = [str(SAMPLES / "train_digit.npz")]
+    one_line(capsys, ["finetune", CNN[0], "--data", *train, "--labels", "label", "-o", str(tmp_path / "f.onnx")],
+             f"{CNN[0]}: no outputs <task>/<name>, so not a zipped model")
+    one_line(capsys, ["distill", CNN[0], "--originals", *CNN, "--data", *CALIB, "-o", str(tmp_path / "d.onnx")],
+             f"{CNN[0]}: no outputs <task>/<name>")
+
+
+def test_bench_takes_a_labelled_test_file_and_names_a_file_it_cannot_use(tmp_path, zipped, capsys):
+    test = [str(SAMPLES / "test_digit.npz"), str(SAMPLES / "test_parity.npz")]
+    assert main(["bench", zipped, "--originals", *CNN, "--data", *test, "--runs", "2", "-q"]) == 0
+    capsys.readouterr()
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, img=np.zeros((4, 1, 8, 8), np.float32))
+    one_line(capsys, ["bench", zipped, "--originals", *CNN, "--data", str(wrong), "--runs", "2"],
+             f"{wrong} (for {CNN[0]}): missing input 'image'")
+
+
+def test_a_report_without_tasks_is_refused(tmp_path, capsys):
+    empty = tmp_path / "r.json"
+    empty.write_text(json.dumps({"tasks": []}))
+    one_line(capsys, ["report", str(empty), "-o", str(tmp_path / "r.html")], "not an onnxzip report")
+
+
+def test_a_missing_external_data_file_is_one_line(tmp_path, capsys):
+    model = onnx.load(CNN[0])
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    (tmp_path / "ext.data").unlink()
+    one_line(capsys, zip_args(tmp_path, models=[str(path), CNN[1]]), f"{path}: not a readable ONNX model")
+
+
+def test_graphsurgeon_warnings_stay_off_stdout(tmp_path, capfd):
+    flat = [str(SAMPLES / "calib_flat_digit.npz"), str(SAMPLES / "calib_flat_parity.npz")]
+    sk = [str(SAMPLES / "sklearn_digit.onnx"), str(SAMPLES / "sklearn_parity.onnx")]
+    assert main(zip_args(tmp_path, models=sk, data=flat)) == 0
+    out = capfd.readouterr().out
+    assert "[W]" not in out and out == ""
