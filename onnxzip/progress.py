@@ -46,14 +46,17 @@ def _progress_lines(items: list, desc: str, work: Sequence[Sequence[float]] | No
     features = np.zeros((len(items), 0)) if work is None else np.asarray(work, np.float64).reshape(len(items), -1)
     seconds = np.zeros(len(items))
     start = last = before = time.perf_counter()
+    print(f"onnxzip: {desc} 0/{len(items)}", file=sys.stderr, flush=True)
     for i, item in enumerate(items):
         now = time.perf_counter()
         if i:
             seconds[i - 1] = now - before
         before = now
         if i and now - last >= PROGRESS_EVERY:
-            left = eta(features[:i], seconds[:i], features[i:])
-            print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s, about {left:.0f} s to go", file=sys.stderr,
-                  flush=True)
+            # items of unequal work get an ETA once it can be fitted (the first ones, the largest
+            # layers of a detector, put the mean per item 3-4x high)
+            known = work is None or i >= FIT_AFTER
+            left = f", about {eta(features[:i], seconds[:i], features[i:]):.0f} s to go" if known else ""
+            print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s{left}", file=sys.stderr, flush=True)
             last = now
         yield item

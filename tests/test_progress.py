@@ -7,8 +7,8 @@ def test_progress_lines_without_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(progress, "PROGRESS_EVERY", 0.0)
     assert list(progress.progress(range(4), "zipping layers", quiet=False)) == [0, 1, 2, 3]
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(",")[0] for line in lines] == [f"onnxzip: zipping layers {i}/4" for i in (1, 2, 3)]
-    assert all("s to go" in line for line in lines)
+    assert [line.split(",")[0] for line in lines] == [f"onnxzip: zipping layers {i}/4" for i in (0, 1, 2, 3)]
+    assert all("s to go" in line for line in lines[1:])  # (items alike: the mean so far from the first)
     assert list(progress.progress(range(4), "zipping layers", quiet=True)) == [0, 1, 2, 3]
     assert capsys.readouterr().err == ""
 
@@ -27,13 +27,17 @@ def test_the_eta_comes_from_the_seconds_of_the_items_done():
 
 
 def test_progress_lines_with_work_features(monkeypatch, capsys):
+    """A start line; items of unequal work get no ETA until FIT_AFTER are done, then the fitted one."""
     from onnxzip import progress
-    clock = iter([0.0, 1.0, 2.0, 3.0])
+    clock = iter(float(t) for t in range(8))
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(progress, "PROGRESS_EVERY", 0.0)
-    assert list(progress.progress(["a", "b", "c"], "zipping layers", False, [[1.0], [1.0], [8.0]])) == ["a", "b", "c"]
-    assert capsys.readouterr().err.strip().splitlines() == ["onnxzip: zipping layers 1/3, 2 s, about 2 s to go",
-                                                            "onnxzip: zipping layers 2/3, 3 s, about 1 s to go"]
+    items = list("abcdef")
+    assert list(progress.progress(items, "zipping layers", False, [[1.0]] * 5 + [[8.0]])) == items
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "onnxzip: zipping layers 0/6", "onnxzip: zipping layers 1/6, 2 s", "onnxzip: zipping layers 2/6, 3 s",
+        "onnxzip: zipping layers 3/6, 4 s", "onnxzip: zipping layers 4/6, 5 s, about 2 s to go",
+        "onnxzip: zipping layers 5/6, 6 s, about 1 s to go"]
 
 
 def test_a_zip_says_each_phase_as_it_starts(capsys):
