@@ -20,7 +20,7 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ..errors import UsageError
 from ..graph import io
@@ -158,6 +158,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     known = None
     if outputs is not None and all(isinstance(outputs.get(name), np.ndarray) for name in seeded):
         known = {name: outputs[name][pick] for name in seeded}
+    sums = _summed_squares(reverse, grads, ir.opset)
     sess = runtime.session(reverse, device, built=True)
     inputs = {i.name: i for i in sess.get_inputs()}
     rng = np.random.default_rng(seed)
@@ -185,11 +186,33 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
             s = _seed(y, rng, lab) if name in ir.outputs else rng.normal(size=y.shape)  # logits: projected
             s[real:] = 0.0
             feeds[autodiff.adjoint(name)] = s[..., None].astype(np.float32)
-        got = sess.run([grads[i] for i in layers], feeds)
+        got = sess.run([sums[i] for i in layers], feeds)
         for i, g in zip(layers, got):  # (padded samples, repeats of real ones, have zero seeds: zero gradients)
-            g = np.asarray(g[..., 0], np.float64)
-            totals[i] += (g ** 2).sum(axis=tuple(a for a in range(g.ndim) if a != LAYER_AXIS))  # per channel
+            totals[i] += np.asarray(g, np.float64)
     return {i: t / n for i, t in totals.items()}
+
+
+def _summed_squares(reverse: onnx.ModelProto, grads: dict[int, str], opset: int) -> dict[int, str]:
+    """Each layer's gradient output of ``reverse`` (B, C, ..., 1) replaced, in place, by its sum of
+    squares per channel (C,): only the statistic leaves ONNX Runtime, and each gradient is freed
+    as soon as it is summed, not held with every other layer's until the run ends (on a BERT-base
+    layer stack, gigabytes). Returns layer -> the sum's output name."""
+    graph = reverse.graph
+    outputs = {o.name: o for o in graph.output}
+    sums = {}
+    for i, name in grads.items():
+        rank = len(outputs[name].type.tensor_type.shape.dim)
+        axes = [a for a in range(rank) if a != LAYER_AXIS]
+        sums[i] = f"{name}.sum_squares"
+        if opset >= 18:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(axes, np.int64), f"{sums[i]}.axes"))
+            graph.node.append(helper.make_node("ReduceSumSquare", [name, f"{sums[i]}.axes"], [sums[i]], keepdims=0))
+        else:
+            graph.node.append(helper.make_node("ReduceSumSquare", [name], [sums[i]], axes=axes, keepdims=0))
+    kept = [o for o in graph.output if o.name not in set(grads.values())]
+    del graph.output[:]
+    graph.output.extend(kept + [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in sums.values()])
+    return sums
 
 
 def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str,
