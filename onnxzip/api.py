@@ -27,7 +27,7 @@ from .graph.lint import deployment_problems
 from .options import ZipOptions
 from .pipeline import distil, measure_again, rounded, zip_once
 from .progress import progress
-from .report.records import DistillRecord, FinetuneRecord, InputRecord, TaskRow, ZipReport
+from .report.records import DistillRecord, FinetuneRecord, FloorRecord, InputRecord, TaskRow, ZipReport
 from .result import ZipResult
 from .stamp import check_originals, stamp
 from .tasks import Data, Models, Tasks, prepare
@@ -50,6 +50,11 @@ def zip_models(models: Models, data: Data, options: ZipOptions | None = None, **
         result = _zip(models, data, opts)
     result.summary.phases = {k: round(v, 3) for k, v in phases.items()}
     result.summary.peak_rss_mb = round(timing.peak_rss_mb(), 1)
+    if result.summary.seconds and phases.get("originals"):
+        gflop = sum(z.stat_flops for z in result.plan.layers.values()) / 1e9
+        rate = timing.gemm_gflops()
+        result.summary.floor = FloorRecord(result.summary.seconds, round(phases["originals"], 3), gflop,
+                                           round(rate, 2), gflop / rate)
     return result
 
 

@@ -11,6 +11,7 @@ from .calibrate.fisher import loss_statistics
 from .check.fidelity import TOO_FEW
 from .options import ZipOptions
 from .pipeline import distil, zip_once
+from .progress import progress
 from .report.records import BudgetRecord, BudgetTry, LossScale
 from .result import ZipResult
 from .sharing.budget import BudgetPlanner, fit_loss_scale
@@ -42,7 +43,8 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     if not tasks.held_out:
         log.warning("the budget judges its zips on the samples they were fitted to (%s): what it measures is "
                     "not tested on unseen data", "--hold-out 0" if not opts.hold_out else "too few to hold any out")
-    fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references) if opts.loss_aware else None
+    fisher = loss_statistics(irs, arrays, tasks.labels, opts.device, tasks.references,
+                             lambda it, what: progress(it, what, opts.quiet)) if opts.loss_aware else None
     with timing.phase("budget"):
         planner = BudgetPlanner(irs, arrays, fisher, opts)
     each = replace(opts, loss_aware=fisher is not None)

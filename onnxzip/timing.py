@@ -65,6 +65,19 @@ def phase(name: str) -> Iterator[None]:
             stack[-1] += elapsed
 
 
+def gemm_gflops(n: int = 384, repeats: int = 5) -> float:
+    """numpy's float64 matrix product rate here, 1e9 multiply-adds per second (the best of a few
+    ``n`` x ``n`` products, about 0.1 s)."""
+    import numpy as np
+    a = np.random.default_rng(0).normal(size=(n, n))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return n ** 3 / max(best, 1e-9) / 1e9
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,6 +1,8 @@
 """Phase seconds: collected only inside record(), each second in one phase (nested ones apart)."""
 import time
 
+import pytest
+
 from onnxzip import timing
 
 
@@ -28,3 +30,24 @@ def test_a_zip_reports_its_phases_and_peak_memory():
     assert {"load", "originals", "statistics", "matching", "merge", "emit", "verify", "layer check"} <= set(phases)
     assert sum(phases.values()) <= result.report["seconds"] * 1.01 + 0.01
     assert result.report["peak_rss_mb"] > 10
+
+
+def test_the_report_sets_the_zip_time_against_the_runtime_floor_and_the_statistics_arithmetic():
+    """The floor is the originals' pass; the arithmetic bound counts X'X of every dense statistic:
+    the sample MLP's two hidden layers (64 and 300 inputs, a bias column each) over its 205 fitted
+    samples in each of two tasks, computed here from the layer sizes alone (no cross moments
+    without recovery)."""
+    from conftest import SAMPLES
+
+    from onnxzip import zip_models
+    from onnxzip.report.terminal import format_table
+    models = [str(SAMPLES / f"mlp_{t}.onnx") for t in ("digit", "parity")]
+    calib = [str(SAMPLES / f"calib_{t}.npz") for t in ("digit", "parity")]
+    result = zip_models(models, calib, share=0.5, quiet=True, recover=False)
+    floor, report = result.summary.floor, result.summary
+    assert report.samples == [205, 205]
+    assert floor.statistics_gflop * 1e9 == pytest.approx(2 * 205 * ((64 + 1) ** 2 + (300 + 1) ** 2))
+    assert floor.originals_seconds == pytest.approx(report.phases["originals"], abs=1e-3)
+    assert floor.seconds == report.seconds and floor.gemm_gflops > 0.1
+    assert floor.bound_seconds == pytest.approx(floor.statistics_gflop / floor.gemm_gflops, rel=1e-2)
+    assert any(line.startswith("time ") and "the ONNX Runtime floor" in line for line in format_table(report).splitlines())

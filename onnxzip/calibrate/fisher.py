@@ -138,10 +138,11 @@ def fisher_sizes(ir: ModelIR, samples: int, batch: int) -> tuple[int, int]:
 
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
                   batch: int = 32, seed: int = 0, labels: np.ndarray | None = None,
-                  outputs: dict[str, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+                  outputs: dict[str, np.ndarray] | None = None, progress=None) -> dict[int, np.ndarray]:
     """Per layer in ``layers``: (neurons,) float64, E_samples[sum over positions (dL/dz)^2].
 
     ``labels`` (N,): the calibration samples' class labels, for the empirical Fisher. ``outputs``:
+    ``progress(items, what)``: shows the batches go by. ``outputs``:
     the network's outputs on ``data`` when already known (the original file's): where they hold
     every seeded output, the seeds come from them, and each batch runs the reverse graph once
     instead of a forward run first. A large model
@@ -163,7 +164,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     inputs = {i.name: i for i in sess.get_inputs()}
     rng = np.random.default_rng(seed)
     totals = {i: np.zeros(ir.layers[i].neurons) for i in layers}
-    for start in range(0, n, batch):
+    for start in (progress or (lambda it, what: it))(range(0, n, batch), f"loss statistics of task {ir.name}"):
         real = min(batch, n - start)
         feeds = {}
         for name, x in data.items():
@@ -216,14 +217,15 @@ def _summed_squares(reverse: onnx.ModelProto, grads: dict[int, str], opset: int)
 
 
 def loss_statistics(irs: list[ModelIR], data: list[dict[str, np.ndarray]], labels: list | None, device: str,
-                    outputs: list[dict[str, np.ndarray]] | None = None) -> list[dict[int, np.ndarray]] | None:
+                    outputs: list[dict[str, np.ndarray]] | None = None, progress=None
+                    ) -> list[dict[int, np.ndarray]] | None:
     """Per task, every zippable layer's per-neuron loss weights (:mod:`onnxzip.calibrate.fisher`), or None
     (with a warning) where the reverse-mode graph cannot be built. ``outputs``: per task, its
     outputs on its data, when known (:func:`neuron_fisher`)."""
     layers = [i for i in irs[0].hidden if i not in irs[0].spaces.followers]
     try:
         with phase("fisher"):
-            return [neuron_fisher(ir, d, layers, device=device, labels=y, outputs=o)
+            return [neuron_fisher(ir, d, layers, device=device, labels=y, outputs=o, progress=progress)
                     for ir, d, y, o in zip(irs, data, labels or [None] * len(irs), outputs or [None] * len(irs))]
     except (UsageError, autodiff.Unsupported) as exc:  # no float output, or onnx-ad lacks a rule for an op
         log.warning("loss-aware statistics unavailable (%s); costs in pre-activation units",

@@ -67,7 +67,7 @@ def check_sizes(model: onnx.ModelProto, dims: dict[str, dict[int, str]], irs: li
         zipped_names = {i.name for i in sess.get_inputs()}
         zfeeds = {(k if k in zipped_names else f"{name}/{k}"): v for k, v in feeds.items()}
         try:
-            got = sess.run([f"{name}/{o}" for o in ir.outputs], zipped_feeds(sess, zfeeds))
+            got = runtime.quiet_run(sess, [f"{name}/{o}" for o in ir.outputs], zipped_feeds(sess, zfeeds))
         except Exception as exc:  # noqa: BLE001
             return _fixed(record, f"task {name!r} does not run at {_size(checked)} ({str(exc).splitlines()[0]})")
         errs = []

@@ -248,6 +248,8 @@ def _checks_and_time(report: ZipReport) -> list[str]:
     if report.phases:
         parts.append("<h2>Time</h2>" + _table(["phase", "seconds"], [[k, v] for k, v in report.phases.items()]) +
                      f"<p>Peak memory {report.peak_rss_mb or 0:.0f} MB; {report.seconds or 0:.1f} s in all.</p>")
+        if report.floor is not None:
+            parts.append("<p>" + "<br>".join(html.escape(line) for line in report.floor.lines()) + "</p>")
     parts.append("<h2>Provenance</h2>" + _table(
         ["task", "model", "model SHA-256", "data", "data SHA-256"],
         [[i.task, i.model or "-", (i.model_sha256 or "")[:16], i.data or "-", (i.data_sha256 or "")[:16]]

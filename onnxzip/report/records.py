@@ -164,6 +164,25 @@ class GroupRow:
 
 
 @dataclass
+class FloorRecord:
+    """The zip's time against two floors: one pass of the originals over the calibration data in
+    ONNX Runtime (the "originals" phase), and the least arithmetic of the dense statistics it
+    collected (multiply-adds of X'X) at this machine's measured float64 GEMM rate."""
+
+    seconds: float  # the whole zip
+    originals_seconds: float  # ONNX Runtime's floor
+    statistics_gflop: float  # 1e9 multiply-adds, the kept zip's statistics (a budget's other tries not counted)
+    gemm_gflops: float  # float64 multiply-adds per second of numpy's GEMM here, 1e9
+    bound_seconds: float  # statistics_gflop / gemm_gflops
+
+    def lines(self) -> list[str]:
+        return [f"time {self.seconds:.1f} s: {self.seconds / max(self.originals_seconds, 1e-9):.1f}x the ONNX Runtime "
+                f"floor (one pass of the originals over the calibration data, {self.originals_seconds:.2f} s); "
+                f"the statistics' {self.statistics_gflop:.3g} G multiply-adds take at least {self.bound_seconds:.2f} s at "
+                f"{self.gemm_gflops:.1f} G/s here ({self.seconds / max(self.bound_seconds, 1e-9):.0f}x)"]
+
+
+@dataclass
 class SizesRecord:
     """The input sizes the zipped model takes: the sizes the source files leave open (dim names),
     opened again after the zip and run at a second size against the originals, or kept fixed."""
@@ -329,6 +348,7 @@ class ZipReport:
     seconds: float | None = _opt()
     phases: dict[str, float] | None = _opt()  # seconds per phase
     peak_rss_mb: float | None = _opt()
+    floor: FloorRecord | None = _opt()
 
     @property
     def params_kept(self) -> float:
@@ -360,5 +380,6 @@ class ZipReport:
                  "finetune": FinetuneRecord.from_dict(d["finetune"]) if d.get("finetune") else None,
                  "distill": DistillRecord.from_dict(d["distill"]) if d.get("distill") else None,
                  "sizes": SizesRecord.from_dict(d["sizes"]) if d.get("sizes") else None,
+                 "floor": FloorRecord(**_known(FloorRecord, d["floor"])) if d.get("floor") else None,
                  "inputs": [InputRecord(**_known(InputRecord, i)) for i in d["inputs"]] if "inputs" in d else None}
         return cls(**{**sizes, **_known(cls, d), **fixed})

@@ -131,6 +131,8 @@ def _checks(report: ZipReport) -> list[str]:
     if report.phases:
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.phases.items())
                      + f"; peak memory {report.peak_rss_mb or 0:.0f} MB")
+    if report.floor is not None:
+        lines.extend(report.floor.lines())
     return lines
 
 

@@ -44,7 +44,7 @@ def zip_layer(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
                  and all(problems.inputs_unchanged(li, live)))
     problems.done(li)
     return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
-                    rows_read=fraction, affine=affine)
+                    rows_read=fraction, affine=affine, stat_flops=problems.stat_flops.get(li, 0.0))
 
 
 def merge_dense(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: list[Batches]) -> Merged:

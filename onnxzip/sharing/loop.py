@@ -118,7 +118,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts
     hidden = irs[0].hidden
     nothing_shared = not np.any(np.asarray(share, dtype=float) > 0)
     if fisher is None and opts.loss_aware and not nothing_shared:
-        fisher = loss_statistics(irs, data, labels, opts.device, outputs)
+        fisher = loss_statistics(irs, data, labels, opts.device, outputs, progress)
     ctx = Context.new(irs, share, opts, fisher, samples_of(data))
     heads = [i for i in range(len(irs[0].layers)) if i not in hidden and i not in irs[0].spaces.plain]
     cuts = sorted(hidden + heads) if opts.recover else hidden
