@@ -404,6 +404,10 @@ def _add_output_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from onnx_graphsurgeon.logger import G_LOGGER
+    # onnx-graphsurgeon's own warnings ("colored module is not installed", types it cannot convert) go to
+    # stdout, past -q: a user of the command sees onnxzip's messages only
+    G_LOGGER.severity = G_LOGGER.ERROR
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="onnxzip: %(message)s")
     try:

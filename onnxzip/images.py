@@ -8,6 +8,7 @@ BGR swap), and lay the batch out NCHW or NHWC. A folder is read recursively; at 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class ImageRecipe:
         if self.size is not None and max(self.size) > MAX_SIDE:
             raise UsageError(f"--image-size {self.size[0]},{self.size[1]}: at most {MAX_SIDE} a side")
         for flag, values in (("--mean", self.mean), ("--std", self.std)):
-            if not all(np.isfinite(np.float32(v)) and abs(v) < 1e30 for v in values):
+            if not all(math.isfinite(v) and abs(v) <= float(np.finfo(np.float32).max) for v in values):
                 raise UsageError(f"{flag} {','.join(f'{v:g}' for v in values)}: give finite values")
         if any(not s > 0 for s in self.std):
             raise UsageError(f"--std {','.join(f'{s:g}' for s in self.std)}: every channel's std must be > 0")

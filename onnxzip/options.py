@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -97,8 +98,9 @@ class ZipOptions:
         if not 0.0 <= self.hold_out < 1.0:
             raise UsageError(f"--hold-out {self.hold_out}: give a fraction in [0, 1)")
         shares = () if counts_given(self.share) else self.share if isinstance(self.share, tuple) else (self.share,)
-        if not all(v is None or isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in shares):  # (NaN fails too;
-            # None: a budget's choice)
+        budget = self.target_params is not None or self.max_loss_increase is not None
+        if not all((v is None and budget) or isinstance(v, numbers.Real) and 0.0 <= v <= 1.0 for v in shares):
+            # (NaN fails too; None: a budget's choice) the range per layer group: plan.shared_counts
             raise UsageError(f"--share {','.join(str(v) for v in shares)}: give fractions in [0, 1]")
         if self.finetune < 0:
             raise UsageError(f"--finetune {self.finetune}: give a number of steps >= 1 (0, the default: none)")
@@ -106,8 +108,6 @@ class ZipOptions:
             raise UsageError(f"--distill {self.distill}: give a number of steps >= 0")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
-        if self.max_samples < 1:  # (also where no --data is a folder: never read as "all")
-            raise UsageError(f"--max-samples {self.max_samples}: must be >= 1")
         self.recipe().check()
         if self.names is not None:
             if len(self.names) != n_models:

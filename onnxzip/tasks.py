@@ -74,12 +74,13 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         if irs[i].weights_sha256 and irs[i].weights_sha256 == irs[j].weights_sha256:
             log.warning("tasks %r and %r are the same model (the same weights, %s and %s): it zips with itself at no "
                         "cost; was another model meant?", names[i], names[j], irs[i].source, irs[j].source)
-    for a, d, n in zip(arrays, data, names):
-        if _count(a) > 1 and all(v.dtype.kind == "f" and np.all(v == v[:1]) for v in a.values() if v.ndim):
-            log.warning("%s: all %d calibration samples are the same: the statistics and the verdicts see one input",
-                        _source(d, n), _count(a))
     labels = [None if not opts.labels else io.check_labels(a.pop(opts.labels), classes(ir), _source(d, n), _count(a))
               for a, ir, d, n in zip(arrays, irs, data, names)]
+    for a, d, n in zip(arrays, data, names):  # (the labels popped: inputs only)
+        floats = [v for v in a.values() if v.dtype.kind == "f" and v.ndim]
+        if _count(a) > 1 and floats and all(np.all(v == v[:1]) for v in floats):
+            log.warning("%s: all %d calibration samples are the same: the statistics and the verdicts see one input",
+                        _source(d, n), _count(a))
     splits = []
     for t, ir in enumerate(irs):
         arrays[t], labels[t] = whole_batches(ir, arrays[t], labels[t])

@@ -213,3 +213,32 @@ def test_padding_repeats_real_samples():
     x = np.abs(graphs.data(0, (12,), n=40)) + 0.1
     f = neuron_fisher(ir, {"x": x}, [i for i in ir.hidden], batch=32)
     assert all(np.isfinite(v).all() and (v > 0).any() for v in f.values())
+
+
+@pytest.mark.parametrize("opset", [17, 20])  # ReduceSumSquare's axes: an attribute, then an input (18 on)
+def test_gradients_summed_in_the_graph_equal_numpy_sums_of_the_full_gradients(opset):
+    """_summed_squares against its oracle: the same reverse graph's full gradients, summed in numpy."""
+    import copy
+
+    from onnxzip.calibrate.fisher import _summed_squares
+    from onnxzip.graph.spaces import LAYER_AXIS
+    x = graphs.data(3, (3, 8, 8), n=5)
+    ir = build_ir(_resize_net(2, opset), "t", "t.onnx", opset)
+    rev, grads, seeded = gradient_model(ir, ir.hidden, batch=5)
+    full = ort.InferenceSession(copy.deepcopy(rev).SerializeToString(), providers=["CPUExecutionProvider"])
+    sums = _summed_squares(rev, grads, opset)
+    summed = ort.InferenceSession(rev.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    feeds = {"x": x}
+    for i in full.get_inputs():
+        if i.name != "x":
+            feeds[i.name] = rng.normal(size=[5 if not isinstance(d, int) else d for d in i.shape]).astype(np.float32) \
+                if i.name.startswith("adj_") else np.zeros([5 if not isinstance(d, int) else d for d in i.shape], np.float32)
+    got_full = full.run([grads[i] for i in ir.hidden], feeds)
+    got = summed.run([sums[i] for i in ir.hidden], feeds)
+    for g, s in zip(got_full, got):
+        g = np.asarray(g, np.float64)
+        want = (g ** 2).sum(axis=tuple(a for a in range(g.ndim) if a != LAYER_AXIS))
+        assert s.shape == want.shape
+        np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-30)
+    assert not {o.name for o in rev.graph.output} & set(grads.values())

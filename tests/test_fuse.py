@@ -128,8 +128,20 @@ def test_favor_speed_computes_the_same_network_with_fewer_ops():
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4 * np.abs(a[k]).max())
     assert len(speed.model.graph.node) < 0.5 * len(size.model.graph.node)
-    # speed stores the shared blocks of partly shared layers in each task (the first layer's too)
-    assert size.report["params_after"] < speed.report["params_after"] <= speed.report["params_before"]
+    # speed stores the shared blocks of partly shared layers in each task, the first Conv's too: one
+    # Conv per task on the input, nothing stacked and sliced across the tasks there
+    assert size.report["params_after"] < speed.report["params_after"] == speed.report["params_before"]
+    first = [n for n in speed.model.graph.node if n.op_type == "Conv" and n.input[0] == "image"]
+    assert len(first) == 2 and not any(n.op_type in ("Split", "Slice") and n.input[0] in first[0].output + first[1].output
+                                       for n in speed.model.graph.node)
+
+
+def test_favor_speed_keeps_a_first_gemm_on_a_shared_input_stored_once():
+    """A Gemm's shared rows on the common input stay one block, stacked with the tasks' own rows."""
+    models = [str(SAMPLES / f"mlp_{t}.onnx") for t in ("digit", "parity")]
+    calib = [str(SAMPLES / f"calib_{t}.npz") for t in ("digit", "parity")]
+    speed = zip_models(models, calib, share=0.5, names=("digit", "parity"), quiet=True, favor="speed")
+    assert speed.report["params_after"] < speed.report["params_before"] - 150 * 64
 
 
 def test_siblings_stack_only_on_graph_inputs_and_never_the_tasks_own_ops_alone():
@@ -143,8 +155,12 @@ def test_siblings_stack_only_on_graph_inputs_and_never_the_tasks_own_ops_alone()
     m = model(nodes, inits, [("x", [2, 3, 6, 6])], ["c1", "c2", "a/c3", "b/c4"])
     fused, counts = fuse_branches(m, "shared/")
     assert not any(counts.values()) and fused is m
+    nodes[2] = helper.make_node("Conv", ["h", "w2", "b2"], ["shared/c2"])  # a shared block, on an inner tensor:
+    m = model(nodes, inits, [("x", [2, 3, 6, 6])], ["c1", "shared/c2", "a/c3", "b/c4"])  # still apart
+    fused, counts = fuse_branches(m, "shared/")
+    assert not any(counts.values()) and fused is m
     nodes[4] = helper.make_node("Conv", ["x", "w4", "b4"], ["shared/c4"])  # a shared block on the input: stacked
-    m = model(nodes, inits, [("x", [2, 3, 6, 6])], ["c1", "c2", "a/c3", "shared/c4"])
+    m = model(nodes, inits, [("x", [2, 3, 6, 6])], ["c1", "shared/c2", "a/c3", "shared/c4"])
     fused, counts = fuse_branches(m, "shared/")
     same(m, fused, {"x": RNG.normal(size=(2, 3, 6, 6)).astype(np.float32)})
     assert counts["siblings"] == 1 and ops(fused).count("Conv") == 3

@@ -33,10 +33,10 @@ def test_a_zip_reports_its_phases_and_peak_memory():
 
 
 def test_the_report_sets_the_zip_time_against_the_runtime_floor_and_the_statistics_arithmetic():
-    """The floor is the originals' pass; the arithmetic bound counts X'X of every dense statistic:
-    the sample MLP's two hidden layers (64 and 300 inputs, a bias column each) over its 205 fitted
-    samples in each of two tasks, computed here from the layer sizes alone (no cross moments
-    without recovery)."""
+    """The floor is the originals' pass; the arithmetic bound counts X'X (its symmetric half) of every
+    dense statistic: the sample MLP's two hidden layers (64 and 300 inputs, a bias column each) over
+    its 205 fitted samples in each of two tasks, computed here from the layer sizes alone (no cross
+    moments without recovery)."""
     from conftest import SAMPLES
 
     from onnxzip import zip_models
@@ -46,7 +46,7 @@ def test_the_report_sets_the_zip_time_against_the_runtime_floor_and_the_statisti
     result = zip_models(models, calib, share=0.5, quiet=True, recover=False)
     floor, report = result.summary.floor, result.summary
     assert report.samples == [205, 205]
-    assert floor.statistics_gflop * 1e9 == pytest.approx(2 * 205 * ((64 + 1) ** 2 + (300 + 1) ** 2))
+    assert floor.statistics_gflop * 1e9 == pytest.approx(2 * 205 * (65 * 66 / 2 + 301 * 302 / 2))
     assert floor.originals_seconds == pytest.approx(report.phases["originals"], abs=1e-3)
     assert floor.seconds == report.seconds and floor.gemm_gflops > 0.1
     assert floor.bound_seconds == pytest.approx(floor.statistics_gflop / floor.gemm_gflops, rel=1e-2)

@@ -48,13 +48,13 @@ def test_a_cut_npz_is_one_line(tmp_path, capsys):
     (["--finetune", "-3"], "--finetune -3: give a number of steps >= 1 (0, the default: none)"),
     (["--std", "inf"], "--std inf: give finite values"),
     (["--mean", "nan"], "--mean nan: give finite values"),
+    (["--mean", "1e39"], "--mean 1e+39: give finite values"),  # (past float32: no numpy overflow warning)
     (["--image-size", "100000,100000"], "--image-size 100000,100000: at most 16384 a side"),
 ])
 def test_option_values_are_refused_before_any_loading(tmp_path, capsys, flags, message):
     args = zip_args(tmp_path)
-    args.remove("-q")  # (phase messages would show work done before the refusal)
-    line = one_line(capsys, args + flags, message)
-    assert "loading" not in line
+    args.remove("-q")  # (a phase message, such as "loading", would be a second line: work before the refusal)
+    one_line(capsys, args + flags, message)
 
 
 def test_image_options_with_arrays_are_said_unused(tmp_path, caplog):
@@ -100,7 +100,7 @@ def test_a_finetune_whose_loss_rises_says_so(tmp_path, zipped, caplog):
         assert main(["finetune", zipped, "--data", *train, "--labels", "label", "-o", str(tmp_path / "f.onnx"),
                      "--lr", "1", "--steps", "10", "-q"]) == 0
     said = [r.getMessage() for r in caplog.records if "training loss" in r.getMessage()]
-    assert len(said) == 1 and "rose from" in said[0] and "--lr than 1?" in said[0]
+    assert len(said) == 1 and "rose from" in said[0] and "too high a learning rate, 1?" in said[0]
 
 
 def test_finetune_and_distill_name_a_model_that_is_not_zipped(tmp_path, capsys):
@@ -142,3 +142,11 @@ def test_graphsurgeon_warnings_stay_off_stdout(tmp_path, capfd):
     assert main(zip_args(tmp_path, models=sk, data=flat)) == 0
     out = capfd.readouterr().out
     assert "[W]" not in out and out == ""
+
+
+def test_a_finetune_that_diverges_is_one_line_and_writes_nothing(tmp_path, zipped, capsys):
+    train = [str(SAMPLES / "train_digit.npz"), str(SAMPLES / "train_parity.npz")]
+    out = tmp_path / "f.onnx"
+    one_line(capsys, ["finetune", zipped, "--data", *train, "--labels", "label", "-o", str(out), "--lr", "1e38",
+                      "--steps", "5", "-q"], "fine-tuning diverged at step")
+    assert not out.exists()

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from ..errors import UsageError
+from ..errors import InternalError, UsageError
 from ..graph import io
 from ..graph.ir import ModelIR, activation_bytes, batch_within
 from ..graph.spaces import LAYER_AXIS
@@ -203,6 +203,8 @@ def _summed_squares(reverse: onnx.ModelProto, grads: dict[int, str], opset: int)
     sums = {}
     for i, name in grads.items():
         rank = len(outputs[name].type.tensor_type.shape.dim)
+        if rank <= LAYER_AXIS + 1:  # (a gradient has the batch, the channels and the seed axis at least)
+            raise InternalError(f"the gradient {name!r} has no declared rank ({rank}): its channels cannot be summed")
         axes = [a for a in range(rank) if a != LAYER_AXIS]
         sums[i] = f"{name}.sum_squares"
         if opset >= 18:

@@ -96,20 +96,24 @@ def _run_errors() -> tuple[type, ...]:
                  if hasattr(C, n))
 
 
-def quiet_run(sess, outputs: list[str] | None, feeds: dict[str, np.ndarray], what: str = "the model") -> list:
-    """``sess.run`` without ONNX Runtime's own error line; its error as one line naming ``what``."""
+def quiet_run(sess, outputs: list[str] | None, feeds: dict[str, np.ndarray], what: str = "the model",
+              built: bool = False) -> list:
+    """``sess.run`` without ONNX Runtime's own error line; its error as one line naming ``what`` (a
+    user's model on the user's inputs), or as an :class:`InternalError` for a graph onnxzip ``built``."""
     opts = onnxruntime().RunOptions()
     opts.log_severity_level = 4
     try:
         return sess.run(outputs, feeds, opts)
     except _run_errors() as exc:
+        if built:
+            raise InternalError(f"onnxruntime cannot run a graph onnxzip built ({what}): {exc}") from exc
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"onnxruntime cannot run {what} on these inputs ({shapes}): {first}") from None
 
 
 def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: int,
-                what: str = "the model") -> Iterator[list[np.ndarray]]:
+                what: str = "the model", built: bool = False) -> Iterator[list[np.ndarray]]:
     """Run ``sess`` over the leading axis of ``feeds`` in batches; yields the outputs of each batch.
 
     A model with a fixed batch size gets a final partial batch padded (by repeating its samples)
@@ -124,16 +128,17 @@ def run_batches(sess, feeds: dict[str, np.ndarray], outputs: list[str], batch: i
         real = next(iter(chunk.values())).shape[0] if chunk else size
         if real < size and fixed:
             chunk = {k: np.resize(v, (size,) + v.shape[1:]) for k, v in chunk.items()}
-            yield [o[:real] for o in quiet_run(sess, outputs, chunk, what)]
+            yield [o[:real] for o in quiet_run(sess, outputs, chunk, what, built)]
         else:
-            yield quiet_run(sess, outputs, chunk, what)
+            yield quiet_run(sess, outputs, chunk, what, built)
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, batch: int = 256,
-        what: str = "the model") -> dict[str, np.ndarray]:
-    """All outputs (default: every graph output) over all samples, concatenated along axis 0."""
+        what: str = "the model", built: bool = False) -> dict[str, np.ndarray]:
+    """All outputs (default: every graph output) over all samples, concatenated along axis 0
+    (``what``, ``built``: :func:`quiet_run`)."""
     outputs = outputs or [o.name for o in sess.get_outputs()]
-    parts = [list(r) for r in run_batches(sess, feeds, outputs, batch, what)]
+    parts = [list(r) for r in run_batches(sess, feeds, outputs, batch, what, built)]
     if len(parts) == 1:  # one batch: no copy
         return dict(zip(outputs, parts[0]))
     return {name: np.concatenate([p[j] for p in parts]) if parts and isinstance(parts[0][j], np.ndarray)

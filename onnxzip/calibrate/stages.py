@@ -117,7 +117,7 @@ class StagedNetwork:
                 if self.fixed is None or live.sizes[i] == self.fixed:  # one batch, one run (a stage's
                     got = dict(zip(outputs, sess.run(outputs, feeds)))  # inputs need not be batch-major)
                 else:  # the last, partial batch of a model that fixes its batch size: padded
-                    got = runtime.run(sess, feeds, outputs, self.batch)
+                    got = runtime.run(sess, feeds, outputs, self.batch, "a stage", built=True)
             yield got  # (outside the phase: the consumer's work is its own)
 
     def run_stage(self, j: int, live: Batches, weights: dict[int, tuple[np.ndarray, np.ndarray]],

@@ -9,6 +9,7 @@ import onnx
 
 from ..calibrate import runtime
 from ..emit.shapes import zipped_input
+from ..errors import InputError
 from ..graph import io
 from ..graph.ir import ModelIR
 from ..report.records import SizesRecord
@@ -68,8 +69,8 @@ def check_sizes(model: onnx.ModelProto, dims: dict[str, dict[int, str]], irs: li
         zfeeds = {(k if k in zipped_names else f"{name}/{k}"): v for k, v in feeds.items()}
         try:
             got = runtime.quiet_run(sess, [f"{name}/{o}" for o in ir.outputs], zipped_feeds(sess, zfeeds))
-        except Exception as exc:  # noqa: BLE001
-            return _fixed(record, f"task {name!r} does not run at {_size(checked)} ({str(exc).splitlines()[0]})")
+        except InputError as exc:  # (ONNX Runtime's error, in one line)
+            return _fixed(record, f"task {name!r} does not run at {_size(checked)} ({str(exc).split(': ', 1)[-1]})")
         errs = []
         for o, g in zip(ir.outputs, got):
             w = want[o]

@@ -89,7 +89,7 @@ def run_tasks(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.nda
     for group, zipped, feeds in task_sessions(result, data, opts.device):
         batch = min(batch_within(irs[t], opts.batch_size, runtime.RUN_BYTES // len(group)) for t in group)
         got.update(runtime.run(zipped, feeds, [f"{result.names[t]}/{o}" for t in group for o in irs[t].outputs],
-                               batch))
+                               batch, "the zipped model", built=True))
         del zipped
     return got
 

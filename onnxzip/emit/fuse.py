@@ -4,8 +4,9 @@ On a shared input the emitter writes a partly shared layer as one op for the sha
 task for its private rows; ONNX Runtime pays per op, and each part then runs its own activation and
 pooling. This pass rewrites the graph until nothing changes (channels on the layer axis throughout, :data:`onnxzip.graph.spaces.LAYER_AXIS`):
 
-* **siblings**: Conv (or Gemm) ops on the same input every task shares, a shared block among them
-  -> one op over the filters stacked, then Split;
+* **siblings**: Conv (or Gemm) ops on the same input -> one op over the filters stacked, then Split;
+  Convs (given the shared prefix ``common``) only on a graph input with a shared block among them, since
+  their stacked maps live until the last piece is read (Gemms, one number per channel, anywhere);
 * **pushdown**: the same channel-wise op on every output of a Split -> the op on the Split's input
   (per-channel constants stacked), then Split;
 * **concat**: a Concat of channels of one Split's input -> that input, a Slice or one Gather.

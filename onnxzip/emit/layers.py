@@ -46,9 +46,11 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
     out_parts = []
     blocks = row_blocks(z.shared, zw.shape[0], em.t)  # (fuse: private 0, shared, private 1)
     kept = [b for b in blocks if b[0].size]
-    # (on an input every task shares too: the shared rows computed once would keep their result
-    # alive across the tasks, measured to cost more memory than computing them per task)
-    one_op = em.speed and len(kept) * sum(1 for t in terms if t[1].size) > 1
+    # (a Conv on an input every task shares too: its shared rows computed once would keep their map
+    # alive across the tasks, measured to cost more memory than computing them per task; a Gemm's
+    # shared rows stay one op, stacked with the tasks' own rows by fuse, stored once)
+    one_op = em.speed and len(kept) * sum(1 for t in terms if t[1].size) > 1 and \
+        not (node.op == "Gemm" and len(terms) == 1 and terms[0][0].shared)
     if one_op:  # one op per task over the input joined: the shared block is stored again in each task
         x, _ = em.joined(layer.input)
         terms = [(Part(x, None, False), np.concatenate([t[1] for t in terms]), False, 0)]

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +311,7 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {"": np.load(p, allow_pickle=False)}
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # (a cut .npz: BadZipFile)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # (a cut .npz: BadZipFile)
         why = "neither a .npz (zip) nor a .npy file" if "pickled" in str(exc) else str(exc) or type(exc).__name__
         raise InputError(f"{p}: not a readable .npz/.npy file ({why})") from None
 

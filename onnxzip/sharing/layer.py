@@ -177,7 +177,8 @@ def private_layer(ctx: Context, li: int, live: list[Batches] | None = None) -> L
         mats, o = p.mats, p.offset
         if o is not None:
             mats = [o.to_zipped(z0[0], rest) for z0, rest in zip(o.parts[0].mats, o.parts[1].mats)]
-        return LayerZip(li, 0, p.ns, [np.arange(x.shape[0]) for x in mats], p.cols, mats, np.zeros(0))
+        return LayerZip(li, 0, p.ns, [np.arange(x.shape[0]) for x in mats], p.cols, mats, np.zeros(0),
+                        stat_flops=ctx.problems.stat_flops.get(li, 0.0))
     rows, cols, weights, ns = [], [], [], 0
     for t, ir in enumerate(ctx.irs):
         order, ns = ctx.matchings.column_order(ir, li, t)

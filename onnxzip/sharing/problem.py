@@ -144,8 +144,8 @@ class Problems:
         self._blocks: dict[int, list] = {}  # layer -> per task task_blocks() of its problem
         self._same: dict[tuple[int, str], bool] = {}  # (id of live Batches, tensor) -> equals the original
         self.fractions: dict[int, float] = {}  # layer -> the fraction of its input rows its statistics read
-        #: layer -> the multiply-adds of its dense statistics over the tasks: rows read x (width + 1)^2
-        #: (X'X; twice with a cross moment), the least arithmetic that computes them
+        #: layer -> the multiply-adds of its dense statistics over the tasks: rows read x (w + 1)(w + 2) / 2
+        #: (X'X, symmetric), plus rows x (w + 1)^2 for a cross moment: the least arithmetic that computes them
         self.stat_flops: dict[int, float] = {}
         self.few_rows: dict[str, tuple[int, int]] = {}  # layer -> (rows read, statistic size): rank-deficient
 
@@ -260,7 +260,8 @@ class Problems:
         if rows and rows < width + 1:
             self.few_rows[layer.name] = (rows, width + 1)
         self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
-        self.stat_flops[li] = self.stat_flops.get(li, 0.0) + rows * fraction * (width + 1) ** 2 * (1 if unchanged else 2)
+        self.stat_flops[li] = self.stat_flops.get(li, 0.0) + rows * fraction * (
+            (width + 1) * (width + 2) / 2 + (0 if unchanged else (width + 1) ** 2))
         with phase("statistics"):
             if unchanged:
                 return layer_hessian(layer, live.column(name), method, sample_weights=weights, fraction=fraction,

@@ -299,8 +299,9 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
     before = best = trainer.loss(held) if held else None
     kept, best_step, waited, step = dict(values), 0, 0, 0
     # without held-out samples, the loss on some fitted ones before and after (said where it rose)
-    probe = [Samples({k: v[:PROBE] for k, v in g.feeds.items()},
-                     [Target(t.output, t.values[:PROBE], t.loss, t.scale) for t in g.targets]) for g in fit] \
+    spread = [np.linspace(0, g.n - 1, min(g.n, PROBE)).round().astype(int) for g in fit]  # (not the first: sorted data)
+    probe = [Samples({k: v[i] for k, v in g.feeds.items()}, [Target(t.output, t.values[i], t.loss, t.scale)
+                                                            for t in g.targets]) for g, i in zip(fit, spread)] \
         if not held and all(t.values is not None for g in fit for t in g.targets) else []
     fit_before = trainer.loss(probe) if probe else None
     for step in progress(range(1, schedule.steps + 1), what):
@@ -315,8 +316,8 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
                 values[n] = values[n] - schedule.lr * scale[n] * (m1[n] / (1 - 0.9 ** step)) / (
                     np.sqrt(m2[n] / (1 - 0.999 ** step)) + 1e-8)
         if not all(np.isfinite(values[n]).all() for n in trainer.names):
-            raise UsageError(f"{what} diverged at step {step} (weights overflowed): give a lower --lr than "
-                             f"{schedule.lr:g}")
+            raise UsageError(f"{what} diverged at step {step} (weights overflowed at the learning rate "
+                             f"{schedule.lr:g}; finetune takes a lower --lr)")
         if held and (step % every == 0 or step == schedule.steps):
             score = trainer.loss(held)
             if score < best * (1 - 1e-4):
@@ -330,9 +331,9 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
     else:
         best_step = step
         fit_after = trainer.loss(probe) if probe else None
-        if probe and not fit_after < fit_before:
+        if probe and fit_after > fit_before:
             logger.warning("%s: the training loss on %d fitted samples rose from %.4g to %.4g over %d steps (too "
-                           "high a --lr than %g?); the model written may be worse than the one given", what,
+                           "high a learning rate, %g?); the model written may be worse than the one given", what,
                            sum(g.n for g in probe), fit_before, fit_after, step, schedule.lr)
     log = TrainLog(step, best_step, before, best, round(time.perf_counter() - start, 3))
     return trainer.tuned(), log
