@@ -175,7 +175,6 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
     if len(data) != len(tasks):
         raise UsageError(f"give one labelled data file per task: {len(tasks)} tasks ({', '.join(tasks)}), "
                          f"{len(data)} files")
-    names = {i.name for i in model.graph.input}
     types = {o.name: o.type.tensor_type for o in model.graph.output}
     feeds, ys, outs = [], [], []
     for task, d in zip(tasks, data):
@@ -188,8 +187,7 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
         if out is None:
             raise UsageError(f"task {task!r} has no classifier output (N, classes) to train")
         ys.append(io.check_labels(arrays.pop(labels), types[out].shape.dim[1].dim_value, source))
-        feeds.append({(k if k in names else f"{task}/{k}"): v for k, v in arrays.items()
-                      if k in names or f"{task}/{k}" in names})
+        feeds.append(_task_feeds(model, arrays, out, source))  # (checked: shapes, dtypes, NaN)
         outs.append(out)
     return finetune(model, tasks, feeds, ys, outs, steps=steps, lr=lr, batch=batch, device=device,
                     progress=lambda it, desc, work=None: progress(it, desc, quiet, work))

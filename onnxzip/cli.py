@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from typing import NoReturn
 
 from . import __version__, images
@@ -164,6 +166,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .api import distill_model
     io.check_output_path(args.output, [args.model] + args.originals + args.data)
     opts = ZipOptions.from_args(args)
+    _unused_image_options(args)
     model = io.load_model(args.model)
     zipped_tasks(model, args.model)  # (a model that is not zipped: named)
     model, record, after = distill_model(model, args.originals, args.data, opts)
@@ -403,12 +406,23 @@ def _add_output_commands(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, as KeyboardInterrupt: no ``except Exception`` swallows it)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     from onnx_graphsurgeon.logger import G_LOGGER
     # onnx-graphsurgeon's own warnings ("colored module is not installed", types it cannot convert) go to
     # stdout, past -q: a user of the command sees onnxzip's messages only
     G_LOGGER.severity = G_LOGGER.ERROR
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # (SIGTERM, as timeout and CI send it: the
+        # same clean-up as Ctrl-C, temporary spools removed, exit 143)
+        signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="onnxzip: %(message)s")
     try:
         return args.func(args)
@@ -422,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         print("onnxzip: error: out of memory (a smaller --batch-size, --max-samples or --image-size needs less)",
               file=sys.stderr)
         return 2
+    except Terminated:
+        print("onnxzip: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
         print("onnxzip: interrupted", file=sys.stderr)
         return 130

@@ -23,7 +23,7 @@ def progress(items: Iterable, desc: str, quiet: bool, work: Sequence[Sequence[fl
     if sys.stderr.isatty() and work is None:
         from tqdm import tqdm
         return tqdm(items, desc=desc, leave=False)
-    return _progress_lines(list(items), desc, work)
+    return _progress_lines(items if hasattr(items, "__len__") else list(items), desc, work)
 
 
 #: items done before an ETA is fitted to their features (before: seconds per item so far)
@@ -42,21 +42,27 @@ def eta(done: np.ndarray, seconds: np.ndarray, left: np.ndarray) -> float:
     return float((np.hstack([np.ones((len(left), 1)), left / scale]) @ c).sum())
 
 
-def _progress_lines(items: list, desc: str, work: Sequence[Sequence[float]] | None) -> Iterable:
-    features = np.zeros((len(items), 0)) if work is None else np.asarray(work, np.float64).reshape(len(items), -1)
-    seconds = np.zeros(len(items))
+def _progress_lines(items: Sequence, desc: str, work: Sequence[Sequence[float]] | None) -> Iterable:
+    # (items alike, such as a billion training steps: no per-item arrays, the mean so far)
+    features = None if work is None else np.asarray(work, np.float64).reshape(len(items), -1)
+    seconds = np.zeros(len(items) if work is not None else 0)
     start = last = before = time.perf_counter()
     print(f"onnxzip: {desc} 0/{len(items)}", file=sys.stderr, flush=True)
     for i, item in enumerate(items):
         now = time.perf_counter()
-        if i:
+        if i and work is not None:
             seconds[i - 1] = now - before
         before = now
         if i and now - last >= PROGRESS_EVERY:
             # items of unequal work get an ETA once it can be fitted (the first ones, the largest
             # layers of a detector, put the mean per item 3-4x high)
-            known = work is None or i >= FIT_AFTER
-            left = f", about {eta(features[:i], seconds[:i], features[i:]):.0f} s to go" if known else ""
+            if work is None:
+                togo = (now - start) / i * (len(items) - i)
+            elif i >= FIT_AFTER:
+                togo = eta(features[:i], seconds[:i], features[i:])
+            else:
+                togo = None
+            left = f", about {togo:.0f} s to go" if togo is not None else ""
             print(f"onnxzip: {desc} {i}/{len(items)}, {now - start:.0f} s{left}", file=sys.stderr, flush=True)
             last = now
         yield item

@@ -150,3 +150,32 @@ def test_a_finetune_that_diverges_is_one_line_and_writes_nothing(tmp_path, zippe
     one_line(capsys, ["finetune", zipped, "--data", *train, "--labels", "label", "-o", str(out), "--lr", "1e38",
                       "--steps", "5", "-q"], "fine-tuning diverged at step")
     assert not out.exists()
+
+
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(tmp_path):
+    """A zip killed with SIGTERM (timeout, CI) mid-work leaves no temporary spool and says so in one line."""
+    import signal
+    import subprocess
+    import sys
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "onnxzip", "zip", *CNN, "--data", *CALIB, "-o",
+                             str(tmp_path / "z.onnx"), "--target-params", "0.6"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # (signalled once the layer loop has started: a spool exists then)
+        seen.append(line)
+        if "zipping layers" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 143, "".join(seen) + rest
+    assert rest.strip().splitlines()[-1] == "onnxzip: terminated" and "Traceback" not in rest
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("onnxzip-")] and not (tmp_path / "z.onnx").exists()
+
+
+def test_progress_over_a_billion_steps_holds_no_list_of_them(monkeypatch, capsys):
+    from onnxzip import progress
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    steps = progress.progress(range(1, 10**9 + 1), "distilling", quiet=False)
+    assert next(iter(steps)) == 1 and "distilling 0/1000000000" in capsys.readouterr().err

@@ -159,7 +159,8 @@ def follow(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
         hs = []
         for t, ir in enumerate(irs):
             layer = ir.layers[li]
-            h = depthwise_hessians(layer, live[t].column(layer.input), ctx.opts.hessian)[np.asarray(slots[t])]
+            with phase("statistics"):  # (a depthwise layer's per-channel statistics: timed with the rest)
+                h = depthwise_hessians(layer, live[t].column(layer.input), ctx.opts.hessian)[np.asarray(slots[t])]
             hs.append(np.stack([damp(x, ctx.opts.damping) for x in h]))
         w, costs = merge_followers([x[np.asarray(s)] for x, s in zip(mats, slots)], hs)
         for t, s in enumerate(slots):
