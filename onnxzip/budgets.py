@@ -85,6 +85,10 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
     if budget.target_params is not None:
         result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, chosen)
     _in_loss_units(result.summary.budget, tries)
+    if opts.target_params is not None and result.summary.params_kept > opts.target_params + 0.005:
+        log.warning("--target-params %g not reached: this zip keeps %.1f%% of the parameters (%s)", opts.target_params,
+                    100 * result.summary.params_kept, "backed off to keep the verdicts" if len(tries) > 1 else
+                    "every group shares what it can; the heads and unshared layers stay")
     return result
 
 

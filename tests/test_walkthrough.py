@@ -179,3 +179,10 @@ def test_progress_over_a_billion_steps_holds_no_list_of_them(monkeypatch, capsys
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
     steps = progress.progress(range(1, 10**9 + 1), "distilling", quiet=False)
     assert next(iter(steps)) == 1 and "distilling 0/1000000000" in capsys.readouterr().err
+
+
+def test_a_target_params_out_of_reach_is_said(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(zip_args(tmp_path) + ["--target-params", "0.01"]) == 0
+    said = [r.getMessage() for r in caplog.records if "not reached" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("--target-params 0.01 not reached: this zip keeps 5")
