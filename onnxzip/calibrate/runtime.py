@@ -2,6 +2,7 @@
 constant folding only checks that it is installed)."""
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Iterator
 
@@ -96,14 +97,20 @@ def _run_errors() -> tuple[type, ...]:
                  if hasattr(C, n))
 
 
+@functools.lru_cache(maxsize=1)
+def _quiet_options():
+    """One RunOptions for every run (stage runs are a hot path): ONNX Runtime's own log off (fatal only)."""
+    opts = onnxruntime().RunOptions()
+    opts.log_severity_level = 4
+    return opts
+
+
 def quiet_run(sess, outputs: list[str] | None, feeds: dict[str, np.ndarray], what: str = "the model",
               built: bool = False) -> list:
     """``sess.run`` without ONNX Runtime's own error line; its error as one line naming ``what`` (a
     user's model on the user's inputs), or as an :class:`InternalError` for a graph onnxzip ``built``."""
-    opts = onnxruntime().RunOptions()
-    opts.log_severity_level = 4
     try:
-        return sess.run(outputs, feeds, opts)
+        return sess.run(outputs, feeds, _quiet_options())
     except _run_errors() as exc:
         if built:
             raise InternalError(f"onnxruntime cannot run a graph onnxzip built ({what}): {exc}") from exc
