@@ -197,7 +197,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               + ", ".join(layers[i].name for i in spaces.followers))
     if spaces.restore:
         print("restored to each task's channel order before: " + ", ".join(sorted(spaces.restore)))
-    for line in describe_blocks(irs[0], find_attention(irs[0])):
+    for line in describe_blocks(irs[0], find_attention(irs[0]), ties=True):
         print(f"attention: {line}")
     if len(irs) < 2:
         return 0

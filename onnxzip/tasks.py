@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from . import images, timing
 from .calibrate import runtime
+from .check.heads import prove_heads
 from .errors import InputError, UsageError
 from .graph import io
 from .graph.align import align
@@ -105,6 +106,8 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
     with timing.phase("originals"):
         references = reference_outputs(protos, irs, arrays, opts)
         held_references = reference_outputs(protos, irs, held, opts) if all(held) else [{} for _ in held]
+    with timing.phase("load"):
+        irs = prove_heads(irs, arrays, opts.device)  # (after the originals: they say what is wrong with the data)
     if opts.hold_out and not all(held):
         log.warning("too few calibration samples to hold any out (fewer than %d, or than two whole batches of a "
                     "model with a fixed batch): every task is fitted to all of its samples, and a verdict of 'ok' "

@@ -90,8 +90,8 @@ def test_format_table_of_a_full_report_line_by_line():
         "task order chosen (groups): b -> a -> c (2); c -> a -> b (1)",
         f"calibration samples per task: digit 64, {LONG_TASK} 32, seg 16",
         "channel order restored before: lrn1, shuffle3",
-        ("attention blocks (2; heads are not tied: each task's Q/K/V output is restored to its order before the "
-         "heads split): blk0: q k v; blk1: q k v"),
+        ("attention blocks (2; tied heads run on the zipped Q, K and V, whole heads shared; restored ones on each "
+         "task's own order): blk0: q k v; blk1: q k v"),
         ("equivalence check (zipped model vs. per-task zipped networks): max abs diff 1.23e-06 (tolerance 0.0001, "
          "the models' own float noise 2.5e-07)  [ok]"),
         "not shared: head: a private head",

@@ -78,7 +78,7 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     layers, groups = _layer_rows(irs[0], result.plan)
     return ZipReport(tasks, layers, sum(p for p, _ in before), after[0], sum(b for _, b in before), after[1],
                      equivalence, not_shared(irs, result.plan, opts), groups, sorted(irs[0].spaces.restore),
-                     describe_blocks(irs[0], find_attention(irs[0])),
+                     describe_blocks(irs[0], find_attention(irs[0]), ties=True),
                      [int(next(iter(a.values())).shape[0]) for a in data])
 
 

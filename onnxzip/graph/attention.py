@@ -1,17 +1,26 @@
 """Attention blocks found from the graph's pattern: scores = MatMul(Q, K'), Softmax, MatMul(P, V).
 
 Each block names the layers that project Q, K and V (one layer for a fused projection) and the
-output projection that reads the heads' result. onnxzip zips these layers like any other and
-restores their outputs to each task's channel order before the heads are split (heads are not
-tied); the blocks are what ``onnxzip inspect`` and the report show.
+output projection that reads the heads' result.
+
+Where Q, K and V are three layers and the ops between them and the output projection (the *core*:
+head split, scores, softmax, weighted sum, head merge) treat every head alike, the block's heads are
+*tied* (:class:`TiedHeads`): Q, K and V share one matching that moves whole heads and keeps Q's and
+K's channels within a head in one order (the scores are dot products within a head), so each task
+runs the core on its Q, K and V as zipped, and the result is in V's zipped order. The structure is
+read from the graph here; :mod:`onnxzip.check.heads` proves it on calibration samples (the model with
+Q, K and V permuted by whole heads, and the output projection's columns to match, must compute the
+same), and a block that fails is untied: its core then reads each task's own channel order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
 
-from .ir import ModelIR
+if TYPE_CHECKING:
+    from .ir import Layer, ModelIR
 
 #: ops that move or scale a projection's output on its way into (or out of) the attention product
 PASS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split", "Mul", "Div", "Add",
@@ -63,9 +72,14 @@ def _consumer_layer(t: gs.Tensor, layers: dict[str, int], depth: int = 0) -> int
 
 def find_attention(ir: ModelIR) -> list[AttentionBlock]:
     """Every Softmax between MatMul(Q, K') and MatMul(P, V) whose operands come from layers."""
-    layers = {layer.name: i for i, layer in enumerate(ir.layers)}
+    return attention_blocks(ir.graph, ir.layers)
+
+
+def attention_blocks(graph: gs.Graph, layer_list: list[Layer]) -> list[AttentionBlock]:
+    """:func:`find_attention` on a graph and its layers."""
+    layers = {layer.name: i for i, layer in enumerate(layer_list)}
     blocks = []
-    for node in ir.graph.nodes:
+    for node in graph.nodes:
         if node.op != "Softmax":
             continue
         score = _through(node.inputs[0])
@@ -103,11 +117,114 @@ def _through(t: gs.Tensor, depth: int = 0) -> gs.Node | None:
     return None
 
 
-def describe_blocks(ir: ModelIR, blocks: list[AttentionBlock]) -> list[str]:
+def describe_blocks(ir: ModelIR, blocks: list[AttentionBlock], ties: bool = False) -> list[str]:
+    """One line per block; with ``ties``, whether its heads are tied (heads x width) or restored."""
     names = [layer.name for layer in ir.layers]
+    tied = {h.q: h for h in ir.spaces.heads}
     out = []
     for b in blocks:
         qkv = names[b.q] + " (fused Q/K/V)" if b.q == b.k == b.v else \
             f"Q {names[b.q]}, K {names[b.k]}, V {names[b.v]}"
-        out.append(qkv + (f" -> output {names[b.out]}" if b.out is not None else ""))
+        h = tied.get(b.q)
+        how = "" if not ties else f"; heads tied ({h.heads} x {h.width})" if h is not None else \
+            "; heads restored to each task's order"
+        out.append(qkv + (f" -> output {names[b.out]}" if b.out is not None else "") + how)
     return out
+
+
+#: ops a tied core may hold: shape ops, the score and weighted-sum products, their scaling and
+#: masking, the softmax, and the shape arithmetic of run-time Reshape targets
+CORE_OPS = frozenset({"Reshape", "Transpose", "MatMul", "Mul", "Div", "Add", "Sub", "Where", "Softmax", "Cast",
+                      "Dropout", "Identity", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Sqrt",
+                      "Expand", "Flatten"})
+
+
+@dataclass(frozen=True)
+class TiedHeads:
+    """An attention block whose heads are tied: layers ``q``, ``k``, ``v`` (indices into the
+    layers; one matching of ``heads`` x ``width`` neurons each, moved by whole heads), the ``core``
+    nodes between their outputs and ``exit`` (the output projection's input tensor, in V's channel
+    order), replayed as they are on each task's zipped Q, K and V."""
+
+    q: int
+    k: int
+    v: int
+    out: int
+    heads: int
+    width: int  # channels per head
+    core: frozenset[str]
+    exit: str
+
+
+def tied_heads(graph: gs.Graph, layers: list[Layer], hidden: list[int], untied: frozenset[str] = frozenset()
+               ) -> list[TiedHeads]:
+    """The attention blocks whose heads can be tied (three distinct hidden Q, K, V layers of one
+    width, an output projection, a core of :data:`CORE_OPS` whose tensors nothing else reads but a
+    Shape, and a head width found in the core's head split), less those whose Q layer is named in
+    ``untied`` (a check on samples failed them)."""
+    out = []
+    nodes = {n.name: n for n in graph.nodes}
+    outputs = {t.name for t in graph.outputs}
+    for b in attention_blocks(graph, layers):
+        if len({b.q, b.k, b.v}) < 3 or b.out is None or not {b.q, b.k, b.v} <= set(hidden) or \
+                layers[b.q].name in untied:
+            continue
+        width = {layers[i].neurons for i in (b.q, b.k, b.v)}
+        if len(width) != 1:
+            continue
+        d = width.pop()
+        starts = [nodes[layers[i].name].outputs[0] for i in (b.q, b.k, b.v)]
+        exit_ = nodes[layers[b.out].name].inputs[0]
+        core = _between(starts, exit_)
+        if core is None or any(nodes[n].op not in CORE_OPS for n in core) or \
+                any(layers[i].name in core for i in range(len(layers))):
+            continue
+        w = _head_width(core, nodes, d)
+        if w is None or exit_.shape is None or exit_.shape[-1] != d or \
+                not all(_used_within(nodes[n], core, exit_, outputs) for n in core):
+            continue
+        out.append(TiedHeads(b.q, b.k, b.v, b.out, d // w, w, frozenset(core), exit_.name))
+    return out
+
+
+def _between(starts: list[gs.Tensor], end: gs.Tensor) -> set[str] | None:
+    """The names of the nodes on a path from one of ``starts`` to ``end`` (None if none is)."""
+    ahead: set[str] = set()
+    todo = list(starts)
+    while todo:
+        for node in todo.pop().outputs:
+            if node.name not in ahead:
+                ahead.add(node.name)
+                todo.extend(node.outputs)
+    behind: set[str] = set()
+    todo = [end]
+    while todo:
+        t = todo.pop()
+        for node in t.inputs:
+            if node.name not in behind:
+                behind.add(node.name)
+                todo.extend(x for x in node.inputs if not isinstance(x, gs.Constant))
+    core = ahead & behind
+    return core or None
+
+
+def _head_width(core: set[str], nodes: dict[str, gs.Node], d: int) -> int | None:
+    """The channels per head: the last dimension of the Reshapes in the core that split a
+    ``d``-wide last axis (one value, or None)."""
+    widths = set()
+    for name in core:
+        node = nodes[name]
+        x, y = node.inputs[0], node.outputs[0]
+        if node.op == "Reshape" and x.shape and y.shape and x.shape[-1] == d and len(y.shape) == len(x.shape) + 1 \
+                and y.shape[-1] != d:
+            widths.add(y.shape[-1])
+    if len(widths) != 1:
+        return None
+    w = widths.pop()
+    return w if isinstance(w, int) and 0 < w < d and d % w == 0 else None
+
+
+def _used_within(node: gs.Node, core: set[str], exit_: gs.Tensor, outputs: set[str]) -> bool:
+    """Whether ``node``'s outputs (but the exit) are read only inside the core, or by a Shape."""
+    return all(t is exit_ or t.name not in outputs and all(c.name in core or c.op == "Shape" for c in t.outputs)
+               for t in node.outputs)

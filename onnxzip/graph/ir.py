@@ -195,7 +195,8 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
     by_name = {n.name: n for n in ir.graph.nodes}
     ir.graph.nodes = [by_name[n] for n in names]
     layers = _find_layers(ir.graph)
-    return ModelIR(ir.name, ir.source, ir.graph, layers, trace(ir.graph, layers), _index(ir.graph), ir.ir_version,
+    return ModelIR(ir.name, ir.source, ir.graph, layers, trace(ir.graph, layers, ir.spaces.untied), _index(ir.graph),
+                   ir.ir_version,
                    ir.opset, dict(ir.extra_opsets), dict(ir.output_types))
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedOpError
+from .attention import TiedHeads, tied_heads
 
 log = logging.getLogger(__name__)
 ALIGNED, PRIVATE = -2, -1
@@ -86,6 +87,13 @@ class Spaces:
     private: set[str] = field(default_factory=set)
     plain: set[int] = field(default_factory=set)  # layers replayed as ordinary ops (grouped/depthwise convs)
     normalized: set[int] = field(default_factory=set)  # layers whose output a per-sample channel norm reads
+    heads: list[TiedHeads] = field(default_factory=list)  # attention blocks whose heads are tied
+    untied: frozenset[str] = frozenset()  # Q layers of blocks a check on samples untied
+
+    def unit(self, layer: int) -> int:
+        """The neurons of ``layer`` that move together in a matching: a head's width where the
+        layer is a tied Q, K or V, else 1."""
+        return next((h.width for h in self.heads if layer in (h.q, h.k, h.v)), 1)
 
 
 class _UnionFind:
@@ -298,21 +306,34 @@ def _reshaped_axis(node: gs.Node, rank: int, axis: int) -> int | None:
     return len(out) - 1
 
 
-def trace(graph: gs.Graph, layers: list) -> Spaces:
+def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -> Spaces:
     """Follow every hidden layer's channels through ``graph`` (topologically sorted).
 
     A layer is hidden (zippable) when a path of ops leads from its output to another layer; the
-    others are heads, whose outputs stay in task order.
+    others are heads, whose outputs stay in task order. Attention blocks whose heads can be tied
+    (:func:`onnxzip.graph.attention.tied_heads`, less the Q layers named in ``untied``) tie Q, K
+    and V into one group, and their core passes V's channels to the output projection.
     """
     by_node = {layer.name: i for i, layer in enumerate(layers)}
     hidden = sorted(i for i, layer in enumerate(layers) if _reaches_layer(graph, layer, by_node))
+    tied = tied_heads(graph, layers, hidden, untied)
+    core = {name: h for h in tied for name in h.core}
     ties = _UnionFind()
+    for h in tied:
+        ties.union(h.q, h.k)
+        ties.union(h.q, h.v)
     layout: dict[str, ChannelSpace] = {}
     private: set[str] = set()
     restore: dict[str, list[int]] = {}
     followers: list[int] = []
     plain: set[int] = set()  # depthwise convs that are not zipped
     for node in graph.nodes:
+        if node.name in core:  # a tied core: replayed as it is; its exit carries V's channels
+            h = core[node.name]
+            for t in node.outputs:
+                if t.name == h.exit:
+                    layout[t.name] = ChannelSpace(layout[layers[h.v].output].segments, 1, len(t.shape) - 1)
+            continue
         zipped = [i for i, t in enumerate(node.inputs) if t.name in layout]
         tainted = any(t.name in private for t in node.inputs)
         index = by_node.get(node.name)
@@ -357,9 +378,14 @@ def trace(graph: gs.Graph, layers: list) -> Spaces:
             private.update(t.name for t in node.outputs)
             log.info("node %r (%s) needs each task's own channel order: its inputs are restored", node.name, node.op)
     hidden = [i for i in hidden if i not in plain]
+    lost = [h for h in tied if not {h.q, h.k, h.v} <= set(hidden) or any(getattr(layout.get(layers[i].output), "segments", None) !=
+                                                                       (Segment(i, h.heads * h.width),)
+                                                                       for i in (h.q, h.k, h.v))]
+    if lost:  # a Q, K or V that is not a plain zipped layer after all: that block is not tied
+        return trace(graph, layers, untied | {layers[h.q].name for h in lost})
     groups, layout = _grouped(ties, hidden, followers, layout)
     normalized = {i for i, layer in enumerate(layers) if i in hidden and _feeds_normalization(graph, layer, layout)}
-    return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized)
+    return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized, tied, untied)
 
 
 def _grouped(ties: _UnionFind, hidden: list[int], followers: list[int], layout: dict[str, ChannelSpace]

@@ -224,7 +224,8 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
     parts.append("<p>Channel order restored before: " + (html.escape(", ".join(restored)) if restored else "nothing")
                  + ".</p>")
     if report.attention:
-        parts.append("<p>Attention blocks (heads are not tied):</p><ul>" +
+        parts.append("<p>Attention blocks (tied heads run on the zipped Q, K and V, whole heads shared; restored "
+                     "ones on each task's own channel order):</p><ul>" +
                      "".join(f"<li>{html.escape(a)}</li>" for a in report.attention) + "</ul>")
     for line in not_shared_lines(report.not_shared):
         parts.append(f"<p>Not shared: {html.escape(line)}</p>")

@@ -97,8 +97,8 @@ def _structure(report: ZipReport) -> list[str]:
     if report.restored_at:
         lines.append(f"channel order restored before: {', '.join(report.restored_at)}")
     if report.attention:
-        lines.append(f"attention blocks ({len(report.attention)}; heads are not tied: each task's Q/K/V output is "
-                     f"restored to its order before the heads split): " + "; ".join(report.attention))
+        lines.append(f"attention blocks ({len(report.attention)}; tied heads run on the zipped Q, K and V, whole "
+                     f"heads shared; restored ones on each task's own order): " + "; ".join(report.attention))
     return lines
 
 

@@ -88,13 +88,16 @@ class Matchings:
     """
 
     groups: list[list[int]]  # layer indices tied into one matching
-    k: list[int]  # per group, the slots to share
+    k: list[int]  # per group, the slots to share (rounded to whole units)
     rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # group -> per task (n,) neuron order
     slot_costs: dict[int, np.ndarray] = field(default_factory=dict)  # group -> each shared slot's cost, ascending
     orders: dict[int, GroupChoice] = field(default_factory=dict)  # group -> the task order chosen, what it cost
+    units: list[int] | None = None  # per group, the neurons that move together (a tied head's width; 1)
 
     def __post_init__(self) -> None:
         self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}
+        self.units = self.units or [1] * len(self.groups)
+        self.k = [int(np.floor(k / u + 0.5)) * u for k, u in zip(self.k, self.units)]
 
     def decided(self, ir: ModelIR, li: int) -> bool:
         """Whether every group feeding layer ``li`` has its matching."""

@@ -59,7 +59,8 @@ class Context:
         groups = irs[0].spaces.groups
         names = [group_name(irs[0], g) for g in groups]
         sizes = [min(ir.layers[g[0]].neurons for ir in irs) for g in groups]
-        matchings = Matchings(groups, list(share) if counts_given(share) else shared_counts(share, sizes, names))
+        matchings = Matchings(groups, list(share) if counts_given(share) else shared_counts(share, sizes, names),
+                              units=[irs[0].spaces.unit(g[0]) for g in groups])
         return cls(irs, opts, fisher, matchings, Problems(irs, opts, matchings, samples))
 
     def loss_weights(self, li: int) -> list[np.ndarray] | None:

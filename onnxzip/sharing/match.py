@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..registry import Registry
 from ..report.records import GroupChoice
 from ..timing import phase
-from .merge import MATCHERS, match_tasks
+from .merge import match_tasks, pick
 
 if TYPE_CHECKING:
     from .loop import Context
@@ -90,7 +90,7 @@ def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int
     orders = ORDERS.get(ctx.opts.task_order)(len(ctx.irs))
     started = time.perf_counter()
     with phase("matching"):
-        results = [(match_tasks(members, k, ctx.opts.matching, o), o) for o in orders]
+        results = [(match_tasks(members, k, ctx.opts.matching, o, m.units[g]), o) for o in orders]
     (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
     m.slot_costs[g] = np.sort(cost)
     m.orders[g] = GroupChoice([ctx.irs[t].name for t in order], len(members),
@@ -118,8 +118,9 @@ def _by_correlation(ctx: Context, g: int, live: list[Batches], sizes: list[int])
     std_a = np.sqrt(np.maximum(sums[2] / n - mean_a ** 2, 0.0)) + 1e-12
     std_b = np.sqrt(np.maximum(sums[3] / n - mean_b ** 2, 0.0)) + 1e-12
     corr = (sums[4] / n - np.outer(mean_a, mean_b)) / np.outer(std_a, std_b)
-    ia, ib = MATCHERS.get(ctx.opts.matching)(1.0 - corr, m.k[g])
-    order = np.argsort(1.0 - corr[ia, ib], kind="stable")
+    unit = m.units[g]
+    ia, ib = pick(ctx.opts.matching, 1.0 - corr, m.k[g], unit)
+    order = np.argsort(1.0 - corr[ia, ib], kind="stable") if unit == 1 else np.arange(ia.size)
     m.slot_costs[g] = np.sort(1.0 - corr[ia, ib])
     m.rows[g] = [np.concatenate([r[order], np.setdiff1d(np.arange(size), r)]).astype(np.int64)
                  for r, size in ((ia, sizes[0]), (ib, sizes[1]))]

@@ -19,6 +19,8 @@ minimiser, a closed-form improvement over keeping the private weights unchanged.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.optimize import linear_sum_assignment
@@ -173,6 +175,39 @@ def match_index(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(k), np.arange(k)
 
 
+def pick(matching: str, c: np.ndarray, k: int, unit: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` pairs of cost matrix ``c`` by the matcher ``matching``; with ``unit`` > 1, by whole
+    units (attention heads of ``unit`` channels, :func:`match_units`)."""
+    matcher = MATCHERS.get(matching)
+    return matcher(c, k) if unit == 1 else match_units(matcher, c, k, unit)
+
+
+def match_units(matcher: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], c: np.ndarray, k: int,
+                unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` pairs (a multiple of ``unit``) that pair whole units: rows ``[u*unit, (u+1)*unit)`` of
+    ``c`` are one unit, and so are the columns. Every unit pair's cost is its best one-to-one
+    pairing within (``matcher``); ``k / unit`` unit pairs are then matched on those costs. Returns
+    the pairs unit by unit (cheapest unit first), each unit's pairs in its rows' order, so that
+    every ``unit`` consecutive slots hold one unit of each side."""
+    if k % unit:
+        raise ValueError(f"{k} pairs are not whole units of {unit}")
+    na, nb = c.shape[0] // unit, c.shape[1] // unit
+    blocks = c.reshape(na, unit, nb, unit).transpose(0, 2, 1, 3)
+    unit_cost = np.empty((na, nb))
+    within: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for a in range(na):
+        for b in range(nb):
+            ia, ib = matcher(blocks[a, b], unit)
+            order = np.argsort(ia, kind="stable")
+            within[a, b] = ia[order], ib[order]
+            unit_cost[a, b] = blocks[a, b][ia, ib].sum()
+    ua, ub = matcher(unit_cost, k // unit)
+    first = np.lexsort((ua, unit_cost[ua, ub]))
+    i0 = [a * unit + within[a, b][0] for a, b in zip(ua[first], ub[first])]
+    i1 = [b * unit + within[a, b][1] for a, b in zip(ua[first], ub[first])]
+    return (np.concatenate(i0), np.concatenate(i1)) if i0 else (np.zeros(0, int), np.zeros(0, int))
+
+
 def task_blocks(h: np.ndarray, ns: int, compensate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(S, G) for one task: the Schur complement and compensation map (:func:`schur`), or with
     ``compensate=False`` the paper's rule: the shared block of H alone and no compensation."""
@@ -210,7 +245,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
 
 
 def match_tasks(members: list[tuple], k: int, matching: str,
-                order: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+                order: list[int], unit: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
     """Choose ``k`` shared slots across tasks, merging tasks in ``order`` into a running shared set.
 
     Args:
@@ -220,17 +255,18 @@ def match_tasks(members: list[tuple], k: int, matching: str,
             weighted by its neuron's weight (the shared side carries the sum of its neurons').
         order: task indices; the first two are matched, each further task is matched against the
             shared side, which carries S_S = the sum of its tasks' S (M = S_S (S_S + S_t)^-1 S_t).
+        unit: neurons that move together (a tied attention head's width: :func:`match_units`).
     Returns:
-        per task (k,) the neuron of each slot (slot order: cheapest first), and the joint cost of
-        each slot (k,) (its sum is the total to compare task orders by).
+        per task (k,) the neuron of each slot (slot order: cheapest first; by whole units), and the
+        joint cost of each slot (k,) (its sum is the total to compare task orders by).
     """
     members = [tuple(x) + (None,) * (3 - len(x)) for x in members]
     t0, t1 = order[0], order[1]
     c = sum(_weighted(m[t0], m[t1], s[t0], s[t1], None if f is None else f[t0], None if f is None else f[t1])
             for m, s, f in members)
-    i0, i1 = MATCHERS.get(matching)(c, k)
+    i0, i1 = pick(matching, c, k, unit)
     costs = c[i0, i1]
-    first = np.lexsort((i0, costs))
+    first = np.lexsort((i0, costs)) if unit == 1 else np.arange(k)  # (units come cheapest first)
     rows = {t0: i0[first], t1: i1[first]}
     shared = []
     for m, s, f in members:
@@ -241,7 +277,7 @@ def match_tasks(members: list[tuple], k: int, matching: str,
     for t in order[2:]:
         c = sum(_weighted(w, m[t], total, s[t], weight, None if f is None else f[t])
                 for (w, total, weight), (m, s, f) in zip(shared, members))
-        slots, picked = MATCHERS.get(matching)(c, k)
+        slots, picked = pick(matching, c, k, unit)
         rows[t] = picked[np.argsort(slots)]
         shared = [(solve(total + s[t], total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
                    None if f is None else weight + f[t][rows[t]])
