@@ -29,9 +29,18 @@ TOLERANCE = 1e-4
 
 
 def head_permutation(heads: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """(heads * width,) new position -> neuron: heads in a random order, each head's channels in a
-    random order of their own."""
-    return np.concatenate([h * width + rng.permutation(width) for h in rng.permutation(heads)])
+    """(heads * width,) new position -> neuron: the heads in a random order that moves every head,
+    each head's channels in a random order of their own that moves every channel (no part left
+    where it was, so that no head and no channel escapes the proof)."""
+    return np.concatenate([h * width + _cycle(width, rng) for h in _cycle(heads, rng)])
+
+
+def _cycle(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of ``n`` that is one n-cycle (it moves every element when n > 1)."""
+    r = rng.permutation(n)
+    p = np.empty(n, np.int64)
+    p[r] = np.roll(r, 1)
+    return p
 
 
 def permuted(ir: ModelIR, blocks: list[TiedHeads], perms: dict[int, np.ndarray]) -> onnx.ModelProto:
