@@ -20,7 +20,7 @@ from .check.heads import prove_heads
 from .errors import InputError, UsageError
 from .graph import io
 from .graph.align import align
-from .graph.ir import ModelIR, batch_within, build_ir
+from .graph.ir import ModelIR, batch_within, build_ir, same_inputs
 from .graph.lint import MAX_OPSET
 from .graph.normalize import onnx_opset
 from .images import ImageRecipe
@@ -224,12 +224,6 @@ def batch_unit(ir: ModelIR) -> int:
            if not isinstance(t, gs.Constant) and t.shape and t.dtype is not None and np.dtype(t.dtype).kind == "f"):
         return 1
     return fixed
-
-
-def same_inputs(irs: list[ModelIR]) -> bool:
-    """Whether every task declares the same inputs (names, types, shapes past the batch)."""
-    first = [(s.name, s.dtype, s.shape[1:]) for s in irs[0].inputs]
-    return all([(s.name, s.dtype, s.shape[1:]) for s in ir.inputs] == first for ir in irs[1:])
 
 
 def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: list[dict[str, np.ndarray]],

@@ -174,3 +174,22 @@ def test_head_permutation_moves_every_head_and_every_channel_and_keeps_heads_who
         assert (blocks[:, 0] != np.arange(heads)).all()
     if width > 1:
         assert (p.reshape(heads, width) % width != np.arange(width)).all()
+
+
+def _ops(model: onnx.ModelProto, op: str) -> int:
+    return sum(n.op_type == op for n in model.graph.node)
+
+
+@pytest.mark.parametrize("share,separate", [(1.0, False), (1.0, True), (0.5, False)])
+def test_sample_hf_vit_pair_computes_a_fully_shared_encoder_once(share, separate):
+    """On one input at share 1, the class token, position embedding and LayerNorm constants are
+    merged, so the whole encoder is one computation (the originals' op counts, once); with separate
+    inputs, or a part shared, every task keeps its own constants and runs its own attention."""
+    models = [SAMPLES / "hfvit_a.onnx", SAMPLES / "hfvit_b.onnx"]
+    result = zip_models(models, [SAMPLES / "calib_hfvit.npz"], share=share, separate_inputs=separate, quiet=True)
+    original = onnx.load(models[0])
+    once = share == 1.0 and not separate
+    for op in ("Softmax", "LayerNormalization"):
+        assert _ops(result.model, op) == _ops(original, op) * (1 if once else 2), op
+    assert bool(result.plan.constants[0]) == once
+    assert result.summary.equivalence.verdict == "ok"

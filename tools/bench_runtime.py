@@ -28,6 +28,7 @@ PAIRS = {  # name -> (models, calibration, names)
     "resnet": (["resnet_digit.onnx", "resnet_parity.onnx"], ["calib_digit.npz", "calib_parity.npz"], ("digit", "parity")),
     "vit": (["vit_digit.onnx", "vit_parity.onnx"], ["calib_digit.npz", "calib_parity.npz"], ("digit", "parity")),
     "bert": (["bert_a.onnx", "bert_b.onnx"], ["calib_bert.npz", "calib_bert.npz"], ("a", "b")),
+    "hfvit": (["hfvit_a.onnx", "hfvit_b.onnx"], ["calib_hfvit.npz", "calib_hfvit.npz"], ("a", "b")),
 }
 
 

@@ -77,9 +77,24 @@ def _part_target(em: TaskEmitter, t: gs.Tensor, part: Part, space: ChannelSpace)
                        [f"{t.name}.part"], em.prefix)[0]
 
 def _slice(em: TaskEmitter, t: gs.Tensor, rank: int, part: Part, space: ChannelSpace) -> str:
-    """An unzipped operand of a join (all channels, task order) cut to ``part``'s channels."""
+    """An unzipped operand of a join (all channels, task order) cut to ``part``'s channels; a
+    constant spread by an Expand (a class token) as the part's constant spread (the same op in every
+    task where the constants are merged: :mod:`onnxzip.sharing.constants`)."""
     axis = len(t.shape) - (rank - space.axis)
-    idx = em.b.const(expand_channels(part.channels, space.block).astype(np.int64), f"{em.prefix}/{t.name}.idx")
+    channels = expand_channels(part.channels, space.block)
+    maker = t.inputs[0] if t.inputs else None
+    if maker is not None and maker.op == "Expand" and isinstance(maker.inputs[0], gs.Constant) and \
+            maker.inputs[0].values.ndim == rank:
+        c = np.asarray(em.constants.get(maker.inputs[0].name, maker.inputs[0].values))
+        piece = em.b.const(np.take(c, channels, axis=axis), f"{em.prefix}/{maker.inputs[0].name}.part")
+        keep = np.ones(rank, np.int64)
+        keep[axis] = 0
+        target = em.b.node("Mul", [em.tensor(maker.inputs[1]), em.b.const(keep, f"{em.prefix}/keep")], {},
+                           [f"{t.name}.target"], em.prefix)[0]  # (the channel entry set to 1: the piece's own)
+        target = em.b.node("Add", [target, em.b.const(1 - keep, f"{em.prefix}/one")], {}, [f"{t.name}.target"],
+                           em.prefix)[0]
+        return em.b.node("Expand", [piece, target], {}, [f"{t.name}.part"], em.prefix)[0]
+    idx = em.b.const(channels.astype(np.int64), f"{em.prefix}/{t.name}.idx")
     return em.b.node("Gather", [em.tensor(t), idx], {"axis": axis}, [f"{t.name}.part"], em.prefix)[0]
 
 

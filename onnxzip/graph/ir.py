@@ -200,6 +200,12 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
                    ir.opset, dict(ir.extra_opsets), dict(ir.output_types))
 
 
+def same_inputs(irs: list[ModelIR]) -> bool:
+    """Whether every task declares the same inputs (names, types, shapes past the batch)."""
+    first = [(s.name, s.dtype, s.shape[1:]) for s in irs[0].inputs]
+    return all([(s.name, s.dtype, s.shape[1:]) for s in ir.inputs] == first for ir in irs[1:])
+
+
 def activation_bytes(ir: ModelIR) -> int:
     """Bytes of every float tensor of one sample's forward pass (shape inference at batch 1; cached
     per IR)."""

@@ -20,7 +20,8 @@ from ..calibrate.fisher import loss_statistics
 from ..calibrate.spool import Batches, Spool
 from ..calibrate.stages import StagedNetwork
 from ..errors import UsageError
-from ..graph.ir import ModelIR
+from ..graph.ir import ModelIR, same_inputs
+from .constants import merge_constants
 from .layer import private_layer, zip_layer
 from .layout import Matchings, effective, group_name
 from .match import check_tasks
@@ -49,6 +50,7 @@ class Context:
     fisher: Fisher | None
     matchings: Matchings
     problems: Problems
+    one_input: bool = False  # the tasks share their inputs (a fully shared stream can be computed once)
 
     @classmethod
     def new(cls, irs: list[ModelIR], share, opts: ZipOptions, fisher: Fisher | None, samples: int) -> Context:
@@ -61,7 +63,8 @@ class Context:
         sizes = [min(ir.layers[g[0]].neurons for ir in irs) for g in groups]
         matchings = Matchings(groups, list(share) if counts_given(share) else shared_counts(share, sizes, names),
                               units=[irs[0].spaces.unit(g[0]) for g in groups])
-        return cls(irs, opts, fisher, matchings, Problems(irs, opts, matchings, samples))
+        return cls(irs, opts, fisher, matchings, Problems(irs, opts, matchings, samples),
+                   not opts.separate_inputs and same_inputs(irs))
 
     def loss_weights(self, li: int) -> list[np.ndarray] | None:
         """Per task, layer ``li``'s per-neuron loss weights, if loss-aware."""
@@ -81,6 +84,7 @@ class Cut:
     constants: list[dict[str, np.ndarray]]
     zips: dict[int, LayerZip] = field(default_factory=dict)
     measured: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    merged: set[str] = field(default_factory=set)  # nodes whose per-channel constants were merged
 
 
 def layer_work(ir: ModelIR, li: int, samples: int) -> tuple[float, float]:
@@ -147,17 +151,23 @@ def step(ctx: Context, nets: list[StagedNetwork], cut: Cut, j: int, li: int) -> 
     irs, hidden = ctx.irs, ctx.irs[0].hidden
     started = time.perf_counter()
     ctx.problems.at_cut(cut.reference)
+    g = ctx.matchings.group_of.get(li)
+    fresh = li in hidden and g is not None and g not in ctx.matchings.rows
     z = zip_layer(ctx, li, cut.live) if li in hidden else private_layer(ctx, li, cut.live)
+    merged = merge_constants(irs, ctx.matchings, g, cut.constants) if fresh and ctx.one_input else set()
+    cut.merged |= merged
     log.info("layer %s: %d of %d neurons shared (%.2f s)", irs[0].layers[li].name, z.shared, z.neurons,
              time.perf_counter() - started)
     cut.zips[li] = z
     for t, ir in enumerate(irs):
         cut.eff[t][li] = effective(z, t, ir.layers[li])
-    bns = nets[0].batchnorms(j + 1, irs[0].spaces.layout) if ctx.opts.recover else []
+    bns = [n for n in nets[0].batchnorms(j + 1, irs[0].spaces.layout) if n.name not in cut.merged] \
+        if ctx.opts.recover else []  # (a merged BatchNorm keeps its merged statistics: one for every task)
     if bns:
         restat_batchnorms(nets, irs, j + 1, bns, cut.live, cut.reference, cut.eff, cut.constants)
     old = cut.live + cut.reference
-    pairs = [net.run_pair(j + 1, ref, None if lv is ref and not changes(ir, li, cut.eff[t]) else lv, cut.eff[t],
+    pairs = [net.run_pair(j + 1, ref, None if lv is ref and not merged and not changes(ir, li, cut.eff[t]) else lv,
+                          cut.eff[t],
                           cut.constants[t], ir.layers[li].output if li in hidden else None, ir.layers[li].neurons)
              for t, (net, ir, lv, ref) in enumerate(zip(nets, irs, cut.live, cut.reference))]
     cut.reference, cut.live = [r for r, _, _ in pairs], [lv for _, lv, _ in pairs]
