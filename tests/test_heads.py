@@ -193,3 +193,29 @@ def test_sample_hf_vit_pair_computes_a_fully_shared_encoder_once(share, separate
         assert _ops(result.model, op) == _ops(original, op) * (1 if once else 2), op
     assert bool(result.plan.constants[0]) == once
     assert result.summary.equivalence.verdict == "ok"
+
+
+def test_a_fused_projection_is_split_in_three_layers_computing_the_same():
+    """The sample ViT's fused Q/K/V projection (96 = 3 x 32) becomes three layers joined by a Concat:
+    the normalized graph still computes the original's outputs (ONNX Runtime, held-out digits)."""
+    proto = onnx.load(SAMPLES / "vit_digit.onnx")
+    ir = build_ir(proto, "a", "vit_digit.onnx", 20)
+    names = [layer.name for layer in ir.layers]
+    assert [n for n in names if n.startswith("node_MatMul_22")] == [f"node_MatMul_22.{r}" for r in "qkv"]
+    assert all(ir.layers[names.index(f"node_MatMul_22.{r}")].neurons == 32 for r in "qkv")
+    x = {"image": np.load(SAMPLES / "test_digit.npz")["image"][:64]}
+    np.testing.assert_allclose(graphs.run(ir.to_onnx(), x), graphs.run(proto, x), rtol=1e-5, atol=1e-5)
+    assert len(ir.spaces.heads) == 2 and not ir.spaces.restore  # both blocks' heads tied
+
+
+def test_a_class_token_runs_in_the_stage_that_joins_it():
+    """Nodes of graph inputs and constants only (the class token spread over the batch) move to
+    their first reader, after the patch embedding's cut, so merging its constant reaches them."""
+    from onnxzip.calibrate.stages import StagedNetwork
+    proto = onnx.load(SAMPLES / "vit_digit.onnx")
+    ir = build_ir(proto, "a", "vit_digit.onnx", 20)
+    net = StagedNetwork(ir, ir.hidden)
+    where = {n.name: i for i, n in enumerate(net.nodes)}
+    expand = next(n.name for n in ir.graph.nodes if n.op == "Expand")
+    assert where[expand] > net.bounds[1]  # after the first layer's cut (the patch embedding)
+    assert [n.name for n in net.nodes if n.name in {x.name for x in ir.layers}] == [x.name for x in ir.layers]

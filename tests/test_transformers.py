@@ -55,7 +55,7 @@ def test_vit_zips_with_its_residual_stream_tied(exporter):
     proto = onnx.load(models[0])
     ir = build_ir(proto, "a", models[0], onnx_opset(proto))
     dense = [layer for layer in ir.layers if layer.kind == "dense"]
-    assert len(dense) == 10 and len(ir.hidden) == 9  # embed, 2 x (qkv, out, ff1, ff2); the head
+    assert len(dense) == 14 and len(ir.hidden) == 13  # embed, 2 x (q, k, v (the fused qkv split), out, ff1, ff2); the head
     stream = max(ir.spaces.groups, key=len)
     assert len(stream) == 5  # the embedding, and per layer the attention output and ff2: one stream
     x = load_arrays(SAMPLES / "test_parity.npz")["image"][:128]
@@ -234,6 +234,8 @@ def test_attention_blocks_are_found(model, fused, count):
     ir = build_ir(proto, "a", model, onnx_opset(proto))
     blocks = find_attention(ir)
     assert len(blocks) == count
-    for b in blocks:
-        assert (b.q == b.k == b.v) == fused and b.out is not None
-        assert b.out > max(b.q, b.k, b.v) and ir.layers[b.out].neurons == ir.layers[b.v].neurons // (3 if fused else 1)
+    names = [layer.name for layer in ir.layers]
+    for b in blocks:  # (a fused projection is split in three layers by normalization: F.q, F.k, F.v)
+        assert len({b.q, b.k, b.v}) == 3 and b.out is not None
+        assert all(names[i].endswith(f".{r}") for i, r in zip((b.q, b.k, b.v), "qkv")) == fused
+        assert b.out > max(b.q, b.k, b.v) and ir.layers[b.out].neurons == ir.layers[b.v].neurons

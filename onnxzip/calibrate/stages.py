@@ -33,7 +33,7 @@ class StagedNetwork:
         # samples and STAGE_BYTES of the network's largest tensor
         self.fixed = ir.fixed_batch
         self.batch = self.fixed or max(1, min(batch, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
-        nodes = list(ir.graph.nodes)
+        nodes = late_order(ir.graph, {layer.name for layer in ir.layers})
         where = {n.name: i for i, n in enumerate(nodes)}
         self.bounds = [0] + [where[ir.layers[c].name] for c in cuts] + [len(nodes)]
         self.nodes = nodes
@@ -49,6 +49,10 @@ class StagedNetwork:
         for n in self.nodes[pos:]:
             need.update(t.name for t in n.inputs if not isinstance(t, gs.Constant) and t.name)
         return sorted(made & need)
+
+    def not_run(self, j: int) -> set[str]:
+        """The names of the nodes of stage ``j`` and after."""
+        return {n.name for n in self.nodes[self.bounds[j]:]}
 
     @property
     def stages(self) -> int:
@@ -173,6 +177,39 @@ class StagedNetwork:
         """The BatchNormalization nodes in stage ``j`` whose input carries zipped channels."""
         lo, hi = self.bounds[j], self.bounds[j + 1]
         return [n for n in self.nodes[lo:hi] if n.op == "BatchNormalization" and n.inputs[0].name in zipped]
+
+
+def late_order(graph: gs.Graph, layers: set[str]) -> list[gs.Node]:
+    """The graph's nodes (topologically sorted) with every node that reads only graph inputs and
+    constants, or such nodes' outputs, moved to just before its first reader (``layers`` stay where
+    they are, so the cuts keep their order): a class token spread
+    over the batch runs in the stage that joins it, after the layers before it are zipped (its
+    constant may be merged then: :mod:`onnxzip.sharing.constants`)."""
+    inputs = {t.name for t in graph.inputs}
+    pending: dict[str, gs.Node] = {}  # tensor -> the deferred node that makes it
+    out: list[gs.Node] = []
+    placed: set[str] = set()
+
+    def place(node: gs.Node) -> None:
+        if node.name in placed:
+            return
+        placed.add(node.name)
+        for t in node.inputs:
+            if t.name in pending:
+                place(pending[t.name])
+        out.append(node)
+
+    for node in graph.nodes:
+        ins = [t for t in node.inputs if not isinstance(t, gs.Constant) and t.name]
+        if node.name not in layers and all(t.name in inputs or t.name in pending for t in ins) and \
+                not any(t in graph.outputs for t in node.outputs):
+            for t in node.outputs:
+                pending[t.name] = node
+            continue
+        place(node)
+    for node in pending.values():
+        place(node)
+    return out
 
 
 def _as_input(t: gs.Tensor) -> gs.Tensor:

@@ -78,6 +78,7 @@ def find_attention(ir: ModelIR) -> list[AttentionBlock]:
 def attention_blocks(graph: gs.Graph, layer_list: list[Layer]) -> list[AttentionBlock]:
     """:func:`find_attention` on a graph and its layers."""
     layers = {layer.name: i for i, layer in enumerate(layer_list)}
+    nodes = {n.name: n for n in graph.nodes}
     blocks = []
     for node in graph.nodes:
         if node.op != "Softmax":
@@ -95,6 +96,8 @@ def attention_blocks(graph: gs.Graph, layer_list: list[Layer]) -> list[Attention
         v = _producer_layer(after[0].inputs[1], layers)
         if q is None or k is None or v is None:
             continue
+        if q == k == v:  # a fused projection split in three (normalization): its three layers
+            q, k, v = _joined(nodes[layer_list[q].name], layers) or (q, k, v)
         blocks.append(AttentionBlock(q, k, v, _consumer_layer(after[0].outputs[0], layers)))
     return blocks
 
@@ -135,8 +138,8 @@ def describe_blocks(ir: ModelIR, blocks: list[AttentionBlock], ties: bool = Fals
 #: ops a tied core may hold: shape ops, the score and weighted-sum products, their scaling and
 #: masking, the softmax, and the shape arithmetic of run-time Reshape targets
 CORE_OPS = frozenset({"Reshape", "Transpose", "MatMul", "Mul", "Div", "Add", "Sub", "Where", "Softmax", "Cast",
-                      "Dropout", "Identity", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Sqrt",
-                      "Expand", "Flatten"})
+                      "Dropout", "Identity", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Split", "Slice",
+                      "Sqrt", "Expand", "Flatten"})
 
 
 @dataclass(frozen=True)
@@ -166,25 +169,35 @@ def tied_heads(graph: gs.Graph, layers: list[Layer], hidden: list[int], untied: 
     nodes = {n.name: n for n in graph.nodes}
     outputs = {t.name for t in graph.outputs}
     for b in attention_blocks(graph, layers):
-        if len({b.q, b.k, b.v}) < 3 or b.out is None or not {b.q, b.k, b.v} <= set(hidden) or \
-                layers[b.q].name in untied:
+        q, k, v = b.q, b.k, b.v
+        if len({q, k, v}) < 3 or b.out is None or not {q, k, v} <= set(hidden) or layers[q].name in untied:
             continue
-        width = {layers[i].neurons for i in (b.q, b.k, b.v)}
+        width = {layers[i].neurons for i in (q, k, v)}
         if len(width) != 1:
             continue
         d = width.pop()
-        starts = [nodes[layers[i].name].outputs[0] for i in (b.q, b.k, b.v)]
+        starts = [nodes[layers[i].name].outputs[0] for i in (q, k, v)]
         exit_ = nodes[layers[b.out].name].inputs[0]
         core = _between(starts, exit_)
         if core is None or any(nodes[n].op not in CORE_OPS for n in core) or \
                 any(layers[i].name in core for i in range(len(layers))):
             continue
         w = _head_width(core, nodes, d)
-        if w is None or exit_.shape is None or exit_.shape[-1] != d or \
+        if w is None or not exit_.shape or isinstance(exit_.shape[-1], int) and exit_.shape[-1] != d or \
                 not all(_used_within(nodes[n], core, exit_, outputs) for n in core):
             continue
-        out.append(TiedHeads(b.q, b.k, b.v, b.out, d // w, w, frozenset(core), exit_.name))
+        out.append(TiedHeads(q, k, v, b.out, d // w, w, frozenset(core), exit_.name))
     return out
+
+
+def _joined(node: gs.Node, layers: dict[str, int]) -> tuple[int, int, int] | None:
+    """The three layers a Concat joins ``node``'s output with (a fused projection split in three:
+    :func:`onnxzip.graph.normalize.split_fused_projections`), in the Concat's order."""
+    for c in node.outputs[0].outputs:
+        if c.op == "Concat" and len(c.inputs) == 3 and all(t.inputs and t.inputs[0].name in layers for t in c.inputs):
+            q, k, v = (layers[t.inputs[0].name] for t in c.inputs)
+            return q, k, v
+    return None
 
 
 def _between(starts: list[gs.Tensor], end: gs.Tensor) -> set[str] | None:
@@ -209,19 +222,25 @@ def _between(starts: list[gs.Tensor], end: gs.Tensor) -> set[str] | None:
 
 
 def _head_width(core: set[str], nodes: dict[str, gs.Node], d: int) -> int | None:
-    """The channels per head: the last dimension of the Reshapes in the core that split a
-    ``d``-wide last axis (one value, or None)."""
+    """The channels per head: the last dimension of Q as the scores' MatMul reads it (every score
+    MatMul of the core agreeing; None if not known or not a proper divisor of ``d``)."""
     widths = set()
     for name in core:
         node = nodes[name]
-        x, y = node.inputs[0], node.outputs[0]
-        if node.op == "Reshape" and x.shape and y.shape and x.shape[-1] == d and len(y.shape) == len(x.shape) + 1 \
-                and y.shape[-1] != d:
-            widths.add(y.shape[-1])
+        if node.op == "MatMul" and any(c.op == "Softmax" or _reaches_softmax(c) for c in node.outputs[0].outputs):
+            q = node.inputs[0]
+            widths.add(q.shape[-1] if q.shape else None)
     if len(widths) != 1:
         return None
     w = widths.pop()
     return w if isinstance(w, int) and 0 < w < d and d % w == 0 else None
+
+
+def _reaches_softmax(node: gs.Node, depth: int = 0) -> bool:
+    """Whether ``node`` (scaling, masking, casts of the scores) leads to a Softmax."""
+    if depth > 8 or node.op not in ("Mul", "Div", "Add", "Sub", "Where", "Cast"):
+        return False
+    return any(c.op == "Softmax" or _reaches_softmax(c, depth + 1) for c in node.outputs[0].outputs)
 
 
 def _used_within(node: gs.Node, core: set[str], exit_: gs.Tensor, outputs: set[str]) -> bool:

@@ -26,6 +26,7 @@ class ChannelConstant:
     axis: int
     space: ChannelSpace
     name: str  # the node's name in the task it was read from
+    readers: tuple[str, ...]  # the nodes that read the constant (the node, and the Expand of a class token)
 
 
 def channel_constants(ir: ModelIR) -> list[ChannelConstant]:
@@ -52,8 +53,9 @@ def channel_constants(ir: ModelIR) -> list[ChannelConstant]:
             if rule != "affine" and not isinstance(t, gs.Constant) and broadcasts_channels(t, rank, space.axis):
                 continue
             if channel_dim(c, r, space.axis if rule != "affine" else 1) == width:
+                readers = (node.name,) if isinstance(t, gs.Constant) else (node.name, t.inputs[0].name)
                 out.append(ChannelConstant(i, j, c.ndim - (r - (space.axis if rule != "affine" else 1)), space,
-                                           node.name))
+                                           node.name, readers))
     return out
 
 

@@ -16,6 +16,8 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError, UnsupportedOpError
 from .io import InputSpec, infer_shapes
 from .normalize import normalize, prepare
+from .attention import attention_blocks
+from .normalize import split_fused_projections
 from .spaces import Spaces, check_supported, is_depthwise, trace
 
 
@@ -146,6 +148,9 @@ def build_ir(model: onnx.ModelProto, name: str, source: str, opset: int) -> Mode
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(f"{source}: {exc}") from None
     layers = _find_layers(graph)
+    fused = [layers[b.q].name for b in attention_blocks(graph, layers) if b.q == b.k == b.v and b.out is not None]
+    if fused and split_fused_projections(graph, fused):  # (three layers whose heads can be tied)
+        layers = _find_layers(graph)
     extra = {o.domain: o.version for o in model.opset_import if o.domain not in ("", "ai.onnx")}
     types = {o.name: o.type for o in model.graph.output}
     return ModelIR(name, source, graph, layers, trace(graph, layers), _index(graph), max(model.ir_version, 7),

@@ -25,17 +25,20 @@ def fully_shared(space: ChannelSpace, m: Matchings, sizes: dict[int, int]) -> bo
                for s in space.segments)
 
 
-def merge_constants(irs: list[ModelIR], m: Matchings, g: int, constants: list[dict[str, np.ndarray]]) -> set[str]:
+def merge_constants(irs: list[ModelIR], m: Matchings, g: int, constants: list[dict[str, np.ndarray]],
+                    unrun: set[str]) -> set[str]:
     """Merge, in ``constants`` (per task: name -> value in the task's order), the per-channel
-    constants of fully shared tensors whose space holds group ``g`` (just decided). Returns the
-    names (in the first task) of the nodes whose constants were merged."""
+    constants of fully shared tensors whose space holds group ``g`` (just decided), where the nodes
+    that read them (``c.readers``) are among ``unrun`` (the first task's nodes not run yet). Returns
+    the names (in the first task) of the nodes whose constants were merged."""
     sizes = {h: irs[0].layers[members[0]].neurons for h, members in enumerate(m.groups)}
     merged = set()
     for c in channel_constants(irs[0]):
         space = c.space
         if not any(s.layer >= 0 and m.group_of[s.layer] == g for s in space.segments) or \
                 not fully_shared(space, m, sizes) or \
-                any(s.layer >= 0 and m.group_of[s.layer] not in m.rows for s in space.segments):
+                any(s.layer >= 0 and m.group_of[s.layer] not in m.rows for s in space.segments) or \
+                not set(c.readers) <= unrun:
             continue
         positions = [_positions(space, m, t) for t in range(len(irs))]
         tensors = [constant_value(ir, c) for ir in irs]

@@ -154,7 +154,8 @@ def step(ctx: Context, nets: list[StagedNetwork], cut: Cut, j: int, li: int) -> 
     g = ctx.matchings.group_of.get(li)
     fresh = li in hidden and g is not None and g not in ctx.matchings.rows
     z = zip_layer(ctx, li, cut.live) if li in hidden else private_layer(ctx, li, cut.live)
-    merged = merge_constants(irs, ctx.matchings, g, cut.constants) if fresh and ctx.one_input else set()
+    merged = merge_constants(irs, ctx.matchings, g, cut.constants, nets[0].not_run(j + 1)) \
+        if fresh and ctx.one_input else set()
     cut.merged |= merged
     log.info("layer %s: %d of %d neurons shared (%.2f s)", irs[0].layers[li].name, z.shared, z.neurons,
              time.perf_counter() - started)

@@ -32,6 +32,7 @@ from .layers import (
     matmul_add_to_gemm,
     reduce_mean_to_pool,
     reshape_to_flatten,
+    split_fused_projections,
     token_matmul_to_gemm,
 )
 from .prepare import READ_OPSETS, drop_initializer_inputs, name_nodes, onnx_opset, prepare
@@ -64,4 +65,4 @@ __all__ = ["DEFAULT_PASSES", "READ_OPSETS", "Pass", "add_conv_bias", "canonicali
            "drop_initializer_inputs",
            "fold_batchnorm", "fold_constants", "fold_reshape_shapes", "fold_scaler", "infer_shapes", "matmul_add_to_gemm",
            "name_nodes", "normalize", "onnx_opset", "prepare", "reduce_mean_to_pool", "remove_identities",
-           "reshape_to_flatten", "token_matmul_to_gemm", "unalias_weights"]
+           "reshape_to_flatten", "split_fused_projections", "token_matmul_to_gemm", "unalias_weights"]

@@ -233,3 +233,32 @@ def channels_last_flatten(graph: gs.Graph) -> int:
         node.inputs[0] = x
         n += 1
     return n
+
+
+def split_fused_projections(graph: gs.Graph, names: list[str], parts: int = 3) -> int:
+    """Each canonical Gemm named in ``names`` (a fused Q/K/V projection) as ``parts`` Gemms of equal
+    widths (``<name>.q``, ``.k``, ``.v``) whose outputs a Concat joins into the original tensor: the same
+    values, and three layers whose heads :mod:`onnxzip.graph.attention` can tie."""
+    roles = ("q", "k", "v") if parts == 3 else tuple(str(i) for i in range(parts))
+    n = 0
+    for node in list(graph.nodes):
+        if node.name not in names or node.op != "Gemm" or node.inputs[1].values.shape[0] % parts:
+            continue
+        x, w, b = node.inputs[:3]
+        out = node.outputs[0]
+        width = w.values.shape[0] // parts
+        pieces = []
+        for i, role in enumerate(roles):
+            y = gs.Variable(f"{out.name}.{role}", dtype=out.dtype,
+                            shape=None if out.shape is None else list(out.shape[:-1]) + [width])
+            rows = slice(i * width, (i + 1) * width)
+            graph.nodes.append(gs.Node("Gemm", f"{node.name}.{role}", {"transB": 1},
+                                       [x, gs.Constant(f"{w.name}.{role}", np.ascontiguousarray(w.values[rows])),
+                                        gs.Constant(f"{b.name}.{role}", np.ascontiguousarray(b.values[rows]))], [y]))
+            pieces.append(y)
+        node.op, node.attrs, node.name = "Concat", {"axis": -1}, f"{node.name}.joined"
+        set_links(node.inputs, pieces)
+        n += 1
+    if n:
+        graph.toposort()
+    return n
