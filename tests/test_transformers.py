@@ -2,8 +2,8 @@
 
 Share 0 must reproduce the original files in ONNX Runtime; at other shares the zipped model must
 pass the checker and its own equivalence check, and stay close to the originals. The residual
-stream must be one matching group; the fused or split Q/K/V projections are restored to task order
-before the head reshape (onnxzip does not tie heads).
+stream must be one matching group; Q, K and V (a fused projection split in three) are one group
+whose heads are tied (tests/test_heads.py).
 """
 import graphs
 import numpy as np
