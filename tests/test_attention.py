@@ -164,9 +164,11 @@ def test_samples_describe_blocks_exact_lines(sample):
 
 
 def test_bert_block_layer_indices():
-    """BERT layers in graph order: per encoder layer query, key, value, attention output, two FFN."""
+    """BERT layers in graph order: the word, position and token-type embeddings, then per encoder
+    layer query, key, value, attention output, two FFN."""
     _, ir = load("bert_a.onnx")
-    assert find_attention(ir) == [AttentionBlock(0, 1, 2, 3), AttentionBlock(6, 7, 8, 9)]
+    assert [layer.kind for layer in ir.layers[:4]] == ["embedding"] * 3 + ["dense"]
+    assert find_attention(ir) == [AttentionBlock(3, 4, 5, 6), AttentionBlock(9, 10, 11, 12)]
 
 
 @pytest.mark.parametrize("model", ["cnn_digit.onnx", "mlp_digit.onnx", "resnet_digit.onnx"])

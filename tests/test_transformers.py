@@ -83,8 +83,10 @@ def test_bert_share0_reproduces_and_share_half_zips():
     assert half.report["params_after"] < half.report["params_before"]
     ir = build_ir(onnx.load(models[0]), "a", models[0], 17)
     names = [[ir.layers[i].name for i in g] for g in ir.spaces.groups]
-    stream = max(names, key=len)  # post-norm: attention output and ff2 of both layers write the stream
-    assert len(stream) == 4 and all("output/dense" in n for n in stream)
+    stream = max(names, key=len)  # post-norm: the embeddings (word, position, token type), then attention
+    # output and ff2 of both layers write the stream
+    assert len(stream) == 7 and all("_embeddings/Gather" in n for n in stream[:3]) and \
+        all("output/dense" in n for n in stream[3:])
 
 
 def test_unzipped_operand_with_channels_is_sliced_exactly():
@@ -206,12 +208,12 @@ def test_operands_of_another_rank_are_not_joined():
     assert "outer" in ir.spaces.restore
 
 
-@pytest.mark.parametrize("pair, data, writers", [("gpt2", "calib_gpt2.npz", 4), ("hfvit", "calib_hfvit.npz", 5)])
+@pytest.mark.parametrize("pair, data, writers", [("gpt2", "calib_gpt2.npz", 6), ("hfvit", "calib_hfvit.npz", 5)])
 def test_more_transformers_pairs(pair, data, writers):
     """A GPT-2 decoder (Split of the fused Q/K/V, Conv1D as addmm, run-time Reshape targets that end
     in the feature count) and a transformers ViT (a Conv patch embedding flattened and transposed into
     tokens): share 0 reproduces them, share 0.5 passes its checks, the residual stream is one group
-    (for the ViT it includes the Conv)."""
+    (for the ViT it includes the Conv, for GPT-2 its token and position embeddings)."""
     models = [str(SAMPLES / f"{pair}_{t}.onnx") for t in "ab"]
     arrays = load_arrays(SAMPLES / data)
     calib = [{k: v[:48] for k, v in arrays.items()}] * 2

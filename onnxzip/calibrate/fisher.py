@@ -159,7 +159,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     known = None
     if outputs is not None and all(isinstance(outputs.get(name), np.ndarray) for name in seeded):
         known = {name: outputs[name][pick] for name in seeded}
-    sums = _summed_squares(reverse, grads, ir.opset)
+    sums = _summed_squares(reverse, grads, ir.opset, {i: _channel_axis(ir, i) for i in grads})
     sess = runtime.session(reverse, device, built=True)
     inputs = {i.name: i for i in sess.get_inputs()}
     rng = np.random.default_rng(seed)
@@ -193,7 +193,14 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     return {i: t / n for i, t in totals.items()}
 
 
-def _summed_squares(reverse: onnx.ModelProto, grads: dict[int, str], opset: int) -> dict[int, str]:
+def _channel_axis(ir: ModelIR, li: int) -> int:
+    """The axis of layer ``li``'s output that holds its neurons (an embedding's: the last)."""
+    space = ir.spaces.layout.get(ir.layers[li].output)
+    return space.axis if space is not None else LAYER_AXIS
+
+
+def _summed_squares(reverse: onnx.ModelProto, grads: dict[int, str], opset: int,
+                    channel_axes: dict[int, int] | None = None) -> dict[int, str]:
     """Each layer's gradient output of ``reverse`` (B, C, ..., 1) replaced, in place, by its sum of
     squares per channel (C,): only the statistic leaves ONNX Runtime, and each gradient is freed
     as soon as it is summed, not held with every other layer's until the run ends (on a BERT-base
@@ -203,9 +210,10 @@ def _summed_squares(reverse: onnx.ModelProto, grads: dict[int, str], opset: int)
     sums = {}
     for i, name in grads.items():
         rank = len(outputs[name].type.tensor_type.shape.dim)
-        if rank <= LAYER_AXIS + 1:  # (a gradient has the batch, the channels and the seed axis at least)
+        channel = (channel_axes or {}).get(i, LAYER_AXIS)
+        if rank <= channel + 1:  # (a gradient has the batch, the channels and the seed axis at least)
             raise InternalError(f"the gradient {name!r} has no declared rank ({rank}): its channels cannot be summed")
-        axes = [a for a in range(rank) if a != LAYER_AXIS]
+        axes = [a for a in range(rank) if a != channel]
         sums[i] = f"{name}.sum_squares"
         if opset >= 18:
             graph.initializer.append(numpy_helper.from_array(np.asarray(axes, np.int64), f"{sums[i]}.axes"))

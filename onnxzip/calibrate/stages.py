@@ -73,8 +73,8 @@ class StagedNetwork:
         for i, (w, b) in weights.items():
             layer = self.ir.layers[i]
             if layer.name in keep:
-                tensors[layer.weight].values = np.asarray(w, tensors[layer.weight].values.dtype)
-                tensors[layer.bias].values = np.asarray(b, tensors[layer.bias].values.dtype)
+                for name, value in layer.stored(w, b):
+                    tensors[name].values = np.asarray(value, tensors[name].values.dtype)
         for name, value in (constants or {}).items():
             if name in tensors:
                 tensors[name].values = np.asarray(value, tensors[name].values.dtype)

@@ -98,9 +98,15 @@ class Accumulator:
 
 
 def channel_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
-    """Dense: x (N, d). Conv: x (N, C, *spatial) -> (N*positions, C)."""
+    """Dense: x (N, d). Conv: x (N, C, *spatial) -> (N*positions, C). Embedding: integer ids (any
+    shape) -> their one-hot rows (ids, table rows)."""
     if layer.kind == "dense":
         return x.reshape(x.shape[0], -1)
+    if layer.kind == "embedding":
+        ids = np.asarray(x).reshape(-1).astype(np.int64)
+        rows = np.zeros((ids.size, layer.fan_in), np.float32)
+        rows[np.arange(ids.size), np.where(ids < 0, ids + layer.fan_in, ids)] = 1.0
+        return rows
     return np.moveaxis(x, LAYER_AXIS, -1).reshape(-1, x.shape[LAYER_AXIS])
 
 
@@ -128,7 +134,7 @@ def expand_conv_hessian(hc: np.ndarray, kernel: int) -> np.ndarray:
 
 
 def _finish_channel(layer: Layer, h: np.ndarray) -> np.ndarray:
-    return h if layer.kind == "dense" else expand_conv_hessian(h, layer.kernel)
+    return h if layer.kind in ("dense", "embedding") else expand_conv_hessian(h, layer.kernel)
 
 
 def patches(layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -179,7 +185,7 @@ def _finish_identity(layer: Layer, h: np.ndarray) -> np.ndarray:
 
 
 def exact_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
-    return channel_rows(layer, x) if layer.kind == "dense" else patches(layer, x)
+    return channel_rows(layer, x) if layer.kind in ("dense", "embedding") else patches(layer, x)
 
 
 #: ``auto`` takes the exact patch statistic up to this many weights per neuron (a 1024^2 float64
@@ -189,7 +195,7 @@ AUTO_EXACT_MAX = 1024
 
 def _auto_exact(layer: Layer) -> bool:
     """Whether ``auto`` takes the exact statistic for ``layer``."""
-    return layer.kind == "dense" or layer.fan_in + 1 <= AUTO_EXACT_MAX
+    return layer.kind in ("dense", "embedding") or layer.fan_in + 1 <= AUTO_EXACT_MAX
 
 
 def _channel_exact(layer: Layer) -> bool:

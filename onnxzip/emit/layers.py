@@ -34,6 +34,8 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
     zw = z.stored(em.t)
     where = np.empty(zw.shape[1], np.int64)
     where[z.cols[em.t]] = np.arange(zw.shape[1])  # original column -> zipped column
+    if layer.kind == "embedding":
+        return _emit_embedding(em, z, layer, zw, where)
     value = em.values[layer.input]
     per_channel = (value.space.block if value.space else 1) * layer.kernel
     terms = []
@@ -88,6 +90,26 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
         em.values[out_name] = Value(out_parts, em.ir.spaces.layout[out_name])
     else:
         em.values[out_name] = Value(out_parts, None)
+
+
+def _emit_embedding(em: TaskEmitter, z: LayerZip, layer, zw: np.ndarray, where: np.ndarray) -> None:
+    """An embedding layer: per row block a ``Gather`` of the ids from that block's table (its
+    columns; a shared block's table stored once), the bias folded into every row."""
+    ids = em.tensor(next(t for t in em.ir.graph.nodes if t.name == layer.name).inputs[1])
+    hidden = z.layer in em.plan.hidden
+    parts = []
+    for sel, rows_shared in row_blocks(z.shared, zw.shape[0], em.t):
+        if not sel.size:
+            continue
+        tag = "s" if rows_shared else "p"
+        w, b = zw[sel][:, where[:layer.fan_in]], zw[sel, where[layer.fan_in]]
+        (_, table), = layer.stored(w, b)
+        name = em.b.weight(_wname(em, z.layer, f"table_{tag}", rows_shared), table.astype(np.float32), rows_shared)
+        exact = not hidden and layer.output in em.output_names
+        hint = layer.output if not hidden else f"{layer.output}.{tag}"
+        (y,) = em.b.node("Gather", [name, ids], {"axis": 0}, [hint], em.prefix, exact=exact)
+        parts.append(Part(y, z.rows[em.t][sel] if hidden else None, rows_shared))
+    em.values[layer.output] = Value(parts, em.ir.spaces.layout[layer.output] if hidden else None)
 
 
 def _affine(em: TaskEmitter, z: LayerZip, layer, sel: np.ndarray, acc: str, out_name: str, tag: str) -> str:

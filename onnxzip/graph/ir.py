@@ -25,12 +25,14 @@ from .spaces import Spaces, check_supported, is_depthwise, trace
 class Layer:
     """A zippable linear layer of one task's normalized graph.
 
-    ``shape`` is the weight shape: (out, in) for dense, (out, in, kh, kw...) for conv.
+    ``shape`` is the weight shape: (out, in) for dense, (out, in, kh, kw...) for conv, (out, rows)
+    for an embedding (``Gather`` of integer ids from a constant (rows, out) table: a dense layer on
+    one-hot ids, its neurons the table's columns; no bias tensor, a bias is folded into the table).
     ``attrs`` holds conv attributes (kernel_shape, strides, pads, dilations, auto_pad) as sorted pairs.
     """
 
     name: str
-    kind: str  # "dense" | "conv"
+    kind: str  # "dense" | "conv" | "depthwise" | "embedding"
     input: str
     output: str
     weight: str
@@ -53,6 +55,13 @@ class Layer:
 
     def attr(self, key: str, default: object = None) -> object:
         return dict(self.attrs).get(key, default)
+
+    def stored(self, w: np.ndarray, b: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The initializers that hold (W of ``shape``, b): weight and bias, or an embedding's table
+        (rows, out) with the bias added to every row (one row is read per id)."""
+        if self.kind == "embedding":
+            return [(self.weight, (np.asarray(w) + np.asarray(b)[:, None]).T)]
+        return [(self.weight, w), (self.bias, b)]
 
 
 @dataclass
@@ -109,6 +118,9 @@ class ModelIR:
     def weights(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         """The layer's (W, b) as stored: W of ``layer.shape``, b (out,)."""
         t = self.graph.tensors()
+        if layer.kind == "embedding":
+            table = np.asarray(t[layer.weight].values)
+            return table.T, np.zeros(table.shape[1], table.dtype)
         return np.asarray(t[layer.weight].values), np.asarray(t[layer.bias].values)
 
     def to_onnx(self) -> onnx.ModelProto:
@@ -157,9 +169,32 @@ def build_ir(model: onnx.ModelProto, name: str, source: str, opset: int) -> Mode
                    opset, extra, types)
 
 
+#: an embedding table with more rows stays an ordinary op (its one-hot statistic is rows^2; a token
+#: vocabulary's needs a diagonal one, not built yet)
+EMBEDDING_MAX_ROWS = 1024
+
+
+def _embedding(node: gs.Node) -> Layer | None:
+    """``Gather(table, ids)`` from a constant float (rows, out) table read by nothing else, on
+    non-constant integer ids, along axis 0, as an embedding layer."""
+    if node.op != "Gather" or len(node.inputs) != 2 or int(node.attrs.get("axis", 0)) != 0:
+        return None
+    table, ids = node.inputs
+    if not isinstance(table, gs.Constant) or isinstance(ids, gs.Constant) or table.values.ndim != 2 or \
+            table.values.dtype.kind != "f" or len(table.outputs) != 1 or not 1 < table.values.shape[0] <= \
+            EMBEDDING_MAX_ROWS or (ids.dtype is not None and np.dtype(ids.dtype).kind not in "iu"):
+        return None
+    rows, out = table.values.shape
+    return Layer(node.name, "embedding", ids.name, node.outputs[0].name, table.name, "", (out, rows))
+
+
 def _find_layers(graph: gs.Graph) -> list[Layer]:
     layers = []
     for node in graph.nodes:
+        embedding = _embedding(node)
+        if embedding is not None:
+            layers.append(embedding)
+            continue
         if node.op not in ("Conv", "Gemm") or not all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
             continue
         w, b = node.inputs[1], node.inputs[2]

@@ -342,7 +342,9 @@ def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -
                 plain.add(index)  # a depthwise conv on unzipped channels is an ordinary op
                 index = None
             if index is not None and index in hidden:
-                layout[node.outputs[0].name] = ChannelSpace((Segment(index, layers[index].neurons),))
+                out = node.outputs[0]  # (an embedding's channels are its output's last axis)
+                axis = len(out.shape) - 1 if layers[index].kind == "embedding" and out.shape else LAYER_AXIS
+                layout[out.name] = ChannelSpace((Segment(index, layers[index].neurons),), 1, axis)
             elif tainted and index is None:
                 private.update(t.name for t in node.outputs)
             continue

@@ -40,11 +40,17 @@ def zip_layer(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
     layer = irs[0].layers[li]
     weighted = li in irs[0].spaces.normalized and layer.kind == "dense"  # see Problems.sample_weights
     fraction = problems.fractions.get(li, 1.0)
-    checkable = (k > 0 and problems.estimator.exact(layer) and not weighted and fraction == 1.0
+    checkable = (k > 0 and problems.estimator.exact(layer) and not weighted and fraction == 1.0 and per_sample(layer, live[0])
                  and all(problems.inputs_unchanged(li, live)))
     problems.done(li)
     return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
                     rows_read=fraction, affine=affine, stat_flops=problems.stat_flops.get(li, 0.0))
+
+
+def per_sample(layer, live: Batches) -> bool:
+    """Whether the layer reads one input per sample (the merge check measures per sample): not an
+    embedding of position ids (1, tokens), spread over the batch after it."""
+    return layer.kind != "embedding" or all(x.shape[:1] == (n,) for x, n in zip(live.column(layer.input), live.sizes))
 
 
 def merge_dense(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: list[Batches]) -> Merged:
