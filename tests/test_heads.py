@@ -219,3 +219,16 @@ def test_a_class_token_runs_in_the_stage_that_joins_it():
     expand = next(n.name for n in ir.graph.nodes if n.op == "Expand")
     assert where[expand] > net.bounds[1]  # after the first layer's cut (the patch embedding)
     assert [n.name for n in net.nodes if n.name in {x.name for x in ir.layers}] == [x.name for x in ir.layers]
+
+
+def test_a_budget_shares_whole_heads_and_reports_what_it_shared():
+    models = [SAMPLES / "vit_digit.onnx", SAMPLES / "vit_parity.onnx"]
+    data = [SAMPLES / "calib_digit.npz", SAMPLES / "calib_parity.npz"]
+    result = zip_models(models, data, target_params=0.6, quiet=True)
+    ir = build_ir(onnx.load(models[0]), "a", "a.onnx", 20)
+    counts = result.summary.budget.counts
+    for g, members in enumerate(ir.spaces.groups):
+        unit = ir.spaces.unit(members[0])
+        assert counts[g] % unit == 0
+        assert all(result.plan.layers[i].shared == counts[g] for i in members)  # the report says what was shared
+    assert any(ir.spaces.unit(m[0]) == 8 for m in ir.spaces.groups)

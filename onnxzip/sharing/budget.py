@@ -12,7 +12,7 @@ from ..calibrate.stages import StagedNetwork
 from ..graph.ir import ModelIR
 from ..graph.spaces import ALIGNED
 from ..report.records import LossScale
-from .layout import input_segments
+from .layout import input_segments, whole_units
 from .loop import Context, samples_of
 from .match import decide
 from .plan import Budget, allocate
@@ -96,12 +96,15 @@ class BudgetPlanner:
     def __init__(self, irs: list[ModelIR], data: list[dict[str, np.ndarray]], fisher, opts: ZipOptions) -> None:
         self.costs = predict_costs(irs, data, fisher, opts)
         self.saving = saving_model(irs, irs[0].spaces.groups, opts.affine)
+        self.units = [irs[0].spaces.unit(g[0]) for g in irs[0].spaces.groups]
         self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
                          for i in range(len(ir.layers)))
 
     def allocate(self, budget: Budget) -> tuple[list[int], float]:
-        """Shared counts per group and their predicted total cost."""
-        return allocate(self.costs, self.saving, self.total, budget)
+        """Shared counts per group (whole heads where heads are tied) and their predicted total cost."""
+        counts, _ = allocate(self.costs, self.saving, self.total, budget)
+        counts = whole_units(counts, self.units)
+        return counts, self.cost_of(counts)
 
     def cost_of(self, counts: list[int]) -> float:
         """The predicted cost of sharing ``counts`` (each group's cheapest slots, summed)."""
@@ -125,7 +128,7 @@ class BudgetPlanner:
         sizes = [len(c) for c in self.costs]
 
         def counts(f: float) -> list[int]:
-            return [int(round(f * n)) for n in sizes]
+            return whole_units([int(round(f * n)) for n in sizes], self.units)
 
         lo, hi = 0.0, 1.0
         for _ in range(20):

@@ -74,6 +74,11 @@ def row_blocks(shared: int, neurons: int, task: int) -> list[tuple[np.ndarray, b
     return blocks[::-1] if task == 0 else blocks
 
 
+def whole_units(counts: list[int], units: list[int]) -> list[int]:
+    """Each group's shared count rounded to whole units (a tied attention head's width), halves up."""
+    return [int(np.floor(k / u + 0.5)) * u for k, u in zip(counts, units)]
+
+
 def group_name(ir: ModelIR, members: list[int]) -> str:
     """A group's layer names, for messages and listings."""
     return "+".join(ir.layers[i].name for i in members)
@@ -97,7 +102,7 @@ class Matchings:
     def __post_init__(self) -> None:
         self.group_of = {i: g for g, members in enumerate(self.groups) for i in members}
         self.units = self.units or [1] * len(self.groups)
-        self.k = [int(np.floor(k / u + 0.5)) * u for k, u in zip(self.k, self.units)]
+        self.k = whole_units(self.k, self.units)
 
     def decided(self, ir: ModelIR, li: int) -> bool:
         """Whether every group feeding layer ``li`` has its matching."""
