@@ -25,7 +25,9 @@ from .graph.lint import MAX_OPSET
 from .graph.normalize import onnx_opset
 from .images import ImageRecipe
 from .options import ZipOptions
+from .sharing.layout import group_name
 from .sharing.match import COSTS
+from .sharing.plan import check_share_list, counts_given
 from .stamp import weights_sha256
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         raise UsageError("--finetune needs labels: give --labels KEY, the key of the labels in every --data file")
     with timing.phase("load"):
         irs = align(irs)
+    if not counts_given(opts.share):  # (before any statistics: a --share list of the wrong length)
+        check_share_list(opts.share, [group_name(irs[0], g) for g in irs[0].spaces.groups])
     if COSTS.get(opts.cost).same_samples:  # (correlations need the same samples through every task)
         if any(set(a) != set(arrays[0]) or any(a[k].shape[1:] != arrays[0][k].shape[1:] for k in a) for a in arrays):
             raise UsageError(f"--cost {opts.cost} needs tasks with the same inputs")

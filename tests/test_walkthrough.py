@@ -186,3 +186,18 @@ def test_a_target_params_out_of_reach_is_said(tmp_path, caplog):
         assert main(zip_args(tmp_path) + ["--target-params", "0.01"]) == 0
     said = [r.getMessage() for r in caplog.records if "not reached" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("--target-params 0.01 not reached: this zip keeps 5")
+
+
+def test_a_share_list_of_the_wrong_length_is_refused_before_any_statistics(tmp_path, capsys, monkeypatch):
+    """It used to be found after the loss statistics (minutes on a large pair)."""
+    import onnxzip.sharing.loop as loop
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("loss statistics ran before the --share list was checked")
+
+    monkeypatch.setattr(loop, "loss_statistics", no_statistics)
+    code = main(["zip", str(SAMPLES / "bert_a.onnx"), str(SAMPLES / "bert_b.onnx"), "--data",
+                 str(SAMPLES / "calib_bert.npz"), "--share", "0.5,0.5", "-o", str(tmp_path / "z.onnx"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--share lists 2 fractions but the model has 6 layer groups" in err
+    assert not (tmp_path / "z.onnx").exists()

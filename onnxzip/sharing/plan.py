@@ -71,6 +71,13 @@ def parse_share(text: str) -> float | tuple[float, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def check_share_list(share: float | Sequence[float | None], names: Sequence[str]) -> None:
+    """Raise :class:`UsageError` where a ``--share`` list does not give one fraction per layer group."""
+    if not isinstance(share, (int, float)) and len(share) != len(names):
+        raise UsageError(f"--share lists {len(share)} fractions but the model has {len(names)} layer groups "
+                         f"({'; '.join(names)}); 'onnxzip inspect' lists them")
+
+
 def shared_counts(share: float | Sequence[float], neurons: Sequence[int], names: Sequence[str]) -> list[int]:
     """Neurons to share per group of tied hidden layers (one layer, in a plain chain).
 
@@ -81,10 +88,8 @@ def shared_counts(share: float | Sequence[float], neurons: Sequence[int], names:
     Returns:
         ``round(share * neurons)`` per group.
     """
+    check_share_list(share, names)
     fractions = [float(share)] * len(neurons) if isinstance(share, (int, float)) else [float(s) for s in share]
-    if len(fractions) != len(neurons):
-        raise UsageError(f"--share lists {len(fractions)} fractions but the model has {len(neurons)} layer groups "
-                         f"({'; '.join(names)}); 'onnxzip inspect' lists them")
     for f, name in zip(fractions, names):
         if not 0.0 <= f <= 1.0:
             raise UsageError(f"--share {f} for {name!r} is outside [0, 1]")
