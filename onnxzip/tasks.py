@@ -186,6 +186,8 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
     irs = [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
     for ir, d, f in zip(irs, declared, fingerprints):
         ir.declared_inputs, ir.weights_sha256 = d, f
+    for ir, a in zip(irs, arrays):
+        ir.sample_dims = {k: tuple(v.shape[1:]) for k, v in a.items()}
     return protos, irs, arrays
 
 

@@ -201,3 +201,12 @@ def test_a_share_list_of_the_wrong_length_is_refused_before_any_statistics(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "--share lists 2 fractions but the model has 6 layer groups" in err
     assert not (tmp_path / "z.onnx").exists()
+
+
+def test_an_output_that_is_a_device_or_a_pipe_is_refused(tmp_path, capsys):
+    """The atomic rename used to replace /dev/null (or a FIFO) by a regular file, exit 0."""
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    one_line(capsys, zip_args(tmp_path, out=fifo), "is not a regular file")
+    assert fifo.is_fifo()
+    one_line(capsys, zip_args(tmp_path, out="/dev/null"), "is not a regular file")

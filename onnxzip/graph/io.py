@@ -289,6 +289,8 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
             raise InputError(f"{flag} {output}: that path is written already (the zipped model); choose another")
     if out.is_dir():
         raise InputError(f"{flag} {output}: is a directory; give a file name")
+    if out.exists() and not out.is_file():  # (the atomic rename would replace a device or a pipe by a file)
+        raise InputError(f"{flag} {output}: is not a regular file (a device, pipe or socket); give a file name")
     folder = out.parent
     while not folder.exists():
         folder = folder.parent

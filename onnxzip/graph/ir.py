@@ -6,7 +6,7 @@ a networkx index of it (read only), its :class:`Layer` records and its channel s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import numpy as np
@@ -82,6 +82,9 @@ class ModelIR:
     #: calibration data's sizes were fixed (:func:`onnxzip.graph.io.fix_dynamic_dims`)
     declared_inputs: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
     weights_sha256: str = ""  # the source file's weights fingerprint (:func:`onnxzip.stamp.weights_sha256`)
+    #: input name -> one calibration sample's dims (past the batch): sizes the graph leaves open to
+    #: integer inputs too (a sequence length), for estimating a batch's memory
+    sample_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def inputs(self) -> list[InputSpec]:
@@ -234,10 +237,8 @@ def reorder(ir: ModelIR, names: list[str]) -> ModelIR:
     """A ModelIR whose nodes follow ``names`` (a topological order), layers re-listed in that order."""
     by_name = {n.name: n for n in ir.graph.nodes}
     ir.graph.nodes = [by_name[n] for n in names]
-    layers = _find_layers(ir.graph)
-    return ModelIR(ir.name, ir.source, ir.graph, layers, trace(ir.graph, layers, ir.spaces.untied), _index(ir.graph),
-                   ir.ir_version,
-                   ir.opset, dict(ir.extra_opsets), dict(ir.output_types))
+    layers = _find_layers(ir.graph)  # (every other field kept: declared inputs, fingerprint, sample dims)
+    return replace(ir, layers=layers, spaces=trace(ir.graph, layers, ir.spaces.untied), index=_index(ir.graph))
 
 
 def same_inputs(irs: list[ModelIR]) -> bool:
@@ -264,8 +265,13 @@ def _tensor_bytes(ir: ModelIR) -> tuple[int, int]:
         return cached
     model = ir.to_onnx()
     for inp in model.graph.input:
-        if inp.type.tensor_type.shape.dim:
-            inp.type.tensor_type.shape.dim[0].dim_value = 1
+        dims = inp.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_value = 1
+        for d, size in zip(dims[1:], ir.sample_dims.get(inp.name, ())):
+            if not d.HasField("dim_value"):
+                d.dim_value = size  # (a sequence length the token ids leave open: the data's)
+    del model.graph.value_info[:]  # (inferred again from these sizes, not kept symbolic)
     model = infer_shapes(model)
     sizes = [0]
     for vi in list(model.graph.value_info) + list(model.graph.input):
