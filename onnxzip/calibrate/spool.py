@@ -133,6 +133,13 @@ class Batches:
         v = self.parts[0][name]
         return np.load(v.path, mmap_mode="r")[:1].copy() if isinstance(v, _OnDisk) else v[:1]
 
+    def entries(self, name: str) -> int:
+        """How many entries tensor ``name`` has along its first axis over all samples (the samples,
+        or tokens x samples for a token-major tensor flattened to rows), from the first batch's ratio."""
+        shape = self.parts[0][name].shape  # (an array, or a spooled one's recorded shape)
+        per_sample = shape[0] / max(self.sizes[0], 1) if shape else 1.0
+        return max(1, int(round(per_sample * self.samples)))
+
     def raw(self, i: int) -> dict[str, np.ndarray | _OnDisk]:
         """Batch ``i`` as stored (for carrying into another :class:`Batches`)."""
         return self.parts[i]

@@ -251,7 +251,8 @@ ROWS_PER_WEIGHT = 256
 
 
 def row_count(layer: Layer, method: str, sample: np.ndarray, samples: int) -> tuple[int, int]:
-    """(rows, width): the rows a layer's statistic reads from ``samples`` samples, and their width
+    """(rows, width): the rows a layer's statistic reads from ``samples`` entries like ``sample`` (the
+    input's first axis: samples, or the tokens of a token-major input), and their width
     (the statistic is width + 1 square: fewer rows than that leave it rank-deficient, held up only by
     the damping). (0, 0) for an estimator that reads no data."""
     est: HessianEstimator = HESSIANS.get(method)
@@ -263,8 +264,8 @@ def row_count(layer: Layer, method: str, sample: np.ndarray, samples: int) -> tu
 
 def row_fraction(layer: Layer, method: str, sample: np.ndarray, samples: int) -> float:
     """The fraction of its rows a layer's statistics read: 1, or less for a layer whose input
-    makes more rows than its statistic needs (large feature maps). ``sample``: one input sample
-    (1, ...); ``samples``: how many there are."""
+    makes more rows than its statistic needs (large feature maps). ``sample``: one entry of the
+    input's first axis (1, ...); ``samples``: how many there are."""
     est: HessianEstimator = HESSIANS.get(method)
     if est.rows is None:
         return 1.0

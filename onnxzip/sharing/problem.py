@@ -255,8 +255,8 @@ class Problems:
                              f"take {gb:.1f} GB, more than this machine has; share nothing in its group (a "
                              "--share list with 0 there) or use --hessian channel")
         method, expand = self.opts.hessian, not self.offset(li)
-        fraction = row_fraction(layer, method, live.sample(name), live.samples)
-        rows, width = row_count(layer, method, live.sample(name), live.samples)
+        fraction = row_fraction(layer, method, live.sample(name), live.entries(name))
+        rows, width = row_count(layer, method, live.sample(name), live.entries(name))
         if rows and rows < width + 1:
             self.few_rows[layer.name] = (rows, width + 1)
         self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
