@@ -73,7 +73,7 @@ def parse_share(text: str) -> float | tuple[float, ...]:
 
 def check_share_list(share: float | Sequence[float | None], names: Sequence[str]) -> None:
     """Raise :class:`UsageError` where a ``--share`` list does not give one fraction per layer group."""
-    if not isinstance(share, (int, float)) and len(share) != len(names):
+    if isinstance(share, (tuple, list)) and len(share) != len(names):  # (None: a budget's choice)
         raise UsageError(f"--share lists {len(share)} fractions but the model has {len(names)} layer groups "
                          f"({'; '.join(names)}); 'onnxzip inspect' lists them")
 
