@@ -108,7 +108,8 @@ def provenance(report: ZipReport, models: Sequence[Any], data: Sequence[Any], ta
     report.inputs = [InputRecord(n, str(m) if isinstance(m, (str, os.PathLike)) else None, io.sha256(m),
                                  str(d) if isinstance(d, (str, os.PathLike)) else None,
                                  images.folder_sha256(d, opts.recipe()) if images.is_image_folder(d) else io.sha256(d))
-                     for n, m, d in zip(tasks.names, models, data)]
+                     for n, m, d in zip(tasks.names, models, list(data) * len(models) if len(data) == 1 else data)]
+    # (one data file for every task: each task's record names it)
     report.onnxzip_version = __version__
     held = [len(next(iter(h.values()))) if h else 0 for h in tasks.held]
     report.metrics_on = (f"held-out calibration samples ({', '.join(map(str, held))} per task, seeded; the zip was "

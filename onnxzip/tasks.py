@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from . import images, timing
 from .calibrate import runtime
+from .check.fidelity import file_parameters
 from .check.heads import prove_heads
 from .errors import InputError, UsageError
 from .graph import io
@@ -179,13 +180,14 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
         else:
             arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
     declared = [io.declared_dims(p) for p in protos]
+    sizes = [file_parameters(p) for p in protos]
     fingerprints = [weights_sha256(p) for p in protos]
     for i, a in enumerate(arrays):
         protos[i] = io.fix_dynamic_dims(protos[i], a)
     opset = min(max(onnx_opset(p) for p in protos), MAX_OPSET)
     irs = [build_ir(p, n, s, opset) for p, n, s in zip(protos, names, sources)]
-    for ir, d, f in zip(irs, declared, fingerprints):
-        ir.declared_inputs, ir.weights_sha256 = d, f
+    for ir, d, f, n in zip(irs, declared, fingerprints, sizes):
+        ir.declared_inputs, ir.weights_sha256, ir.file_params = d, f, n
     for ir, a in zip(irs, arrays):
         ir.sample_dims = {k: tuple(v.shape[1:]) for k, v in a.items()}
     return protos, irs, arrays

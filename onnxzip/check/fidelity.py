@@ -21,6 +21,12 @@ def count_parameters(tensors: list[onnx.TensorProto] | list[np.ndarray]) -> tupl
     return params, nbytes
 
 
+def file_parameters(model: onnx.ModelProto) -> tuple[int, int]:
+    """(float parameters, bytes) a model file holds: its initializers and Constant nodes' values."""
+    constants = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return count_parameters(list(model.graph.initializer) + constants)
+
+
 #: a task whose measured fidelity falls below these has collapsed (printed as a warning)
 COLLAPSE = {"top1_agreement": 0.5, "mask_iou": 0.5, "rel_err": 0.5}
 #: ... and below these it is degraded (said in the table)

@@ -72,8 +72,8 @@ def verify(result: ZipResult, irs: list[ModelIR], data: list[dict[str, np.ndarra
     equivalence = Equivalence(max((c[0] for c in checks), default=0.0), max((c[1] for c in checks), default=0.0),
                               max((c[2] for c in checks), default=0.0),
                               next((v for v in ("mismatch", "rounding") if v in worst), "ok") if check else "not checked")
-    before = [count_parameters([np.asarray(t.values) for t in ir.graph.tensors().values()
-                                if isinstance(t, gs.Constant)]) for ir in irs]
+    before = [ir.file_params or count_parameters([np.asarray(t.values) for t in ir.graph.tensors().values()
+                                                  if isinstance(t, gs.Constant)]) for ir in irs]
     after = count_parameters(list(result.model.graph.initializer))
     layers, groups = _layer_rows(irs[0], result.plan)
     return ZipReport(tasks, layers, sum(p for p, _ in before), after[0], sum(b for _, b in before), after[1],

@@ -62,8 +62,9 @@ def emit_layer(em: TaskEmitter, node: gs.Node, z: LayerZip) -> None:
             continue
         tag = "s" if rows_shared else "p"
         exact = not hidden and out_name in em.output_names
-        bias = em.b.weight(_wname(em, z.layer, f"b_{tag}", rows_shared),
-                             zw[sel, where[layer.fan_in]].astype(np.float32), rows_shared)
+        b = zw[sel, where[layer.fan_in]]  # (all zero, as where the file had no bias: left out)
+        bias = em.b.weight(_wname(em, z.layer, f"b_{tag}", rows_shared), b.astype(np.float32), rows_shared) \
+            if b.any() else None
         acc = None
         # terms on shared input channels first: they carry the bias, and on an input every task
         # shares they stack with the other tasks' (fuse); a shared block is named by its place
@@ -126,13 +127,15 @@ def _affine(em: TaskEmitter, z: LayerZip, layer, sel: np.ndarray, acc: str, out_
     return em.b.node("Add", [y, names[1]], {}, [f"{out_name}.{tag}.affine"], em.prefix)[0]
 
 
-def _term(em: TaskEmitter, node: gs.Node, x: str, w: str, acc: str, hint: str, exact: bool, first: bool) -> str:
-    """``first``: op(x, w, bias=acc); else op(x, w) + acc."""
+def _term(em: TaskEmitter, node: gs.Node, x: str, w: str, acc: str | None, hint: str, exact: bool,
+          first: bool) -> str:
+    """``first``: op(x, w, bias=acc) (no bias where ``acc`` is None); else op(x, w) + acc."""
+    extra = [] if acc is None else [acc]
     if node.op == "Gemm":
-        return em.b.node("Gemm", [x, w, acc], {"transB": 1}, [hint], em.prefix, exact=exact)[0]
+        return em.b.node("Gemm", [x, w] + extra, {"transB": 1}, [hint], em.prefix, exact=exact)[0]
     attrs = node_attrs(node)
     if first:
-        return em.b.node("Conv", [x, w, acc], attrs, [hint], em.prefix, exact=exact)[0]
+        return em.b.node("Conv", [x, w] + extra, attrs, [hint], em.prefix, exact=exact)[0]
     (y,) = em.b.node("Conv", [x, w], attrs, [hint + ".c"], em.prefix)
     return em.b.node("Add", [acc, y], {}, [hint], em.prefix, exact=exact)[0]
 

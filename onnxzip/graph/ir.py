@@ -85,6 +85,8 @@ class ModelIR:
     #: input name -> one calibration sample's dims (past the batch): sizes the graph leaves open to
     #: integer inputs too (a sequence length), for estimating a batch's memory
     sample_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: (float parameters, bytes) of the source file (the report's "before"; normalization adds zero biases)
+    file_params: tuple[int, int] | None = None
 
     @property
     def inputs(self) -> list[InputSpec]:
