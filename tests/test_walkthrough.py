@@ -241,3 +241,22 @@ def test_parameters_before_are_the_files_and_zero_biases_are_left_out(tmp_path):
     gemms = [n for n in result.model.graph.node if n.op_type == "Gemm"]
     assert any(len(n.input) == 2 for n in gemms)  # (the files' MatMuls without a bias)
     assert [r.data for r in result.summary.inputs] == [str(SAMPLES / "calib_bert.npz")] * 2
+
+
+def test_a_finetune_batch_larger_than_the_data_runs_at_the_data_size(tmp_path, zipped, monkeypatch):
+    """--batch-size 100000 on 1,200 samples built a 100,000-sample training graph (killed for memory)."""
+    import onnxzip.tune.train as train
+    made = []
+    real = train.Trainer
+
+    class Spy(real):
+        def __init__(self, model, batch, *args, **kwargs):
+            made.append(batch)
+            super().__init__(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Spy)
+    train_data = [str(SAMPLES / "train_digit.npz"), str(SAMPLES / "train_parity.npz")]
+    code = main(["finetune", zipped, "--data", *train_data, "--labels", "label", "--steps", "2", "--batch-size", "100000",
+                 "-o", str(tmp_path / "f.onnx"), "-q"])
+    n = max(len(np.load(f)["label"]) for f in train_data)
+    assert code == 0 and made and max(made) <= n

@@ -289,7 +289,10 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
     """
     start = time.perf_counter()
     example = {k: v[:1] for samples in fit + held for k, v in samples.feeds.items()}  # (the inputs' sizes)
-    trainer = Trainer(model, schedule.batch, device, example)
+    largest = max([s.n for s in fit + held] or [1])
+    if schedule.batch > largest:
+        logger.info("batch %d is more than the %d samples there are: batches of %d", schedule.batch, largest, largest)
+    trainer = Trainer(model, min(schedule.batch, largest), device, example)  # (a batch past the data: only memory)
     values = trainer.values
     m1 = {n: np.zeros_like(v) for n, v in values.items()}
     m2 = {n: np.zeros_like(v) for n, v in values.items()}
