@@ -1,5 +1,6 @@
 """Loss gradients through ONNX Runtime (onnx-ad), checked against a small vector-Jacobian oracle."""
 import graphs
+from conftest import SAMPLES
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -242,3 +243,17 @@ def test_gradients_summed_in_the_graph_equal_numpy_sums_of_the_full_gradients(op
         assert s.shape == want.shape
         np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-30)
     assert not {o.name for o in rev.graph.output} & set(grads.values())
+
+
+def test_the_reverse_batch_follows_measured_sample_bytes_and_never_passes_the_samples():
+    """Shape inference left a transformer's run-time shapes open and counted 0.4 MB a sample, so a
+    BERT-base pass ran 13 sequences padded to a batch of 32 (12 GB, 2.5x the time); the measured
+    bytes bound the batch, which is never larger than the samples."""
+    from onnxzip.calibrate.fisher import FISHER_BATCH_BYTES, fisher_sizes, sample_bytes
+    from onnxzip.graph.ir import activation_bytes
+    from onnxzip.tasks import load_tasks
+    _, irs, arrays = load_tasks([SAMPLES / "bert_a.onnx"], ["a"], [SAMPLES / "calib_bert.npz"])
+    measured = sample_bytes(irs[0], arrays[0])
+    assert measured > activation_bytes(irs[0])  # (what inference sees of a run-time-shaped graph)
+    assert fisher_sizes(irs[0], 5, 32, measured) == (5, 5)
+    assert fisher_sizes(irs[0], 100, 32, FISHER_BATCH_BYTES // 4)[1] == 4

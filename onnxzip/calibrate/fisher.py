@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import InternalError, UsageError
 from ..graph import io
-from ..graph.ir import ModelIR, activation_bytes, batch_within
+from ..graph.ir import ModelIR, activation_bytes
 from ..graph.spaces import LAYER_AXIS
 from ..timing import phase
 from . import autodiff, runtime
@@ -130,10 +130,25 @@ FISHER_BYTES = 2 << 30
 FISHER_BATCH_BYTES = 256 << 20
 
 
-def fisher_sizes(ir: ModelIR, samples: int, batch: int) -> tuple[int, int]:
-    """(samples, batch) for the reverse pass within ``FISHER_BYTES`` and ``FISHER_BATCH_BYTES``."""
-    return (min(samples, max(16, FISHER_BYTES // max(activation_bytes(ir), 1))),
-            batch_within(ir, batch, FISHER_BATCH_BYTES))
+def fisher_sizes(ir: ModelIR, samples: int, batch: int, per_sample: int | None = None) -> tuple[int, int]:
+    """(samples, batch) for the reverse pass within ``FISHER_BYTES`` and ``FISHER_BATCH_BYTES``, the
+    batch no larger than the samples. ``per_sample``: one sample's activation bytes, measured (shape
+    inference leaves a transformer's run-time shapes open and counts too few)."""
+    size = max(activation_bytes(ir), per_sample or 0, 1)
+    n = min(samples, max(16, FISHER_BYTES // size))
+    return n, max(1, min(n, batch, FISHER_BATCH_BYTES // size))
+
+
+def sample_bytes(ir: ModelIR, sample: dict[str, np.ndarray], device: str = "cpu") -> int:
+    """Bytes of the float tensors one sample makes through the task's network, measured in ONNX
+    Runtime (every node output asked for once)."""
+    model = ir.to_onnx()
+    known = {o.name for o in model.graph.output}
+    names = [t.name for n in ir.graph.nodes for t in n.outputs if t.name and t.name not in known]
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    sess = runtime.session(model, device, built=True)
+    got = runtime.quiet_run(sess, None, {k: v[:1] for k, v in sample.items()}, "one sample", built=True)
+    return int(sum(x.nbytes for x in got if isinstance(x, np.ndarray) and x.dtype.kind == "f"))
 
 
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
@@ -148,7 +163,7 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
     instead of a forward run first. A large model
     takes its statistic from evenly spaced samples only (:func:`fisher_sizes`; a per-neuron average,
     it needs far fewer samples than the Hessians) and runs in smaller batches."""
-    n, batch = fisher_sizes(ir, next(iter(data.values())).shape[0], batch)
+    n, batch = fisher_sizes(ir, next(iter(data.values())).shape[0], batch, sample_bytes(ir, data, device))
     batch = ir.fixed_batch or batch
     total = next(iter(data.values())).shape[0]
     pick = np.linspace(0, total - 1, n).round().astype(int) if n < total else slice(None)  # spread, not the first
