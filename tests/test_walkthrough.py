@@ -260,3 +260,15 @@ def test_a_finetune_batch_larger_than_the_data_runs_at_the_data_size(tmp_path, z
                  "-o", str(tmp_path / "f.onnx"), "-q"])
     n = max(len(np.load(f)["label"]) for f in train_data)
     assert code == 0 and made and max(made) <= n
+
+
+def test_not_shared_reasons_name_whole_heads_and_a_target_of_one(tmp_path, caplog):
+    hf = [str(SAMPLES / "hfvit_a.onnx"), str(SAMPLES / "hfvit_b.onnx")]
+    from onnxzip.api import zip_models
+    small = zip_models(hf, [SAMPLES / "calib_hfvit.npz"], share=0.1, quiet=True)
+    reasons = {r.reason for r in small.summary.not_shared}
+    assert "share 0.1 of 4 attention heads (8 neurons each, shared whole) rounds to none" in reasons
+    with caplog.at_level(logging.WARNING):
+        none = zip_models(CNN, CALIB, target_params=1.0, quiet=True)
+    assert {r.reason for r in none.summary.not_shared} == {"--target-params 1 keeps every parameter"}
+    assert "nothing is shared" not in caplog.text  # (asked for: not a surprise)

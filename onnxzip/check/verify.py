@@ -14,7 +14,7 @@ from ..errors import EquivalenceError
 from ..graph import io
 from ..graph.attention import describe_blocks, find_attention
 from ..graph.ir import ModelIR, batch_within
-from ..report.records import Equivalence, GroupRow, LayerRow, NotShared, TaskRow, ZipReport
+from ..report.records import Equivalence, GroupRow, LayerRow, NotShared, TaskRow, ZipReport, not_shared_lines
 from ..sharing.plan import ZipPlan
 from .fidelity import TOO_FEW, count_parameters, fidelity, output_loss, verdict
 
@@ -204,13 +204,18 @@ def not_shared(irs: list[ModelIR], plan: ZipPlan, opts: ZipOptions) -> list[NotS
         if plan.layers[i].shared or i in ir.spaces.followers:
             continue
         g = group_of.get(i)
-        if opts.target_params is not None or opts.max_loss_increase is not None:
+        unit = ir.spaces.unit(i)
+        if opts.target_params is not None and opts.target_params >= 1.0:
+            reason = "--target-params 1 keeps every parameter"
+        elif opts.target_params is not None or opts.max_loss_increase is not None:
             reason = "the budget shares none here (predicted loss per parameter saved too high)"
         elif g is not None and g < len(fractions) and fractions[g] == 0:
             continue  # asked for
         else:
-            reason = f"share {fractions[g] if g is not None and g < len(fractions) else '?'} of " \
-                     f"{ir.layers[i].neurons} neurons rounds to none"
+            share = fractions[g] if g is not None and g < len(fractions) else "?"
+            reason = f"share {share} of {ir.layers[i].neurons} neurons rounds to none" if unit == 1 else \
+                f"share {share} of {ir.layers[i].neurons // unit} attention heads ({unit} neurons each, shared whole) " \
+                "rounds to none"
         rows.append(NotShared(ir.layers[i].name, reason))
     for i in sorted(ir.spaces.plain):
         rows.append(NotShared(ir.layers[i].name, "grouped convolution on restored channels: replayed as an ordinary op"))
@@ -288,8 +293,9 @@ def warn_fidelity(report: ZipReport, opts: ZipOptions) -> None:
                     else f"relative error {row.rel_err:.3g}")
             log.warning("task %r COLLAPSED against its original on held-out data: %s; share less (a lower "
                         "--share or --target-params, or 0 for the layer groups that cost most)", row.name, what)
-    asked = opts.target_params is not None or opts.max_loss_increase is not None or \
-        any(f > 0 for f in (opts.share if isinstance(opts.share, tuple) else (opts.share,)))
+    budget = opts.target_params is not None or opts.max_loss_increase is not None
+    asked = (opts.target_params or 0.0) < 1.0 if budget else \
+        any(f is not None and f > 0 for f in (opts.share if isinstance(opts.share, tuple) else (opts.share,)))
     if asked and not any(layer.shared for layer in report.layers):
-        reasons = "; ".join(f"{r.layer}: {r.reason}" for r in report.not_shared) or "no zippable layer"
+        reasons = "; ".join(not_shared_lines(report.not_shared)) or "no zippable layer"
         log.warning("nothing is shared: %s", reasons)
