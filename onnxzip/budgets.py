@@ -86,9 +86,14 @@ def zip_within_budget(tasks: Tasks, opts: ZipOptions) -> ZipResult:
         result = against_uniform(result, tasks, each, fisher, planner, budget.target_params, chosen)
     _in_loss_units(result.summary.budget, tries)
     if opts.target_params is not None and result.summary.params_kept > opts.target_params + 0.005:
+        predicted = planner.kept(counts) / planner.total
+        full = all(k >= len(c) for k, c in zip(counts, planner.costs))
+        why = "backed off to keep the verdicts" if len(tries) > 1 else \
+            "every group shares all it can; the heads and unshared layers stay" if full else \
+            f"the planner predicted {100 * predicted:.1f}% kept for these counts; its count of the parameters each " \
+            "shared neuron saves is approximate (embedding tables, biases)"
         log.warning("--target-params %g not reached: this zip keeps %.1f%% of the parameters (%s)", opts.target_params,
-                    100 * result.summary.params_kept, "backed off to keep the verdicts" if len(tries) > 1 else
-                    "every group shares what it can; the heads and unshared layers stay")
+                    100 * result.summary.params_kept, why)
     return result
 
 

@@ -41,7 +41,8 @@ def saving_model(irs: list[ModelIR], groups: list[list[int]], affine: bool = Fal
         out = np.zeros(len(groups))
         for i, segs in inputs.items():
             cols = sum(n * pc if g == ALIGNED else (k[g] * pc if g >= 0 else 0) for g, n, pc in segs)
-            out[group_of[i]] += cols + 1 - (2 * len(irs) / n_extra if affine else 0)
+            bias = 0 if ir.layers[i].kind == "embedding" else 1  # (an embedding stores no bias)
+            out[group_of[i]] += cols + bias - (2 * len(irs) / n_extra if affine else 0)
         for reader, source, pc in consumers:
             out[source] += k[reader] * pc
         for source, size in followers:
@@ -97,13 +98,15 @@ class BudgetPlanner:
         self.costs = predict_costs(irs, data, fisher, opts)
         self.saving = saving_model(irs, irs[0].spaces.groups, opts.affine)
         self.units = [irs[0].spaces.unit(g[0]) for g in irs[0].spaces.groups]
-        self.total = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs
-                         for i in range(len(ir.layers)))
+        layers = sum(int(np.prod(ir.layers[i].shape)) + ir.layers[i].neurons for ir in irs for i in range(len(ir.layers)))
+        # (the files' parameters where known, as the report counts them: normalization adds zero biases
+        # that the zipped graph leaves out again)
+        self.total = sum(ir.file_params[0] for ir in irs) if all(ir.file_params for ir in irs) else layers
 
     def allocate(self, budget: Budget) -> tuple[list[int], float]:
         """Shared counts per group (whole heads where heads are tied) and their predicted total cost."""
         counts, _ = allocate(self.costs, self.saving, self.total, budget)
-        counts = whole_units(counts, self.units)
+        counts = whole_units(counts, self.units, up=budget.target_params is not None)  # (a target: reached)
         return counts, self.cost_of(counts)
 
     def cost_of(self, counts: list[int]) -> float:

@@ -74,9 +74,10 @@ def row_blocks(shared: int, neurons: int, task: int) -> list[tuple[np.ndarray, b
     return blocks[::-1] if task == 0 else blocks
 
 
-def whole_units(counts: list[int], units: list[int]) -> list[int]:
-    """Each group's shared count rounded to whole units (a tied attention head's width), halves up."""
-    return [int(np.floor(k / u + 0.5)) * u for k, u in zip(counts, units)]
+def whole_units(counts: list[int], units: list[int], up: bool = False) -> list[int]:
+    """Each group's shared count rounded to whole units (a tied attention head's width): to the
+    nearest, halves up, or (``up``) to the next whole unit."""
+    return [int(np.ceil(k / u) if up else np.floor(k / u + 0.5)) * u for k, u in zip(counts, units)]
 
 
 def group_name(ir: ModelIR, members: list[int]) -> str:
