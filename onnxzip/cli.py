@@ -181,8 +181,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     protos, irs, _ = load_tasks(args.models, task_names(args.models, None))
     for proto, ir in zip(protos, irs):
         converted = f" (read as opset {ir.opset})" if ir.opset != onnx_opset(proto) else ""
+        def dims(s) -> tuple:  # (a size the file names, such as batch or seq, by its name)
+            named = ir.declared_inputs.get(s.name, ())
+            return tuple(named[a] if a < len(named) and isinstance(named[a], str) else "?" if d is None else d
+                         for a, d in enumerate(s.shape))
         print(f"{ir.source}: opset {onnx_opset(proto)}{converted}, inputs "
-              + ", ".join(f"{s.name} {tuple('?' if d is None else d for d in s.shape)}" for s in ir.inputs))
+              + ", ".join(f"{s.name} {dims(s)}" for s in ir.inputs))
         width = max([28] + [len(layer.name) for layer in ir.layers])
         print(f"  {'layer':<{width}} {'kind':<9} {'shape':<20} {'neurons':>8}  role")
         for i, layer in enumerate(ir.layers):

@@ -121,7 +121,7 @@ def merge_offsets(ctx: Context, li: int, rows: list[np.ndarray], k: int, live: l
                 z[:, :k, :part.ns] = w.reshape(n, k, -1)
                 z[:, :k, part.ns:] = privs[t].reshape(n, k, -1)
                 d = (z[:, :k] - x[:, r[:k]]).reshape(n * k, -1)  # d' H d = d' (H + lam I) d - lam d'd
-                predicted[t] += float(((d @ part.hs[t]) * d).sum() - part.lam[t] * np.square(d).sum())
+                predicted[t] += max(0.0, float(((d @ part.hs[t]) * d).sum() - part.lam[t] * np.square(d).sum()))
             zs.append(z)
         zipped.append(zs)
     weights = [problem.to_zipped(z0[0], rest) for z0, rest in zip(*zipped)]
@@ -141,7 +141,7 @@ def predicted_errors(ctx: Context, li: int, weights: list[np.ndarray], mats: lis
             continue
         full = np.zeros_like(d)
         full[:, cols[t]] = d  # back to the statistic's column order (no reordered copy of H)
-        out.append(float(((full @ raw) * full).sum()))
+        out.append(max(0.0, float(((full @ raw) * full).sum())))  # (a PSD form: below 0 only by rounding)
     return out
 
 
