@@ -147,8 +147,10 @@ def sample_bytes(ir: ModelIR, sample: dict[str, np.ndarray], device: str = "cpu"
     names = [t.name for n in ir.graph.nodes for t in n.outputs if t.name and t.name not in known]
     model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
     sess = runtime.session(model, device, built=True)
-    got = runtime.quiet_run(sess, None, {k: v[:1] for k, v in sample.items()}, "one sample", built=True)
-    return int(sum(x.nbytes for x in got if isinstance(x, np.ndarray) and x.dtype.kind == "f"))
+    n = ir.fixed_batch or 1  # (a model that fixes its batch runs at it: the bytes divided by it)
+    feeds = {k: np.resize(v[:n], (n,) + v.shape[1:]) for k, v in sample.items()}
+    got = runtime.quiet_run(sess, None, feeds, "one sample", built=True)
+    return int(sum(x.nbytes for x in got if isinstance(x, np.ndarray) and x.dtype.kind == "f")) // n
 
 
 def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *, device: str = "cpu",
