@@ -321,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_commands(sub)
 
     for p in sub.choices.values():
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
-        p.add_argument("-v", "--verbose", action="store_true", help="log each layer")
+        talk = p.add_mutually_exclusive_group()  # (-q -v together: refused, not one silently winning)
+        talk.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+        talk.add_argument("-v", "--verbose", action="store_true", help="log each layer")
     return parser
 
 

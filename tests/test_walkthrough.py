@@ -272,3 +272,10 @@ def test_not_shared_reasons_name_whole_heads_and_a_target_of_one(tmp_path, caplo
         none = zip_models(CNN, CALIB, target_params=1.0, quiet=True)
     assert {r.reason for r in none.summary.not_shared} == {"--target-params 1 keeps every parameter"}
     assert "nothing is shared" not in caplog.text  # (asked for: not a surprise)
+
+
+def test_quiet_and_verbose_together_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # (argparse's own exit)
+        main(zip_args(tmp_path) + ["-v"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "not allowed with argument -q/--quiet" in err[0]

@@ -25,6 +25,8 @@ from ..graph import io
 from .losses import LOSSES
 
 logger = logging.getLogger(__name__)
+#: below this many steps a rise of the training loss is not blamed on the learning rate
+FEW_STEPS = 10
 
 #: samples per group on which a run without held-out samples compares its loss before and after
 PROBE = 256
@@ -335,9 +337,11 @@ def train(model: onnx.ModelProto, fit: list[Samples], held: list[Samples], sched
         best_step = step
         fit_after = trainer.loss(probe) if probe else None
         if probe and fit_after > fit_before:
-            logger.warning("%s: the training loss on %d fitted samples rose from %.4g to %.4g over %d steps (too "
-                           "high a learning rate, %g?); the model written may be worse than the one given", what,
-                           sum(g.n for g in probe), fit_before, fit_after, step, schedule.lr)
+            why = f"too high a learning rate, {schedule.lr:g}?" if step >= FEW_STEPS else \
+                f"over only {step} steps, random batches can raise it; more --steps, or a lower --lr"
+            logger.warning("%s: the training loss on %d fitted samples rose from %.4g to %.4g over %d steps (%s); "
+                           "the model written may be worse than the one given", what, sum(g.n for g in probe),
+                           fit_before, fit_after, step, why)
     log = TrainLog(step, best_step, before, best, round(time.perf_counter() - start, 3))
     return trainer.tuned(), log
 
