@@ -76,8 +76,8 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         protos, irs, arrays = load_tasks(models, names, data, (opts.labels,) if opts.labels else (), opts.recipe())
     for i, j in itertools.combinations(range(len(irs)), 2):
         if irs[i].weights_sha256 and irs[i].weights_sha256 == irs[j].weights_sha256:
-            log.warning("tasks %r and %r are the same model (the same weights, %s and %s): it zips with itself at no "
-                        "cost; was another model meant?", names[i], names[j], irs[i].source, irs[j].source)
+            log.warning("tasks %r and %r are the same model (the same weights, %s and %s); was another model meant?",
+                        names[i], names[j], irs[i].source, irs[j].source)
     labels = [None if not opts.labels else io.check_labels(a.pop(opts.labels), classes(ir), _source(d, n), _count(a))
               for a, ir, d, n in zip(arrays, irs, data, names)]
     for a, d, n in zip(arrays, data, names):  # (the labels popped: inputs only)
