@@ -33,6 +33,8 @@ def test_zip_writes_html_and_json(report, tmp_path, capsys):
         assert row["name"] in page
     assert f"{report['params_after']:,}" in page and "TensorRT-ready" in page
     assert "shared per group" in page  # the budget's allocation
+    kept = report["params_after"] / report["params_before"]
+    assert f"{100 * kept:.1f}% kept" + (" (not reached)" if kept > 0.7 + 0.005 else "") in page
     for t in ("digit", "parity"):
         assert t in page
 

@@ -202,8 +202,11 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
     budget = report.budget
     if budget:
         scale = budget.loss_scale
+        target = budget.target_params
+        reached = "-" if target is None else f"{100 * report.params_kept:.1f}% kept" + (
+            " (not reached)" if report.params_kept > target + 0.005 else "")
         parts.append("<h2>Budget</h2>" + _table(
-            ["", "value"], [["target parameters", budget.target_params or "-"],
+            ["", "value"], [["target parameters", target or "-"], ["parameters kept", reached],
                             ["max loss increase (measured units)",
                              "-" if budget.max_loss_increase is None else budget.max_loss_increase],
                             [f"predicted cost ({report.cost_units or 'pre-activation'} units)",
