@@ -48,8 +48,10 @@ def zip_models(models: Models, data: Data, options: ZipOptions | None = None, **
     say = None if opts.quiet else (lambda what: print(f"onnxzip: {what}", file=sys.stderr, flush=True))
     with timing.record(say) as phases:
         result = _zip(models, data, opts)
+        peak_phase = timing.peak_phase(phases)
     result.summary.phases = {k: round(v, 3) for k, v in phases.items()}
     result.summary.peak_rss_mb = round(timing.peak_rss_mb(), 1)
+    result.summary.peak_phase = peak_phase
     if result.summary.seconds and phases.get("originals"):
         gflop = sum(z.stat_flops for z in result.plan.layers.values()) / 1e9
         rate = timing.gemm_gflops()

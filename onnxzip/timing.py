@@ -18,6 +18,9 @@ _current: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextV
 #: per open phase (innermost last), the seconds of the phases nested in it so far
 _nested: contextvars.ContextVar[list[float]] = contextvars.ContextVar("onnxzip_nested")
 _say: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("onnxzip_say", default=None)
+#: the phases that raised the process's peak memory: phase -> the peak (MB) when it ended, and the
+#: highest peak attributed so far (an inner phase, ending first, claims a rise before the one around it)
+_peaks: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("onnxzip_peaks", default=None)
 
 #: the phases said as they start (outside any other phase), in words; the layer loop has its own progress
 SAID = {"load": "loading, normalizing and aligning the models", "originals": "running the originals on the data",
@@ -33,13 +36,21 @@ def record(say: Callable[[str], None] | None = None) -> Iterator[dict[str, float
     """Collect phase seconds into the yielded dict (phase name -> seconds); ``say`` is told each
     phase of :data:`SAID` the first time it starts."""
     phases: dict[str, float] = {}
-    token, nested, told = _current.set(phases), _nested.set([]), _say.set(say)
+    token, nested, told, peaks = _current.set(phases), _nested.set([]), _say.set(say), _peaks.set({"": peak_rss_mb()})
     try:
         yield phases
     finally:
         _current.reset(token)
         _nested.reset(nested)
         _say.reset(told)
+        _peaks.reset(peaks)
+
+
+def peak_phase(phases: dict[str, float]) -> str | None:
+    """Inside :func:`record` (``phases`` its dict): the phase during which the process's peak memory
+    was last raised (None if no phase raised it)."""
+    peaks = {k: v for k, v in (_peaks.get() or {}).items() if k}
+    return max(peaks, key=peaks.get) if peaks else None
 
 
 @contextmanager
@@ -63,6 +74,9 @@ def phase(name: str) -> Iterator[None]:
         phases[name] = phases.get(name, 0.0) + elapsed - inner
         if stack:
             stack[-1] += elapsed
+        peaks, now = _peaks.get(), peak_rss_mb()
+        if peaks is not None and now > max(peaks.values()):
+            peaks[name] = now
 
 
 def gemm_gflops(rows: int = 4096, width: int = 384, repeats: int = 5) -> float:

@@ -51,3 +51,21 @@ def test_the_report_sets_the_zip_time_against_the_runtime_floor_and_the_statisti
     assert floor.seconds == report.seconds and floor.gemm_gflops > 0.1
     assert floor.bound_seconds == pytest.approx(floor.statistics_gflop / floor.gemm_gflops, rel=1e-2)
     assert any(line.startswith("time ") and "the ONNX Runtime floor" in line for line in format_table(report).splitlines())
+
+
+def test_the_peak_memory_is_put_on_the_innermost_phase_that_raised_it(monkeypatch):
+    from onnxzip import timing
+    rss = iter([100.0, 100.0, 300.0, 300.0, 250.0, 300.0])  # record start; then each phase's end
+    monkeypatch.setattr(timing, "peak_rss_mb", lambda: next(rss))
+    with timing.record() as phases:
+        with timing.phase("load"):
+            pass  # 100: no rise
+        with timing.phase("verify"):
+            with timing.phase("statistics"):
+                pass  # 300: the rise, claimed by the inner phase
+        # verify ends at 300: already claimed
+        with timing.phase("emit"):
+            pass  # 250 (a peak cannot fall; a fake one): no rise
+        with timing.phase("merge"):
+            pass  # 300: not above the claimed peak
+        assert timing.peak_phase(phases) == "statistics"

@@ -251,7 +251,9 @@ def _checks_and_time(report: ZipReport) -> list[str]:
                      "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>") + "</p>")
     if report.phases:
         parts.append("<h2>Time</h2>" + _table(["phase", "seconds"], [[k, v] for k, v in report.phases.items()]) +
-                     f"<p>Peak memory {report.peak_rss_mb or 0:.0f} MB; {report.seconds or 0:.1f} s in all.</p>")
+                     f"<p>Peak memory {report.peak_rss_mb or 0:.0f} MB"
+                     + (f" (reached in {html.escape(report.peak_phase)})" if report.peak_phase else "")
+                     + f"; {report.seconds or 0:.1f} s in all.</p>")
         if report.floor is not None:
             parts.append("<p>" + "<br>".join(html.escape(line) for line in report.floor.lines()) + "</p>")
     parts.append("<h2>Provenance</h2>" + _table(

@@ -351,6 +351,7 @@ class ZipReport:
     seconds: float | None = _opt()
     phases: dict[str, float] | None = _opt()  # seconds per phase
     peak_rss_mb: float | None = _opt()
+    peak_phase: str | None = _opt()  # the phase during which the peak memory was reached
     floor: FloorRecord | None = _opt()
 
     @property

@@ -130,7 +130,8 @@ def _checks(report: ZipReport) -> list[str]:
         lines += sizes_lines(report.sizes, int((report.options or {}).get("batch_size", 64)))
     if report.phases:
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.phases.items())
-                     + f"; peak memory {report.peak_rss_mb or 0:.0f} MB")
+                     + f"; peak memory {report.peak_rss_mb or 0:.0f} MB"
+                     + (f" (reached in {report.peak_phase})" if report.peak_phase else ""))
     if report.floor is not None:
         lines.extend(report.floor.lines())
     return lines
