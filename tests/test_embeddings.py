@@ -121,3 +121,16 @@ def test_sample_bert_pair_at_share_1_runs_once():
     for op in ("LayerNormalization", "Softmax"):
         assert sum(n.op_type == op for n in result.model.graph.node) == sum(n.op_type == op for n in original.graph.node)
     assert result.summary.equivalence.verdict == "ok"
+
+
+def test_ids_never_seen_are_not_said_to_lack_rows(caplog):
+    """A table of 11 rows read through 8 ids (2 samples of 4): fewer rows than the statistic's width,
+    which for an embedding means unseen ids (merged to the tasks' mean), not too few samples: the
+    embedding is not named (the dense layers after it may be)."""
+    import logging
+    data = {"ids": np.random.default_rng(9).integers(0, V, (2, T)).astype(np.int64)}
+    with caplog.at_level(logging.WARNING):
+        result = zip_models([tagger(1), tagger(2)], [data, data], share=0.5, quiet=True)
+    said = [r.getMessage() for r in caplog.records if "fewer rows than their size" in r.getMessage()]
+    assert not any("embed" in m for m in said)
+    assert result.plan.layers[0].shared == 3

@@ -257,8 +257,8 @@ class Problems:
         method, expand = self.opts.hessian, not self.offset(li)
         fraction = row_fraction(layer, method, live.sample(name), live.entries(name))
         rows, width = row_count(layer, method, live.sample(name), live.entries(name))
-        if rows and rows < width + 1:
-            self.few_rows[layer.name] = (rows, width + 1)
+        if rows and rows < width + 1 and layer.kind != "embedding":  # (an embedding's unseen ids are
+            self.few_rows[layer.name] = (rows, width + 1)  # unseen tokens: merged to the tasks' mean, no lack)
         self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))
         self.stat_flops[li] = self.stat_flops.get(li, 0.0) + rows * fraction * (
             (width + 1) * (width + 2) / 2 + (0 if unchanged else (width + 1) ** 2))
