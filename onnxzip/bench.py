@@ -77,8 +77,13 @@ def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: 
     for s in specs if size is not None else []:
         axes = open_axes(s)
         if len(axes) != 2:
-            raise UsageError(f"{path}: input {s.name!r} has {len(axes)} open size(s) past the batch; --sizes sets "
-                             "two (an image's height and width)")
+            opened = sum(1 for a, d in enumerate(s.shape) if a > 0 and d is None)
+            if s.dtype.kind != "f":
+                raise UsageError(f"{path}: integer input {s.name!r} has {opened} open size(s) past the batch; --sizes "
+                                 "sets an image's height and width (a float input's); a sequence length comes from "
+                                 "--data")
+            raise UsageError(f"{path}: input {s.name!r} has {opened} open size(s) past the batch; --sizes sets two "
+                             "(an image's height and width)")
         grow[s.name] = dict(zip(axes, size))
     if data is not None:
         arrays = io.check_calibration(dict(data), specs, "--data")

@@ -279,3 +279,12 @@ def test_quiet_and_verbose_together_are_refused(tmp_path, capsys):
         main(zip_args(tmp_path) + ["-v"])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and "not allowed with argument -q/--quiet" in err[0]
+
+
+def test_bench_sizes_on_token_ids_says_what_they_are(tmp_path, capsys):
+    """It said "input 'input_ids' has 0 open size(s)" of an input whose sequence length is open."""
+    models = [str(SAMPLES / "bert_a.onnx"), str(SAMPLES / "bert_b.onnx")]
+    out = tmp_path / "z.onnx"
+    assert main(["zip", *models, "--data", str(SAMPLES / "calib_bert.npz"), "--share", "0", "-o", str(out), "-q"]) == 0
+    one_line(capsys, ["bench", str(out), "--originals", *models, "--sizes", "16,16", "-q"],
+             "integer input 'input_ids' has 1 open size(s) past the batch")
