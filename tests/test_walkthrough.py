@@ -288,3 +288,11 @@ def test_bench_sizes_on_token_ids_says_what_they_are(tmp_path, capsys):
     assert main(["zip", *models, "--data", str(SAMPLES / "calib_bert.npz"), "--share", "0", "-o", str(out), "-q"]) == 0
     one_line(capsys, ["bench", str(out), "--originals", *models, "--sizes", "16,16", "-q"],
              "integer input 'input_ids' has 1 open size(s) past the batch")
+
+
+def test_an_alignment_failure_says_how_the_nodes_differ(tmp_path, capsys):
+    """ViT legacy x dynamo: it named two Shape nodes and said they 'differ'; the dynamo Shape reads only
+    the batch (start/end attributes): that is what the message now says."""
+    one_line(capsys, ["zip", str(SAMPLES / "vit_digit_legacy.onnx"), str(SAMPLES / "vit_parity.onnx"), "--data",
+                      *CALIB, "-o", str(tmp_path / "z.onnx"), "-q"],
+             "differs in its attributes [] against [('end', '1'), ('start', '0')]")

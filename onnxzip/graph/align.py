@@ -131,13 +131,23 @@ def _isomorphism(a: ModelIR, b: ModelIR) -> dict[str, str] | None:
     return dict(matcher.mapping) if matcher.is_isomorphic() else None
 
 
+def _how(x: tuple, y: tuple) -> str:
+    """How two node signatures (:func:`signature`) differ, in words."""
+    if x == y:
+        return "connects differently from"
+    if x[0] != y[0]:
+        return "is another op than"
+    parts = [f"{what} {u} against {v}" for what, u, v in (("attributes", x[1], y[1]), ("constant inputs", x[2], y[2]))
+             if u != v] or ["outputs"]
+    return f"differs in its {'; '.join(parts)} from"
+
+
 def _first_difference(a: ModelIR, b: ModelIR, sa: list[tuple], sb: list[tuple]) -> str:
     ta, tb = trunk(a), trunk(b)
     for i, (x, y) in enumerate(zip(sa, sb)):
         if x != y:
             na, nb = ta[i], tb[i]
-            what = "connects differently" if x[0] == y[0] else "differs"
-            return f"architectures differ at node {i}: {describe(a, na)} {what} from {describe(b, nb)}"
+            return f"architectures differ at node {i}: {describe(a, na)} {_how(x[0], y[0])} {describe(b, nb)}"
     longer, nodes = (a, ta) if len(sa) > len(sb) else (b, tb)
     node = nodes[min(len(sa), len(sb))]
     return (f"architectures differ: {a.source} has {len(sa)} nodes, {b.source} {len(sb)}; "
