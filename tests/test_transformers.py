@@ -17,7 +17,7 @@ from onnxzip import zip_models
 from onnxzip.graph.io import load_arrays
 from onnxzip.graph.ir import build_ir
 from onnxzip.graph.normalize import fold_reshape_shapes, normalize, onnx_opset, prepare, token_matmul_to_gemm
-from onnxzip.graph.spaces import moved_axis
+from onnxzip.graph.axes import moved_axis
 
 VIT = {"dynamo": ("vit_digit.onnx", "vit_parity.onnx"), "legacy": ("vit_digit_legacy.onnx", "vit_parity_legacy.onnx")}
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph.spaces import ChannelSpace, broadcasts_channels, channel_dim, reshape_keeps_prefix
+from ..graph.axes import reshape_keeps_prefix
+from ..graph.spaces import ChannelSpace, broadcasts_channels, channel_dim
 from ..sharing.layout import expand_channels
 from .builder import Part, Value, node_attrs
 
@@ -66,7 +67,7 @@ def emit_per_part(em: TaskEmitter, node: gs.Node, zipped: list[int], rule: str) 
 
 def _part_target(em: TaskEmitter, t: gs.Tensor, part: Part, space: ChannelSpace) -> str:
     """A Reshape target computed as Concat(leading dims..., [C]) for one part: its own count last
-    (a -1 there serves every part as it is; see spaces._reshaped_axis)."""
+    (a -1 there serves every part as it is; see axes._reshaped_axis)."""
     maker = t.inputs[0]
     last = np.asarray(maker.inputs[-1].values).reshape(-1).copy()
     if last[-1] == -1:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph.attention import TiedHeads
 from ..graph.ir import ModelIR
 from ..graph.spaces import channel_rule
 from ..sharing.layout import expand_channels
 from ..sharing.plan import ZipPlan
 from .builder import GraphBuilder, Part, Value, node_attrs
+from .heads import emit_core
 from .layers import emit_follower, emit_layer
 from .parts import emit_per_part
 
@@ -41,7 +41,7 @@ class TaskEmitter:
         self.restored: dict[str, str] = {}
         self.layer_of = {layer.name: i for i, layer in enumerate(ir.layers)}
         self.output_names = {t.name for t in ir.graph.outputs}
-        self.cores = {name: h for h in ir.spaces.heads for name in h.core}  # tied attention cores' nodes
+        self.cores = ir.spaces.cores()  # tied attention cores' nodes
         for t in ir.graph.inputs:
             name = t.name if shared_inputs else f"{prefix}/{t.name}"
             if shared_inputs:
@@ -93,7 +93,7 @@ class TaskEmitter:
                 (emit_follower if plan_layers[li].follower else emit_layer)(self, node, plan_layers[li])
                 continue
             if node.name in self.cores:
-                self.attention(node, self.cores[node.name])
+                emit_core(self, node, self.cores[node.name])
                 continue
             zipped = [i for i, t in enumerate(node.inputs) if t.name in self.values and
                       self.values[t.name].space is not None]
@@ -124,29 +124,6 @@ class TaskEmitter:
                            node.domain, exact=exact)
         for t, name in zip(node.outputs, outs):
             self.values[t.name] = Value([Part(name, None, aligned)], None)
-
-    def attention(self, node: gs.Node, heads: TiedHeads) -> None:
-        """A node of a tied attention core, replayed on the task's zipped Q, K and V joined (whole
-        heads, Q and K in one order); the core's exit is in V's zipped order, cut back into V's parts."""
-        inputs, shared = [], True
-        for t in node.inputs:
-            value = None if isinstance(t, gs.Constant) or not t.name else self.values[t.name]
-            if value is not None and value.space is not None:
-                x, same = self.joined(t.name)
-            else:
-                x, same = self.tensor(t), value is None or all(p.shared for p in value.parts)
-            inputs.append(x)
-            shared = shared and same
-        outs = self.b.node(node.op, inputs, node_attrs(node), [t.name for t in node.outputs], self.prefix, node.domain)
-        for t, name in zip(node.outputs, outs):
-            if t.name != heads.exit:
-                self.values[t.name] = Value([Part(name, None, shared)], None)
-                continue
-            v = self.values[self.ir.layers[heads.v].output]
-            space = self.ir.spaces.layout[t.name]
-            names = [f"{t.name}.{'s' if p.shared else 'p'}{n}" for n, p in enumerate(v.parts)]
-            pieces = self.split(name, [len(p.channels) for p in v.parts], space.axis, names)
-            self.values[t.name] = Value([Part(o, p.channels, p.shared) for o, p in zip(pieces, v.parts)], space)
 
     def concat(self, node: gs.Node) -> None:
         space = self.ir.spaces.layout[node.outputs[0].name]

@@ -159,6 +159,11 @@ class TiedHeads:
     exit: str
 
 
+def core_nodes(heads: list[TiedHeads]) -> dict[str, TiedHeads]:
+    """Node name -> the tied block whose core it is in."""
+    return {name: h for h in heads for name in h.core}
+
+
 def tied_heads(graph: gs.Graph, layers: list[Layer], hidden: list[int], untied: frozenset[str] = frozenset()
                ) -> list[TiedHeads]:
     """The attention blocks whose heads can be tied (three distinct hidden Q, K, V layers of one

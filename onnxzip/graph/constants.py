@@ -34,7 +34,7 @@ def channel_constants(ir: ModelIR) -> list[ChannelConstant]:
     slots are the same in every aligned task)."""
     out = []
     layout = ir.spaces.layout
-    cores = {name for h in ir.spaces.heads for name in h.core}
+    cores = ir.spaces.cores()
     for i, node in enumerate(ir.graph.nodes):
         zipped = [j for j, t in enumerate(node.inputs) if t.name in layout]
         if not zipped or node.name in cores or node.name in ir.spaces.restore:

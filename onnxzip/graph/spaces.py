@@ -25,7 +25,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedOpError
-from .attention import TiedHeads, tied_heads
+from .attention import TiedHeads, core_nodes, tied_heads
+from .axes import REDUCE, moved_axis, op_axes
 
 log = logging.getLogger(__name__)
 ALIGNED, PRIVATE = -2, -1
@@ -40,8 +41,6 @@ UNARY = frozenset({
 POOL = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 #: Elementwise ops of two or more inputs: per channel with constants, joins between zipped tensors.
 BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean"})
-#: Reductions: over the channel axis they carry no channels ("reduce"); over other axes they keep them.
-REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 
 #: the axis on which Conv, Gemm, BatchNormalization, pooling and Flatten read and write channels (the
 #: ONNX ops fix it: NCHW maps, (rows, features) matrices). Every layer's input and output carries its
@@ -89,6 +88,10 @@ class Spaces:
     normalized: set[int] = field(default_factory=set)  # layers whose output a per-sample channel norm reads
     heads: list[TiedHeads] = field(default_factory=list)  # attention blocks whose heads are tied
     untied: frozenset[str] = frozenset()  # Q layers of blocks a check on samples untied
+
+    def cores(self) -> dict[str, TiedHeads]:
+        """Node name -> the tied block whose core it is in."""
+        return core_nodes(self.heads)
 
     def unit(self, layer: int) -> int:
         """The neurons of ``layer`` that move together in a matching: a head's width where the
@@ -186,19 +189,9 @@ def _per_channel(c: np.ndarray, rank: int, channels: int, axis: int = 1) -> bool
     return c.ndim <= rank and (c.ndim < rank or c.shape[0] == 1) and channel_dim(c, rank, axis) in (None, 1, channels)
 
 
-def _axes(node: gs.Node) -> list[int] | None:
-    """An op's ``axes`` (attribute or constant input; [] when absent); None when not known."""
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
-        if not isinstance(node.inputs[1], gs.Constant):
-            return None
-        axes = node.inputs[1].values.reshape(-1).tolist()
-    return list(axes) if axes is not None else []
-
-
 def _reduces_channels(node: gs.Node, rank: int, axis: int = 1) -> bool:
     """A reduction whose axes include the channel axis (no axes: all of them, unless a no-op)."""
-    axes = _axes(node)
+    axes = op_axes(node)
     if axes is None:
         return False
     if not axes:
@@ -221,91 +214,6 @@ def broadcasts_channels(t: gs.Tensor, rank: int, axis: int = 1) -> bool:
     return a < 0 or t.shape[a] == 1
 
 
-def moved_axis(node: gs.Node, rank: int, axis: int = 1) -> int | None:
-    """Where a shape op puts the channel axis of its first input (rank ``rank``, channels on
-    ``axis``): the output's channel axis, or None where the op mixes the channels with other axes
-    or drops them."""
-    op, out, x = node.op, node.outputs[0], node.inputs[0]
-    if op == "Transpose":
-        perm = node.attrs.get("perm")
-        return list(perm).index(axis) if perm is not None and axis in perm else None
-    if op in REDUCE or op in ("Squeeze", "Unsqueeze"):
-        axes = _axes(node)
-        if not axes:  # not known, or all axes
-            return None
-        if op == "Unsqueeze":
-            r = rank + len(axes)
-            new = sorted(a % r for a in axes)
-            kept = [i for i in range(r) if i not in new]
-            return kept[axis]
-        gone = {a % rank for a in axes}
-        if axis in gone:
-            return None
-        keep = op in REDUCE and int(node.attrs.get("keepdims", 1))
-        return axis if keep else axis - sum(1 for a in gone if a < axis)
-    if op == "Gather" and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
-        g = int(node.attrs.get("axis", 0)) % rank
-        if g == axis:
-            return None
-        idx = np.asarray(node.inputs[1].values)
-        return axis if g > axis else axis + idx.ndim - 1
-    if op == "Slice" and len(node.inputs) >= 3:
-        axes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
-        if axes is None or not isinstance(axes, gs.Constant):
-            return None
-        return axis if axis not in {int(a) % rank for a in np.asarray(axes.values).reshape(-1)} else None
-    if x.shape is None or axis >= len(x.shape) or not isinstance(x.shape[axis], int):
-        return None
-    if op == "Reshape":
-        return _reshaped_axis(node, rank, axis)
-    if axis != 1:
-        return None
-    if op == "Pad":
-        pads = node.attrs.get("pads")
-        if pads is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
-            pads = node.inputs[1].values.reshape(-1).tolist()
-        axes_given = len(node.inputs) > 3 and node.inputs[3].name
-        return 1 if pads is not None and not axes_given and not any(pads[i] for i in (0, 1, rank, rank + 1)) else None
-    if op in ("Resize", "Upsample"):
-        return 1 if out.shape is not None and len(out.shape) >= 2 and out.shape[1] == x.shape[1] else None
-    return None
-
-
-def reshape_keeps_prefix(node: gs.Node, rank: int) -> bool:
-    """A Reshape of an NCHW tensor that keeps its batch and channel dimensions ((N, C, H, W) ->
-    (N, C, H*W)) by a constant target."""
-    x, target = node.inputs[0], node.inputs[1]
-    if not isinstance(target, gs.Constant) or x.shape is None:
-        return False
-    t = target.values.reshape(-1).tolist()
-    zero_copies = not int(node.attrs.get("allowzero", 0))
-    return len(t) >= 3 and (t[0] == x.shape[0] or (t[0] == 0 and zero_copies)) and \
-        (t[1] == x.shape[1] or (t[1] == 0 and zero_copies))
-
-
-def _reshaped_axis(node: gs.Node, rank: int, axis: int) -> int | None:
-    """A Reshape keeps the channel axis whole when the dimensions before it stay as they are (axis 1
-    of NCHW, :func:`reshape_keeps_prefix`), or when the channel axis and every axis after it keep
-    their sizes (token-major: (B, T, D) -> (B*T, D) and back; a constant target names them)."""
-    x, target = node.inputs[0], node.inputs[1]
-    if axis == 1 and reshape_keeps_prefix(node, rank):
-        return 1
-    tail = list(x.shape[axis:]) if x.shape is not None else []
-    if not tail or not all(isinstance(d, int) and d > 0 for d in tail):
-        return None
-    if isinstance(target, gs.Constant):
-        t = target.values.reshape(-1).tolist()
-        return len(t) - len(tail) if len(t) > len(tail) and t[len(t) - len(tail):] == tail else None
-    # a target computed at run time: only Concat(..., [-1 or the channel count]) with the channels last
-    # (emitted per part with its own count), its inferred shape deciding
-    out, maker = node.outputs[0].shape, target.inputs[0] if len(target.inputs) == 1 else None
-    last = maker.inputs[-1] if maker is not None and maker.op == "Concat" else None
-    if out is None or len(tail) != 1 or not isinstance(last, gs.Constant) or \
-            np.asarray(last.values).reshape(-1).tolist()[-1:] not in ([-1], [tail[0]]) or out[-1] != tail[0]:
-        return None
-    return len(out) - 1
-
-
 def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -> Spaces:
     """Follow every hidden layer's channels through ``graph`` (topologically sorted).
 
@@ -317,7 +225,7 @@ def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -
     by_node = {layer.name: i for i, layer in enumerate(layers)}
     hidden = sorted(i for i, layer in enumerate(layers) if _reaches_layer(graph, layer, by_node))
     tied = tied_heads(graph, layers, hidden, untied)
-    core = {name: h for h in tied for name in h.core}
+    core = core_nodes(tied)
     ties = _UnionFind()
     for h in tied:
         ties.union(h.q, h.k)
@@ -329,10 +237,7 @@ def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -
     plain: set[int] = set()  # depthwise convs that are not zipped
     for node in graph.nodes:
         if node.name in core:  # a tied core: replayed as it is; its exit carries V's channels
-            h = core[node.name]
-            for t in node.outputs:
-                if t.name == h.exit:
-                    layout[t.name] = ChannelSpace(layout[layers[h.v].output].segments, 1, len(t.shape) - 1)
+            _core_exit(node, core[node.name], layers, layout)
             continue
         zipped = [i for i, t in enumerate(node.inputs) if t.name in layout]
         tainted = any(t.name in private for t in node.inputs)
@@ -342,9 +247,7 @@ def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -
                 plain.add(index)  # a depthwise conv on unzipped channels is an ordinary op
                 index = None
             if index is not None and index in hidden:
-                out = node.outputs[0]  # (an embedding's channels are its output's last axis)
-                axis = len(out.shape) - 1 if layers[index].kind == "embedding" and out.shape else LAYER_AXIS
-                layout[out.name] = ChannelSpace((Segment(index, layers[index].neurons),), 1, axis)
+                layout[node.outputs[0].name] = _layer_space(node, layers[index], index)
             elif tainted and index is None:
                 private.update(t.name for t in node.outputs)
             continue
@@ -380,14 +283,32 @@ def trace(graph: gs.Graph, layers: list, untied: frozenset[str] = frozenset()) -
             private.update(t.name for t in node.outputs)
             log.info("node %r (%s) needs each task's own channel order: its inputs are restored", node.name, node.op)
     hidden = [i for i in hidden if i not in plain]
-    lost = [h for h in tied if not {h.q, h.k, h.v} <= set(hidden) or any(getattr(layout.get(layers[i].output), "segments", None) !=
-                                                                       (Segment(i, h.heads * h.width),)
-                                                                       for i in (h.q, h.k, h.v))]
+    lost = [layers[h.q].name for h in tied if not _still_tied(h, hidden, layers, layout)]
     if lost:  # a Q, K or V that is not a plain zipped layer after all: that block is not tied
-        return trace(graph, layers, untied | {layers[h.q].name for h in lost})
+        return trace(graph, layers, untied | set(lost))
     groups, layout = _grouped(ties, hidden, followers, layout)
     normalized = {i for i, layer in enumerate(layers) if i in hidden and _feeds_normalization(graph, layer, layout)}
     return Spaces(layout, hidden, groups, followers, restore, private, plain, normalized, tied, untied)
+
+
+def _layer_space(node: gs.Node, layer, index: int) -> ChannelSpace:
+    """A hidden layer's output space: its neurons on the layer axis (an embedding's on its output's last axis)."""
+    out = node.outputs[0]
+    axis = len(out.shape) - 1 if layer.kind == "embedding" and out.shape else LAYER_AXIS
+    return ChannelSpace((Segment(index, layer.neurons),), 1, axis)
+
+
+def _core_exit(node: gs.Node, h: TiedHeads, layers: list, layout: dict[str, ChannelSpace]) -> None:
+    """A node of a tied core: where it makes the core's exit, the exit carries V's channels (last axis)."""
+    for t in node.outputs:
+        if t.name == h.exit:
+            layout[t.name] = ChannelSpace(layout[layers[h.v].output].segments, 1, len(t.shape) - 1)
+
+
+def _still_tied(h: TiedHeads, hidden: list[int], layers: list, layout: dict[str, ChannelSpace]) -> bool:
+    """Whether a tied block's Q, K and V all stayed hidden layers whose outputs carry their own neurons."""
+    return all(i in hidden and getattr(layout.get(layers[i].output), "segments", None) ==
+               (Segment(i, h.heads * h.width),) for i in (h.q, h.k, h.v))
 
 
 def _grouped(ties: _UnionFind, hidden: list[int], followers: list[int], layout: dict[str, ChannelSpace]
