@@ -34,6 +34,23 @@ def test_save_is_atomic(tmp_path):
     assert load_model(path).graph.node[0].op_type == "Gemm"
 
 
+def test_saved_zip_leaves_inner_shapes_out_and_still_runs(tmp_path):
+    data = [{"x": graphs.data(3, (12,))}, {"x": graphs.data(4, (12,))}]
+    result = zip_models([graphs.mlp(1), graphs.mlp(2)], data, share=0.5, quiet=True)
+    assert len(result.model.graph.value_info) > 0  # (inferred while zipping)
+    before = result.model.SerializeToString()
+    path = tmp_path / "z.onnx"
+    result.save(path)
+    assert result.model.SerializeToString() == before  # (the model in memory is as it was)
+    written = onnx.load(str(path))
+    assert len(written.graph.value_info) == 0 and path.stat().st_size < len(before)
+    sess = session(written)
+    feeds = result.inputs_for(0, data[0])
+    want = session(result.model).run(None, feeds)
+    for got, ref in zip(sess.run(None, feeds), want):
+        np.testing.assert_array_equal(got, ref)
+
+
 def test_npy_serves_a_single_input(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((3, 4), np.float64))
     spec = InputSpec("x", np.dtype(np.float32), (None, 4))

@@ -177,8 +177,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
 
     Models over ``LARGE_BYTES`` keep their weights in ``<name>.<8 hex digits>.data`` beside the
     file: a new name per write, renamed into place before the model that names it (a reader never
-    sees a model with another write's data); an earlier write's data file is removed after.
+    sees a model with another write's data); an earlier write's data file is removed after. The
+    inferred shapes of inner tensors (``value_info``) are left out of the file, as exporters do:
+    ONNX Runtime and TensorRT infer them again (on a small zipped model they were 13% of its bytes).
     """
+    shapes = list(model.graph.value_info)
+    del model.graph.value_info[:]
+    try:
+        _save(model, path)
+    finally:
+        model.graph.value_info.extend(shapes)
+
+
+def _save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if is_large(model):
