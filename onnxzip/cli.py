@@ -116,6 +116,10 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
                         "run one op per task, storing the shared block in each task (speed)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=DEFAULTS.device, help="ONNX Runtime device")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="calibration batch size")
+    p.add_argument("--stat-rows", type=int, default=DEFAULTS.stat_rows, metavar="N",
+                   help="each layer's statistics read at most N rows (samples x positions or tokens; a seeded "
+                        "subset), or 256 per weight column where the layer needs more; 0: every row "
+                        f"(default {DEFAULTS.stat_rows})")
     p.add_argument("--hold-out", type=float, default=DEFAULTS.hold_out, metavar="FRACTION",
                    help="the fraction of each task's calibration samples (seeded) that the zip is judged on and "
                         f"not fitted to; 0: fit to all, no verdict (default {DEFAULTS.hold_out})")

@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .calibrate.stats import HESSIANS
+from .calibrate.stats import HESSIANS, MAX_ROWS
 from .emit.layers import FORMS
 from .errors import UsageError
 from .images import ImageRecipe
@@ -53,6 +53,7 @@ class ZipOptions:
     bgr: bool = False
     layout: str = "nchw"
     max_samples: int = 256
+    stat_rows: int = MAX_ROWS  # rows per statistic at most (or what its width needs; 0: all): a seeded subset
     #: per-channel conv statistics worked in the offset basis (:mod:`onnxzip.sharing.offsets`); False:
     #: as dense (C K + 1)^2 matrices, the same numbers with O((C K)^3) work (the oracle in tests)
     offset_basis: bool = True
@@ -106,6 +107,8 @@ class ZipOptions:
             raise UsageError(f"--finetune {self.finetune}: give a number of steps >= 1 (0, the default: none)")
         if self.distill < 0:
             raise UsageError(f"--distill {self.distill}: give a number of steps >= 0")
+        if self.stat_rows < 0:
+            raise UsageError(f"--stat-rows {self.stat_rows}: give a number of rows >= 1 (0: every row)")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
         self.recipe().check()

@@ -15,7 +15,7 @@ from onnxzip.options import ZipOptions
 FIELDS = ["share", "names", "matching", "hessian", "damping", "compensate", "affine", "task_order", "recover", "loss_aware",
           "labels", "finetune", "distill", "cost", "target_params", "max_loss_increase", "separate_inputs", "favor", "device",
           "batch_size", "mask_threshold", "hold_out", "quiet", "image_size", "mean", "std", "bgr", "layout", "max_samples",
-          "offset_basis"]
+          "stat_rows", "offset_basis"]
 
 ARGV = ["zip", "a.onnx", "b.onnx", "--data", "d.npz", "-o", "out.onnx", "--names", "left, right",
         "--share", "0.3,0.2", "--labels", "label", "--finetune", "7", "--distill", "9", "--target-params", "0.6",
@@ -23,7 +23,7 @@ ARGV = ["zip", "a.onnx", "b.onnx", "--data", "d.npz", "-o", "out.onnx", "--names
         "--damping", "0.5", "--no-compensate", "--affine", "--no-loss-aware", "--no-recover", "--task-order", "given",
         "--separate-inputs", "--favor", "speed", "--device", "cuda", "--batch-size", "16",
         "--mask-threshold", "0.3", "--hold-out", "0.3", "--image-size", "32,24", "--mean", "0.1,0.2,0.3", "--std", "2,3,4",
-        "--bgr", "--layout", "nhwc", "--max-samples", "99", "-q"]
+        "--bgr", "--layout", "nhwc", "--max-samples", "99", "--stat-rows", "5000", "-q"]
 
 #: what each flag above means, written out by hand
 GIVEN = {"names": ("left", "right"), "matching": "greedy", "hessian": "channel", "damping": 0.5,
@@ -31,7 +31,7 @@ GIVEN = {"names": ("left", "right"), "matching": "greedy", "hessian": "channel",
          "finetune": 7, "distill": 9, "cost": "correlation", "target_params": 0.6, "max_loss_increase": 0.25,
          "separate_inputs": True, "favor": "speed", "device": "cuda", "batch_size": 16, "mask_threshold": 0.3,
          "hold_out": 0.3, "quiet": True, "image_size": (32, 24), "mean": (0.1, 0.2, 0.3), "std": (2.0, 3.0, 4.0), "bgr": True,
-         "layout": "nhwc", "max_samples": 99}
+         "layout": "nhwc", "max_samples": 99, "stat_rows": 5000}
 
 #: the documented defaults, written out by hand
 DEFAULTS = {"share": 0.5, "names": None, "matching": "optimal", "hessian": "auto", "damping": 1e-2,
@@ -39,7 +39,7 @@ DEFAULTS = {"share": 0.5, "names": None, "matching": "optimal", "hessian": "auto
             "labels": None, "finetune": 0, "distill": 0, "cost": "mtz", "target_params": None, "max_loss_increase": None,
             "separate_inputs": False, "favor": "size", "device": "cpu", "batch_size": 64, "mask_threshold": 0.5,
             "hold_out": 0.2, "quiet": False, "image_size": None, "mean": (0.0,), "std": (1.0,), "bgr": False, "layout": "nchw",
-            "max_samples": 256, "offset_basis": True}
+            "max_samples": 256, "stat_rows": 131072, "offset_basis": True}
 
 
 def test_the_fields_and_their_defaults():
@@ -95,7 +95,7 @@ def test_as_report_leaves_out_how_the_zip_runs_and_lists_tuples():
         "compensate": True, "affine": False, "task_order": "auto", "recover": True, "loss_aware": True, "labels": None,
         "finetune": 0, "distill": 0, "cost": "mtz", "target_params": 0.75, "max_loss_increase": None, "separate_inputs": False, "favor": "size",
         "device": "cpu", "batch_size": 64, "mask_threshold": 0.5, "hold_out": 0.2, "image_size": [4, 6], "mean": [0.5, 0.25],
-        "std": [1.0], "bgr": False, "layout": "nchw", "max_samples": 256}
+        "std": [1.0], "bgr": False, "layout": "nchw", "max_samples": 256, "stat_rows": 131072}
     report = ZipOptions().as_report()
     assert "quiet" not in report and "offset_basis" not in report and len(report) == len(FIELDS) - 2
     assert report["share"] == 0.5 and report["names"] is None and report["image_size"] is None
@@ -131,6 +131,7 @@ def test_recipe_carries_the_image_options():
     ({"mask_threshold": 2}, "--mask-threshold 2: give a value in (0, 1)"),
     ({"batch_size": 0}, "--batch-size 0: must be >= 1"),
     ({"batch_size": -3}, "--batch-size -3: must be >= 1"),
+    ({"stat_rows": -1}, "--stat-rows -1: give a number of rows >= 1 (0: every row)"),
     ({"names": ("a", "b", "c")}, "--names gives 3 names for 2 models"),
     ({"names": ("a",)}, "--names gives 1 names for 2 models"),
     ({"names": ("a b", "c")}, "--names: 'a b' is not a valid task name (letters, digits, _ . -)"),

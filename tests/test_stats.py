@@ -237,13 +237,35 @@ def test_statistics_of_large_maps_read_a_seeded_subset_of_rows(monkeypatch):
     rng = np.random.default_rng(8)
     layer = conv_layer(3, 2, (3, 3), pads=[1, 1, 1, 1])
     x = rng.normal(size=(20, 3, 16, 16)) + 0.5
-    assert row_fraction(layer, "exact", x[:1], 20) == 1.0  # 5,120 rows: under the cap
-    monkeypatch.setattr(stats, "MAX_ROWS", 1000)
+    assert row_fraction(layer, "exact", x[:1], 20) == 1.0  # 5,120 rows: under the default cap
     monkeypatch.setattr(stats, "ROWS_PER_WEIGHT", 10)
-    fraction = row_fraction(layer, "exact", x[:1], 20)
+    assert row_fraction(layer, "exact", x[:1], 20, most=0) == 1.0  # (0: every row)
+    fraction = row_fraction(layer, "exact", x[:1], 20, most=1000)
     assert fraction == pytest.approx(1000 / 5120)
     full = layer_hessian(layer, x, "exact")
     part = layer_hessian(layer, x, "exact", fraction=fraction)
     assert not np.allclose(part, full, rtol=1e-6)  # a subset, not all rows
     assert np.abs(part - full).max() < 0.15 * np.abs(full).max()  # an estimate of the same moment
     np.testing.assert_array_equal(part, layer_hessian(layer, x, "exact", fraction=fraction))  # seeded
+
+
+def test_stat_rows_caps_each_statistic_and_the_report_counts_them(monkeypatch):
+    """--stat-rows: each conv statistic reads at most N of its samples x positions rows (counted
+    here from the shapes: 64 samples of 8 x 8 maps into conv0, 4 x 4 into conv1 after the pool)."""
+    import graphs
+
+    from onnxzip import zip_models
+    from onnxzip.calibrate import stats
+    from onnxzip.report.terminal import rows_line
+    monkeypatch.setattr(stats, "ROWS_PER_WEIGHT", 1)  # (the floor a layer's width sets, out of the way)
+    data = [{"x": graphs.data(3, (3, 8, 8))}, {"x": graphs.data(4, (3, 8, 8))}]
+    models = [graphs.cnn(1), graphs.cnn(2)]
+    every = {r.name: r for r in zip_models(models, data, share=0.5, quiet=True, hold_out=0, stat_rows=0).summary.layers}
+    assert (every["conv0"].stat_rows, every["conv1"].stat_rows, every["fc0"].stat_rows) == (64 * 64, 64 * 16, 64)
+    assert all(r.rows_read == 1.0 for r in every.values())
+    report = zip_models(models, data, share=0.5, quiet=True, hold_out=0, stat_rows=1000).summary
+    capped = {r.name: r for r in report.layers}
+    assert (capped["conv0"].stat_rows, capped["conv1"].stat_rows, capped["fc0"].stat_rows) == (1000, 1000, 64)
+    assert capped["conv0"].rows_read == pytest.approx(1000 / 4096, abs=1e-4)
+    line = rows_line(report)
+    assert "2 layer(s) read a seeded subset (--stat-rows 1000), the least 24.4% of its rows (conv0)" in line

@@ -244,8 +244,9 @@ def _pieces(layer: Layer, est: HessianEstimator, x: np.ndarray | Iterable[np.nda
             yield chunk[i:i + step]
 
 
-#: a layer's statistics read at most max(MAX_ROWS, ROWS_PER_WEIGHT * (row width + 1)) rows (samples
-#: x positions); beyond that, a seeded random subset of the rows (:func:`row_fraction`)
+#: a layer's statistics read at most max(``--stat-rows``, ROWS_PER_WEIGHT * (row width + 1)) rows
+#: (samples x positions or tokens); beyond that, a seeded random subset of the rows (:func:`row_fraction`).
+#: The default, measured on the PaddleOCR detector pair (docs/results.md, "Rows per statistic")
 MAX_ROWS = 1 << 17
 ROWS_PER_WEIGHT = 256
 
@@ -262,15 +263,16 @@ def row_count(layer: Layer, method: str, sample: np.ndarray, samples: int) -> tu
     return rows.shape[0] * samples, rows.shape[1]
 
 
-def row_fraction(layer: Layer, method: str, sample: np.ndarray, samples: int) -> float:
+def row_fraction(layer: Layer, method: str, sample: np.ndarray, samples: int, most: int = MAX_ROWS) -> float:
     """The fraction of its rows a layer's statistics read: 1, or less for a layer whose input
-    makes more rows than its statistic needs (large feature maps). ``sample``: one entry of the
-    input's first axis (1, ...); ``samples``: how many there are."""
+    makes more rows than ``most`` and than its statistic needs (large feature maps, many tokens).
+    ``sample``: one entry of the input's first axis (1, ...); ``samples``: how many there are;
+    ``most``: ``--stat-rows`` (0: every row)."""
     est: HessianEstimator = HESSIANS.get(method)
-    if est.rows is None:
+    if est.rows is None or most == 0:
         return 1.0
     rows = est.rows(layer, sample[:1])
-    cap = max(MAX_ROWS, ROWS_PER_WEIGHT * (rows.shape[1] + 1))
+    cap = max(most, ROWS_PER_WEIGHT * (rows.shape[1] + 1))
     return min(1.0, cap / max(rows.shape[0] * samples, 1))
 
 

@@ -121,7 +121,8 @@ def _layer_rows(ir: ModelIR, plan: ZipPlan) -> tuple[list[LayerRow], list[GroupR
     """The report's rows per hidden layer (sharing and cost) and per tied group (or chosen order)."""
     group_of = {i: g for g, members in enumerate(plan.groups) for i in members}
     layers = [LayerRow(ir.layers[i].name, ir.layers[i].kind, plan.layers[i].neurons, plan.layers[i].shared,
-                       float(plan.layers[i].costs.sum()), group_of.get(i), round(plan.layers[i].rows_read, 4))
+                       float(plan.layers[i].costs.sum()), group_of.get(i), round(plan.layers[i].rows_read, 4),
+                       plan.layers[i].stat_rows)
               for i in plan.hidden]
     groups = [GroupRow([ir.layers[i].name for i in members], plan.orders.get(g), g)
               for g, members in enumerate(plan.groups) if len(members) > 1 or g in plan.orders]

@@ -60,6 +60,7 @@ class LayerRow:
     cost: float
     group: int | None = None
     rows_read: float = 1.0  # the fraction of its input rows (samples x positions) its statistics read
+    stat_rows: int = 0  # how many rows that was (0: not counted: a depthwise follower, or no data read)
     error: LayerError | None = _opt()
 
     @classmethod

@@ -94,12 +94,31 @@ def _structure(report: ZipReport) -> list[str]:
     if report.samples:
         lines.append("calibration samples per task: " + ", ".join(
             f"{t.name} {n}" for t, n in zip(report.tasks, report.samples)))
+    line = rows_line(report)
+    if line:
+        lines.append(line)
     if report.restored_at:
         lines.append(f"channel order restored before: {', '.join(report.restored_at)}")
     if report.attention:
         lines.append(f"attention blocks ({len(report.attention)}; tied heads run on the zipped Q, K and V, whole "
                      f"heads shared; restored ones on each task's own order): " + "; ".join(report.attention))
     return lines
+
+
+def rows_line(report: ZipReport) -> str | None:
+    """How many rows (samples x positions or tokens) the layers' statistics read, and how many
+    layers read a seeded subset of theirs (``--stat-rows``)."""
+    counted = [r for r in report.layers if r.stat_rows]
+    if not counted:
+        return None
+    cut = [r for r in counted if r.rows_read < 1.0]
+    most = (report.options or {}).get("stat_rows")
+    line = (f"rows per layer statistic: {min(r.stat_rows for r in counted):,} to {max(r.stat_rows for r in counted):,}")
+    if cut:
+        low = min(cut, key=lambda r: r.rows_read)
+        line += (f"; {len(cut)} layer(s) read a seeded subset (--stat-rows {most}), the least {low.rows_read:.1%} "
+                 f"of its rows ({low.name})")
+    return line
 
 
 def sizes_lines(sizes: SizesRecord, batch: int) -> list[str]:

@@ -44,7 +44,7 @@ def zip_layer(ctx: Context, li: int, live: list[Batches]) -> LayerZip:
                  and all(problems.inputs_unchanged(li, live)))
     problems.done(li)
     return LayerZip(li, k, ns, list(rows), cols, weights, costs, predicted=predicted, checkable=checkable,
-                    rows_read=fraction, affine=affine, stat_flops=problems.stat_flops.get(li, 0.0))
+                    rows_read=fraction, stat_rows=problems.rows_read.get(li, 0), affine=affine, stat_flops=problems.stat_flops.get(li, 0.0))
 
 
 def per_sample(layer, live: Batches) -> bool:

@@ -122,6 +122,8 @@ class LayerZip:
     checkable: bool = False
     #: the fraction of the layer's input rows (samples x positions) its statistics read
     rows_read: float = 1.0
+    #: the rows (samples x positions or tokens) its statistics read, in the task that read the most
+    stat_rows: int = 0
     #: the multiply-adds of its dense statistics, all tasks (:attr:`onnxzip.sharing.problem.Problems.stat_flops`)
     stat_flops: float = 0.0
     #: ``--affine``: per task, each shared row's scale a (shared,) and shift b (shared,); then
