@@ -29,6 +29,8 @@ from .pipeline import distil, measure_again, rounded, zip_once
 from .progress import progress
 from .report.records import DistillRecord, FinetuneRecord, FloorRecord, InputRecord, TaskRow, ZipReport
 from .result import ZipResult
+from .sharing.loop import samples_of
+from .sharing.memory import memory_by_design
 from .stamp import check_originals, stamp
 from .tasks import Data, Models, Tasks, prepare
 from .tune.distill import distill
@@ -64,6 +66,9 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     """:func:`zip_models` after the options are merged; phases timed (:mod:`onnxzip.timing`)."""
     start = time.perf_counter()
     tasks = prepare(models, data, opts)
+    memory = memory_by_design(tasks.irs, opts, samples_of(tasks.arrays))  # (refuses what cannot fit, now)
+    if not opts.quiet:
+        print(f"onnxzip: {memory.line()}", file=sys.stderr, flush=True)
     if opts.target_params is not None or opts.max_loss_increase is not None:
         result = zip_within_budget(tasks, opts)  # (distilled at every try)
     else:
@@ -73,6 +78,7 @@ def _zip(models: Models, data: Data, opts: ZipOptions) -> ZipResult:
     if opts.finetune:
         retrain(result, tasks, opts)
     report = result.summary
+    report.memory = memory
     warn_fidelity(report, opts)
     sizes = report.sizes
     report.deployment_problems = deployment_problems(

@@ -8,6 +8,7 @@ second counts in one phase: the phases add up to at most the total). Outside a `
 from __future__ import annotations
 
 import contextvars
+import os
 import resource
 import sys
 import time
@@ -96,3 +97,12 @@ def peak_rss_mb() -> float:
     """The process's peak resident memory so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1e6 if sys.platform == "darwin" else peak / 1e3  # bytes on macOS, KiB elsewhere
+
+
+def rss_mb() -> float:
+    """The process's resident memory now, in MB (the peak so far where the platform does not say)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError, AttributeError):
+        return peak_rss_mb()

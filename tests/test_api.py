@@ -252,9 +252,15 @@ def test_conv_attributes_and_no_bias_zip_exactly(attrs, hessian):
 def test_too_large_hessian_is_a_clear_error(monkeypatch):
     import onnxzip.sharing.problem
     from onnxzip import UsageError
+    import onnxzip.sharing.loop
+    import onnxzip.sharing.memory
     monkeypatch.setattr(onnxzip.sharing.problem, "available_memory", lambda: 2 * 301 ** 2 * 8 * 6 * 2 - 1)
+    real = onnxzip.sharing.loop.loss_statistics
+    monkeypatch.setattr(onnxzip.sharing.loop, "loss_statistics", lambda *a: pytest.fail("said only after work began"))
     with pytest.raises(UsageError, match=r"layer '/3/Gemm' has 300 weights per neuron.*--share list with 0"):
-        zip_models(sample_models("mlp"), CALIB, share=0.5, quiet=True)
+        zip_models(sample_models("mlp"), CALIB, share=0.5, quiet=True)  # (before any pass of the models)
+    monkeypatch.setattr(onnxzip.sharing.loop, "loss_statistics", real)
+    monkeypatch.setattr(onnxzip.sharing.memory, "rss_mb", lambda: 0.0)  # (this process is larger than the 17 MB said)
     result = zip_models(sample_models("mlp"), CALIB, share=(0.5, 0.0), quiet=True)  # the way out it names
     assert [row["shared"] for row in result.report["layers"]] == [150, 0]
 
@@ -532,3 +538,21 @@ def test_a_keras_tf2onnx_pair_shares_the_dense_layer_after_its_channels_last_fla
         d = load_arrays(SAMPLES / f"test_nhwc_{t}.npz")
         original = accuracy_of(m, {"image": d["image"]}, d["label"], out)
         assert accuracy_of(result.model, {"image": d["image"]}, d["label"], f"{t}/{out}") >= original - 0.01
+
+
+def test_a_zip_that_cannot_fit_is_refused_before_it_starts(monkeypatch):
+    """What the zip adds by design (here the live tensors of 16,000 fitted samples of a 300-wide layer,
+    zipped and original, per task: 77 MB) against a machine said to have 20 MB: refused in one line,
+    before any pass."""
+    import onnxzip.sharing.loop
+    import onnxzip.sharing.memory
+    import onnxzip.sharing.problem
+    from onnxzip import UsageError
+    monkeypatch.setattr(onnxzip.sharing.problem, "available_memory", lambda: 20_000_000)
+    monkeypatch.setattr(onnxzip.sharing.memory, "rss_mb", lambda: 0.0)
+    monkeypatch.setattr(onnxzip.sharing.loop, "loss_statistics", lambda *a: pytest.fail("said only after work began"))
+    models = [graphs.mlp(s, sizes=(12, 300, 40, 3)) for s in (1, 2)]
+    data = [{"x": graphs.data(s, (12,), n=20_000)} for s in (3, 4)]
+    with pytest.raises(UsageError, match=r"this zip needs about 8\d MB by design \(.*live tensors 77 MB\), more than "
+                                         r"this machine's 20 MB"):
+        zip_models(models, data, share=0.5, quiet=True)

@@ -256,6 +256,8 @@ def _checks_and_time(report: ZipReport) -> list[str]:
                      + f"; {report.seconds or 0:.1f} s in all.</p>")
         if report.floor is not None:
             parts.append("<p>" + "<br>".join(html.escape(line) for line in report.floor.lines()) + "</p>")
+        if report.memory is not None:
+            parts.append(f"<p>{html.escape(report.memory.line(report.peak_rss_mb, report.peak_phase))}</p>")
     parts.append("<h2>Provenance</h2>" + _table(
         ["task", "model", "model SHA-256", "data", "data SHA-256"],
         [[i.task, i.model or "-", (i.model_sha256 or "")[:16], i.data or "-", (i.data_sha256 or "")[:16]]

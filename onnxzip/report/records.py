@@ -187,6 +187,34 @@ class FloorRecord:
 
 
 @dataclass
+class MemoryRecord:
+    """A zip's memory by design (MB), estimated before the work starts (:mod:`onnxzip.sharing.memory`),
+    to be read beside the peak it measured."""
+
+    process_mb: float  # resident when the work starts: libraries, the loaded models, the calibration data
+    models_mb: float  # the tasks' weights again, in ONNX Runtime's stage sessions
+    zipped_mb: float  # the zipped weights, float64, every task's
+    statistics_mb: float  # the largest layer's statistics at once (float64, every task's copies)
+    statistics_layer: str  # that layer
+    activations_mb: float  # live tensors kept in memory (the spool's part) and one stage batch
+
+    @property
+    def total_mb(self) -> float:
+        return round(self.process_mb + self.models_mb + self.zipped_mb + self.statistics_mb + self.activations_mb, 1)
+
+    def parts(self) -> str:
+        return (f"loaded {self.process_mb:,.0f} MB, stage sessions {self.models_mb:,.0f} MB, zipped weights {self.zipped_mb:,.0f} MB, statistics "
+                f"{self.statistics_mb:,.0f} MB ({self.statistics_layer or '-'}), live tensors {self.activations_mb:,.0f} MB")
+
+    def line(self, peak_mb: float | None = None, phase: str | None = None) -> str:
+        text = f"memory by design: about {self.total_mb:,.0f} MB ({self.parts()})"
+        if peak_mb is not None:
+            text += f"; measured peak {peak_mb:,.0f} MB ({peak_mb / max(self.total_mb, 1e-9):.1f}x" + \
+                (f", reached in {phase})" if phase else ")")
+        return text
+
+
+@dataclass
 class SizesRecord:
     """The input sizes the zipped model takes: the sizes the source files leave open (dim names),
     opened again after the zip and run at a second size against the originals, or kept fixed."""
@@ -354,6 +382,7 @@ class ZipReport:
     peak_rss_mb: float | None = _opt()
     peak_phase: str | None = _opt()  # the phase during which the peak memory was reached
     floor: FloorRecord | None = _opt()
+    memory: MemoryRecord | None = _opt()  # by design, estimated before the work started
 
     @property
     def params_kept(self) -> float:
@@ -386,5 +415,6 @@ class ZipReport:
                  "distill": DistillRecord.from_dict(d["distill"]) if d.get("distill") else None,
                  "sizes": SizesRecord.from_dict(d["sizes"]) if d.get("sizes") else None,
                  "floor": FloorRecord(**_known(FloorRecord, d["floor"])) if d.get("floor") else None,
+                 "memory": MemoryRecord(**_known(MemoryRecord, d["memory"])) if d.get("memory") else None,
                  "inputs": [InputRecord(**_known(InputRecord, i)) for i in d["inputs"]] if "inputs" in d else None}
         return cls(**{**sizes, **_known(cls, d), **fixed})

@@ -153,6 +153,8 @@ def _checks(report: ZipReport) -> list[str]:
                      + (f" (reached in {report.peak_phase})" if report.peak_phase else ""))
     if report.floor is not None:
         lines.extend(report.floor.lines())
+    if report.memory is not None:
+        lines.append(report.memory.line(report.peak_rss_mb, report.peak_phase))
     return lines
 
 
