@@ -238,7 +238,10 @@ def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: l
                       opts: ZipOptions) -> list[dict[str, Any]]:
     """Per task, on its calibration data: the original file's outputs (the same for every zip)."""
     sizes = [", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in arrays.items()) for arrays in data]
-    return [runtime.run(runtime.session(proto, opts.device, what=f"{ir.source} (inputs fixed to the calibration "
-                                                                 f"samples' sizes: {size})"),
-                        arrays, ir.outputs, batch_within(ir, opts.batch_size, runtime.RUN_BYTES), ir.source)
-            for proto, ir, arrays, size in zip(protos, irs, data, sizes)]
+    try:
+        return [runtime.run(runtime.session(proto, opts.device, what=f"{ir.source} (inputs fixed to the "
+                                                                     f"calibration samples' sizes: {size})"),
+                            arrays, ir.outputs, batch_within(ir, opts.batch_size, runtime.RUN_BYTES), ir.source)
+                for proto, ir, arrays, size in zip(protos, irs, data, sizes)]
+    finally:
+        timing.release_memory()  # (the sessions' copies of the weights)

@@ -8,6 +8,10 @@ second counts in one phase: the phases add up to at most the total). Outside a `
 from __future__ import annotations
 
 import contextvars
+import ctypes
+import ctypes.util
+import functools
+import gc
 import os
 import resource
 import sys
@@ -106,3 +110,22 @@ def rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     except (OSError, ValueError, IndexError, AttributeError):
         return peak_rss_mb()
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_memory() -> None:
+    """Give memory freed since (ONNX Runtime sessions, a phase's arrays) back to the system: glibc
+    keeps freed blocks in its heap, resident, so a later phase's peak stacks on an earlier one's
+    (measured: 1.2 GB still resident after the originals' pass of the BERT-base pair). No-op where
+    the C library has no ``malloc_trim``."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

@@ -26,7 +26,7 @@ from ..errors import InternalError, UsageError
 from ..graph import io
 from ..graph.ir import ModelIR, activation_bytes
 from ..graph.spaces import LAYER_AXIS
-from ..timing import phase
+from ..timing import phase, release_memory
 from . import autodiff, runtime
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,8 @@ def neuron_fisher(ir: ModelIR, data: dict[str, np.ndarray], layers: list[int], *
         got = sess.run([sums[i] for i in layers], feeds)
         for i, g in zip(layers, got):  # (padded samples, repeats of real ones, have zero seeds: zero gradients)
             totals[i] += np.asarray(g, np.float64)
+    del sess
+    release_memory()  # (the reverse graph's session: gigabytes on a transformer, not kept resident)
     return {i: t / n for i, t in totals.items()}
 
 

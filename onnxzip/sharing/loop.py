@@ -21,6 +21,7 @@ from ..calibrate.spool import Batches, Spool
 from ..calibrate.stages import StagedNetwork
 from ..errors import UsageError
 from ..graph.ir import ModelIR, same_inputs
+from ..timing import release_memory
 from .constants import merge_constants
 from .layer import private_layer, zip_layer
 from .layout import Matchings, effective, group_name
@@ -176,3 +177,4 @@ def step(ctx: Context, nets: list[StagedNetwork], cut: Cut, j: int, li: int) -> 
         cut.measured[li] = [m for _, _, m in pairs]
     for b in {id(b): b for b in old}.values():  # each stage's input, once, now that both ran
         b.drop()
+    release_memory()  # (the stage sessions and their batches: not resident into the next cut)
