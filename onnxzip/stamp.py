@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -12,6 +14,7 @@ from onnx import numpy_helper
 from .errors import UsageError
 
 KEY = "onnxzip.originals"
+log = logging.getLogger(__name__)
 
 
 def weights_sha256(model: onnx.ModelProto) -> str:
@@ -35,12 +38,17 @@ def stamp(model: onnx.ModelProto, fingerprints: dict[str, str]) -> None:
 
 def check_originals(zipped: onnx.ModelProto, names: list[str], fingerprints: list[str], sources: list[str]) -> None:
     """Raise :class:`UsageError` where an original's weights (``fingerprints``, per task in order;
-    ``sources`` name them) are not those its task was zipped from. A zipped model without the stamp
-    (made before it existed) is not checked."""
+    ``sources`` name them) are not those its task was zipped from. A zipped model without a readable
+    stamp (made before it existed, or its metadata edited) is not checked, and that is said."""
     stamped = next((p.value for p in zipped.metadata_props if p.key == KEY), None)
-    if stamped is None:
+    try:
+        want = json.loads(stamped) if stamped is not None else None
+    except ValueError:
+        want = None
+    if not isinstance(want, dict) or not all(isinstance(v, str) for v in want.values()):
+        log.warning("the zipped model's record of its originals' weights (metadata %r) is %s: the --originals are "
+                    "checked by their outputs only", KEY, "missing" if stamped is None else "unreadable")
         return
-    want = json.loads(stamped)
     for task, got, source in zip(names, fingerprints, sources):
         if task in want and got != want[task]:
             raise UsageError(f"{source}: not the model task {task!r} was zipped from (its weights differ); give "

@@ -295,7 +295,7 @@ def test_parameter_budget_is_met_and_reported():
 def test_zip_with_labels_and_finetune():
     train = [SAMPLES / "train_digit.npz", SAMPLES / "train_parity.npz"]
     result = zip_models(sample_models("cnn"), train, share=1.0, names=NAMES, quiet=True, labels="label",
-                        finetune=100)
+                        finetune=100, recover=False)  # (with recovery the zip is at its held-out best already)
     rep = result.report
     assert rep["finetune"]["steps"] == 100
     assert all(a["rel_err"] != b["rel_err"] for a, b in zip(rep["tasks"], rep["finetune"]["tasks_before"]))

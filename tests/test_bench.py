@@ -178,3 +178,22 @@ def test_image_options_with_arrays_are_said_to_be_unused(zipped, caplog):
     assert main(["bench", zipped, "--originals", *ORIGINALS, "--data", str(SAMPLES / "calib_digit.npz"), "--mean",
                  "0.5", "--runs", "1", "--batch", "2", "-q"]) == 0
     assert any(r.getMessage().startswith("--mean: for image folders as --data only") for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", ["{not json", "[1, 2]", None])
+def test_an_unreadable_or_missing_stamp_is_said_not_a_traceback(zipped, tmp_path, caplog, value):
+    """Walkthrough 4: a stamp edited to text that is not JSON gave a JSONDecodeError traceback (bench,
+    distill); a missing or list-valued one skipped the weights check without a word."""
+    import onnx
+
+    from onnxzip.stamp import KEY
+    m = onnx.load(zipped)
+    del m.metadata_props[:]
+    if value is not None:
+        m.metadata_props.add(key=KEY, value=value)
+    onnx.save(m, tmp_path / "edited.onnx")
+    with caplog.at_level("WARNING", logger="onnxzip"):
+        r = bench(str(tmp_path / "edited.onnx"), ORIGINALS, None, runs=1, warmup=0)
+    assert r["ratios"]["bytes"] > 0
+    said = "missing" if value is None else "unreadable"
+    assert f"record of its originals' weights (metadata 'onnxzip.originals') is {said}" in caplog.text
