@@ -199,7 +199,7 @@ def finetune_model(model: onnx.ModelProto, data: Sequence[str | os.PathLike | di
         feeds.append(_task_feeds(model, arrays, out, source))  # (checked: shapes, dtypes, NaN)
         outs.append(out)
     return finetune(model, tasks, feeds, ys, outs, steps=steps, lr=lr, batch=batch, device=device,
-                    progress=lambda it, desc, work=None: progress(it, desc, quiet, work))
+                    progress=lambda it, desc, uneven=False: progress(it, desc, quiet, uneven))
 
 
 def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.ndarray], labels: np.ndarray,

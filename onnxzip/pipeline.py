@@ -29,7 +29,7 @@ def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None
     ``fisher``: the loss weights when a budget computed them already."""
     irs, arrays, names = tasks.irs, tasks.arrays, tasks.names
     plan = zip_tasks(irs, arrays, share, opts, labels=tasks.labels, fisher=fisher, outputs=tasks.references,
-                     progress=lambda it, desc, work=None: progress(it, desc, opts.quiet, work))
+                     progress=lambda it, desc, uneven=False: progress(it, desc, opts.quiet, uneven))
     with timing.phase("emit"):
         model = emit_model(irs, plan, names, tasks.shared_inputs, opts.favor)
         if io.is_large(model):

@@ -13,28 +13,17 @@ def test_progress_lines_without_a_terminal(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_the_eta_comes_from_the_seconds_of_the_items_done():
-    """Items whose seconds are exactly 0.5 + 2 x feature (a fixed cost and one that grows): fitted on the
-    first five, the ETA of the rest is their sum by the same law; before FIT_AFTER items, the mean so far."""
-    import numpy as np
-
-    from onnxzip.progress import FIT_AFTER, eta
-    f = np.array([[0.1], [3.0], [0.2], [1.0], [0.5], [4.0], [2.0]])
-    seconds = 0.5 + 2 * f[:, 0]
-    assert eta(f[:5], seconds[:5], f[5:]) == pytest.approx(seconds[5:].sum())
-    assert eta(f[:2], seconds[:2], f[2:]) == pytest.approx(seconds[:2].mean() * 5)
-    assert FIT_AFTER > 2
-
-
-def test_progress_lines_with_work_features(monkeypatch, capsys):
-    """A start line; items of unequal work get no ETA until FIT_AFTER are done, then the fitted one."""
+def test_progress_lines_of_uneven_items(monkeypatch, capsys):
+    """A start line; items of unequal work get no ETA until FIT_AFTER are done, then the mean seconds
+    per item so far times the items left."""
     from onnxzip import progress
     clock = iter(float(t) for t in range(8))
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(progress, "PROGRESS_EVERY", 0.0)
     items = list("abcdef")
-    assert list(progress.progress(items, "zipping layers", False, [[1.0]] * 5 + [[8.0]])) == items
-    assert capsys.readouterr().err.strip().splitlines() == [
+    assert progress.FIT_AFTER == 4
+    assert list(progress.progress(items, "zipping layers", False, uneven=True)) == items
+    assert capsys.readouterr().err.strip().splitlines() == [  # (the clock: 0 at the start, then 2, 3, ... s)
         "onnxzip: zipping layers 0/6", "onnxzip: zipping layers 1/6, 2 s", "onnxzip: zipping layers 2/6, 3 s",
         "onnxzip: zipping layers 3/6, 4 s", "onnxzip: zipping layers 4/6, 5 s, about 2 s to go",
         "onnxzip: zipping layers 5/6, 6 s, about 1 s to go"]

@@ -88,16 +88,6 @@ class Cut:
     merged: set[str] = field(default_factory=set)  # nodes whose per-channel constants were merged
 
 
-def layer_work(ir: ModelIR, li: int, samples: int) -> tuple[float, float]:
-    """What a cut's time grows with: the layer's output elements over the samples (its stage runs)
-    and its statistic's size (fan-in squared, or samples x fan-in for a low-rank one)."""
-    layer = ir.layers[li]
-    d = layer.fan_in + 1
-    out = ir.graph.tensors().get(layer.output)
-    elements = int(np.prod([x for x in out.shape[1:] if isinstance(x, int)])) if out is not None and out.shape else 1
-    return float(elements * samples), float(min(d, samples) * d)
-
-
 def samples_of(data: list[dict[str, np.ndarray]]) -> int:
     """The fewest calibration samples of any task."""
     return min(next(iter(d.values())).shape[0] for d in data)
@@ -106,7 +96,7 @@ def samples_of(data: list[dict[str, np.ndarray]]) -> int:
 def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts: ZipOptions, *,
               labels: list | None = None, fisher: Fisher | None = None,
               outputs: list[dict[str, np.ndarray]] | None = None,
-              progress: Callable[..., Iterable] = lambda it, desc, work=None: it) -> ZipPlan:
+              progress: Callable[..., Iterable] = lambda it, desc, uneven=False: it) -> ZipPlan:
     """Zip aligned tasks layer by layer.
 
     Args:
@@ -132,8 +122,7 @@ def zip_tasks(irs: list[ModelIR], data: list[dict[str, np.ndarray]], share, opts
     with Spool() as spool:
         live = [net.run_stage(0, Batches.of(d, net.batch, spool), {}) for net, d in zip(nets, data)]
         cut = Cut(live, list(live), [{} for _ in irs], [{} for _ in irs])
-        work = [layer_work(irs[0], li, samples_of(data)) for li in cuts]
-        for j, li in enumerate(progress(cuts, "zipping layers", work)):
+        for j, li in enumerate(progress(cuts, "zipping layers", True)):
             step(ctx, nets, cut, j, li)
         ctx.problems.warn_few_rows()
         zipped = [{o: lv.array(o) for o in ir.outputs} for ir, lv in zip(irs, cut.live)]
