@@ -63,7 +63,8 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bgr", action="store_true", help="reverse RGB to BGR (models trained on OpenCV reads)")
     g.add_argument("--layout", choices=["nchw", "nhwc"], default=DEFAULTS.layout, help="the model input's layout")
     g.add_argument("--max-samples", type=int, default=DEFAULTS.max_samples,
-                   help=f"at most this many images per folder, a seeded random subset (default {DEFAULTS.max_samples})")
+                   help="at most this many images per folder, a seeded random subset (image folders only; .npz "
+                        f"data is used whole) (default {DEFAULTS.max_samples})")
 
 
 def _add_zip_options(p: argparse.ArgumentParser) -> None:
@@ -283,7 +284,9 @@ def _unused_image_options(args: argparse.Namespace) -> None:
     """Warn that image options given go unused where no --data is an image folder."""
     asked = [f for f, v, d in (("--image-size", args.image_size, None), ("--mean", tuple(args.mean), (0.0,)),
                                ("--std", tuple(args.std), (1.0,)), ("--bgr", args.bgr, False),
-                               ("--layout", args.layout, "nchw")) if v != d]
+                               ("--layout", args.layout, "nchw"),
+                               ("--max-samples", getattr(args, "max_samples", DEFAULTS.max_samples), DEFAULTS.max_samples))
+             if v != d]
     if asked and not any(images.is_image_folder(d) for d in args.data or []):
         logging.getLogger("onnxzip").warning("%s: for image folders as --data only; the arrays given are used as they are",
                                              ", ".join(asked))

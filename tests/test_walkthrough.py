@@ -63,6 +63,13 @@ def test_image_options_with_arrays_are_said_unused(tmp_path, caplog):
     assert any("--mean, --bgr: for image folders as --data only" in r.getMessage() for r in caplog.records)
 
 
+def test_max_samples_with_arrays_is_said_unused(tmp_path, caplog):
+    """Walkthrough 4: --max-samples 3 on an .npz still fitted every sample, without a word."""
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(zip_args(tmp_path) + ["--max-samples", "3", "--share", "0"]) == 0
+    assert any("--max-samples: for image folders as --data only" in r.getMessage() for r in caplog.records)
+
+
 def test_calibration_samples_all_the_same_are_said(tmp_path, caplog):
     same = tmp_path / "same.npz"
     np.savez(same, image=np.zeros((64, 1, 8, 8), np.float32))
