@@ -84,16 +84,20 @@ def phase(name: str) -> Iterator[None]:
             peaks[name] = now
 
 
-def gemm_gflops(rows: int = 4096, width: int = 384, repeats: int = 5) -> float:
+def gemm_gflops(rows: int = 4096, width: int = 384, repeats: int = 5, seconds: float = 0.25) -> float:
     """numpy's float32 X'X rate here (the statistics' product), 1e9 multiply-adds per second of its
-    symmetric half (the best of a few ``rows`` x ``width`` products, about 0.1 s)."""
+    symmetric half: the best of ``rows`` x ``width`` products after a warm-up, at least ``repeats`` of
+    them and for at least ``seconds`` (a few cold products, BLAS threads starting, read 3 G/s where
+    the same machine does 28)."""
     import numpy as np
     x = np.random.default_rng(0).normal(size=(rows, width)).astype(np.float32)
-    best = float("inf")
-    for _ in range(repeats):
+    x.T @ x  # (warm-up)
+    best, began, done = float("inf"), time.perf_counter(), 0
+    while done < repeats or time.perf_counter() - began < seconds:
         start = time.perf_counter()
         x.T @ x
         best = min(best, time.perf_counter() - start)
+        done += 1
     return rows * width * (width + 1) / 2 / max(best, 1e-9) / 1e9
 
 
