@@ -265,6 +265,7 @@ def bench(zipped: str, originals: list[str], data: list[dict[str, np.ndarray]] |
     zfeeds = zipped_inputs(zipped, names, feeds)
     for f in feeds:  # an input the zipped model shares gets one array: every original reads that one
         f.update({k: v for k, v in zfeeds.items() if k in f})
+    runs_here(zipped, zfeeds, originals, feeds, provider)
     # (random inputs are unlike the calibration data: a lossy zip may differ there whatever the models)
     agreement = {} if data is None else output_agreement(zipped, names, originals, zfeeds, feeds, provider)
     tell = say or (lambda message: None)
@@ -302,6 +303,21 @@ def check_originals(zipped: str, names: list[str], originals: list[str]) -> None
                              f"{sorted(mine)} {list(mine.values())}: give --originals in the zipped model's task order "
                              f"({', '.join(names)})")
     stamp.check_originals(zipped_model, names, [stamp.weights_sha256(io.load_model(p)) for p in originals], originals)
+
+
+def runs_here(zipped: str, zfeeds: dict, originals: list[str], feeds: list[dict], provider: str) -> None:
+    """One run of the zipped model on the bench inputs; where ONNX Runtime refuses it, whether the
+    originals take these inputs, so that the error names the cause (a size no model here takes),
+    not an inner node of the zipped graph."""
+    try:
+        runtime.quiet_run(open_session(zipped, provider), None, zfeeds, zipped)
+    except InputError as exc:
+        for path, f in zip(originals, feeds):
+            try:
+                runtime.quiet_run(open_session(path, provider), None, f, path)
+            except InputError as theirs:
+                raise InputError(f"the originals cannot run on these inputs either: {theirs}") from None
+        raise exc
 
 
 def output_agreement(zipped: str, names: list[str], originals: list[str], zfeeds: dict, feeds: list[dict],

@@ -197,3 +197,32 @@ def test_an_unreadable_or_missing_stamp_is_said_not_a_traceback(zipped, tmp_path
     assert r["ratios"]["bytes"] > 0
     said = "missing" if value is None else "unreadable"
     assert f"record of its originals' weights (metadata 'onnxzip.originals') is {said}" in caplog.text
+
+
+def test_a_size_no_model_takes_names_the_originals_not_an_inner_node(tmp_path):
+    """Walkthrough 4: bench --sizes at a size the originals cannot take either (here an odd size, where
+    a pooled and upsampled copy of the input no longer adds to it) named an inner node of the zipped
+    graph; it now says the originals fail there too, with their own message."""
+    import graphs
+    from onnx import helper, numpy_helper
+
+    from onnxzip.errors import InputError
+    paths = []
+    for seed in (1, 2):
+        m = graphs.resnet(seed)
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "H", "W"
+        for node in m.graph.node:
+            node.input[:] = ["x2" if i == "x" else i for i in node.input]
+        m.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up"))
+        m.graph.node.insert(0, helper.make_node("Add", ["x", "x.up"], ["x2"]))
+        m.graph.node.insert(0, helper.make_node("Resize", ["x.pool", "", "up"], ["x.up"], mode="nearest"))
+        m.graph.node.insert(0, helper.make_node("MaxPool", ["x"], ["x.pool"], kernel_shape=[2, 2], strides=[2, 2]))
+        paths.append(str(tmp_path / f"r{seed}.onnx"))
+        onnx.save(m, paths[-1])
+    r = zip_models(paths, [{"x": graphs.data(3, (3, 8, 8))}], share=0.5, quiet=True, names=("a", "b"))
+    r.save(tmp_path / "z.onnx")
+    assert bench(str(tmp_path / "z.onnx"), paths, batch=2, runs=1, warmup=0, size=(10, 10))["ratios"]["bytes"] > 0
+    with pytest.raises(InputError, match=r"^the originals cannot run on these inputs either: onnxruntime cannot run "
+                                         r".*r1\.onnx on these inputs \(x \(2, 3, 9, 9\)\)"):
+        bench(str(tmp_path / "z.onnx"), paths, batch=2, runs=1, warmup=0, size=(9, 9))
