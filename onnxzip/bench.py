@@ -162,7 +162,9 @@ def _timed(sides: list[list], n: int, warmup: int, say: Say = None) -> list[np.n
                 f()
     if say is not None:
         per_round = (time.perf_counter() - started) / max(warmup, 1)
-        say(f"timing {n} rounds of each side" + (f", about {n * per_round:.0f} s" if warmup else ""))
+        about = n * per_round
+        say(f"timing {n} rounds of each side" + (f", about {about:.0f} s" if warmup and about >= 1 else
+                                                 ", under a second" if warmup else ""))
     out = [np.empty(n) for _ in sides]
     for i in range(n):
         for times, runs in zip(out, sides):

@@ -368,13 +368,16 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--originals", nargs="+", required=True, help="the original models, in the zipped model's task order")
     p.add_argument("--data", nargs="+", required=True, help="calibration inputs per original, or one for all "
                    "(.npz, .npy or a folder of images)")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--steps", dest="distill", type=int, default=500, help="at most this many Adam steps (default 500)")
+    p.add_argument("-o", "--output", required=True, help="the tuned model (written atomically)")
+    p.add_argument("--steps", dest="distill", type=int, default=500, metavar="STEPS",
+                   help="at most this many Adam steps (default 500)")
     p.add_argument("--hold-out", type=float, default=DEFAULTS.hold_out, metavar="FRACTION",
                    help=f"samples (seeded) held out to stop early and judge on (default {DEFAULTS.hold_out})")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where ONNX Runtime runs (default cpu)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="batch size of the originals' runs")
-    p.add_argument("--mask-threshold", type=float, default=DEFAULTS.mask_threshold)
+    p.add_argument("--mask-threshold", type=float, default=DEFAULTS.mask_threshold,
+                   help="detector scores and probability maps are compared as masks above this value "
+                        f"(default {DEFAULTS.mask_threshold})")
     _add_image_options(p)
     p.set_defaults(func=cmd_distill)
 

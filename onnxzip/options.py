@@ -114,7 +114,8 @@ class ZipOptions:
         self.recipe().check()
         if self.names is not None:
             if len(self.names) != n_models:
-                raise UsageError(f"--names gives {len(self.names)} names for {n_models} models")
+                raise UsageError(f"--names gives {len(self.names)} name{'s' if len(self.names) != 1 else ''} for "
+                                 f"{n_models} models")
             for n in self.names:
                 if not re.fullmatch(r"[A-Za-z0-9_.\-]+", n):
                     raise UsageError(f"--names: {n!r} is not a valid task name (letters, digits, _ . -)")

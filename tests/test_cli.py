@@ -218,7 +218,7 @@ def test_output_equal_to_input(tmp_path, capsys):
     (["--share", "abc"], "--share 'abc': give a fraction"),
     (["--share", "0.5,abc"], "--share '0.5,abc': give a fraction"),
     (["--share", "0.5,0.5,0.5"], "3 fractions but the model has 2 layer groups"),
-    (["--names", "a"], "1 names for 2 models"),
+    (["--names", "a"], "1 name for 2 models"),
     (["--names", "a,a"], "must differ"),
     (["--names", "a/b,c"], "not a valid task name"),
     (["--share", "0.5", "--target-params", "0.6"], "not both"),

@@ -133,7 +133,7 @@ def test_recipe_carries_the_image_options():
     ({"batch_size": -3}, "--batch-size -3: must be >= 1"),
     ({"stat_rows": -1}, "--stat-rows -1: give a number of rows >= 1 (0: every row)"),
     ({"names": ("a", "b", "c")}, "--names gives 3 names for 2 models"),
-    ({"names": ("a",)}, "--names gives 1 names for 2 models"),
+    ({"names": ("a",)}, "--names gives 1 name for 2 models"),
     ({"names": ("a b", "c")}, "--names: 'a b' is not a valid task name (letters, digits, _ . -)"),
     ({"names": ("ok", "x/y")}, "--names: 'x/y' is not a valid task name (letters, digits, _ . -)"),
     ({"names": ("", "c")}, "--names: '' is not a valid task name (letters, digits, _ . -)"),

@@ -154,8 +154,9 @@ class Problems:
         """Say once which layers' statistics read fewer rows than they are wide (too few samples)."""
         if self.few_rows:
             worst = sorted(self.few_rows.items(), key=lambda kv: kv[1][0] / kv[1][1])
-            log.warning("%d layers' statistics read fewer rows than their size, so their merges lean on the "
+            log.warning("%d %s statistics read fewer rows than their size, so their merges lean on the "
                         "damping (%s%s); give more calibration samples", len(worst),
+                        "layers'" if len(worst) != 1 else "layer's",
                         ", ".join(f"{n}: {r} rows for {w}" for n, (r, w) in worst[:3]), ", ..." if len(worst) > 3 else "")
 
     def at_cut(self, reference: list[Batches] | None) -> None:
