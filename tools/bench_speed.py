@@ -12,6 +12,9 @@ Ratios: zip time / floor, peak RSS / the two models' weight bytes. ``--models re
 pair; ``--update`` writes the table into docs/results.md between the bench_scale markers. Models
 and data are cached in ``--cache`` (default ~/.cache/onnxzip/bench), outside the repository.
 
+``--models bertbase:128`` adds the BERT-base-size pair of tools/make_bert_base.py (issue 23), 128
+sequences of ``--tokens`` 128 token ids.
+
 ``--small``: the older table (bench_speed markers): builds two VGG-style CNNs with random weights in code (3x32x32 input; convs 64-64-pool-128-128-pool-
 256-256-pool; dense 4096-512-512-10: about 5.7 M parameters each), zips them at several sharing levels
 with 256 calibration samples per task, and measures side by side in one run:
@@ -165,23 +168,27 @@ def scale(args: argparse.Namespace) -> None:
     for spec in args.models.split(","):
         name, _, count = spec.partition(":")
         samples = int(count or args.samples)
-        data = cache / f"calib{samples}.npz"
-        if not data.exists():
-            np.savez(data, input=np.random.default_rng(0).random((samples, 3, 224, 224), dtype=np.float32))
-        paths = []
-        for tag, seed in (("a", 1), ("b", 2)):
-            p = cache / f"{name}_{tag}.onnx"
-            if not p.exists():
-                onnx.save(BUILDERS[name](seed), str(p))
-            paths.append(str(p))
+        if name == "bertbase":
+            paths, data = _bert_base(cache, samples, args.tokens)
+        else:
+            data = cache / f"calib{samples}.npz"
+            if not data.exists():
+                np.savez(data, input=np.random.default_rng(0).random((samples, 3, 224, 224), dtype=np.float32))
+            paths = []
+            for tag, seed in (("a", 1), ("b", 2)):
+                p = cache / f"{name}_{tag}.onnx"
+                if not p.exists():
+                    onnx.save(BUILDERS[name](seed), str(p))
+                paths.append(str(p))
         floor = _child(_floor, paths, str(data), 64)
         print(f"{name}: floor {floor['seconds']:.1f} s", flush=True)
         got = _child(_zip, paths, str(data), args.share)
         print(f"{name}: zip {got['seconds']:.1f} s, peak {got['peak_rss_mb']:.0f} MB", json.dumps(got), flush=True)
         rows.append((name, samples, floor, got))
     lines = [f"Run: `python tools/bench_speed.py --update` on {platform.machine()} ({os.cpu_count()} cores), ONNX "
-             f"Runtime CPU, {time.strftime('%Y-%m-%d')}; pairs with random weights (tools/big_models.py), "
-             "random calibration samples of 3x224x224 per task (how many: the table), "
+             f"Runtime CPU, {time.strftime('%Y-%m-%d')}; pairs with random weights (tools/big_models.py; "
+             f"bertbase: tools/make_bert_base.py, sequences of {args.tokens} tokens), random calibration samples "
+             "per task (3x224x224 images, how many: the table), "
              f"`--share {args.share}`, default options "
              "(loss-aware, recovery, merge check). Floor: ONNX Runtime alone runs both originals over the same "
              "samples, in its own process, just before the zip.", "",
@@ -210,6 +217,25 @@ def scale(args: argparse.Namespace) -> None:
         update_section("bench_scale", "Scale: ImageNet-size pairs (issue 9)", body)
 
 
+def _bert_base(cache: Path, sequences: int, tokens: int) -> tuple[list[str], Path]:
+    """The BERT-base-size pair of tools/make_bert_base.py (needs torch and transformers, tools only)
+    and ``sequences`` sequences of ``tokens`` token ids (seeded), cached."""
+    from make_bert_base import export  # tools/make_bert_base.py
+    folder = cache / "bertbase"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for tag, seed in (("a", 1), ("b", 2)):
+        p = folder / f"bert_base_{tag}.onnx"
+        if not p.exists():
+            export(seed, p)
+        paths.append(str(p))
+    data = folder / f"calib{sequences}x{tokens}.npz"
+    if not data.exists():
+        ids = np.random.default_rng(0).integers(1000, 30000, (sequences, tokens)).astype(np.int64)
+        np.savez(data, input_ids=ids, attention_mask=np.ones_like(ids))
+    return paths, data
+
+
 PHASES = ("load", "originals", "fisher", "forward", "statistics", "costs", "matching", "merge", "recovery", "emit",
           "verify", "layer check")
 
@@ -218,10 +244,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="the small VGG-style CNN table instead")
     parser.add_argument("--models", default="resnet50,vgg16",
-                        help="pairs, each optionally with its sample count: resnet50:256,vgg16:64")
+                        help="pairs, each optionally with its sample count: resnet50:256,vgg16:64,bertbase:128 "
+                             "(bertbase: tools/make_bert_base.py's pair, needs torch and transformers)")
     parser.add_argument("--share", type=float, default=0.5)
     parser.add_argument("--cache", default="~/.cache/onnxzip/bench")
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=256, help="samples per task (bertbase: sequences)")
+    parser.add_argument("--tokens", type=int, default=128, help="bertbase: tokens per sequence")
     parser.add_argument("--batch", type=int, default=32, help="--small: batch size for the latency runs")
     parser.add_argument("--repeats", type=int, default=20, help="--small: latency repeats")
     parser.add_argument("--update", action="store_true")
