@@ -51,9 +51,9 @@ class Tasks:
     shared_inputs: bool  # one input for all tasks in the zipped model
     held: list[dict[str, np.ndarray]]  # per task, the held-out calibration inputs (:func:`split`; may be empty)
     held_references: list[dict[str, Any]]  # per task, the original file's outputs on ``held``
-    #: the original files, with the calibration data's sizes (kept for ``--distill``, where they teach,
+    #: the original files, with the calibration data's sizes (for ``--distill``, where they teach,
     #: and where they leave sizes open, to be run again at another size)
-    protos: list[onnx.ModelProto] | None = None
+    protos: Originals | None = None
 
     @property
     def held_out(self) -> bool:
@@ -119,7 +119,27 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
                     "on them is said as 'too few to judge'", MIN_HOLD_OUT)
     dynamic = any(ir.open_sizes() for ir in irs)  # (the originals run again at another size: kept)
     return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references,
-                 protos if opts.distill or dynamic else None)
+                 Originals(models, protos, arrays) if opts.distill or dynamic else None)
+
+
+class Originals(Sequence[onnx.ModelProto]):
+    """The original models with the calibration data's sizes, as :func:`load_tasks` made them: a
+    model given as a file is read again from it when asked (not held through the zip: 0.87 GB for
+    the BERT-base pair), one given as a proto is kept."""
+
+    def __init__(self, models: Models, protos: list[onnx.ModelProto], arrays: list[dict[str, np.ndarray]]):
+        self._kept = [None if isinstance(m, (str, os.PathLike)) else p for m, p in zip(models, protos)]
+        self._paths = [m if isinstance(m, (str, os.PathLike)) else None for m in models]
+        self._sizes = [{k: v[:1] for k, v in a.items()} for a in arrays]  # (what fixes the sizes)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __getitem__(self, t):  # type: ignore[override]
+        if isinstance(t, slice):
+            return [self[i] for i in range(len(self))[t]]
+        kept = self._kept[t]
+        return kept if kept is not None else io.fix_dynamic_dims(io.load_model(self._paths[t]), self._sizes[t])
 
 
 

@@ -169,9 +169,16 @@ def build_ir(model: onnx.ModelProto, name: str, source: str, opset: int) -> Mode
     if fused and split_fused_projections(graph, fused):  # (three layers whose heads can be tied)
         layers = _find_layers(graph)
     extra = {o.domain: o.version for o in model.opset_import if o.domain not in ("", "ai.onnx")}
-    types = {o.name: o.type for o in model.graph.output}
+    types = {o.name: _copy(o.type) for o in model.graph.output}  # (a copy: a reference into ``model``
+    # would keep the whole of it, its weights, alive as long as the IR)
     return ModelIR(name, source, graph, layers, trace(graph, layers), _index(graph), max(model.ir_version, 7),
                    opset, extra, types)
+
+
+def _copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
 
 
 #: an embedding table with more rows stays an ordinary op (its one-hot statistic is rows^2; a token

@@ -61,7 +61,20 @@ def prepare(model: onnx.ModelProto, opset: int, source: str) -> gs.Graph:
     for out in work.graph.output:
         if out.name in declared:
             _merge_declared(out.type.tensor_type, declared[out.name], source, out.name)
-    return gs.import_onnx(work)
+    graph = gs.import_onnx(work)
+    # nothing of ``work`` is kept: a reference to any part of a protobuf message keeps all of it, its
+    # weights, in memory as long as the graph (measured: 0.44 GB more per BERT-base task). So every
+    # constant is read now (a lazy one holds its tensor), and the opset list is copied out
+    attrs = [v for node in graph.nodes for v in node.attrs.values() if isinstance(v, gs.Constant)]
+    for t in list(graph.tensors().values()) + attrs:
+        if isinstance(t, gs.Constant):
+            t.values  # noqa: B018
+    domains = []
+    for d in graph.import_domains or []:
+        domains.append(onnx.OperatorSetIdProto())
+        domains[-1].CopyFrom(d)
+    graph.import_domains = domains
+    return graph
 
 
 def _merge_declared(inferred: onnx.TypeProto.Tensor, declared: onnx.TensorShapeProto, source: str, name: str) -> None:
