@@ -101,3 +101,29 @@ def test_pruned_model_keeps_only_what_its_outputs_need():
     got = session(part).run(["a"], {"x": x})[0]
     np.testing.assert_allclose(got, np.maximum(x @ numpy_helper.to_array(inits[0]), 0), rtol=1e-6)
     assert len(model.graph.node) == 3  # the input is left as it was
+
+
+def test_a_model_on_disk_reads_back_the_same_and_is_left_untouched():
+    """io.on_disk writes each initializer over 1 KB to the data file at a 4 KB-aligned offset, from
+    raw bytes or from typed fields (here a float_data weight and an int64 one), without touching the
+    model (onnx's own writer moved the data out of the proto and back)."""
+    from onnx import helper, numpy_helper
+
+    from onnxzip.graph import io
+    m = graphs.mlp(3, sizes=(12, 300, 40, 3))
+    typed = helper.make_tensor("typed", onnx.TensorProto.FLOAT, [400], np.arange(400, dtype=np.float32).tolist())
+    ints = numpy_helper.from_array(np.arange(300, dtype=np.int64), "ints")
+    m.graph.initializer.extend([typed, ints])
+    before = m.SerializeToString()
+    with io.on_disk(m) as path:
+        back = onnx.load(path)  # (the external data read back)
+        assert m.SerializeToString() == before
+        raw = onnx.load(path, load_external_data=False)
+        offsets = [int(e.value) for t in raw.graph.initializer for e in t.external_data if e.key == "offset"]
+        assert len(offsets) >= 3 and all(o % 4096 == 0 for o in offsets)
+        want = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        for t in back.graph.initializer:
+            np.testing.assert_array_equal(numpy_helper.to_array(t), want[t.name])
+        x = graphs.data(1, (12,))
+        got = session(path).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(got, session(m).run(None, {"x": x})[0])
