@@ -92,30 +92,36 @@ def is_large(model: onnx.ModelProto) -> bool:
 
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose initializers above 1 KB keep their type and dims but not their data (enough
-    for shape inference)."""
+    for shape inference), made without copying that data."""
     out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if len(t.raw_data) > 1024:
-            t.ClearField("raw_data")
-        elif len(t.float_data) > 256:
-            t.ClearField("float_data")
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    for t in model.graph.initializer:
+        light = out.graph.initializer.add()
+        if len(t.raw_data) > 1024 or len(t.float_data) > 256:
+            _copy_fields(t, light, skip=_DATA_FIELDS)
+        else:
+            light.CopyFrom(t)
     return out
+
+
+#: a model with more weight bytes than this has its shapes inferred on a copy without them
+SKELETON_BYTES = 64 << 20
 
 
 def infer_shapes(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
-    """``onnx.shape_inference.infer_shapes``, also for models over the protobuf limit (inferred on
-    a copy without weights; the result keeps the weights)."""
-    if not is_large(model):
+    """``onnx.shape_inference.infer_shapes``; a model of more than ``SKELETON_BYTES`` of weights (over
+    the protobuf limit too) is inferred on a copy without them and gets the shapes itself, in
+    place: the result is ``model`` (callers pass a model of their own and use the result). (onnx
+    serializes the model and parses it back: 2-3 copies of a BERT-base pair's weights at once.)"""
+    if weight_bytes(model) <= SKELETON_BYTES:
         return onnx.shape_inference.infer_shapes(model, **kwargs)
     inferred = onnx.shape_inference.infer_shapes(without_weights(model), **kwargs)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
-    del out.graph.output[:]
-    out.graph.output.extend(inferred.graph.output)
-    return out
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    return model
 
 
 def pruned(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
