@@ -225,6 +225,9 @@ def accuracy_of(model: onnx.ModelProto | str | os.PathLike, data: dict[str, np.n
     labels = io.check_labels(labels, None, source, n)
     sess = runtime.session(proto, device)
     pred = np.asarray(runtime.run(sess, zipped_feeds(sess, feeds), [output])[output])
+    if pred.dtype.kind == "f" and not np.isfinite(pred).all():
+        raise InputError(f"{model if isinstance(model, (str, os.PathLike)) else 'the model'}: output {output!r} holds "
+                         f"NaN or Inf on {source} ({int(np.sum(~np.isfinite(pred)))} of {pred.size} values): no accuracy")
     if pred.ndim == 2 and pred.shape[1] > 1:
         labels = io.check_labels(labels, pred.shape[1], source)
         return float(np.mean(pred.argmax(axis=1) == labels))

@@ -10,6 +10,7 @@ files, external data included.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import resource
@@ -32,6 +33,7 @@ from .images import ImageRecipe
 
 
 Say = Callable[[str], None] | None  # told what the bench does now (None: nothing said)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +90,8 @@ def task_feeds(path: str, data: dict[str, np.ndarray] | None, batch: int, seed: 
     if data is not None:
         arrays = io.check_calibration(dict(data), specs, "--data")
         n = next(iter(arrays.values())).shape[0]
+        if n < batch:
+            log.warning("%s: --data holds %d samples for a batch of %d: they are repeated to fill it", path, n, batch)
         arrays = {k: np.resize(v, (batch,) + v.shape[1:]) if n < batch else v[:batch] for k, v in arrays.items()}
         return {k: resized(v, grow.get(k, {})) for k, v in arrays.items()}
     rng = np.random.default_rng(seed)

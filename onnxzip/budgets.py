@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from . import timing
 from .calibrate.fisher import loss_statistics
-from .check.fidelity import TOO_FEW
+from .check.fidelity import NOT_JUDGED, TOO_FEW
 from .options import ZipOptions
 from .pipeline import distil, zip_once
 from .progress import progress
@@ -107,7 +107,7 @@ def _measured(tasks: Tasks, opts: ZipOptions, counts: list[int], fisher: Fisher 
         distil(result, tasks, opts)
     rows = result.summary.tasks
     measured = sum(t.loss_increase or 0.0 for t in rows)
-    ok = all(t.verdict in (None, "ok", TOO_FEW) for t in rows)
+    ok = all(t.verdict in (None, "ok", TOO_FEW, NOT_JUDGED) for t in rows)
     return result, measured, ok, opts.max_loss_increase is None or measured <= opts.max_loss_increase
 
 

@@ -199,6 +199,8 @@ def load_tasks(models: Sequence[str | os.PathLike | onnx.ModelProto], names: lis
             arrays.append(io.load_calibration(d, specs, extra_keys))
         else:
             arrays.append(io.check_calibration(dict(d), specs, f"calibration data of task {names[i]!r}", extra_keys))
+    for proto, source in zip(protos, sources):
+        io.check_finite_weights(proto, source)
     declared = [io.declared_dims(p) for p in protos]
     sizes = [file_parameters(p) for p in protos]
     fingerprints = [weights_sha256(p) for p in protos]

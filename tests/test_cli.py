@@ -415,6 +415,7 @@ def test_hold_out_zero_is_said_as_such(tmp_path, capsys):
     assert main(["zip", *MLP, "--data", *CALIB, "-o", str(tmp_path / "z.onnx"), "--hold-out", "0"]) == 0
     out = capsys.readouterr().out
     assert "the samples the zip was fitted to (--hold-out 0):" in out and "too few to hold" not in out
+    assert "not judged (--hold-out 0)" in out and "too few to judge" not in out  # (walkthrough 5: the verdict)
 
 
 def test_a_zipped_model_given_as_an_original_is_one_line(tmp_path, capsys):

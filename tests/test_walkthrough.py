@@ -310,3 +310,51 @@ def test_an_alignment_failure_says_how_the_nodes_differ(tmp_path, capsys):
     one_line(capsys, ["zip", str(SAMPLES / "vit_digit_legacy.onnx"), str(SAMPLES / "vit_parity.onnx"), "--data",
                       *CALIB, "-o", str(tmp_path / "z.onnx"), "-q"],
              "differs in its attributes [] against [('end', '1'), ('start', '0')]")
+
+
+def _with_nan_weight(tmp_path, value=float("nan")):
+    m = onnx.load(CNN[1])
+    t = next(t for t in m.graph.initializer if onnx.numpy_helper.to_array(t).ndim == 4)
+    a = onnx.numpy_helper.to_array(t).copy()
+    a.flat[3] = value
+    t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
+    path = tmp_path / "nan.onnx"
+    onnx.save(m, path)
+    return str(path), t.name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_weight_that_is_not_finite_is_named_at_load(tmp_path, capsys, value):
+    """Walkthrough 5: a NaN or Inf weight ended the zip in a traceback (numpy's 'Probabilities contain
+    NaN'), and eval printed an accuracy computed from NaN scores (argmax: class 0), exit 0."""
+    path, name = _with_nan_weight(tmp_path, value)
+    one_line(capsys, zip_args(tmp_path, models=[CNN[0], path]), f"nan.onnx: weight {name!r} holds 1 NaN or Inf value(s)")
+    one_line(capsys, ["eval", path, "--data", str(SAMPLES / "test_parity.npz"), "--output", "logits", "--labels", "label"],
+             "output 'logits' holds NaN or Inf")
+
+
+def test_rows_per_statistic_are_the_fewest_of_any_task(tmp_path):
+    """Walkthrough 5: with one task of 5 samples, the report said 256 rows for a layer that task's
+    statistic read from 5 (the few-rows warning said 5)."""
+    few = tmp_path / "few.npz"
+    np.savez(few, image=np.load(CALIB[0])["image"][:5])
+    report = tmp_path / "r.json"
+    assert main(zip_args(tmp_path, data=[str(few), CALIB[1]]) + ["--report", str(report)]) == 0
+    rows = {r["name"]: r["stat_rows"] for r in json.loads(report.read_text())["layers"]}
+    assert min(rows.values()) > 0 and all(n % 5 == 0 and n <= 5 * 64 for n in rows.values())  # (5 x positions)
+
+
+def test_bench_says_when_samples_are_repeated_to_fill_a_batch(zipped, caplog):
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(["bench", zipped, "--originals", *CNN, "--data", *CALIB, "--batch", "1000", "--runs", "1",
+                     "-q"]) == 0
+    assert "holds 256 samples for a batch of 1000: they are repeated to fill it" in caplog.text
+
+
+def test_distill_without_held_out_samples_says_the_last_step_is_kept(tmp_path, zipped, caplog):
+    """Walkthrough 5: distill --hold-out 0 wrote a model worse than the one given, without a word
+    that its 'never worse' needs held-out samples."""
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(["distill", zipped, "--originals", *CNN, "--data", *CALIB, "-o", str(tmp_path / "d.onnx"),
+                     "--steps", "2", "--hold-out", "0", "-q"]) == 0
+    assert "distilling without held-out samples (--hold-out 0): the last step's weights are kept" in caplog.text

@@ -35,6 +35,8 @@ DEGRADED = {"top1_agreement": 0.9, "mask_iou": 0.9, "rel_err": 0.1}
 #: positions (in either mask) for mask IoU; with less the verdict is :data:`TOO_FEW`, never "ok"
 EVIDENCE = {"top1_agreement": 20, "mask_iou": 20, "rel_err": 10}
 TOO_FEW = "too few to judge"
+#: the verdict where nothing was held out on purpose (``--hold-out 0``): the same standing as TOO_FEW
+NOT_JUDGED = "not judged (--hold-out 0)"
 
 
 @dataclass

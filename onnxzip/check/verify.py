@@ -16,7 +16,7 @@ from ..graph.attention import describe_blocks, find_attention
 from ..graph.ir import ModelIR, batch_within
 from ..report.records import Equivalence, GroupRow, LayerRow, NotShared, TaskRow, ZipReport, not_shared_lines
 from ..sharing.plan import ZipPlan
-from .fidelity import TOO_FEW, count_parameters, fidelity, output_loss, verdict
+from .fidelity import NOT_JUDGED, TOO_FEW, count_parameters, fidelity, output_loss, verdict
 
 if TYPE_CHECKING:
     from ..options import ZipOptions
@@ -112,7 +112,7 @@ def task_rows(result: ZipResult, irs: list[ModelIR], got: dict[str, Any], refere
         if row.measured:
             row.verdict = verdict(row)
             if not held_out and row.verdict == "ok":
-                row.verdict = TOO_FEW
+                row.verdict = NOT_JUDGED if not opts.hold_out else TOO_FEW
         rows.append(row)
     return rows
 

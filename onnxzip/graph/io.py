@@ -90,6 +90,20 @@ def is_large(model: onnx.ModelProto) -> bool:
     return weight_bytes(model) > LARGE_BYTES
 
 
+def check_finite_weights(model: onnx.ModelProto, source: str) -> None:
+    """Raise :class:`InputError` naming the first float initializer that holds NaN or Inf (its
+    statistics, matching and outputs would be NaN: a traceback deep in the zip, or wrong figures)."""
+    for t in model.graph.initializer:
+        if t.data_type in _FLOAT_TYPES:
+            a = numpy_helper.to_array(t)
+            if not np.isfinite(a).all():
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+                raise InputError(f"{source}: weight {t.name!r} holds {bad} NaN or Inf value(s) of {np.size(a)}")
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose initializers above 1 KB keep their type and dims but not their data (enough
     for shape inference), made without copying that data."""

@@ -122,7 +122,7 @@ class LayerZip:
     checkable: bool = False
     #: the fraction of the layer's input rows (samples x positions) its statistics read
     rows_read: float = 1.0
-    #: the rows (samples x positions or tokens) its statistics read, in the task that read the most
+    #: the rows (samples x positions or tokens) its statistics read, in the task that read the fewest
     stat_rows: int = 0
     #: the multiply-adds of its dense statistics, all tasks (:attr:`onnxzip.sharing.problem.Problems.stat_flops`)
     stat_flops: float = 0.0

@@ -144,7 +144,7 @@ class Problems:
         self._blocks: dict[int, list] = {}  # layer -> per task task_blocks() of its problem
         self._same: dict[tuple[int, str], bool] = {}  # (id of live Batches, tensor) -> equals the original
         self.fractions: dict[int, float] = {}  # layer -> the fraction of its input rows its statistics read
-        self.rows_read: dict[int, int] = {}  # layer -> the rows its statistics read (per task, the most)
+        self.rows_read: dict[int, int] = {}  # layer -> the rows its statistics read (the fewest of any task)
         #: layer -> the multiply-adds of its dense statistics over the tasks: rows read x (w + 1)(w + 2) / 2
         #: (X'X, symmetric), plus rows x (w + 1)^2 for a cross moment: the least arithmetic that computes them
         self.stat_flops: dict[int, float] = {}
@@ -249,7 +249,7 @@ class Problems:
         unchanged = ref is None or self.same_input(li, task, live)
         weights = self.sample_weights(li, task, live if ref is None else ref)
         if self.wide(li):
-            self.rows_read[li] = max(self.rows_read.get(li, 0), live.entries(name))
+            self.rows_read[li] = min(self.rows_read.get(li, live.entries(name)), live.entries(name))
             with phase("statistics"):
                 return WideRows(input_rows(live, name, weights), None if unchanged else input_rows(ref, name, weights)), None
         if not self.fits(li):
@@ -260,7 +260,7 @@ class Problems:
         method, expand = self.opts.hessian, not self.offset(li)
         fraction = row_fraction(layer, method, live.sample(name), live.entries(name), self.opts.stat_rows)
         rows, width = row_count(layer, method, live.sample(name), live.entries(name))
-        self.rows_read[li] = max(self.rows_read.get(li, 0), int(round(rows * fraction)))
+        self.rows_read[li] = min(self.rows_read.get(li, rows), int(round(rows * fraction)))
         if rows and rows < width + 1 and layer.kind != "embedding":  # (an embedding's unseen ids are
             self.few_rows[layer.name] = (rows, width + 1)  # unseen tokens: merged to the tasks' mean, no lack)
         self.fractions[li] = min(fraction, self.fractions.get(li, 1.0))

@@ -13,6 +13,7 @@ samples (unmixed, the originals' outputs on them) stop it early and choose the v
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ from ..errors import UsageError
 from ..graph.ir import batch_within
 from .losses import FOR_KIND
 from .train import Progress, Samples, Schedule, Target, TrainLog, train
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..options import ZipOptions
@@ -77,6 +80,9 @@ def distill(model: onnx.ModelProto, tasks: Tasks, opts: ZipOptions, progress: Pr
     at its best on the held-out ones."""
     fit = taught_groups(model, tasks, opts.device)
     held = target_groups(model, tasks, tasks.held, tasks.held_references) if tasks.held_out else []
+    if not held:
+        log.warning("distilling without held-out samples (%s): the last step's weights are kept, not checked "
+                    "against the zip's own", "--hold-out 0" if not opts.hold_out else "too few to hold any out")
     batch = min(batch_within(ir, DISTILL_BATCH, runtime.RUN_BYTES // len(tasks.irs)) for ir in tasks.irs)
     return train(model, fit, held, Schedule(opts.distill, lr=DISTILL_LR, batch=batch), opts.device, progress,
                  "distilling")
