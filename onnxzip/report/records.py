@@ -193,7 +193,7 @@ class MemoryRecord:
 
     process_mb: float  # resident when the work starts: libraries, the loaded models, the calibration data
     models_mb: float  # the tasks' weights again, in ONNX Runtime's stage sessions
-    zipped_mb: float  # the zipped weights, float64, every task's
+    zipped_mb: float  # the zipped weights, every task's: float64 in the plan, float32 for the stage graphs
     statistics_mb: float  # the largest layer's statistics at once (float64, every task's copies)
     statistics_layer: str  # that layer
     activations_mb: float  # live tensors kept in memory (the spool's part) and one stage batch
