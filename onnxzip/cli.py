@@ -131,6 +131,7 @@ def _add_zip_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_zip(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, args.models + args.data)
+    _onnx_name(args.output)
     if args.report:
         io.check_output_path(args.report, args.models + args.data, "--report", [args.output])
         if report_kind(args.report) == "page":
@@ -155,6 +156,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     io.check_output_path(args.output, [args.model] + args.data)
+    _onnx_name(args.output)
     if args.steps < 1:  # (finetune_model's message names zip's --finetune)
         raise UsageError(f"--steps {args.steps}: give a number of steps >= 1")
     model = io.load_model(args.model)
@@ -170,6 +172,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from .api import distill_model
     io.check_output_path(args.output, [args.model] + args.originals + args.data)
+    _onnx_name(args.output)
     opts = ZipOptions.from_args(args)
     _unused_image_options(args)
     model = io.load_model(args.model)
@@ -278,6 +281,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {args.output}")
     return 0
+
+
+def _onnx_name(output: str) -> None:
+    """Say where a model is written under a name that does not end in .onnx (it is written anyway)."""
+    if not str(output).lower().endswith(".onnx"):
+        logging.getLogger("onnxzip").warning("-o %s: an ONNX model is written there (the name does not end in .onnx)",
+                                             output)
 
 
 def _unused_image_options(args: argparse.Namespace) -> None:

@@ -115,8 +115,9 @@ def prepare(models: Models, data: Data, opts: ZipOptions) -> Tasks:
         irs = prove_heads(irs, arrays, opts.device)  # (after the originals: they say what is wrong with the data)
     if opts.hold_out and not all(held):
         log.warning("too few calibration samples to hold any out (fewer than %d, or than two whole batches of a "
-                    "model with a fixed batch): every task is fitted to all of its samples, and a verdict of 'ok' "
-                    "on them is said as 'too few to judge'", MIN_HOLD_OUT)
+                    "model with a fixed batch; or --hold-out %g would leave none to fit to): every task is fitted "
+                    "to all of its samples, and a verdict of 'ok' on them is said as 'too few to judge'",
+                    MIN_HOLD_OUT, opts.hold_out)
     dynamic = any(ir.open_sizes() for ir in irs)  # (the originals run again at another size: kept)
     return Tasks(names, irs, arrays, labels, references, shared_inputs, held, held_references,
                  Originals(models, protos, arrays) if opts.distill or dynamic else None)

@@ -358,3 +358,11 @@ def test_distill_without_held_out_samples_says_the_last_step_is_kept(tmp_path, z
         assert main(["distill", zipped, "--originals", *CNN, "--data", *CALIB, "-o", str(tmp_path / "d.onnx"),
                      "--steps", "2", "--hold-out", "0", "-q"]) == 0
     assert "distilling without held-out samples (--hold-out 0): the last step's weights are kept" in caplog.text
+
+
+def test_a_model_written_under_another_suffix_is_said(tmp_path, caplog):
+    """Walkthrough 6: -o out.txt wrote an ONNX model without a word (--report checks its suffix)."""
+    with caplog.at_level(logging.WARNING, logger="onnxzip"):
+        assert main(zip_args(tmp_path, out=tmp_path / "out.txt") + ["--share", "0"]) == 0
+    assert "out.txt: an ONNX model is written there (the name does not end in .onnx)" in caplog.text
+    assert onnx.load(str(tmp_path / "out.txt")).producer_name == "onnxzip"
