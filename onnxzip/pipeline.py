@@ -39,7 +39,7 @@ def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None
             onnx.checker.check_model(model, full_check=True)
         opened, dims = keep_dynamic(model, irs, names)  # (the sizes the originals leave open)
     result = ZipResult(opened, None, names, plan)
-    timing.release_memory()  # (the layer loop's sessions and batches, emit's copies)
+    timing.release_memory(collect=True)  # (the layer loop's sessions and batches, emit's copies)
     with timing.phase("verify"):
         result.summary = verify(result, irs, arrays, opts, tasks.references, held=(tasks.held, tasks.held_references))
         if dims:

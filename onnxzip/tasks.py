@@ -267,4 +267,4 @@ def reference_outputs(protos: list[onnx.ModelProto], irs: list[ModelIR], data: l
                             arrays, ir.outputs, batch_within(ir, opts.batch_size, runtime.RUN_BYTES), ir.source)
                 for proto, ir, arrays, size in zip(protos, irs, data, sizes)]
     finally:
-        timing.release_memory()  # (the sessions' copies of the weights)
+        timing.release_memory(collect=True)  # (the sessions' copies of the weights)
