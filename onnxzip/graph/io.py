@@ -107,9 +107,7 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose initializers above 1 KB keep their type and dims but not their data (enough
     for shape inference), made without copying that data."""
-    out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
-    _copy_fields(model.graph, out.graph, skip="initializer")
+    out = _without_initializers(model)
     for t in model.graph.initializer:
         light = out.graph.initializer.add()
         if len(t.raw_data) > 1024 or len(t.float_data) > 256:
@@ -192,9 +190,7 @@ def _save_external(model: onnx.ModelProto, path: str, location: str) -> None:
     which ONNX Runtime can map), ``model`` untouched. (onnx's own writer moves the data out of the
     proto and back: protobuf's arena keeps both copies as long as the proto lives, measured +0.44 GB
     per write of a BERT-base model.)"""
-    skeleton = onnx.ModelProto()
-    _copy_fields(model, skeleton, skip="graph")
-    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    skeleton = _without_initializers(model)
     offset = 0
     with open(os.path.join(os.path.dirname(path), location), "wb") as f:
         for t in model.graph.initializer:
@@ -216,6 +212,14 @@ def _save_external(model: onnx.ModelProto, path: str, location: str) -> None:
             offset += len(data)
     with open(path, "wb") as f:
         f.write(skeleton.SerializeToString())
+
+
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` but its graph's initializers (their data never copied)."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    return out
 
 
 def _copy_fields(source, target, skip) -> None:

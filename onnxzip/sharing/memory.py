@@ -41,9 +41,7 @@ def memory_by_design(irs: list[ModelIR], opts: ZipOptions, samples: int) -> Memo
         else:
             need = problems.dense_bytes(li)
             if li in shared and not problems.fits(li):
-                raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
-                                 f"take {_size(need)}, more than half of this machine's {_size(memory)}; share nothing in its group (a --share list "
-                                 "with 0 there) or use --hessian channel")
+                raise problems.too_large(li)
         if need > stats:
             stats, worst = need, layer.name
     weights = sum(ir.file_params[1] if ir.file_params else _weight_bytes(ir) for ir in irs)
@@ -52,8 +50,8 @@ def memory_by_design(irs: list[ModelIR], opts: ZipOptions, samples: int) -> Memo
     live = min(SPOOL_MEMORY, samples * sum(2 * largest_tensor_bytes(ir) for ir in irs))
     batch = max(activation_bytes(ir) * max(1, min(opts.batch_size, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
                 for ir in irs)
-    record = MemoryRecord(round(rss_mb(), 1), round(weights / 1e6, 1), round(zipped / 1e6, 1), round(stats / 1e6, 1), worst,
-                          round((live + batch) / 1e6, 1))
+    record = MemoryRecord(round(rss_mb(), 1), round(weights / 1e6, 1), round(zipped / 1e6, 1), round(stats / 1e6, 1),
+                          worst, round((live + batch) / 1e6, 1))
     if (record.total_mb - record.process_mb) * 1e6 > memory - record.process_mb * 1e6:
         raise UsageError(f"this zip needs about {_size(record.total_mb * 1e6)} by design ({record.parts()}), more "
                          f"than this machine's {_size(memory)}")

@@ -190,6 +190,13 @@ class Problems:
         return self.wide(li) or self.offset(li) or not self.estimator.uses_data or \
             self.dense_bytes(li) <= available_memory() // 2
 
+    def too_large(self, li: int) -> UsageError:
+        """The error for layer ``li``, whose dense statistics do not fit (:meth:`fits`)."""
+        layer, memory = self.irs[0].layers[li], available_memory()
+        return UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would take "
+                          f"{self.dense_bytes(li) / 1e9:.1f} GB, more than half of this machine's {memory / 1e9:.1f} "
+                          "GB; share nothing in its group (a --share list with 0 there) or use --hessian channel")
+
     def dense_bytes(self, li: int) -> int:
         """The bytes layer ``li``'s dense statistics take at once (``HESSIAN_COPIES`` per task)."""
         return (self.irs[0].layers[li].fan_in + 1) ** 2 * 8 * HESSIAN_COPIES * len(self.irs)
@@ -253,10 +260,7 @@ class Problems:
             with phase("statistics"):
                 return WideRows(input_rows(live, name, weights), None if unchanged else input_rows(ref, name, weights)), None
         if not self.fits(li):
-            gb = self.dense_bytes(li) / 1e9
-            raise UsageError(f"layer {layer.name!r} has {layer.fan_in} weights per neuron: its statistics would "
-                             f"take {gb:.1f} GB, more than this machine has; share nothing in its group (a "
-                             "--share list with 0 there) or use --hessian channel")
+            raise self.too_large(li)
         method, expand = self.opts.hessian, not self.offset(li)
         fraction = row_fraction(layer, method, live.sample(name), live.entries(name), self.opts.stat_rows)
         rows, width = row_count(layer, method, live.sample(name), live.entries(name))
