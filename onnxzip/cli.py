@@ -25,7 +25,7 @@ from .report.records import ZipReport
 from .report.terminal import distill_lines, format_table
 from .sharing.layout import group_name
 from .sharing.match import COSTS, ORDERS
-from .sharing.merge import MATCHERS
+from .sharing.assign import MATCHERS
 from .sharing.plan import parse_share
 from .tasks import load_tasks, task_names
 

@@ -13,7 +13,7 @@ from .emit.layers import FORMS
 from .errors import UsageError
 from .images import ImageRecipe
 from .sharing.match import COSTS, ORDERS
-from .sharing.merge import MATCHERS
+from .sharing.assign import MATCHERS
 from .sharing.plan import counts_given
 
 #: fields that say how a zip runs, not what it makes: left out of the report's options

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from onnxzip.api import zip_models
 from onnxzip.check.heads import failing, head_permutation, permuted, prove_heads
 from onnxzip.graph.ir import build_ir
-from onnxzip.sharing.merge import MATCHERS, match_units
+from onnxzip.sharing.assign import MATCHERS, match_units
 
 T, DIN, HEADS, WIDTH = 5, 6, 2, 4
 D = HEADS * WIDTH
@@ -92,7 +92,7 @@ def _brute(c: np.ndarray, k: int, unit: int) -> float:
 @pytest.mark.parametrize("shape,k,unit", [((6, 6), 3, 3), ((6, 6), 6, 3), ((4, 6), 2, 2), ((6, 4), 4, 2)])
 def test_unit_matching_is_the_brute_force_optimum_and_keeps_units_whole(seed, shape, k, unit):
     c = np.random.default_rng(seed).normal(size=shape)
-    i0, i1 = match_units(MATCHERS.get("optimal"), c, k, unit)
+    i0, i1, _ = match_units(MATCHERS.get("optimal"), c, k, unit)
     assert len(i0) == len(i1) == k and len(set(i0)) == len(set(i1)) == k
     assert c[i0, i1].sum() == pytest.approx(_brute(c, k, unit))
     for s in range(0, k, unit):  # every `unit` consecutive slots hold one unit of each side

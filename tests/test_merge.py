@@ -5,11 +5,9 @@ import numpy as np
 import pytest
 
 from onnxzip.errors import NumericalError
+from onnxzip.sharing.assign import MATCHERS, match_greedy, match_optimal
 from onnxzip.sharing.merge import (
-    MATCHERS,
     damp,
-    match_greedy,
-    match_optimal,
     merge_rows,
     pair_costs,
     schur,
@@ -53,7 +51,7 @@ def zip_layer(a: np.ndarray, b: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, ns
     c = pair_costs(a[:, :ns], b[:, :ns], s_a, s_b)
     if not np.isfinite(c).all():
         raise NumericalError("non-finite sharing costs: the calibration statistics hold NaN or Inf")
-    ia, ib = MATCHERS.get(matching)(c, k)
+    ia, ib, _ = MATCHERS.get(matching)(c, k)
     order = np.lexsort((ia, c[ia, ib]))
     ia, ib = ia[order], ib[order]
     w, (p_a, p_b), costs = merge_rows([a[ia], b[ib]], [h_a, h_b], ns, compensate)
@@ -174,8 +172,8 @@ def test_optimal_matching_is_exact_and_never_worse_than_greedy():
         na, nb = rng.integers(2, 6, size=2)
         c = rng.random((na, nb)) ** 3 if trial % 5 else np.zeros((na, nb))  # (ties: still exactly k pairs)
         for k in range(0, min(na, nb) + 1):
-            ia, ib = match_optimal(c, k)
-            ga, gb = match_greedy(c, k)
+            ia, ib, _ = match_optimal(c, k)
+            ga, gb, _ = match_greedy(c, k)
             assert len(ia) == len(ga) == k
             assert len(set(ia)) == k and len(set(ib)) == k
             best = min((sum(c[i, j] for i, j in zip(rows, cols))
@@ -243,10 +241,10 @@ def test_loss_weights_steer_the_matching():
     rng = np.random.default_rng(9)
     a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
     s = [np.eye(4), np.eye(4)]
-    plain, _ = match_tasks([([a, b], s)], 1, "optimal", [0, 1])
+    plain, _, _ = match_tasks([([a, b], s)], 1, "optimal", [0, 1])
     f = [np.ones(3), np.ones(3)]
     f[0][plain[0][0]] = 1e6  # the neuron the plain matching shares is now very costly to move
-    weighted, cost = match_tasks([([a, b], s, f)], 1, "optimal", [0, 1])
+    weighted, cost, _ = match_tasks([([a, b], s, f)], 1, "optimal", [0, 1])
     assert weighted[0][0] != plain[0][0]
     # oracle: every pair's weighted cost f_a[i] |w - a_i|^2 / 2 + f_b[j] |w - b_j|^2 / 2 at the
     # average w (identity Hessians), minimised by enumeration
@@ -305,12 +303,12 @@ def test_two_task_optimal_matching_reaches_the_brute_force_optimum(seed):
     ss = [spd(rng, ns), spd(rng, ns)]
     mats = [rng.normal(size=(n_a, ns)), rng.normal(size=(n_b, ns))]
     for k in range(1, min(n_a, n_b) + 1):
-        rows, cost = match_tasks([(mats, ss)], k, "optimal", [0, 1])
+        rows, cost, _ = match_tasks([(mats, ss)], k, "optimal", [0, 1])
         assert cost.sum() == pytest.approx(brute_force_slots(mats, ss, k), rel=1e-9)
         # and the returned slot costs are those of the returned rows
         for j in range(k):
             assert cost[j] == pytest.approx(slot_minimum([m[r[j]] for m, r in zip(mats, rows)], ss), rel=1e-9)
-        _, g_cost = match_tasks([(mats, ss)], k, "greedy", [0, 1])
+        _, g_cost, _ = match_tasks([(mats, ss)], k, "greedy", [0, 1])
         assert g_cost.sum() >= cost.sum() - 1e-12
 
 
@@ -335,7 +333,7 @@ def test_three_task_matching_is_bounded_below_by_the_brute_force_optimum(seed):
     best = brute_force_slots(mats, ss, k)
     totals = []
     for order in ([0, 1, 2], [0, 2, 1], [1, 2, 0]):
-        rows, cost = match_tasks([(mats, ss)], k, "optimal", order)
+        rows, cost, _ = match_tasks([(mats, ss)], k, "optimal", order)
         assert all(len(set(r)) == k for r in rows)  # one-to-one in every task
         direct = sum(slot_minimum([m[r[j]] for m, r in zip(mats, rows)], ss) for j in range(k))
         assert cost.sum() == pytest.approx(direct, rel=1e-9)  # its cost is that of its slots

@@ -219,10 +219,11 @@ def _budget_and_structure(report: ZipReport) -> list[str]:
                             ["zips measured", max(len(budget.backoff), 1) + len(budget.compared)]]))
     if report.groups:
         parts.append("<h2>Groups (one matching each)</h2>" + _table(
-            ["group", "layers", "shared", "size", "matching s"],
+            ["group", "layers", "shared", "size", "matching s", "matched by"],
             [[g if x.index is None else x.index, ", ".join(x.layers), x.choice.shared if x.choice else "",
               " x ".join(str(c) for c in x.choice.cost_matrix) if x.choice else "",
-              x.choice.matching_seconds if x.choice else ""] for g, x in enumerate(report.groups)], left=2))
+              x.choice.matching_seconds if x.choice else "", x.choice.matching if x.choice else ""]
+             for g, x in enumerate(report.groups)], left=2))
     restored = report.restored_at
     parts.append("<p>Channel order restored before: " + (html.escape(", ".join(restored)) if restored else "nothing")
                  + ".</p>")

@@ -6,7 +6,7 @@ The records are the vocabulary every stage writes into: any subpackage may impor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 #: a field left out of the JSON while it is None (keys the report has only where they apply)
@@ -135,7 +135,8 @@ def not_shared_lines(rows: list[NotShared], named: int = 3) -> list[str]:
 @dataclass
 class GroupChoice:
     """How a group's matching was chosen (the MTZ costs): the task order kept, the layers costed,
-    the total cost of each starting pair tried, the cost matrix's size per task, the slots shared."""
+    the total cost of each starting pair tried, the cost matrix's size per task, the slots shared,
+    the seconds and how the pairs were found (:class:`onnxzip.sharing.assign.Pairs` ``method``)."""
 
     order: list[str]
     costed_layers: int
@@ -143,6 +144,7 @@ class GroupChoice:
     cost_matrix: list[int]
     shared: int
     matching_seconds: float
+    matching: str = ""
 
 
 @dataclass
@@ -160,7 +162,8 @@ class GroupRow:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GroupRow:
         choice = _known(GroupChoice, d)
-        return cls(list(d["layers"]), GroupChoice(**choice) if len(choice) == len(fields(GroupChoice)) else None,
+        required = [f.name for f in fields(GroupChoice) if f.default is MISSING]
+        return cls(list(d["layers"]), GroupChoice(**choice) if all(n in choice for n in required) else None,
                    d.get("index"))
 
 

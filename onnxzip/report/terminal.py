@@ -91,6 +91,13 @@ def _structure(report: ZipReport) -> list[str]:
             orders[key] = orders.get(key, 0) + 1
     if orders:
         lines.append("task order chosen (groups): " + "; ".join(f"{k} ({v})" for k, v in orders.items()))
+    methods: dict[str, list[float]] = {}
+    for g in report.groups:
+        if g.choice is not None and g.choice.shared and g.choice.matching:
+            methods.setdefault(g.choice.matching, []).append(g.choice.matching_seconds)
+    if any("sparse" in m for m in methods):  # (the dense assignment is the method's default)
+        lines.append("matched by: " + "; ".join(f"{m} ({len(s)} group{'s' * (len(s) > 1)}, {sum(s):.1f} s)"
+                                                 for m, s in methods.items()))
     if report.samples:
         lines.append("calibration samples per task: " + ", ".join(
             f"{t.name} {n}" for t, n in zip(report.tasks, report.samples)))

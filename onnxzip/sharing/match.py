@@ -20,7 +20,8 @@ from ..errors import UsageError
 from ..registry import Registry
 from ..report.records import GroupChoice
 from ..timing import phase
-from .merge import match_tasks, pick
+from .assign import pick
+from .merge import match_tasks
 
 if TYPE_CHECKING:
     from .loop import Context
@@ -91,11 +92,11 @@ def _by_hessian_costs(ctx: Context, g: int, live: list[Batches], sizes: list[int
     started = time.perf_counter()
     with phase("matching"):
         results = [(match_tasks(members, k, ctx.opts.matching, o, m.units[g]), o) for o in orders]
-    (rows, cost), order = min(results, key=lambda r: float(r[0][1].sum()))
+    (rows, cost, method), order = min(results, key=lambda r: float(r[0][1].sum()))
     m.slot_costs[g] = np.sort(cost)
     m.orders[g] = GroupChoice([ctx.irs[t].name for t in order], len(members),
-                              {"-".join(ctx.irs[t].name for t in o[:2]): float(c.sum()) for (_, c), o in results},
-                              sizes, k, round(time.perf_counter() - started, 3))
+                              {"-".join(ctx.irs[t].name for t in o[:2]): float(c.sum()) for (_, c, _), o in results},
+                              sizes, k, round(time.perf_counter() - started, 3), method)
     m.rows[g] = [np.concatenate([r, np.setdiff1d(np.arange(n), r)]).astype(np.int64) for r, n in zip(rows, sizes)]
 
 
@@ -119,7 +120,7 @@ def _by_correlation(ctx: Context, g: int, live: list[Batches], sizes: list[int])
     std_b = np.sqrt(np.maximum(sums[3] / n - mean_b ** 2, 0.0)) + 1e-12
     corr = (sums[4] / n - np.outer(mean_a, mean_b)) / np.outer(std_a, std_b)
     unit = m.units[g]
-    ia, ib = pick(ctx.opts.matching, 1.0 - corr, m.k[g], unit)
+    ia, ib, _ = pick(ctx.opts.matching, 1.0 - corr, m.k[g], unit)
     order = np.argsort(1.0 - corr[ia, ib], kind="stable") if unit == 1 else np.arange(ia.size)
     m.slot_costs[g] = np.sort(1.0 - corr[ia, ib])
     m.rows[g] = [np.concatenate([r[order], np.setdiff1d(np.arange(size), r)]).astype(np.int64)

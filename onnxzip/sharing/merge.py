@@ -1,4 +1,5 @@
-"""Neuron matching and Hessian-weighted merging for one layer (pure numpy/scipy).
+"""Pair costs and Hessian-weighted merging for one layer (pure numpy/scipy; the pairs are chosen
+by :mod:`onnxzip.sharing.assign`).
 
 Notation (one layer, tasks A and B): each neuron is a row vector over the layer's input columns
 with the bias as a column. Columns are ordered ``[shared inputs..., bias | private inputs...]``:
@@ -19,18 +20,12 @@ minimiser, a closed-form improvement over keeping the private weights unchanged.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
-from scipy.optimize import linear_sum_assignment
 
 from ..errors import NumericalError
-from ..registry import Registry
+from .assign import pick
 from .lowrank import LowRank, solve
-
-#: Matchers: ``(C: (nA, nB) float64 costs, k) -> (ia (k,), ib (k,))`` one-to-one pairs.
-MATCHERS: Registry = Registry("matching method")
 
 
 def damping_of(h: np.ndarray, rel: float) -> float:
@@ -125,89 +120,6 @@ def split_costs(a_s: np.ndarray, b_s: np.ndarray, s_a: np.ndarray, s_b: np.ndarr
     return _all_pairs(a_s, b_s, tb.T @ s_a @ tb), _all_pairs(a_s, b_s, ta.T @ s_b @ ta)
 
 
-@MATCHERS.register("optimal")
-def match_optimal(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The exact minimum-total-cost set of ``k`` one-to-one pairs.
-
-    The smaller side's every neuron is assigned, to a neuron of the other side or to one of
-    ``min(na, nb) - k`` dummies whose cost is so negative that every dummy is taken: exactly ``k``
-    real pairs remain, at the least total cost (a rectangular assignment: 1.4x faster than padding
-    both sides to a square on a 2,048-neuron test, no faster on near-uniform 4,096-neuron costs)."""
-    na, nb = c.shape
-    if k == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    if na > nb:
-        ib, ia = match_optimal(c.T, k)
-        return ia, ib
-    if k == na:
-        return linear_sum_assignment(c)
-    big = 1.0 + 2.0 * float(np.abs(c).max()) * na  # (more than any set of real pairs can differ by)
-    padded = np.empty((na, nb + na - k))
-    padded[:, :nb] = c
-    padded[:, nb:] = -big
-    rows, cols = linear_sum_assignment(padded)
-    keep = cols < nb
-    assert keep.sum() == k, "the assignment must leave exactly k real pairs"
-    return rows[keep], cols[keep]
-
-
-@MATCHERS.register("greedy")
-def match_greedy(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The MTZ paper's matching: take the cheapest remaining pair, one-to-one, until ``k`` pairs."""
-    order = np.argsort(c, axis=None, kind="stable")
-    used_a = np.zeros(c.shape[0], bool)
-    used_b = np.zeros(c.shape[1], bool)
-    ia, ib = [], []
-    for flat in order:
-        if len(ia) == k:
-            break
-        i, j = divmod(int(flat), c.shape[1])
-        if not used_a[i] and not used_b[j]:
-            used_a[i] = used_b[j] = True
-            ia.append(i)
-            ib.append(j)
-    return np.asarray(ia, int), np.asarray(ib, int)
-
-
-@MATCHERS.register("index")
-def match_index(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """No matching: neuron i of A with neuron i of B, the first ``k`` (the naive baseline)."""
-    return np.arange(k), np.arange(k)
-
-
-def pick(matching: str, c: np.ndarray, k: int, unit: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` pairs of cost matrix ``c`` by the matcher ``matching``; with ``unit`` > 1, by whole
-    units (attention heads of ``unit`` channels, :func:`match_units`)."""
-    matcher = MATCHERS.get(matching)
-    return matcher(c, k) if unit == 1 else match_units(matcher, c, k, unit)
-
-
-def match_units(matcher: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], c: np.ndarray, k: int,
-                unit: int) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` pairs (a multiple of ``unit``) that pair whole units: rows ``[u*unit, (u+1)*unit)`` of
-    ``c`` are one unit, and so are the columns. Every unit pair's cost is its best one-to-one
-    pairing within (``matcher``); ``k / unit`` unit pairs are then matched on those costs. Returns
-    the pairs unit by unit (cheapest unit first), each unit's pairs in its rows' order, so that
-    every ``unit`` consecutive slots hold one unit of each side."""
-    if k % unit:
-        raise ValueError(f"{k} pairs are not whole units of {unit}")
-    na, nb = c.shape[0] // unit, c.shape[1] // unit
-    blocks = c.reshape(na, unit, nb, unit).transpose(0, 2, 1, 3)
-    unit_cost = np.empty((na, nb))
-    within: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    for a in range(na):
-        for b in range(nb):
-            ia, ib = matcher(blocks[a, b], unit)
-            order = np.argsort(ia, kind="stable")
-            within[a, b] = ia[order], ib[order]
-            unit_cost[a, b] = blocks[a, b][ia, ib].sum()
-    ua, ub = matcher(unit_cost, k // unit)
-    first = np.lexsort((ua, unit_cost[ua, ub]))
-    i0 = [a * unit + within[a, b][0] for a, b in zip(ua[first], ub[first])]
-    i1 = [b * unit + within[a, b][1] for a, b in zip(ua[first], ub[first])]
-    return (np.concatenate(i0), np.concatenate(i1)) if i0 else (np.zeros(0, int), np.zeros(0, int))
-
-
 def task_blocks(h: np.ndarray, ns: int, compensate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(S, G) for one task: the Schur complement and compensation map (:func:`schur`), or with
     ``compensate=False`` the paper's rule: the shared block of H alone and no compensation."""
@@ -245,7 +157,7 @@ def merge_rows(mats: list[np.ndarray], hs: list[np.ndarray], ns: int, compensate
 
 
 def match_tasks(members: list[tuple], k: int, matching: str,
-                order: list[int], unit: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+                order: list[int], unit: int = 1) -> tuple[list[np.ndarray], np.ndarray, str]:
     """Choose ``k`` shared slots across tasks, merging tasks in ``order`` into a running shared set.
 
     Args:
@@ -258,13 +170,14 @@ def match_tasks(members: list[tuple], k: int, matching: str,
         unit: neurons that move together (a tied attention head's width: :func:`match_units`).
     Returns:
         per task (k,) the neuron of each slot (slot order: cheapest first; by whole units), and the
-        joint cost of each slot (k,) (its sum is the total to compare task orders by).
+        joint cost of each slot (k,) (its sum is the total to compare task orders by), and how the
+        pairs were found (:class:`onnxzip.sharing.assign.Pairs` ``method``; the first one that differs).
     """
     members = [tuple(x) + (None,) * (3 - len(x)) for x in members]
     t0, t1 = order[0], order[1]
     c = sum(_weighted(m[t0], m[t1], s[t0], s[t1], None if f is None else f[t0], None if f is None else f[t1])
             for m, s, f in members)
-    i0, i1 = pick(matching, c, k, unit)
+    i0, i1, method = pick(matching, c, k, unit)
     costs = c[i0, i1]
     first = np.lexsort((i0, costs)) if unit == 1 else np.arange(k)  # (units come cheapest first)
     rows = {t0: i0[first], t1: i1[first]}
@@ -277,7 +190,8 @@ def match_tasks(members: list[tuple], k: int, matching: str,
     for t in order[2:]:
         c = sum(_weighted(w, m[t], total, s[t], weight, None if f is None else f[t])
                 for (w, total, weight), (m, s, f) in zip(shared, members))
-        slots, picked = pick(matching, c, k, unit)
+        slots, picked, how = pick(matching, c, k, unit)
+        method = method if how == method else f"{method}; {how}"
         rows[t] = picked[np.argsort(slots)]
         shared = [(solve(total + s[t], total @ w.T + s[t] @ m[t][rows[t]].T).T, total + s[t],
                    None if f is None else weight + f[t][rows[t]])
@@ -288,7 +202,7 @@ def match_tasks(members: list[tuple], k: int, matching: str,
             diff = w - m[t][rows[t]]
             per_slot = 0.5 * ((diff @ s[t]) * diff).sum(axis=1)
             cost += per_slot if f is None else per_slot * f[t][rows[t]]
-    return [rows[t] for t in range(len(order))], cost
+    return [rows[t] for t in range(len(order))], cost, method
 
 
 def _weighted(a: np.ndarray, b: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, f_a: np.ndarray | None,

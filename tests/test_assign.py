@@ -1,0 +1,57 @@
+"""The k-pair matchers against independent oracles: brute force on tiny matrices, and scipy's dense
+assignment (with dummies) on large ones."""
+import itertools
+
+import numpy as np
+import pytest
+
+from onnxzip.sharing import assign
+from onnxzip.sharing.assign import CERTIFIED, match_certified, match_dense, match_optimal
+from onnxzip.sharing.merge import pair_costs
+
+
+def hessian_costs(rng, na, nb, d):
+    """Pair costs of the merge's form: two sets of neurons under positive definite Hessians."""
+    x = rng.normal(size=(3 * d, d))
+    s = x.T @ x / (3 * d) + 1e-3 * np.eye(d)
+    return pair_costs(rng.normal(size=(na, d)), rng.normal(size=(nb, d)), s, 1.5 * s)
+
+
+def test_certified_pairs_equal_brute_force_on_tiny_matrices():
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        na, nb = rng.integers(3, 6, size=2)
+        c = rng.random((na, nb)) ** 2 + 0.01
+        for k in range(1, min(na, nb)):
+            pairs = match_certified(c, k, candidates=1)
+            assert pairs is not None
+            best = min(sum(c[i, j] for i, j in zip(rows, cols))
+                       for rows in itertools.permutations(range(na), k) for cols in itertools.combinations(range(nb), k))
+            assert len(set(pairs.ia)) == len(set(pairs.ib)) == k
+            assert c[pairs.ia, pairs.ib].sum() == pytest.approx(best, rel=1e-9)
+
+
+@pytest.mark.parametrize("na, nb, k", [(300, 300, 150), (300, 360, 40), (360, 300, 290)])
+def test_certified_pairs_equal_the_dense_assignment(na, nb, k):
+    c = hessian_costs(np.random.default_rng(na + k), na, nb, 40)
+    ia, ib = match_dense(c, k)
+    for candidates in (1, 4, 16):  # one candidate each: the duals must add the missing pairs
+        pairs = match_certified(c, k, candidates=candidates, rounds=8)
+        assert pairs is not None and pairs.method == CERTIFIED
+        assert len(set(pairs.ia)) == len(set(pairs.ib)) == k
+        assert c[pairs.ia, pairs.ib].sum() == pytest.approx(c[ia, ib].sum(), rel=1e-7)
+
+
+def test_large_matrices_take_the_sparse_program_and_fall_back_when_uncertified(monkeypatch):
+    rng = np.random.default_rng(5)
+    n = assign.SPARSE_FROM
+    c = hessian_costs(rng, n, n + 40, 48)
+    ia, ib = match_dense(c, n // 2)
+    pairs = match_optimal(c, n // 2)
+    assert pairs.method == CERTIFIED
+    assert c[pairs.ia, pairs.ib].sum() == pytest.approx(c[ia, ib].sum(), rel=1e-7)
+    monkeypatch.setattr(assign, "match_certified", lambda *args: None)
+    pairs = match_optimal(c, n // 2)
+    assert "did not certify" in pairs.method
+    assert c[pairs.ia, pairs.ib].sum() == pytest.approx(c[ia, ib].sum(), rel=1e-12)
+    assert match_optimal(c[:100, :100], 50).method == assign.DENSE
