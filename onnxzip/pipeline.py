@@ -11,7 +11,7 @@ from .check.layers import measure_layers
 from .check.shapes import check_sizes
 from .check.verify import verify
 from .emit.model import emit_model
-from .emit.shapes import keep_dynamic
+from .emit.shapes import keep_dynamic, sized_again
 from .graph import io
 from .options import ZipOptions
 from .progress import progress
@@ -37,16 +37,17 @@ def zip_once(tasks: Tasks, opts: ZipOptions, share, fisher: Fisher | None = None
                 onnx.checker.check_model(path, full_check=True)
         else:
             onnx.checker.check_model(model, full_check=True)
-        opened, dims = keep_dynamic(model, irs, names)  # (the sizes the originals leave open)
-    result = ZipResult(opened, None, names, plan)
+        model, dims, sizes_before = keep_dynamic(model, irs, names)  # (the sizes the originals leave open)
+    result = ZipResult(model, None, names, plan)
+    del model
     timing.release_memory(collect=True)  # (the layer loop's sessions and batches, emit's copies)
     with timing.phase("verify"):
         result.summary = verify(result, irs, arrays, opts, tasks.references, held=(tasks.held, tasks.held_references))
         if dims:
-            sizes = check_sizes(opened, dims, irs, names, tasks.protos, arrays, opts.device)
+            sizes = check_sizes(result.model, dims, irs, names, tasks.protos, arrays, opts.device)
             if not sizes.ok:
                 log.warning("the zipped model keeps the calibration data's input sizes: %s", sizes.note)
-                result.model = model
+                result.model = sized_again(result.model, sizes_before)
             result.summary.sizes = sizes
     with timing.phase("layer check"):
         errors = measure_layers(plan, irs, names)

@@ -58,10 +58,12 @@ def emit_model(irs: list[ModelIR], plan: ZipPlan, names: list[str], shared_input
                 outputs.append(helper.make_value_info(want, kind))
             else:
                 outputs.append(_value_info(want, out, shape=False))
-    graph = helper.make_graph(b.nodes, "onnxzip", inputs, outputs, list(b.initializers.values()))
     opsets = [helper.make_opsetid("", irs[0].opset)] + [helper.make_opsetid(d, v) for d, v in
                                                           sorted(irs[0].extra_opsets.items())]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxzip")
+    model = helper.make_model(helper.make_graph(b.nodes, "onnxzip", inputs, outputs), opset_imports=opsets,
+                              producer_name="onnxzip")
+    while b.initializers:  # (moved one by one: protobuf copies what it is given; a pair's weights once)
+        model.graph.initializer.append(b.initializers.pop(next(iter(b.initializers))))
     model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 7)
     model = io.infer_shapes(model, strict_mode=True, data_prop=True)  # (run-time Reshape targets keep their sizes)
     fused, counts = fuse_branches(model, f"{SHARED}/")  # (reads the shapes)

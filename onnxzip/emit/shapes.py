@@ -40,24 +40,43 @@ def open_dims(model: onnx.ModelProto, open_sizes: list[dict[str, dict[int, str]]
 
 
 def keep_dynamic(model: onnx.ModelProto, irs: list[ModelIR], names: list[str]
-                 ) -> tuple[onnx.ModelProto, dict[str, dict[int, str]]]:
-    """``model`` with the sizes its tasks' source files leave open (:meth:`ModelIR.open_sizes`)
-    opened again (zipped input -> axis -> dim name), shapes inferred again; ``model`` itself and {}
-    where nothing is open or inference fails (said)."""
+                 ) -> tuple[onnx.ModelProto, dict[str, dict[int, str]], dict[str, dict[int, int]]]:
+    """``model`` (changed in place), with the sizes its tasks' source files leave open (:meth:`ModelIR.open_sizes`)
+    opened again (zipped input -> axis -> dim name) and shapes inferred again, and the calibration
+    sizes it had (zipped input -> axis -> size: :func:`sized_again` puts them back). ``model`` and
+    {}, {} where nothing is open or inference fails (said). (In place: a copy is a transformer
+    pair's zipped weights once more.)"""
     dims = open_dims(model, [ir.open_sizes() for ir in irs], names)
     if not dims:
-        return model, {}
-    opened = io.with_dims(model, dims)
+        return model, {}, {}
+    sizes = {vi.name: {a: vi.type.tensor_type.shape.dim[a].dim_value for a in dims[vi.name]}
+             for vi in model.graph.input if vi.name in dims}
+    before = [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in model.graph.output]
+    io.with_dims(model, dims, copy=False)
     try:
-        opened = io.infer_shapes(opened, strict_mode=True, data_prop=True)
+        model = io.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:  # noqa: BLE001  (onnx raises several types; the sized model stands)
         log.warning("the zipped model keeps the calibration sizes: shape inference fails with them open (%s)",
                     str(exc).splitlines()[0])
-        return model, {}
-    for vi, before in zip(opened.graph.output, model.graph.output):  # (an output inference cannot type
-        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):  # keeps its rank)
-            if before.type.HasField("tensor_type") and before.type.tensor_type.HasField("shape"):
-                vi.type.tensor_type.shape.CopyFrom(before.type.tensor_type.shape)
+        return sized_again(model, sizes, before), {}, {}
+    for vi, old in zip(model.graph.output, before):  # (an output inference cannot type keeps its rank)
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            if old.type.HasField("tensor_type") and old.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.shape.CopyFrom(old.type.tensor_type.shape)
                 for d in vi.type.tensor_type.shape.dim[1:]:
                     d.Clear()
-    return opened, dims
+    return model, dims, sizes
+
+
+def sized_again(model: onnx.ModelProto, sizes: dict[str, dict[int, int]],
+                outputs: list[onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
+    """``model`` (in place) with its inputs at the calibration ``sizes`` (:func:`keep_dynamic`) and its
+    shapes inferred again (the ``outputs`` declared before, where inference fails)."""
+    io.with_dims(model, sizes, copy=False)
+    try:
+        return io.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception:  # noqa: BLE001  (it inferred at these sizes before: the outputs as they were)
+        if outputs is not None:
+            del model.graph.output[:]
+            model.graph.output.extend(outputs)
+        return model

@@ -313,16 +313,22 @@ def declared_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, .
             for vi in model.graph.input if vi.type.HasField("tensor_type")}
 
 
-def with_dims(model: onnx.ModelProto, dims: dict[str, dict[int, str]]) -> onnx.ModelProto:
-    """A copy of ``model`` whose inputs take the dim names ``dims`` (input -> axis -> name), with
-    every inferred shape dropped (value_info, the outputs' dims) so that nothing keeps the old sizes."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def with_dims(model: onnx.ModelProto, dims: dict[str, dict[int, str | int]], copy: bool = True) -> onnx.ModelProto:
+    """A copy of ``model`` (``model`` itself with ``copy=False``) whose inputs take the dims ``dims``
+    (input -> axis -> a name, or a size), with every inferred shape dropped (value_info, the outputs'
+    dims) so that nothing keeps the old sizes."""
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     for vi in out.graph.input:
         for axis, name in dims.get(vi.name, {}).items():
             d = vi.type.tensor_type.shape.dim[axis]
             d.Clear()
-            d.dim_param = name
+            if isinstance(name, str):
+                d.dim_param = name
+            else:
+                d.dim_value = int(name)
     del out.graph.value_info[:]
     for vi in out.graph.output:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):

@@ -101,7 +101,7 @@ class LayerZip:
     """One layer of the zipped model, for every task.
 
     ``rows[t]`` gives, per zipped row, the task's original neuron index; ``cols[t]`` per zipped
-    column the original column index (``fan_in`` is the bias). ``weights[t]`` (n, d + 1) is in
+    column the original column index (``fan_in`` is the bias). ``weights[t]`` (n, d + 1) float32 is in
     zipped order and ``weights[t][:shared, :ns]`` is the same for every task. A depthwise
     ``follower`` keeps rows in original order; its shared channels are those of its input.
     """
@@ -129,6 +129,11 @@ class LayerZip:
     #: ``--affine``: per task, each shared row's scale a (shared,) and shift b (shared,); then
     #: ``weights[t][:shared]`` hold the effective rows a w + b e_bias, w the rows stored once
     affine: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __post_init__(self) -> None:
+        # float32, as the graph stores and the stages run them (the merge solves in float64): a
+        # transformer's plan is its model's size twice otherwise
+        self.weights = [np.asarray(w, np.float32) for w in self.weights]
 
     def stored(self, task: int) -> np.ndarray:
         """The task's rows as the graph stores them: the shared block before its scale and shift
