@@ -194,3 +194,21 @@ def test_a_budget_with_a_target_and_a_loss_cap_says_both():
     report = minimal_report(budget=BudgetRecord([1], 0.1, 0.6, 0.01, 1.5e-5, max_loss_increase=0.25))
     assert any(line.startswith("budget --target-params 0.6 --max-loss-increase 0.25: shared per group [1]")
                for line in format_table(report).split("\n"))
+
+
+def test_the_matching_line_says_where_sparse_certified_pairs_were_used():
+    from onnxzip.sharing.assign import CERTIFIED, DENSE
+    report = full_report()
+    assert not any(line.startswith("matched by") for line in format_table(report).splitlines())  # (no method given)
+    sparse = GroupChoice(["a", "b"], 1, {}, [3072, 3072], 1536, 3.25, CERTIFIED)
+    dense = GroupChoice(["a", "b"], 1, {}, [64, 64], 32, 0.5, DENSE)
+    none = GroupChoice(["a", "b"], 1, {}, [64, 64], 0, 0.0, DENSE)
+    report.groups = [GroupRow(["f1"], sparse), GroupRow(["f2"], sparse), GroupRow(["q"], dense), GroupRow(["o"], none)]
+    lines = [line for line in format_table(report).splitlines() if line.startswith("matched by")]
+    assert lines == [f"matched by: {CERTIFIED} (2 groups, 6.5 s); {DENSE} (1 group, 0.5 s)"]
+    report.groups = [GroupRow(["q"], dense)]
+    assert not any(line.startswith("matched by") for line in format_table(report).splitlines())
+    old = {"layers": ["q"], "order": ["a", "b"], "costed_layers": 1, "costs": {}, "cost_matrix": [4, 4], "shared": 2,
+           "matching_seconds": 0.1}  # (a report written before the method was recorded)
+    assert GroupRow.from_dict(old).choice.matching == ""
+    assert GroupRow.from_dict(json.loads(json.dumps(to_plain(GroupRow(["f1"], sparse))))).choice == sparse
