@@ -36,8 +36,7 @@ def expand_channels(channels: np.ndarray, per_channel: int) -> np.ndarray:
 
 def effective(z: LayerZip, task: int, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     """A task's zipped layer in original order: (W, b) as the ONNX initializers hold them, float32
-    (what the stage graphs run; the loop keeps these of every layer: float64 doubled the zipped
-    weights' memory, 1.75 GB more for the BERT-base pair)."""
+    (what the stage graphs run; the loop keeps them for the layer's stage only)."""
     full = np.empty(z.weights[task].shape, np.float32)
     full[np.ix_(z.rows[task], z.cols[task])] = z.weights[task]
     return from_matrix(full, layer)

@@ -77,7 +77,8 @@ class Context:
 @dataclass
 class Cut:
     """The loop's position: per task the live tensors of the zipped and of the original network,
-    the zipped layers so far (original order), re-estimated BatchNorm statistics, and measurements."""
+    the zipped layer of the stage about to run (original order, float32: :func:`effective`),
+    re-estimated BatchNorm statistics, and measurements."""
 
     live: list[Batches]
     reference: list[Batches]
@@ -166,4 +167,6 @@ def step(ctx: Context, nets: list[StagedNetwork], cut: Cut, j: int, li: int) -> 
         cut.measured[li] = [m for _, _, m in pairs]
     for b in {id(b): b for b in old}.values():  # each stage's input, once, now that both ran
         b.drop()
+    for eff in cut.eff:  # (a layer's node is in the stage after its cut only: its zipped weights are in the plan)
+        eff.pop(li, None)
     release_memory()  # (the stage sessions and their batches: not resident into the next cut)

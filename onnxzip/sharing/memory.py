@@ -1,8 +1,8 @@
 """A zip's memory by design, known before the work starts: what is resident then (libraries, the
 models once, the calibration data), the weights once more in ONNX Runtime's stage sessions, the
-zipped weights (the plan's, and the stages' in each task's order), the largest layer's statistics,
-and the live tensors (the spool's in-memory part and one stage batch). A layer whose statistics alone
-cannot fit is refused here, in one line naming it, before minutes are spent on the layers below."""
+zipped weights (the plan's, float32), the largest layer's statistics, and the live tensors (the
+spool's in-memory part and one stage batch). A layer whose statistics alone cannot fit is refused
+here, in one line naming it, before minutes are spent on the layers below."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -45,8 +45,8 @@ def memory_by_design(irs: list[ModelIR], opts: ZipOptions, samples: int) -> Memo
         if need > stats:
             stats, worst = need, layer.name
     weights = sum(ir.file_params[1] if ir.file_params else _weight_bytes(ir) for ir in irs)
-    # (the plan's float32 weights and the loop's float32 copies in each task's original order)
-    zipped = sum(2 * (ir.file_params[0] * 4 if ir.file_params else _weight_bytes(ir)) for ir in irs)
+    # (the plan's float32 weights; the loop's copy in each task's original order is one layer's)
+    zipped = sum((ir.file_params[0] * 4 if ir.file_params else _weight_bytes(ir)) for ir in irs)
     live = min(SPOOL_MEMORY, samples * sum(2 * largest_tensor_bytes(ir) for ir in irs))
     batch = max(activation_bytes(ir) * max(1, min(opts.batch_size, STAGE_BYTES // max(largest_tensor_bytes(ir), 1)))
                 for ir in irs)
