@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..graph.export import export
 from ..graph.spaces import LAYER_AXIS
 
 #: ops that act on each channel alone (every input: the data, a per-channel or broadcast constant,
@@ -53,7 +54,7 @@ def fuse_branches(model: onnx.ModelProto, common: str | None = None) -> tuple[on
         return model, counts
     graph.cleanup()
     graph.nodes = _output_order(graph)
-    out = gs.export_onnx(graph, do_type_check=False)
+    out = export(graph)
     del out.graph.value_info[:]  # (shapes are inferred again by the caller)
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(out, field, getattr(model, field))

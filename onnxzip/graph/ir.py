@@ -14,6 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InputError, UnsupportedOpError
+from .export import export
 from .io import InputSpec, infer_shapes
 from .normalize import normalize, prepare
 from .attention import attention_blocks
@@ -135,7 +136,7 @@ class ModelIR:
     def export(self, graph: gs.Graph) -> onnx.ModelProto:
         """``graph`` (this task's graph or a part of it) as a model with this task's opsets, IR
         version and declared output types."""
-        model = gs.export_onnx(graph, do_type_check=False)
+        model = export(graph)
         for out in model.graph.output:  # non-tensor outputs (skl2onnx's ZipMap) keep their declared type
             declared = self.output_types.get(out.name)
             if declared is not None and not declared.HasField("tensor_type"):

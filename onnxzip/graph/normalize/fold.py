@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import io
+from ..export import export
 from .edit import replace_tensor
 
 
@@ -189,7 +190,7 @@ def infer_shapes(graph: gs.Graph) -> int:
     unknown = [t for t in graph.tensors().values() if not isinstance(t, gs.Constant) and t.name and t.shape is None]
     if not unknown:
         return 0
-    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    model = export(graph.copy())
     model.ir_version = max(model.ir_version, 7)  # IR < 4 ignores initializers that are not inputs
     opset = graph.opset
     extra = [o for o in model.opset_import if o.domain not in ("", "ai.onnx")]
