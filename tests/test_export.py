@@ -41,3 +41,23 @@ def test_one_copy_of_the_weights_at_a_time():
     out = export(graph)
     assert _hwm_mb() - before < 1.4 * size
     assert numpy_helper.to_array(out.graph.initializer[3])[0, 0] == 3
+
+
+def test_streamed_pieces_are_the_serialized_bytes():
+    """The oracle is protobuf's own serializer, on models with and without initializers and with
+    fields after the graph."""
+    from onnxzip.graph import stream
+
+    for model in (graphs.resnet(1), graphs.token_block(0), graphs.mlp(0)):
+        model.metadata_props.add(key="k", value="v")
+        model.graph.doc_string = "after the initializers"
+        assert b"".join(stream.pieces(model)) == model.SerializeToString()
+    empty = graphs.mlp(0)
+    del empty.graph.initializer[:]
+    assert b"".join(stream.pieces(empty)) == empty.SerializeToString()
+    assert b"".join(stream.pieces(onnx_model_without_graph())) == onnx_model_without_graph().SerializeToString()
+
+
+def onnx_model_without_graph():
+    from onnx import ModelProto
+    return ModelProto(ir_version=8, producer_name="x")

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
 from ..errors import InputError
+from . import stream
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def sha256(source: str | os.PathLike | onnx.ModelProto | dict[str, np.ndarray]) 
             for t in source.graph.initializer:
                 h.update(t.raw_data)
         else:
-            h.update(source.SerializeToString())
+            for piece in stream.pieces(source):
+                h.update(piece)
     else:
         for k in sorted(source):
             a = np.ascontiguousarray(source[k])
@@ -273,7 +275,9 @@ def _save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        onnx.save_model(model, tmp)
+        with open(tmp, "wb") as f:
+            for piece in stream.pieces(model):
+                f.write(piece)
         _publish(tmp, p)
     finally:
         if os.path.exists(tmp):
