@@ -5,7 +5,7 @@ model: 0.8 GB more at its save and at its hash).
 Protobuf writes a message's fields in field-number order, a nested message as its tag, its length
 and its bytes. The model's fields before ``graph`` (7), the graph's fields before ``initializer``
 (5), each initializer, the graph's later fields and the model's later fields are serialized one
-after another; the lengths come from ``ByteSize``.
+after another; the graph's length is summed from theirs (``ByteSize`` of the whole graph serializes it).
 """
 from __future__ import annotations
 
@@ -23,13 +23,16 @@ def pieces(model: onnx.ModelProto) -> Iterator[bytes]:
         yield model.SerializeToString()
         return
     graph = model.graph
+    head, tail = _fields(graph, lambda n: n < _INITIALIZER), _fields(graph, lambda n: n > _INITIALIZER)
+    sizes = [t.ByteSize() for t in graph.initializer]  # (one tensor at a time: ByteSize serializes)
+    tag = _varint(_INITIALIZER << 3 | 2)
     yield _fields(model, lambda n: n < _GRAPH)
-    yield _varint(_GRAPH << 3 | 2) + _varint(graph.ByteSize())
-    yield _fields(graph, lambda n: n < _INITIALIZER)
-    for t in graph.initializer:
-        yield _varint(_INITIALIZER << 3 | 2) + _varint(t.ByteSize())
+    yield _varint(_GRAPH << 3 | 2) + _varint(len(head) + len(tail) + sum(len(tag) + len(_varint(n)) + n for n in sizes))
+    yield head
+    for t, size in zip(graph.initializer, sizes):
+        yield tag + _varint(size)
         yield t.SerializeToString()
-    yield _fields(graph, lambda n: n > _INITIALIZER)
+    yield tail
     yield _fields(model, lambda n: n > _GRAPH)
 
 
