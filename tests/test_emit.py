@@ -198,3 +198,26 @@ def test_reshape_of_flattened_channels_per_part(allowzero):
     for share in (0.0, 0.5):
         result = onnxzip.zip_models(models, data, share=share, quiet=True, names=("a", "b"))
         assert result.report["equivalence_max_abs_diff"] <= 1e-5
+
+
+def test_sized_again_puts_the_calibration_sizes_back_and_keeps_the_outputs_where_inference_fails(monkeypatch):
+    import onnx
+
+    from onnxzip.emit import shapes
+    from onnxzip.graph import io as gio
+    model = graphs.resnet(1)
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    declared = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in model.graph.output]
+    sizes = {model.graph.input[0].name: {2: dim[2].dim_value, 3: dim[3].dim_value}}
+    dim[2].dim_param, dim[3].dim_param = "H", "W"
+    out = shapes.sized_again(model, (sizes, declared))
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim[2:]] == list(sizes["x"].values())
+    assert not any(d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim[2:])
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("inference fails")
+
+    monkeypatch.setattr(gio, "infer_shapes", fails)
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    out = shapes.sized_again(model, (sizes, declared))
+    assert out.graph.output[0] == declared[0]

@@ -40,16 +40,17 @@ def open_dims(model: onnx.ModelProto, open_sizes: list[dict[str, dict[int, str]]
 
 
 def keep_dynamic(model: onnx.ModelProto, irs: list[ModelIR], names: list[str]
-                 ) -> tuple[onnx.ModelProto, dict[str, dict[int, str]], dict[str, dict[int, int]]]:
-    """``model`` (changed in place), with the sizes its tasks' source files leave open (:meth:`ModelIR.open_sizes`)
-    opened again (zipped input -> axis -> dim name) and shapes inferred again, and the calibration
-    sizes it had (zipped input -> axis -> size: :func:`sized_again` puts them back). ``model`` and
-    {}, {} where nothing is open or inference fails (said). (In place: a copy is a transformer
-    pair's zipped weights once more.)"""
+                 ) -> tuple[onnx.ModelProto, dict[str, dict[int, str]], tuple]:
+    """``model``, changed in place (a copy is a transformer pair's zipped weights once more): the
+    sizes its tasks' source files leave open (:meth:`ModelIR.open_sizes`) opened again (zipped
+    input -> axis -> dim name) and shapes inferred again; and what :func:`sized_again` needs to put
+    the calibration sizes back (zipped input -> axis -> size, and the outputs as declared at them).
+    ``model`` and {}, () where nothing is open or inference fails (said)."""
     dims = open_dims(model, [ir.open_sizes() for ir in irs], names)
     if not dims:
-        return model, {}, {}
-    sizes = {vi.name: {a: vi.type.tensor_type.shape.dim[a].dim_value for a in dims[vi.name]}
+        return model, {}, ()
+    sizes = {vi.name: {a: vi.type.tensor_type.shape.dim[a].dim_value for a in dims[vi.name]
+                       if vi.type.tensor_type.shape.dim[a].HasField("dim_value")}
              for vi in model.graph.input if vi.name in dims}
     before = [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in model.graph.output]
     io.with_dims(model, dims, copy=False)
@@ -58,25 +59,24 @@ def keep_dynamic(model: onnx.ModelProto, irs: list[ModelIR], names: list[str]
     except Exception as exc:  # noqa: BLE001  (onnx raises several types; the sized model stands)
         log.warning("the zipped model keeps the calibration sizes: shape inference fails with them open (%s)",
                     str(exc).splitlines()[0])
-        return sized_again(model, sizes, before), {}, {}
+        return sized_again(model, (sizes, before)), {}, ()
     for vi, old in zip(model.graph.output, before):  # (an output inference cannot type keeps its rank)
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
             if old.type.HasField("tensor_type") and old.type.tensor_type.HasField("shape"):
                 vi.type.tensor_type.shape.CopyFrom(old.type.tensor_type.shape)
                 for d in vi.type.tensor_type.shape.dim[1:]:
                     d.Clear()
-    return model, dims, sizes
+    return model, dims, (sizes, before)
 
 
-def sized_again(model: onnx.ModelProto, sizes: dict[str, dict[int, int]],
-                outputs: list[onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
-    """``model`` (in place) with its inputs at the calibration ``sizes`` (:func:`keep_dynamic`) and its
-    shapes inferred again (the ``outputs`` declared before, where inference fails)."""
+def sized_again(model: onnx.ModelProto, before: tuple) -> onnx.ModelProto:
+    """``model`` (in place) with its inputs at the calibration sizes and its shapes inferred again
+    (``before``: from :func:`keep_dynamic`; the outputs as declared at those sizes, where inference fails)."""
+    sizes, outputs = before
     io.with_dims(model, sizes, copy=False)
     try:
         return io.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception:  # noqa: BLE001  (it inferred at these sizes before: the outputs as they were)
-        if outputs is not None:
-            del model.graph.output[:]
-            model.graph.output.extend(outputs)
+        del model.graph.output[:]
+        model.graph.output.extend(outputs)
         return model

@@ -21,9 +21,12 @@ except ImportError:  # pragma: no cover  (another graphsurgeon layout: every wei
 def export(graph: gs.Graph) -> onnx.ModelProto:
     """``gs.export_onnx(graph, do_type_check=False)``, the same model, with one copy of each weight
     made at a time. ``graph`` is left as it was."""
+    if any(isinstance(v, gs.Graph) for node in graph.nodes for v in node.attrs.values()):
+        return gs.export_onnx(graph, do_type_check=False)  # (outer weights are exported into subgraphs too)
+    ends = {t.name for t in graph.inputs + graph.outputs}  # (their value_info reads the shape)
     held = {}
     for name, t in graph.tensors().items():
-        if isinstance(t, gs.Constant) and _plain(t):
+        if isinstance(t, gs.Constant) and name not in ends and _plain(t):
             held[name] = (t, t._values)
             t._values = np.empty(0, np.dtype(t.dtype))
     try:
@@ -40,7 +43,8 @@ def export(graph: gs.Graph) -> onnx.ModelProto:
 def _plain(t: gs.Constant) -> bool:
     """A dense weight in memory, exported in its own dtype (not one graphsurgeon converts)."""
     values = getattr(t, "_values", None)
-    if t.data_location is not None or getattr(t, "_export_dtype", None) is not None:
+    export_dtype = getattr(t, "_export_dtype", None)  # (a copied Constant carries its own dtype here)
+    if t.data_location is not None or (export_dtype is not None and np.dtype(export_dtype) != np.dtype(t.dtype)):
         return False
     if not (isinstance(values, np.ndarray) or (LazyValues and isinstance(values, LazyValues))):
         return False

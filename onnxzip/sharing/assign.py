@@ -46,6 +46,8 @@ ROUNDS = 8
 TOLERANCE = 1e-7
 #: pairs within this fraction of the programs' lower bound on the optimum are taken as they are
 GAP = 1e-4
+#: ... and called optimal within this fraction, with no pair priced below zero
+EXACT = 1e-9
 #: seconds the sparse programs of one matching may take before the dense solve takes over
 SECONDS = 30.0
 
@@ -62,7 +64,7 @@ def match_optimal(c: np.ndarray, k: int) -> Pairs:
     side paired); where it cannot prove its pairs, and otherwise, by :func:`match_dense`."""
     n = min(c.shape)
     if n >= SPARSE_FROM and 0 < k <= SPARSE_UP_TO * n:
-        pairs = match_certified(c, k, CANDIDATES if 2 * k <= n else 2 * CANDIDATES)
+        pairs = match_certified(c, k, CANDIDATES if 2 * k <= n else 2 * CANDIDATES, ROUNDS, SECONDS)
         if pairs is not None:
             return pairs
         ia, ib = match_dense(c, k)
@@ -105,10 +107,12 @@ def match_certified(c: np.ndarray, k: int, candidates: int = CANDIDATES, rounds:
     (u_i, v_j <= 0 per row and column, lambda for the count) price every pair of the matrix:
     ``c_ij - u_i - v_j - lambda``.
 
-    * None below ``-TOLERANCE * max |C|``: the pairs are optimal (:data:`CERTIFIED`).
-    * Else each v_j lowered until its column prices at zero or more is a feasible dual of the whole
-      program: ``sum u + sum v + k lambda`` bounds the optimum from below, and pairs whose total is
-      within :data:`GAP` of that bound are returned as such (:data:`BOUNDED`).
+    Each v_j lowered until its column prices at zero or more gives a feasible dual of the whole
+    program: ``sum u + sum v + k lambda`` bounds the optimum from below.
+
+    * No pair below ``-TOLERANCE * max |C|`` and the pairs' total within :data:`EXACT` of the
+      bound: optimal (:data:`CERTIFIED`).
+    * Else within :data:`GAP` of the bound: returned as such (:data:`BOUNDED`).
     * Else the pairs priced below zero (each such neuron's ``candidates`` most negative) are added
       and the program solved again.
     """
@@ -120,9 +124,9 @@ def match_certified(c: np.ndarray, k: int, candidates: int = CANDIDATES, rounds:
     mask = np.zeros(c.shape, bool)
     mask[np.arange(k), np.arange(k)] = True  # k disjoint pairs: the program is feasible
     everyone = np.ones(na, bool), np.ones(nb, bool)
-    tiny = np.finfo(np.float64).tiny
-    relative = c / np.sqrt(np.maximum(c.min(axis=1), tiny))[:, None]
-    relative /= np.sqrt(np.maximum(c.min(axis=0), tiny))[None, :]
+    floor = 1e-12 * scale  # (a neuron whose cheapest cost is 0: its candidates by plain cost, in effect)
+    relative = c / np.sqrt(np.maximum(c.min(axis=1), floor))[:, None]
+    relative /= np.sqrt(np.maximum(c.min(axis=0), floor))[None, :]
     _add_cheapest(relative, mask, candidates, *everyone)
     del relative
     _add_cheapest(c, mask, max(candidates // 4, 1), *everyone)
@@ -138,10 +142,10 @@ def match_certified(c: np.ndarray, k: int, candidates: int = CANDIDATES, rounds:
         reduced = c / scale - (u + lam)[:, None]
         reduced -= v[None, :]
         priced_out = (reduced < -TOLERANCE) & ~mask
-        if not priced_out.any():
-            return Pairs(*pairs, CERTIFIED)
         total = float(c[pairs].sum()) / scale
         bound = float(u.sum() + (v + np.minimum(reduced.min(axis=0), 0.0)).sum() + k * lam)
+        if not priced_out.any() and total - bound <= EXACT * abs(total):
+            return Pairs(*pairs, CERTIFIED)
         if total - bound <= GAP * abs(total):
             return Pairs(*pairs, BOUNDED)
         reduced[mask] = np.inf
