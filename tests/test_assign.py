@@ -65,6 +65,7 @@ def test_certified_pairs_equal_the_dense_assignment(na, nb, k):
 
 def test_large_matrices_take_the_sparse_program_and_fall_back_when_uncertified(monkeypatch):
     monkeypatch.setattr(assign, "SECONDS", 600.0)  # (a loaded machine must not make it fall back)
+    monkeypatch.setattr(assign, "SPARSE_FROM", 500)  # (the real threshold's dense oracle takes a minute)
     rng = np.random.default_rng(5)
     n = assign.SPARSE_FROM
     c = hessian_costs(rng, n, n + 40, 48)

@@ -31,9 +31,10 @@ class Pairs(NamedTuple):
 #: Matchers: ``(C: (nA, nB) float64 costs, k) -> Pairs``.
 MATCHERS: Registry[Callable[[np.ndarray, int], Pairs]] = Registry("matching method")
 
-#: the smaller side's neurons from which ``optimal`` solves on sparse candidates first (at 768, the
-#: dense solve took 0.6 s, the sparse one 1.5 s)
-SPARSE_FROM = 1536
+#: the smaller side's neurons from which ``optimal`` solves on sparse candidates first (the dense
+#: solve grows as n^3: at 2,048 on ResNet-50's loss-weighted costs it took 12 s and the sparse
+#: program ran past 30 s; at 3,072 on BERT-base's, 37-41 s against 17-22 s)
+SPARSE_FROM = 3072
 #: the most pairs, as a fraction of the smaller side, that ``optimal`` seeks on sparse candidates
 #: (at 3,072 neurons: half of them 3 s against 26 s dense, three quarters 12 s against 28 s,
 #: 94% 20-58 s against 4 s)
