@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "onnxzip"
-NUMERIC_OK = {"numpy", "scipy", "__future__", "typing", "dataclasses", "itertools", "math"}
+NUMERIC_OK = {"numpy", "scipy", "__future__", "typing", "dataclasses", "itertools", "math", "time"}
 #: the stages in pipeline order: a subpackage imports only itself and those before it, and the
 #: report's records (the typed vocabulary every stage writes into; they import nothing of onnxzip's)
 STAGES = ["graph", "calibrate", "sharing", "emit", "check", "tune", "report"]
