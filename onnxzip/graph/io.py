@@ -227,16 +227,7 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 def _copy_fields(source, target, skip) -> None:
     """Every set field of protobuf message ``source`` into ``target``, but those named in ``skip``."""
     skip = (skip,) if isinstance(skip, str) else skip
-    for field, value in source.ListFields():
-        if field.name in skip:
-            continue
-        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-        if repeated:
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
+    stream.copy_fields(source, target, lambda field: field.name not in skip)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:

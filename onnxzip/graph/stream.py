@@ -39,15 +39,21 @@ def pieces(model: onnx.ModelProto) -> Iterator[bytes]:
 def _fields(message, keep: Callable[[int], bool]) -> bytes:
     """The serialized bytes of ``message``'s set fields whose numbers ``keep`` takes."""
     part = type(message)()
-    for field, value in message.ListFields():
-        if keep(field.number):
-            if field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED:
-                getattr(part, field.name).extend(value)
-            elif field.message_type is not None:
-                getattr(part, field.name).CopyFrom(value)
-            else:
-                setattr(part, field.name, value)
+    copy_fields(message, part, lambda field: keep(field.number))
     return part.SerializeToString()
+
+
+def copy_fields(source, target, keep: Callable) -> None:
+    """Every set field of protobuf message ``source`` that ``keep(field descriptor)`` takes into ``target``."""
+    for field, value in source.ListFields():
+        if not keep(field):
+            continue
+        if field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def _varint(n: int) -> bytes:
